@@ -1,0 +1,4 @@
+//! The `connect-flow` command's parts, as a library so that tests can run them in-process.
+
+pub mod commands;
+pub mod server;

@@ -1,0 +1,118 @@
+//! Configuration from the environment, read and checked once per cold start.
+
+use crate::stripe::signature::{DEFAULT_TOLERANCE_SECS, WebhookSecret};
+
+/// Every endpoint's signing secret, comma-separated (old and new during a rotation).
+pub const WEBHOOK_SECRETS: &str = "STRIPE_WEBHOOK_SECRETS";
+/// Maximum signature age in seconds; 0 turns the age check off.
+pub const WEBHOOK_TOLERANCE_SECS: &str = "STRIPE_WEBHOOK_TOLERANCE_SECS";
+/// `true` or `false` to accept only live or only test events; unset accepts both.
+pub const LIVEMODE: &str = "CONNECT_FLOW_LIVEMODE";
+/// The DynamoDB table the Lambda functions use.
+pub const TABLE_NAME: &str = "CONNECT_FLOW_TABLE";
+
+/// A configuration value that is missing or cannot be used. Names the variable, never its value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A required variable is unset or empty.
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    /// A variable is set to something unusable.
+    #[error("{name} is invalid: {reason}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// What the webhook needs to accept an event.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Every accepted signing secret.
+    pub secrets: Vec<WebhookSecret>,
+    /// Maximum signature age; 0 means no age check.
+    pub tolerance_secs: u64,
+    /// The only livemode accepted, or `None` for both.
+    pub expected_livemode: Option<bool>,
+}
+
+impl WebhookSettings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup`, so that tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let secrets: Vec<WebhookSecret> = lookup(WEBHOOK_SECRETS)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|secret| !secret.is_empty())
+            .map(WebhookSecret::new)
+            .collect();
+        if secrets.is_empty() {
+            return Err(ConfigError::Missing(WEBHOOK_SECRETS));
+        }
+        let tolerance_secs = match lookup(WEBHOOK_TOLERANCE_SECS).filter(|value| !value.trim().is_empty()) {
+            None => DEFAULT_TOLERANCE_SECS,
+            Some(value) => value.trim().parse().map_err(|_| ConfigError::Invalid {
+                name: WEBHOOK_TOLERANCE_SECS,
+                reason: "expected a whole number of seconds",
+            })?,
+        };
+        let expected_livemode = match lookup(LIVEMODE).as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(_) => {
+                return Err(ConfigError::Invalid { name: LIVEMODE, reason: "expected true, false or unset" });
+            }
+        };
+        Ok(Self { secrets, tolerance_secs, expected_livemode })
+    }
+}
+
+/// Reads a required variable.
+pub fn required(name: &'static str) -> Result<String, ConfigError> {
+    std::env::var(name).ok().filter(|value| !value.trim().is_empty()).ok_or(ConfigError::Missing(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<WebhookSettings, ConfigError> {
+        WebhookSettings::from_lookup(|name| {
+            vars.iter().find(|(key, _)| *key == name).map(|(_, value)| (*value).to_owned())
+        })
+    }
+
+    #[test]
+    fn secrets_are_split_on_commas_and_defaults_apply() {
+        let read = settings(&[(WEBHOOK_SECRETS, "whsec_old, whsec_new,")]).unwrap();
+        assert_eq!(read.secrets.len(), 2);
+        assert_eq!((read.tolerance_secs, read.expected_livemode), (300, None));
+    }
+
+    #[test]
+    fn missing_or_invalid_values_are_named_without_their_values() {
+        assert_eq!(settings(&[]).unwrap_err(), ConfigError::Missing(WEBHOOK_SECRETS));
+        assert_eq!(settings(&[(WEBHOOK_SECRETS, " , ")]).unwrap_err(), ConfigError::Missing(WEBHOOK_SECRETS));
+        let bad_tolerance = settings(&[(WEBHOOK_SECRETS, "whsec_a"), (WEBHOOK_TOLERANCE_SECS, "-1")]);
+        assert!(matches!(bad_tolerance, Err(ConfigError::Invalid { name: WEBHOOK_TOLERANCE_SECS, .. })));
+        let bad_livemode = settings(&[(WEBHOOK_SECRETS, "whsec_a"), (LIVEMODE, "yes")]);
+        assert!(matches!(bad_livemode, Err(ConfigError::Invalid { name: LIVEMODE, .. })));
+    }
+
+    #[test]
+    fn livemode_and_tolerance_are_read() {
+        let read =
+            settings(&[(WEBHOOK_SECRETS, "whsec_a"), (WEBHOOK_TOLERANCE_SECS, "0"), (LIVEMODE, "true")])
+                .unwrap();
+        assert_eq!((read.tolerance_secs, read.expected_livemode), (0, Some(true)));
+        assert!(!format!("{read:?}").contains("whsec_a"));
+    }
+}

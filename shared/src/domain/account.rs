@@ -1,0 +1,508 @@
+//! Connected accounts: their stored state, the onboarding-status rule, and the pure decision that
+//! turns one event plus the stored state into the next state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::stripe::event::{Event, is_plausible_id};
+
+/// A connected account's id (`acct_…`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AccountId(String);
+
+impl AccountId {
+    /// Accepts `acct_` followed by letters and digits.
+    pub fn parse(id: &str) -> Option<Self> {
+        let rest = id.strip_prefix("acct_")?;
+        let well_formed =
+            !rest.is_empty() && is_plausible_id(id) && rest.bytes().all(|b| b.is_ascii_alphanumeric());
+        well_formed.then(|| Self(id.to_owned()))
+    }
+
+    /// The id as Stripe writes it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a connected account stands in onboarding, by the rule in DESIGN.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnboardingStatus {
+    /// The platform's access was revoked and nothing newer has been heard.
+    Deauthorized,
+    /// Stripe rejected the account (`disabled_reason` `rejected.*`).
+    Rejected,
+    /// The account holder has not finished submitting details.
+    Onboarding,
+    /// Stripe disabled the account for a reason other than rejection.
+    Restricted,
+    /// Requirements are currently due or past due.
+    ActionRequired,
+    /// Stripe is verifying submitted information.
+    PendingVerification,
+    /// Charges and payouts are both enabled.
+    Active,
+}
+
+impl OnboardingStatus {
+    /// Every status, in the rule's order.
+    pub const ALL: [Self; 7] = [
+        Self::Deauthorized,
+        Self::Rejected,
+        Self::Onboarding,
+        Self::Restricted,
+        Self::ActionRequired,
+        Self::PendingVerification,
+        Self::Active,
+    ];
+
+    /// The status's name as it appears in JSON and in `?status=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deauthorized => "deauthorized",
+            Self::Rejected => "rejected",
+            Self::Onboarding => "onboarding",
+            Self::Restricted => "restricted",
+            Self::ActionRequired => "action_required",
+            Self::PendingVerification => "pending_verification",
+            Self::Active => "active",
+        }
+    }
+
+    /// Reads a status name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == name)
+    }
+}
+
+/// An account's (or a person's) outstanding requirements.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requirements {
+    /// Due now.
+    pub currently_due: Vec<String>,
+    /// Due eventually.
+    pub eventually_due: Vec<String>,
+    /// Overdue.
+    pub past_due: Vec<String>,
+    /// Submitted and being verified.
+    pub pending_verification: Vec<String>,
+    /// Unix time by which `currently_due` must be met.
+    pub current_deadline: Option<i64>,
+}
+
+/// What the account keeps of one of its persons.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonSummary {
+    /// The person's own requirements.
+    pub requirements: Requirements,
+    /// `verification.status`, when given.
+    pub verification_status: Option<String>,
+}
+
+/// What the account keeps of one of its external accounts (bank accounts and debit cards).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalAccountSummary {
+    /// `bank_account` or `card`.
+    pub object: Option<String>,
+    /// Last four digits.
+    pub last4: Option<String>,
+    /// Three-letter currency code.
+    pub currency: Option<String>,
+    /// For example `new`, `verified`, `errored`.
+    pub status: Option<String>,
+    /// Whether payouts in its currency go here by default.
+    pub default_for_currency: Option<bool>,
+}
+
+/// The `created` time of the newest event applied to each independently ordered part of an
+/// account. An event older than its part's guard is stale. Guards outlive deletions, so that an
+/// older update cannot bring a deleted person or bank account back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderingGuards {
+    /// The account object itself and the application (de)authorisation events.
+    pub account: Option<i64>,
+    /// Each capability.
+    pub capabilities: BTreeMap<String, i64>,
+    /// Each person.
+    pub persons: BTreeMap<String, i64>,
+    /// Each external account.
+    pub external_accounts: BTreeMap<String, i64>,
+}
+
+/// Everything stored about one connected account; served as JSON by `GET /accounts/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountState {
+    /// `acct_…`.
+    pub account_id: AccountId,
+    /// Derived by [`onboarding_status`] after every change.
+    pub onboarding_status: OnboardingStatus,
+    /// `null` until an account object has said.
+    pub charges_enabled: Option<bool>,
+    /// `null` until an account object has said.
+    pub payouts_enabled: Option<bool>,
+    /// `null` until an account object has said.
+    pub details_submitted: Option<bool>,
+    /// `requirements.disabled_reason` (or the old `verification.disabled_reason`).
+    pub disabled_reason: Option<String>,
+    /// The account's requirements.
+    pub requirements: Requirements,
+    /// `future_requirements`, when the API version has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub future_requirements: Option<Requirements>,
+    /// Capability name to status (`active`, `pending`, `inactive`, …).
+    pub capabilities: BTreeMap<String, String>,
+    /// `settings.payouts.schedule.interval` (or the old `payout_schedule.interval`).
+    pub payout_schedule_interval: Option<String>,
+    /// Whether the latest account-level word was `account.application.deauthorized`.
+    pub deauthorized: bool,
+    /// Persons by id, with their own requirements.
+    pub persons: BTreeMap<String, PersonSummary>,
+    /// External accounts by id.
+    pub external_accounts: BTreeMap<String, ExternalAccountSummary>,
+    /// The newest event that changed this account.
+    pub last_event_id: String,
+    /// That event's `created`.
+    pub last_event_created: i64,
+    /// Per-part ordering guards.
+    pub ordering: OrderingGuards,
+    /// Bumped by every stored change; the store's conditional write checks it.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl AccountState {
+    fn empty(account_id: AccountId) -> Self {
+        Self {
+            account_id,
+            onboarding_status: OnboardingStatus::Restricted,
+            charges_enabled: None,
+            payouts_enabled: None,
+            details_submitted: None,
+            disabled_reason: None,
+            requirements: Requirements::default(),
+            future_requirements: None,
+            capabilities: BTreeMap::new(),
+            payout_schedule_interval: None,
+            deauthorized: false,
+            persons: BTreeMap::new(),
+            external_accounts: BTreeMap::new(),
+            last_event_id: String::new(),
+            last_event_created: i64::MIN,
+            ordering: OrderingGuards::default(),
+            version: 0,
+        }
+    }
+}
+
+/// The onboarding-status rule of DESIGN.md: first match wins.
+pub fn onboarding_status(state: &AccountState) -> OnboardingStatus {
+    let disabled_reason = state.disabled_reason.as_deref().filter(|reason| !reason.is_empty());
+    let requirements = &state.requirements;
+    if state.deauthorized {
+        OnboardingStatus::Deauthorized
+    } else if disabled_reason.is_some_and(|reason| reason.starts_with("rejected.")) {
+        OnboardingStatus::Rejected
+    } else if state.details_submitted == Some(false) {
+        OnboardingStatus::Onboarding
+    } else if disabled_reason.is_some() {
+        OnboardingStatus::Restricted
+    } else if !requirements.currently_due.is_empty() || !requirements.past_due.is_empty() {
+        OnboardingStatus::ActionRequired
+    } else if !requirements.pending_verification.is_empty() {
+        OnboardingStatus::PendingVerification
+    } else if state.charges_enabled == Some(true) && state.payouts_enabled == Some(true) {
+        OnboardingStatus::Active
+    } else {
+        OnboardingStatus::Restricted
+    }
+}
+
+/// The account events this module understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountEventKind {
+    /// `account.updated`: a full account object.
+    AccountUpdated,
+    /// `account.application.authorized`.
+    ApplicationAuthorized,
+    /// `account.application.deauthorized`.
+    ApplicationDeauthorized,
+    /// `capability.updated`.
+    CapabilityUpdated,
+    /// `account.external_account.created` or `.updated`.
+    ExternalAccountUpserted,
+    /// `account.external_account.deleted`.
+    ExternalAccountDeleted,
+    /// `person.created` or `.updated`.
+    PersonUpserted,
+    /// `person.deleted`.
+    PersonDeleted,
+}
+
+impl AccountEventKind {
+    /// The kind for an event type, or `None` for types that do not touch account state.
+    pub fn of(event_type: &str) -> Option<Self> {
+        Some(match event_type {
+            "account.updated" => Self::AccountUpdated,
+            "account.application.authorized" => Self::ApplicationAuthorized,
+            "account.application.deauthorized" => Self::ApplicationDeauthorized,
+            "capability.updated" => Self::CapabilityUpdated,
+            "account.external_account.created" | "account.external_account.updated" => {
+                Self::ExternalAccountUpserted
+            }
+            "account.external_account.deleted" => Self::ExternalAccountDeleted,
+            "person.created" | "person.updated" => Self::PersonUpserted,
+            "person.deleted" => Self::PersonDeleted,
+            _ => return None,
+        })
+    }
+}
+
+/// An account event read leniently: its kind, the account it is about, and its object as JSON.
+#[derive(Debug)]
+pub struct AccountEvent<'a> {
+    /// What kind of change.
+    pub kind: AccountEventKind,
+    /// The account it changes.
+    pub account_id: AccountId,
+    /// The event id.
+    pub event_id: &'a str,
+    /// The ordering key.
+    pub created: i64,
+    /// `data.object`; `Value::Null` if it was not JSON this parser could hold.
+    pub object: Value,
+}
+
+/// Why an event of an account kind cannot be applied to any account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoAccount;
+
+impl<'a> AccountEvent<'a> {
+    /// Reads `event` as an account event: `Ok(None)` if its type touches no account state,
+    /// `Err(NoAccount)` if it does but names no well-formed account.
+    pub fn from_event(event: &'a Event) -> Result<Option<Self>, NoAccount> {
+        let Some(kind) = AccountEventKind::of(&event.event_type) else { return Ok(None) };
+        let object: Value = serde_json::from_str(event.object.get()).unwrap_or(Value::Null);
+        let from_object = match kind {
+            AccountEventKind::AccountUpdated => {
+                str_at(&object, &["id"]).filter(|_| str_at(&object, &["object"]) == Some("account"))
+            }
+            AccountEventKind::ApplicationAuthorized | AccountEventKind::ApplicationDeauthorized => None,
+            _ => str_at(&object, &["account"]),
+        };
+        let account_id =
+            from_object.or(event.account.as_deref()).and_then(AccountId::parse).ok_or(NoAccount)?;
+        Ok(Some(Self { kind, account_id, event_id: &event.id, created: event.created, object }))
+    }
+}
+
+/// The result of deciding one account event against the stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountDecision {
+    /// Store this new state (the store bumps its version).
+    Apply(Box<AccountState>),
+    /// The event is older than what is stored for the part it touches: record it, change nothing.
+    Stale,
+    /// The object lacks what this kind of event needs (an id, a status): record it, change nothing.
+    Unreadable,
+}
+
+/// What an event did to the part of the account it touches.
+enum PartChange {
+    Applied,
+    Stale,
+    Unreadable,
+}
+
+impl From<bool> for PartChange {
+    fn from(current: bool) -> Self {
+        if current { Self::Applied } else { Self::Stale }
+    }
+}
+
+/// Ties (an event in the same second as the guard) apply: Stripe's `created` has one-second
+/// resolution, so of two events in one second the later delivery wins. A redelivery of the event
+/// that set the guard never gets here: the event record stops it first.
+fn is_current(guard: Option<i64>, created: i64) -> bool {
+    guard.is_none_or(|guard| created >= guard)
+}
+
+/// Decides what `event` does to `current`. Pure: no I/O, no clock.
+pub fn decide(event: &AccountEvent<'_>, current: Option<&AccountState>) -> AccountDecision {
+    let mut next = current.cloned().unwrap_or_else(|| AccountState::empty(event.account_id.clone()));
+    let created = event.created;
+    let object = &event.object;
+    let change = match event.kind {
+        AccountEventKind::AccountUpdated => {
+            let current = is_current(next.ordering.account, created);
+            if current {
+                apply_account_object(&mut next, object, created);
+            }
+            current.into()
+        }
+        AccountEventKind::ApplicationAuthorized | AccountEventKind::ApplicationDeauthorized => {
+            let current = is_current(next.ordering.account, created);
+            if current {
+                next.ordering.account = Some(created);
+                next.deauthorized = event.kind == AccountEventKind::ApplicationDeauthorized;
+            }
+            current.into()
+        }
+        AccountEventKind::CapabilityUpdated => match (str_at(object, &["id"]), str_at(object, &["status"])) {
+            (Some(name), Some(status)) => set_capability(&mut next, name, status, created).into(),
+            _ => PartChange::Unreadable,
+        },
+        AccountEventKind::PersonUpserted | AccountEventKind::PersonDeleted => {
+            let summary = (event.kind == AccountEventKind::PersonUpserted).then(|| person_summary(object));
+            upsert_or_delete(&mut next.persons, &mut next.ordering.persons, object, summary, created)
+        }
+        AccountEventKind::ExternalAccountUpserted | AccountEventKind::ExternalAccountDeleted => {
+            let summary = (event.kind == AccountEventKind::ExternalAccountUpserted)
+                .then(|| external_account_summary(object));
+            let (map, guards) = (&mut next.external_accounts, &mut next.ordering.external_accounts);
+            upsert_or_delete(map, guards, object, summary, created)
+        }
+    };
+    match change {
+        PartChange::Stale => return AccountDecision::Stale,
+        PartChange::Unreadable => return AccountDecision::Unreadable,
+        PartChange::Applied => {}
+    }
+    if created >= next.last_event_created {
+        next.last_event_id = event.event_id.to_owned();
+        next.last_event_created = created;
+    }
+    next.onboarding_status = onboarding_status(&next);
+    AccountDecision::Apply(Box::new(next))
+}
+
+fn set_capability(state: &mut AccountState, name: &str, status: &str, created: i64) -> bool {
+    if !is_current(state.ordering.capabilities.get(name).copied(), created) {
+        return false;
+    }
+    state.capabilities.insert(name.to_owned(), status.to_owned());
+    state.ordering.capabilities.insert(name.to_owned(), created);
+    true
+}
+
+fn upsert_or_delete<T>(
+    entries: &mut BTreeMap<String, T>,
+    guards: &mut BTreeMap<String, i64>,
+    object: &Value,
+    summary: Option<T>,
+    created: i64,
+) -> PartChange {
+    let Some(id) = str_at(object, &["id"]).filter(|id| is_plausible_id(id)) else {
+        return PartChange::Unreadable;
+    };
+    if !is_current(guards.get(id).copied(), created) {
+        return PartChange::Stale;
+    }
+    guards.insert(id.to_owned(), created);
+    match summary {
+        Some(summary) => entries.insert(id.to_owned(), summary),
+        None => entries.remove(id),
+    };
+    PartChange::Applied
+}
+
+/// Overwrites the account-level fields from a full account object, old shapes included.
+fn apply_account_object(state: &mut AccountState, account: &Value, created: i64) {
+    state.ordering.account = Some(created);
+    state.deauthorized = false;
+    state.charges_enabled = bool_at(account, &["charges_enabled"]);
+    state.payouts_enabled = bool_at(account, &["payouts_enabled"]);
+    state.details_submitted = bool_at(account, &["details_submitted"]);
+    match account.get("requirements").filter(|r| r.is_object()) {
+        Some(requirements) => {
+            state.requirements = read_requirements(requirements);
+            state.disabled_reason = str_at(requirements, &["disabled_reason"]).map(str::to_owned);
+        }
+        None => {
+            // Before 2019 the account said `verification.fields_needed` / `due_by` instead.
+            let verification = account.get("verification").unwrap_or(&Value::Null);
+            state.requirements = Requirements {
+                currently_due: strings_at(verification, &["fields_needed"]),
+                current_deadline: i64_at(verification, &["due_by"]),
+                ..Requirements::default()
+            };
+            state.disabled_reason = str_at(verification, &["disabled_reason"]).map(str::to_owned);
+        }
+    }
+    state.future_requirements =
+        account.get("future_requirements").filter(|r| r.is_object()).map(read_requirements);
+    state.payout_schedule_interval = str_at(account, &["settings", "payouts", "schedule", "interval"])
+        .or_else(|| str_at(account, &["payout_schedule", "interval"]))
+        .map(str::to_owned);
+    if let Some(capabilities) = account.get("capabilities").and_then(Value::as_object) {
+        for (name, value) in capabilities {
+            // Capabilities were objects with a `status` in some early versions.
+            let status = value.as_str().or_else(|| str_at(value, &["status"]));
+            if let Some(status) = status {
+                set_capability(state, name, status, created);
+            }
+        }
+    }
+}
+
+fn read_requirements(requirements: &Value) -> Requirements {
+    Requirements {
+        currently_due: strings_at(requirements, &["currently_due"]),
+        eventually_due: strings_at(requirements, &["eventually_due"]),
+        past_due: strings_at(requirements, &["past_due"]),
+        pending_verification: strings_at(requirements, &["pending_verification"]),
+        current_deadline: i64_at(requirements, &["current_deadline"]),
+    }
+}
+
+fn person_summary(person: &Value) -> PersonSummary {
+    PersonSummary {
+        requirements: person.get("requirements").map(read_requirements).unwrap_or_default(),
+        verification_status: str_at(person, &["verification", "status"]).map(str::to_owned),
+    }
+}
+
+fn external_account_summary(external: &Value) -> ExternalAccountSummary {
+    let text = |key: &str| str_at(external, &[key]).map(str::to_owned);
+    ExternalAccountSummary {
+        object: text("object"),
+        last4: text("last4"),
+        currency: text("currency"),
+        status: text("status"),
+        default_for_currency: bool_at(external, &["default_for_currency"]),
+    }
+}
+
+fn value_at<'v>(value: &'v Value, path: &[&str]) -> Option<&'v Value> {
+    path.iter().try_fold(value, |value, key| value.get(key))
+}
+
+fn str_at<'v>(value: &'v Value, path: &[&str]) -> Option<&'v str> {
+    value_at(value, path).and_then(Value::as_str)
+}
+
+fn bool_at(value: &Value, path: &[&str]) -> Option<bool> {
+    value_at(value, path).and_then(Value::as_bool)
+}
+
+fn i64_at(value: &Value, path: &[&str]) -> Option<i64> {
+    value_at(value, path).and_then(Value::as_i64)
+}
+
+/// The strings of an array; anything else there (or no array) reads as empty.
+fn strings_at(value: &Value, path: &[&str]) -> Vec<String> {
+    value_at(value, path)
+        .and_then(Value::as_array)
+        .map(|items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,8 @@
+//! Connect Flow's library: everything the Lambda functions and the `connect-flow` command share.
+
+pub mod config;
+pub mod domain;
+pub mod store;
+pub mod stripe;
+pub mod telemetry;
+pub mod webhook;

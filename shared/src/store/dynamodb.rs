@@ -1,0 +1,485 @@
+//! The DynamoDB store: one table holding account states and event dedupe records.
+//!
+//! Items: an account is `pk = ACCT#<account_id>`, `sk = STATE`; an event record is
+//! `pk = EVT#<event_id>`, `sk = EVENT`, expired by the TTL attribute `expires_at`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::client::Waiters;
+use aws_sdk_dynamodb::error::{BuildError, DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::operation::create_table::CreateTableError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, KeySchemaElement, KeyType, Put,
+    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem,
+};
+
+use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, StoreError};
+use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+
+type Item = HashMap<String, AttributeValue>;
+
+const PK: &str = "pk";
+const SK: &str = "sk";
+const ACCOUNT_PREFIX: &str = "ACCT#";
+const ACCOUNT_SK: &str = "STATE";
+const EVENT_PREFIX: &str = "EVT#";
+const EVENT_SK: &str = "EVENT";
+
+const VERSION: &str = "version";
+const ONBOARDING_STATUS: &str = "onboarding_status";
+const STATE: &str = "state";
+
+const EVENT_TYPE: &str = "event_type";
+const ACCOUNT_ID: &str = "account_id";
+const CREATED: &str = "created";
+const LIVEMODE: &str = "livemode";
+const OUTCOME: &str = "outcome";
+const RECEIVED_AT: &str = "received_at";
+const EXPIRES_AT: &str = "expires_at";
+
+const NOT_YET_WRITTEN: &str = "attribute_not_exists(pk)";
+const CONDITIONAL_CHECK_FAILED: &str = "ConditionalCheckFailed";
+
+/// How long `create_table` waits for a new table to become active.
+const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The [`AccountStore`] on one DynamoDB table.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    /// A store on `table`, which must already exist.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    async fn event_exists(&self, event_id: &str) -> Result<bool, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(event_pk(event_id)))
+            .key(SK, AttributeValue::S(EVENT_SK.to_owned()))
+            .projection_expression(PK)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| unavailable("GetItem", &err))?;
+        Ok(output.item().is_some())
+    }
+
+    /// Tells a duplicate event from a version conflict after a cancelled transaction whose items
+    /// are, in order, the event record and the account.
+    async fn cancelled_outcome(
+        &self,
+        record: &EventRecord,
+        reasons: &[CancellationReason],
+    ) -> Result<CommitOutcome, StoreError> {
+        if reasons.is_empty() {
+            // Some emulators omit the reasons: then the event record alone tells the two apart.
+            return Ok(if self.event_exists(&record.event_id).await? {
+                CommitOutcome::Duplicate
+            } else {
+                CommitOutcome::Conflict
+            });
+        }
+        let failed_check = |index: usize| {
+            reasons.get(index).and_then(CancellationReason::code) == Some(CONDITIONAL_CHECK_FAILED)
+        };
+        if failed_check(0) {
+            Ok(CommitOutcome::Duplicate)
+        } else if failed_check(1) {
+            Ok(CommitOutcome::Conflict)
+        } else {
+            let codes: Vec<&str> = reasons.iter().map(|reason| reason.code().unwrap_or("unknown")).collect();
+            Err(StoreError::Unavailable(format!("DynamoDB transaction cancelled: {}", codes.join(", "))))
+        }
+    }
+}
+
+/// Creates `table` (on demand, keys `pk` and `sk`) unless it exists, and enables TTL on
+/// `expires_at`; for tests and local runs, since deployments get the table from the template.
+pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    let attribute = |name: &str| {
+        AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
+    };
+    let key = |name: &str, key_type: KeyType| {
+        KeySchemaElement::builder().attribute_name(name).key_type(key_type).build()
+    };
+    let created = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute(PK).map_err(build_failed)?)
+        .attribute_definitions(attribute(SK).map_err(build_failed)?)
+        .key_schema(key(PK, KeyType::Hash).map_err(build_failed)?)
+        .key_schema(key(SK, KeyType::Range).map_err(build_failed)?)
+        .send()
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(err) if err.as_service_error().is_some_and(CreateTableError::is_resource_in_use_exception) => {}
+        Err(err) => return Err(unavailable("CreateTable", &err)),
+    }
+    // DynamoDB refuses UpdateTimeToLive while the table is still being created.
+    client
+        .wait_until_table_exists()
+        .table_name(table)
+        .wait(TABLE_ACTIVE_TIMEOUT)
+        .await
+        .map_err(|err| unavailable("waiting for the table", &err))?;
+    let ttl = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(EXPIRES_AT)
+        .build()
+        .map_err(build_failed)?;
+    match client.update_time_to_live().table_name(table).time_to_live_specification(ttl).send().await {
+        Ok(_) => Ok(()),
+        // DynamoDB answers a repeated enable with a ValidationException, not with success.
+        Err(err) if err.message().is_some_and(|message| message.contains("already enabled")) => Ok(()),
+        Err(err) => Err(unavailable("UpdateTimeToLive", &err)),
+    }
+}
+
+impl AccountStore for DynamoStore {
+    async fn load_account(&self, account_id: &AccountId) -> Result<Option<AccountState>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(account_pk(account_id)))
+            .key(SK, AttributeValue::S(ACCOUNT_SK.to_owned()))
+            // A stale read would only fail the conditional write, but the retry would read it again.
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| unavailable("GetItem", &err))?;
+        output.item().map(account_from_item).transpose()
+    }
+
+    async fn commit(
+        &self,
+        record: &EventRecord,
+        state: Option<&AccountState>,
+    ) -> Result<CommitOutcome, StoreError> {
+        let Some(state) = state else {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(event_item(record)))
+                .condition_expression(NOT_YET_WRITTEN)
+                .send()
+                .await;
+            return match put {
+                Ok(_) => Ok(CommitOutcome::Committed),
+                Err(err)
+                    if err
+                        .as_service_error()
+                        .is_some_and(PutItemError::is_conditional_check_failed_exception) =>
+                {
+                    Ok(CommitOutcome::Duplicate)
+                }
+                Err(err) => Err(unavailable("PutItem", &err)),
+            };
+        };
+        let event_put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(event_item(record)))
+            .condition_expression(NOT_YET_WRITTEN)
+            .build()
+            .map_err(build_failed)?;
+        let account_put = Put::builder().table_name(&self.table).set_item(Some(account_item(state)?));
+        let account_put = match state.version {
+            0 => {
+                return Err(StoreError::Unavailable(
+                    "refusing to store an account state with version 0".to_owned(),
+                ));
+            }
+            1 => account_put.condition_expression(NOT_YET_WRITTEN),
+            version => account_put
+                .condition_expression("#version = :expected")
+                .expression_attribute_names("#version", VERSION)
+                .expression_attribute_values(":expected", AttributeValue::N((version - 1).to_string())),
+        }
+        .build()
+        .map_err(build_failed)?;
+        let written = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(event_put).build())
+            .transact_items(TransactWriteItem::builder().put(account_put).build())
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(CommitOutcome::Committed),
+            Err(err) => match err.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+                    self.cancelled_outcome(record, cancelled.cancellation_reasons()).await
+                }
+                _ => Err(unavailable("TransactWriteItems", &err)),
+            },
+        }
+    }
+
+    async fn load_event(&self, event_id: &str) -> Result<Option<EventRecord>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(event_pk(event_id)))
+            .key(SK, AttributeValue::S(EVENT_SK.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| unavailable("GetItem", &err))?;
+        output.item().map(|item| event_from_item(event_id, item)).transpose()
+    }
+
+    /// Scans the whole table: fine locally and in tests, too slow for a large table.
+    async fn list_accounts(&self, status: Option<OnboardingStatus>) -> Result<Vec<AccountState>, StoreError> {
+        let mut filter = "begins_with(pk, :acct) AND sk = :state".to_owned();
+        let mut scan = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .expression_attribute_values(":acct", AttributeValue::S(ACCOUNT_PREFIX.to_owned()))
+            .expression_attribute_values(":state", AttributeValue::S(ACCOUNT_SK.to_owned()));
+        if let Some(status) = status {
+            filter.push_str(" AND #status = :status");
+            scan = scan
+                .expression_attribute_names("#status", ONBOARDING_STATUS)
+                .expression_attribute_values(":status", AttributeValue::S(status.as_str().to_owned()));
+        }
+        let mut items = scan.filter_expression(filter).into_paginator().items().send();
+        let mut accounts = Vec::new();
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|err| unavailable("Scan", &err))?;
+            accounts.push(account_from_item(&item)?);
+        }
+        accounts.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+        Ok(accounts)
+    }
+}
+
+fn account_pk(account_id: &AccountId) -> String {
+    format!("{ACCOUNT_PREFIX}{account_id}")
+}
+
+fn event_pk(event_id: &str) -> String {
+    format!("{EVENT_PREFIX}{event_id}")
+}
+
+fn unavailable(action: &str, err: &(dyn std::error::Error + 'static)) -> StoreError {
+    StoreError::Unavailable(format!("DynamoDB {action}: {}", DisplayErrorContext(err)))
+}
+
+fn build_failed(err: BuildError) -> StoreError {
+    StoreError::Unavailable(format!("could not build a DynamoDB request: {err}"))
+}
+
+fn account_item(state: &AccountState) -> Result<Item, StoreError> {
+    let json = serde_json::to_string(state)
+        .map_err(|err| StoreError::Unavailable(format!("could not serialize an account state: {err}")))?;
+    Ok(HashMap::from([
+        (PK.to_owned(), AttributeValue::S(account_pk(&state.account_id))),
+        (SK.to_owned(), AttributeValue::S(ACCOUNT_SK.to_owned())),
+        (VERSION.to_owned(), AttributeValue::N(state.version.to_string())),
+        (ONBOARDING_STATUS.to_owned(), AttributeValue::S(state.onboarding_status.as_str().to_owned())),
+        (STATE.to_owned(), AttributeValue::S(json)),
+    ]))
+}
+
+fn account_from_item(item: &Item) -> Result<AccountState, StoreError> {
+    let json = string_attr(item, STATE)?;
+    let state: AccountState = serde_json::from_str(json).map_err(|err| {
+        StoreError::Corrupt(format!("account `{STATE}` is unreadable: {}", json_error(&err)))
+    })?;
+    let version: u64 = number_attr(item, VERSION)?;
+    // The conditional write checks the attribute, the caller decides on the JSON: they must agree.
+    if version != state.version {
+        return Err(StoreError::Corrupt(format!(
+            "account {} has version {version} but its state says {}",
+            state.account_id, state.version
+        )));
+    }
+    Ok(state)
+}
+
+fn event_item(record: &EventRecord) -> Item {
+    let mut item = HashMap::from([
+        (PK.to_owned(), AttributeValue::S(event_pk(&record.event_id))),
+        (SK.to_owned(), AttributeValue::S(EVENT_SK.to_owned())),
+        (EVENT_TYPE.to_owned(), AttributeValue::S(record.event_type.clone())),
+        (OUTCOME.to_owned(), AttributeValue::S(record.outcome.as_str().to_owned())),
+        (RECEIVED_AT.to_owned(), AttributeValue::N(record.received_at.to_string())),
+        (EXPIRES_AT.to_owned(), AttributeValue::N(record.expires_at.to_string())),
+    ]);
+    if let Some(account_id) = &record.account_id {
+        item.insert(ACCOUNT_ID.to_owned(), AttributeValue::S(account_id.clone()));
+    }
+    if let Some(created) = record.created {
+        item.insert(CREATED.to_owned(), AttributeValue::N(created.to_string()));
+    }
+    if let Some(livemode) = record.livemode {
+        item.insert(LIVEMODE.to_owned(), AttributeValue::Bool(livemode));
+    }
+    item
+}
+
+fn event_from_item(event_id: &str, item: &Item) -> Result<EventRecord, StoreError> {
+    let outcome = string_attr(item, OUTCOME)?;
+    let outcome = EventOutcome::parse(outcome)
+        .ok_or_else(|| StoreError::Corrupt(format!("event record `{OUTCOME}` is not a known outcome")))?;
+    let livemode = match item.get(LIVEMODE) {
+        None => None,
+        Some(value) => Some(*value.as_bool().map_err(|_| wrong_type(LIVEMODE, "a boolean"))?),
+    };
+    Ok(EventRecord {
+        event_id: event_id.to_owned(),
+        event_type: string_attr(item, EVENT_TYPE)?.to_owned(),
+        account_id: item
+            .contains_key(ACCOUNT_ID)
+            .then(|| string_attr(item, ACCOUNT_ID))
+            .transpose()?
+            .map(str::to_owned),
+        created: item.contains_key(CREATED).then(|| number_attr(item, CREATED)).transpose()?,
+        livemode,
+        outcome,
+        received_at: number_attr(item, RECEIVED_AT)?,
+        expires_at: number_attr(item, EXPIRES_AT)?,
+    })
+}
+
+fn string_attr<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
+    item.get(name)
+        .and_then(|value| value.as_s().ok())
+        .map(String::as_str)
+        .ok_or_else(|| wrong_type(name, "a string"))
+}
+
+fn number_attr<T: std::str::FromStr>(item: &Item, name: &str) -> Result<T, StoreError> {
+    item.get(name)
+        .and_then(|value| value.as_n().ok())
+        .and_then(|number| number.parse().ok())
+        .ok_or_else(|| wrong_type(name, "an integer"))
+}
+
+/// Where and what kind, without serde's message, which can quote stored values.
+fn json_error(err: &serde_json::Error) -> String {
+    format!("{:?} error at line {}, column {}", err.classify(), err.line(), err.column())
+}
+
+/// Names the attribute but never shows its value.
+fn wrong_type(name: &str, expected: &str) -> StoreError {
+    StoreError::Corrupt(format!("stored attribute `{name}` is missing or not {expected}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> EventRecord {
+        EventRecord {
+            event_id: "evt_123".to_owned(),
+            event_type: "account.updated".to_owned(),
+            account_id: Some("acct_1".to_owned()),
+            created: Some(1_700_000_000),
+            livemode: Some(false),
+            outcome: EventOutcome::Applied,
+            received_at: 1_700_000_005,
+            expires_at: 1_702_592_005,
+        }
+    }
+
+    fn state(version: u64) -> AccountState {
+        let json = serde_json::json!({
+            "account_id": "acct_1",
+            "onboarding_status": "active",
+            "charges_enabled": true,
+            "payouts_enabled": true,
+            "details_submitted": true,
+            "disabled_reason": null,
+            "requirements": {
+                "currently_due": [], "eventually_due": [], "past_due": [],
+                "pending_verification": [], "current_deadline": null
+            },
+            "capabilities": {"card_payments": "active"},
+            "payout_schedule_interval": "daily",
+            "deauthorized": false,
+            "persons": {},
+            "external_accounts": {},
+            "last_event_id": "evt_123",
+            "last_event_created": 1_700_000_000,
+            "ordering": {"account": 1_700_000_000, "capabilities": {}, "persons": {}, "external_accounts": {}},
+            "version": version
+        });
+        serde_json::from_value(json).expect("test state is well formed")
+    }
+
+    #[test]
+    fn event_records_round_trip() {
+        let full = record();
+        assert_eq!(event_from_item("evt_123", &event_item(&full)).expect("readable"), full);
+        let bare = EventRecord { account_id: None, created: None, livemode: None, ..record() };
+        let item = event_item(&bare);
+        assert!(
+            !item.contains_key(ACCOUNT_ID) && !item.contains_key(CREATED) && !item.contains_key(LIVEMODE)
+        );
+        assert_eq!(event_from_item("evt_123", &item).expect("readable"), bare);
+    }
+
+    #[test]
+    fn event_record_keys_and_ttl() {
+        let item = event_item(&record());
+        assert_eq!(item.get(PK), Some(&AttributeValue::S("EVT#evt_123".to_owned())));
+        assert_eq!(item.get(SK), Some(&AttributeValue::S("EVENT".to_owned())));
+        assert_eq!(item.get(EXPIRES_AT), Some(&AttributeValue::N("1702592005".to_owned())));
+    }
+
+    #[test]
+    fn garbled_event_records_are_corrupt() {
+        let mut item = event_item(&record());
+        item.insert(OUTCOME.to_owned(), AttributeValue::S("exploded".to_owned()));
+        assert!(matches!(event_from_item("evt_123", &item), Err(StoreError::Corrupt(_))));
+        let mut item = event_item(&record());
+        item.insert(CREATED.to_owned(), AttributeValue::S("yesterday".to_owned()));
+        assert!(matches!(event_from_item("evt_123", &item), Err(StoreError::Corrupt(_))));
+        let mut item = event_item(&record());
+        item.remove(RECEIVED_AT);
+        assert!(matches!(event_from_item("evt_123", &item), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn account_items_round_trip() {
+        let state = state(3);
+        let item = account_item(&state).expect("serializable");
+        assert_eq!(item.get(PK), Some(&AttributeValue::S("ACCT#acct_1".to_owned())));
+        assert_eq!(item.get(VERSION), Some(&AttributeValue::N("3".to_owned())));
+        assert_eq!(item.get(ONBOARDING_STATUS), Some(&AttributeValue::S("active".to_owned())));
+        assert_eq!(account_from_item(&item).expect("readable"), state);
+    }
+
+    #[test]
+    fn disagreeing_versions_are_corrupt() {
+        let mut item = account_item(&state(3)).expect("serializable");
+        item.insert(VERSION.to_owned(), AttributeValue::N("4".to_owned()));
+        assert!(matches!(account_from_item(&item), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn corrupt_messages_do_not_show_values() {
+        let mut item = account_item(&state(3)).expect("serializable");
+        item.insert(STATE.to_owned(), AttributeValue::S("secret-garbage".to_owned()));
+        let Err(StoreError::Corrupt(message)) = account_from_item(&item) else { panic!("expected Corrupt") };
+        assert!(!message.contains("secret-garbage"));
+    }
+}

@@ -1,0 +1,139 @@
+//! Storage behind one trait, in two implementations: DynamoDB and embedded SQLite.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+
+pub mod dynamodb;
+pub mod sqlite;
+
+/// How long an event's dedupe record is kept: Stripe retries for three days, so 30 is ample.
+pub const DEDUPE_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;
+
+/// What became of an event. Stored on its record; stable names, used in answers and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventOutcome {
+    /// It changed the account's state.
+    Applied,
+    /// It was older than the stored state of the part it touches.
+    Stale,
+    /// Its object lacked what its type needs.
+    Unreadable,
+    /// Its type does not touch account state.
+    Unhandled,
+    /// Its type touches account state but it names no well-formed account.
+    NoAccount,
+    /// Its livemode is not the deployment's.
+    LivemodeMismatch,
+    /// A thin event sent to this snapshot endpoint.
+    MisroutedThinEvent,
+}
+
+impl EventOutcome {
+    /// The outcome's stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Stale => "stale",
+            Self::Unreadable => "unreadable",
+            Self::Unhandled => "unhandled",
+            Self::NoAccount => "no_account",
+            Self::LivemodeMismatch => "livemode_mismatch",
+            Self::MisroutedThinEvent => "misrouted_thin_event",
+        }
+    }
+
+    /// Reads an outcome's stable name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Applied,
+            Self::Stale,
+            Self::Unreadable,
+            Self::Unhandled,
+            Self::NoAccount,
+            Self::LivemodeMismatch,
+            Self::MisroutedThinEvent,
+        ]
+        .into_iter()
+        .find(|outcome| outcome.as_str() == name)
+    }
+}
+
+/// An event's dedupe record: written once, in the same atomic write as any state it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// `evt_…`: the dedupe key.
+    pub event_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The account it is about, when it names one.
+    pub account_id: Option<String>,
+    /// The event's `created`, when it is a snapshot event.
+    pub created: Option<i64>,
+    /// The event's livemode, when given.
+    pub livemode: Option<bool>,
+    /// What became of it.
+    pub outcome: EventOutcome,
+    /// Unix time it was recorded.
+    pub received_at: i64,
+    /// Unix time after which the record may be deleted (the TTL attribute on DynamoDB).
+    pub expires_at: i64,
+}
+
+/// What an attempted commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The record (and state, if any) were written.
+    Committed,
+    /// The event was already recorded: nothing was written.
+    Duplicate,
+    /// The account's stored version was not the one the state was decided against: nothing was
+    /// written; decide again on a fresh read.
+    Conflict,
+}
+
+/// A storage failure. The webhook answers 500 so that Stripe retries.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backing store could not be reached or refused the request.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A stored item could not be read back.
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// Connected-account state and event records, with one atomic, conditional write per event.
+///
+/// Implementations must guarantee, under any concurrency: an event id is recorded at most once;
+/// a state is written only if the stored version is `state.version - 1` (or absent, for version
+/// 1); and the record and the state are written together or not at all.
+pub trait AccountStore: Send + Sync + 'static {
+    /// The stored state of one account.
+    fn load_account(
+        &self,
+        account_id: &AccountId,
+    ) -> impl Future<Output = Result<Option<AccountState>, StoreError>> + Send;
+
+    /// Writes `record` and, when given, `state`, in one conditional write.
+    fn commit(
+        &self,
+        record: &EventRecord,
+        state: Option<&AccountState>,
+    ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+
+    /// One event's record.
+    fn load_event(
+        &self,
+        event_id: &str,
+    ) -> impl Future<Output = Result<Option<EventRecord>, StoreError>> + Send;
+
+    /// Every stored account, optionally only those with one status, ordered by id.
+    fn list_accounts(
+        &self,
+        status: Option<OnboardingStatus>,
+    ) -> impl Future<Output = Result<Vec<AccountState>, StoreError>> + Send;
+}

@@ -1,0 +1,4 @@
+//! Stripe's side of the wire: webhook signatures and the event envelope.
+
+pub mod event;
+pub mod signature;

@@ -1,0 +1,251 @@
+//! The webhook pipeline, independent of how the request arrived (Lambda or the local server):
+//! verify, parse, decide, one conditional write, answer.
+
+use serde_json::json;
+
+use crate::config::WebhookSettings;
+use crate::domain::account::{AccountDecision, AccountEvent, NoAccount, decide};
+use crate::store::{
+    AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, StoreError,
+};
+use crate::stripe::event::{EnvelopeError, Event, ParsedBody, ThinEvent, parse_event};
+use crate::stripe::signature::{Clock, SignatureError, SignatureVerifier, SystemClock};
+
+/// The largest body accepted: Stripe's events are far smaller, so anything bigger is refused
+/// before it is verified.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How many times a commit is retried when another writer changed the account in between.
+const MAX_CONFLICT_RETRIES: usize = 8;
+
+/// Why a delivery was refused. The one place these become HTTP statuses is [`WebhookError::status`].
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The body is over [`MAX_BODY_BYTES`].
+    #[error("the body is larger than {MAX_BODY_BYTES} bytes")]
+    BodyTooLarge,
+    /// The signature header is missing, malformed, wrong or too old.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The body is signed but is not an event.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The store could not take the write; Stripe should retry.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl WebhookError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BodyTooLarge => 413,
+            Self::Signature(_) | Self::Envelope(_) => 400,
+            Self::Store(_) => 500,
+        }
+    }
+
+    /// The stable, snake_case name of this error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BodyTooLarge => "body_too_large",
+            Self::Signature(error) => error.kind(),
+            Self::Envelope(error) => error.kind(),
+            Self::Store(_) => "storage_unavailable",
+        }
+    }
+}
+
+/// What happened to an accepted delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// First delivery of this event, recorded with this outcome.
+    Recorded(EventOutcome),
+    /// The event was already recorded; nothing changed.
+    Duplicate,
+}
+
+impl Delivery {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Recorded(outcome) => outcome.as_str(),
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// An HTTP answer: status and JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The HTTP status.
+    pub status: u16,
+    /// A one-line JSON body.
+    pub body: String,
+}
+
+impl Reply {
+    /// The answer for a refused body that was never looked at: too large.
+    pub fn body_too_large() -> Self {
+        Self::from_error(&WebhookError::BodyTooLarge)
+    }
+
+    fn from_error(error: &WebhookError) -> Self {
+        let body = json!({ "error": error.kind(), "message": error.to_string() });
+        Self { status: error.status(), body: body.to_string() }
+    }
+}
+
+/// The webhook pipeline over a store.
+pub struct WebhookService<S, C = SystemClock> {
+    store: S,
+    verifier: SignatureVerifier,
+    expected_livemode: Option<bool>,
+    clock: C,
+}
+
+impl<S: AccountStore> WebhookService<S> {
+    /// A pipeline on the system clock.
+    pub fn new(store: S, settings: &WebhookSettings) -> Self {
+        Self::with_clock(store, settings, SystemClock)
+    }
+}
+
+impl<S: AccountStore, C: Clock> WebhookService<S, C> {
+    /// A pipeline on the given clock.
+    pub fn with_clock(store: S, settings: &WebhookSettings, clock: C) -> Self {
+        Self {
+            store,
+            verifier: SignatureVerifier::new(&settings.secrets, settings.tolerance_secs),
+            expected_livemode: settings.expected_livemode,
+            clock,
+        }
+    }
+
+    /// The store this pipeline writes to.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Handles one delivery and answers it. Never panics on input.
+    pub async fn handle(&self, signature: Option<&str>, body: &[u8]) -> Reply {
+        match self.process(signature, body).await {
+            Ok(delivery) => Reply {
+                status: 200,
+                body: json!({ "received": true, "outcome": delivery.as_str() }).to_string(),
+            },
+            Err(error) => {
+                match &error {
+                    WebhookError::Store(store_error) => {
+                        tracing::error!(error = %store_error, "event not stored; Stripe will retry");
+                    }
+                    other => tracing::warn!(reason = other.kind(), "webhook refused"),
+                }
+                Reply::from_error(&error)
+            }
+        }
+    }
+
+    /// Verifies, parses, decides and records one delivery.
+    pub async fn process(&self, signature: Option<&str>, body: &[u8]) -> Result<Delivery, WebhookError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(WebhookError::BodyTooLarge);
+        }
+        let now = self.clock.now_unix();
+        self.verifier.verify(signature, body, now)?;
+        let event = match parse_event(body)? {
+            ParsedBody::Snapshot(event) => event,
+            ParsedBody::Thin(thin) => return self.record_thin(&thin, now).await,
+        };
+        let span = tracing::info_span!(
+            "event",
+            event_id = %event.id,
+            event_type = %event.event_type,
+            account_id = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        let delivery = self.record_snapshot(&event, now).await?;
+        tracing::info!(outcome = delivery.as_str(), "event handled");
+        Ok(delivery)
+    }
+
+    async fn record_thin(&self, thin: &ThinEvent, now: i64) -> Result<Delivery, WebhookError> {
+        tracing::warn!(
+            event_id = %thin.id,
+            "thin event sent to a snapshot endpoint: point this event destination elsewhere"
+        );
+        let record = EventRecord {
+            event_id: thin.id.clone(),
+            event_type: thin.event_type.clone().unwrap_or_default(),
+            account_id: thin.context.clone(),
+            created: None,
+            livemode: thin.livemode,
+            outcome: EventOutcome::MisroutedThinEvent,
+            received_at: now,
+            expires_at: now + DEDUPE_RETENTION_SECS,
+        };
+        self.commit_record(&record).await
+    }
+
+    async fn record_snapshot(&self, event: &Event, now: i64) -> Result<Delivery, WebhookError> {
+        let mut record = EventRecord {
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            account_id: event.account.clone(),
+            created: Some(event.created),
+            livemode: event.livemode,
+            outcome: EventOutcome::Unhandled,
+            received_at: now,
+            expires_at: now + DEDUPE_RETENTION_SECS,
+        };
+        if let (Some(expected), Some(actual)) = (self.expected_livemode, event.livemode)
+            && expected != actual
+        {
+            record.outcome = EventOutcome::LivemodeMismatch;
+            return self.commit_record(&record).await;
+        }
+        let account_event = match AccountEvent::from_event(event) {
+            Ok(Some(account_event)) => account_event,
+            Ok(None) => return self.commit_record(&record).await,
+            Err(NoAccount) => {
+                record.outcome = EventOutcome::NoAccount;
+                return self.commit_record(&record).await;
+            }
+        };
+        tracing::Span::current().record("account_id", account_event.account_id.as_str());
+        record.account_id = Some(account_event.account_id.to_string());
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let current = self.store.load_account(&account_event.account_id).await?;
+            let decision = decide(&account_event, current.as_ref());
+            let next = match decision {
+                AccountDecision::Apply(mut next) => {
+                    next.version = current.as_ref().map_or(0, |state| state.version) + 1;
+                    record.outcome = EventOutcome::Applied;
+                    Some(next)
+                }
+                AccountDecision::Stale => {
+                    record.outcome = EventOutcome::Stale;
+                    None
+                }
+                AccountDecision::Unreadable => {
+                    record.outcome = EventOutcome::Unreadable;
+                    None
+                }
+            };
+            // A stale or unreadable event needs no version check: guards only move forward, so
+            // what was stale against this read is stale against any later one.
+            match self.store.commit(&record, next.as_deref()).await? {
+                CommitOutcome::Committed => return Ok(Delivery::Recorded(record.outcome)),
+                CommitOutcome::Duplicate => return Ok(Delivery::Duplicate),
+                CommitOutcome::Conflict => tracing::debug!("account changed concurrently; deciding again"),
+            }
+        }
+        Err(StoreError::Unavailable("the account kept changing concurrently".into()).into())
+    }
+
+    async fn commit_record(&self, record: &EventRecord) -> Result<Delivery, WebhookError> {
+        Ok(match self.store.commit(record, None).await? {
+            CommitOutcome::Duplicate => Delivery::Duplicate,
+            CommitOutcome::Committed | CommitOutcome::Conflict => Delivery::Recorded(record.outcome),
+        })
+    }
+}
