@@ -17,7 +17,13 @@ pub struct Verdict {
 }
 
 /// `connect-flow verify`: checks a header for a body as Stripe's SDKs' `construct_event` does.
-pub fn verify(secrets: &[String], tolerance_secs: u64, now: Option<i64>, header: &str, body: &[u8]) -> Verdict {
+pub fn verify(
+    secrets: &[String],
+    tolerance_secs: u64,
+    now: Option<i64>,
+    header: &str,
+    body: &[u8],
+) -> Verdict {
     let secrets: Vec<WebhookSecret> = secrets.iter().map(WebhookSecret::new).collect();
     let now = now.unwrap_or_else(|| SystemClock.now_unix());
     let refused = |kind: &str, message: String| Verdict { line: format!("{kind}: {message}"), valid: false };
@@ -89,7 +95,12 @@ mod tests {
             ("t=100,v1=ab".into(), BODY, 100, "signature_mismatch"),
             (sign(&WebhookSecret::new("whsec_a"), 100, BODY), BODY, 401, "timestamp_outside_tolerance"),
             (sign(&WebhookSecret::new("whsec_a"), 100, b"nope"), &b"nope"[..], 100, "invalid_json"),
-            (sign(&WebhookSecret::new("whsec_a"), 100, thin), &thin[..], 100, "thin_event_passed_to_snapshot_parser"),
+            (
+                sign(&WebhookSecret::new("whsec_a"), 100, thin),
+                &thin[..],
+                100,
+                "thin_event_passed_to_snapshot_parser",
+            ),
         ] {
             let verdict = verify(&secrets, 300, Some(now), &header, body);
             assert!(!verdict.valid && verdict.line.starts_with(&format!("{kind}: ")), "{verdict:?}");

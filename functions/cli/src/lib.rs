@@ -1,4 +1,5 @@
 //! The `connect-flow` command's parts, as a library so that tests can run them in-process.
 
 pub mod commands;
+pub mod envelope;
 pub mod server;

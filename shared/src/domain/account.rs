@@ -130,8 +130,11 @@ pub struct ExternalAccountSummary {
 /// older update cannot bring a deleted person or bank account back.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderingGuards {
-    /// The account object itself and the application (de)authorisation events.
+    /// The account object itself.
     pub account: Option<i64>,
+    /// The application (de)authorisation events.
+    #[serde(default)]
+    pub authorization: Option<i64>,
     /// Each capability.
     pub capabilities: BTreeMap<String, i64>,
     /// Each person.
@@ -164,7 +167,7 @@ pub struct AccountState {
     pub capabilities: BTreeMap<String, String>,
     /// `settings.payouts.schedule.interval` (or the old `payout_schedule.interval`).
     pub payout_schedule_interval: Option<String>,
-    /// Whether the latest account-level word was `account.application.deauthorized`.
+    /// Whether the newest (de)authorisation event was `account.application.deauthorized`.
     pub deauthorized: bool,
     /// Persons by id, with their own requirements.
     pub persons: BTreeMap<String, PersonSummary>,
@@ -209,7 +212,11 @@ impl AccountState {
 pub fn onboarding_status(state: &AccountState) -> OnboardingStatus {
     let disabled_reason = state.disabled_reason.as_deref().filter(|reason| !reason.is_empty());
     let requirements = &state.requirements;
-    if state.deauthorized {
+    // Deauthorisation is the latest word unless an account object is newer; it wins a tie, being
+    // the one that ends the relationship.
+    let deauthorized = state.deauthorized
+        && state.ordering.authorization.unwrap_or(i64::MIN) >= state.ordering.account.unwrap_or(i64::MIN);
+    if deauthorized {
         OnboardingStatus::Deauthorized
     } else if disabled_reason.is_some_and(|reason| reason.starts_with("rejected.")) {
         OnboardingStatus::Rejected
@@ -309,7 +316,7 @@ impl<'a> AccountEvent<'a> {
 /// The result of deciding one account event against the stored state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountDecision {
-    /// Store this new state (the store bumps its version).
+    /// Store this new state (the caller sets its next version).
     Apply(Box<AccountState>),
     /// The event is older than what is stored for the part it touches: record it, change nothing.
     Stale,
@@ -343,17 +350,11 @@ pub fn decide(event: &AccountEvent<'_>, current: Option<&AccountState>) -> Accou
     let created = event.created;
     let object = &event.object;
     let change = match event.kind {
-        AccountEventKind::AccountUpdated => {
-            let current = is_current(next.ordering.account, created);
-            if current {
-                apply_account_object(&mut next, object, created);
-            }
-            current.into()
-        }
+        AccountEventKind::AccountUpdated => apply_account_object(&mut next, object, created).into(),
         AccountEventKind::ApplicationAuthorized | AccountEventKind::ApplicationDeauthorized => {
-            let current = is_current(next.ordering.account, created);
+            let current = is_current(next.ordering.authorization, created);
             if current {
-                next.ordering.account = Some(created);
+                next.ordering.authorization = Some(created);
                 next.deauthorized = event.kind == AccountEventKind::ApplicationDeauthorized;
             }
             current.into()
@@ -417,9 +418,24 @@ fn upsert_or_delete<T>(
 }
 
 /// Overwrites the account-level fields from a full account object, old shapes included.
-fn apply_account_object(state: &mut AccountState, account: &Value, created: i64) {
+///
+/// Each part is ordered on its own guard: an object too old for the account-level fields may still
+/// be the newest word on a capability or a bank account. Returns whether any part was current.
+fn apply_account_object(state: &mut AccountState, account: &Value, created: i64) -> bool {
+    let mut changed = apply_external_accounts_list(state, account, created);
+    if let Some(capabilities) = account.get("capabilities").and_then(Value::as_object) {
+        for (name, value) in capabilities {
+            // Capabilities were objects with a `status` in some early versions.
+            let status = value.as_str().or_else(|| str_at(value, &["status"]));
+            if let Some(status) = status {
+                changed |= set_capability(state, name, status, created);
+            }
+        }
+    }
+    if !is_current(state.ordering.account, created) {
+        return changed;
+    }
     state.ordering.account = Some(created);
-    state.deauthorized = false;
     state.charges_enabled = bool_at(account, &["charges_enabled"]);
     state.payouts_enabled = bool_at(account, &["payouts_enabled"]);
     state.details_submitted = bool_at(account, &["details_submitted"]);
@@ -444,15 +460,26 @@ fn apply_account_object(state: &mut AccountState, account: &Value, created: i64)
     state.payout_schedule_interval = str_at(account, &["settings", "payouts", "schedule", "interval"])
         .or_else(|| str_at(account, &["payout_schedule", "interval"]))
         .map(str::to_owned);
-    if let Some(capabilities) = account.get("capabilities").and_then(Value::as_object) {
-        for (name, value) in capabilities {
-            // Capabilities were objects with a `status` in some early versions.
-            let status = value.as_str().or_else(|| str_at(value, &["status"]));
-            if let Some(status) = status {
-                set_capability(state, name, status, created);
-            }
-        }
+    true
+}
+
+/// An account object lists its external accounts: each listed one is upserted under its own guard.
+/// Omission is not read as deletion: the list may be truncated, and `account.external_account.deleted`
+/// says so explicitly (and, unlike an omission, can be ordered against an account never seen).
+fn apply_external_accounts_list(state: &mut AccountState, account: &Value, created: i64) -> bool {
+    let Some(listed) = value_at(account, &["external_accounts", "data"]).and_then(Value::as_array) else {
+        return false;
+    };
+    let mut changed = false;
+    for external in listed {
+        let summary = external_account_summary(external);
+        let (entries, guards) = (&mut state.external_accounts, &mut state.ordering.external_accounts);
+        changed |= matches!(
+            upsert_or_delete(entries, guards, external, Some(summary), created),
+            PartChange::Applied
+        );
     }
+    changed
 }
 
 fn read_requirements(requirements: &Value) -> Requirements {
@@ -506,3 +533,6 @@ fn strings_at(value: &Value, path: &[&str]) -> Vec<String> {
         .map(|items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;
