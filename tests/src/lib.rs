@@ -1,1 +1,95 @@
+//! Helpers shared by the integration tests: stores on SQLite and on the DynamoDB emulator, and
+//! signed deliveries.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::{Value, json};
+use shared::config::WebhookSettings;
+use shared::store::dynamodb::{DynamoStore, create_table};
+use shared::store::sqlite::SqliteStore;
+use shared::stripe::signature::{FixedClock, WebhookSecret, sign};
+use shared::webhook::WebhookService;
+
+/// The signing secret every test deployment uses.
+pub const SECRET: &str = "whsec_integration_tests";
+/// The fixed "now" of every test pipeline.
+pub const NOW: i64 = 1_750_000_000;
+/// The variable that names the DynamoDB emulator's endpoint (set by the test script).
+pub const DYNAMODB_ENDPOINT: &str = "CONNECT_FLOW_TEST_DYNAMODB_ENDPOINT";
+
+/// Settings with the test secret, the default tolerance and no livemode restriction.
+pub fn settings() -> WebhookSettings {
+    WebhookSettings {
+        secrets: vec![WebhookSecret::new(SECRET)],
+        tolerance_secs: 300,
+        expected_livemode: None,
+    }
+}
+
+/// A pipeline over `store` on the fixed clock.
+pub fn pipeline<S: shared::store::AccountStore>(store: S) -> WebhookService<S, FixedClock> {
+    WebhookService::with_clock(store, &settings(), FixedClock(NOW))
+}
+
+/// A fresh in-memory SQLite store.
+pub fn sqlite_store() -> SqliteStore {
+    SqliteStore::in_memory().expect("in-memory SQLite opens")
+}
+
+/// A DynamoDB client for the emulator the test script started. Panics, loudly, without one: a
+/// test that needs the emulator must never pass by skipping.
+pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
+    let endpoint = std::env::var(DYNAMODB_ENDPOINT).unwrap_or_else(|_| {
+        panic!("{DYNAMODB_ENDPOINT} is not set: run the tests with ./scripts/test, which starts moto server")
+    });
+    assert!(
+        endpoint.starts_with("http://127.0.0.1:") || endpoint.starts_with("http://[::1]:"),
+        "the emulator must be on loopback, not {endpoint}"
+    );
+    // Credentials and region are given here so that the SDK never looks for them off this machine.
+    let credentials = aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "tests");
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// A DynamoDB store on a table of its own, so that tests do not see each other's items.
+pub async fn dynamo_store() -> DynamoStore {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let table = format!("connect-flow-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let client = dynamodb_client().await;
+    create_table(&client, &table).await.expect("the emulator creates the table");
+    DynamoStore::new(client, table)
+}
+
+/// A signed delivery: the header and the body bytes.
+pub fn signed(event: &Value, timestamp: i64) -> (String, Vec<u8>) {
+    let body = event.to_string().into_bytes();
+    (sign(&WebhookSecret::new(SECRET), timestamp, &body), body)
+}
+
+/// An `account.updated` event for `account` with the given onboarding-relevant fields.
+pub fn account_updated(
+    id: &str,
+    account: &str,
+    created: i64,
+    charges_enabled: bool,
+    currently_due: &[&str],
+) -> Value {
+    json!({
+        "id": id, "object": "event", "type": "account.updated", "created": created, "livemode": false,
+        "api_version": "2024-06-20", "account": account,
+        "data": { "object": {
+            "id": account, "object": "account", "details_submitted": true,
+            "charges_enabled": charges_enabled, "payouts_enabled": true,
+            "requirements": { "currently_due": currently_due, "eventually_due": [], "past_due": [],
+                              "pending_verification": [], "disabled_reason": null, "current_deadline": null },
+            "capabilities": { "transfers": if charges_enabled { "active" } else { "pending" } },
+            "settings": { "payouts": { "schedule": { "interval": "manual" } } }
+        }}
+    })
+}

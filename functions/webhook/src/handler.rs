@@ -26,3 +26,6 @@ pub async fn handle<S: AccountStore, C: Clock>(
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::Text(reply.body))?)
 }
+
+#[cfg(test)]
+mod tests;

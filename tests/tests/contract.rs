@@ -1,0 +1,260 @@
+//! One contract, two stores: every test here runs on embedded SQLite and on DynamoDB (moto server),
+//! directly against the store and through the whole webhook pipeline.
+
+use std::sync::Arc;
+
+use integration_tests::{NOW, account_updated, pipeline, signed};
+use serde_json::{Value, json};
+use shared::domain::account::{AccountId, OnboardingStatus};
+use shared::store::{AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord};
+use shared::webhook::Delivery;
+
+fn record(event_id: &str, outcome: EventOutcome) -> EventRecord {
+    EventRecord {
+        event_id: event_id.into(),
+        event_type: "account.updated".into(),
+        account_id: Some("acct_1".into()),
+        created: Some(NOW - 10),
+        livemode: Some(false),
+        outcome,
+        received_at: NOW,
+        expires_at: NOW + DEDUPE_RETENTION_SECS,
+    }
+}
+
+fn account_id(id: &str) -> AccountId {
+    AccountId::parse(id).unwrap()
+}
+
+fn outcome(body: &str) -> String {
+    serde_json::from_str::<Value>(body).unwrap()["outcome"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Applies one event through a pipeline and returns the state it produced, for seeding.
+async fn seed_state<S: AccountStore>(store: S, event: &Value) -> shared::domain::account::AccountState {
+    let service = pipeline(store);
+    let (header, body) = signed(event, NOW);
+    assert_eq!(
+        service.process(Some(&header), &body).await.unwrap(),
+        Delivery::Recorded(EventOutcome::Applied)
+    );
+    let id = event["account"].as_str().unwrap();
+    service.store().load_account(&account_id(id)).await.unwrap().unwrap()
+}
+
+async fn a_state_commits_once_and_reads_back<S: AccountStore + Clone>(store: S) {
+    let state = seed_state(store.clone(), &account_updated("evt_seed", "acct_1", NOW - 60, true, &[])).await;
+    assert_eq!(state.version, 1);
+    assert_eq!(state.onboarding_status, OnboardingStatus::Active);
+    let stored = store.load_event("evt_seed").await.unwrap().unwrap();
+    assert_eq!((stored.outcome, stored.account_id.as_deref()), (EventOutcome::Applied, Some("acct_1")));
+    assert_eq!(stored.expires_at, NOW + DEDUPE_RETENTION_SECS, "dedupe records expire after 30 days");
+    let mut next = state.clone();
+    next.version = 2;
+    next.charges_enabled = Some(false);
+    assert_eq!(
+        store.commit(&record("evt_next", EventOutcome::Applied), Some(&next)).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    assert_eq!(store.load_account(&account_id("acct_1")).await.unwrap(), Some(next));
+}
+
+async fn a_recorded_event_is_a_duplicate_and_writes_nothing<S: AccountStore + Clone>(store: S) {
+    let state = seed_state(store.clone(), &account_updated("evt_seed", "acct_1", NOW - 60, true, &[])).await;
+    let mut next = state.clone();
+    next.version = 2;
+    next.charges_enabled = Some(false);
+    let replay = record("evt_seed", EventOutcome::Applied);
+    assert_eq!(store.commit(&replay, Some(&next)).await.unwrap(), CommitOutcome::Duplicate);
+    assert_eq!(store.load_account(&account_id("acct_1")).await.unwrap(), Some(state));
+    assert_eq!(store.commit(&replay, None).await.unwrap(), CommitOutcome::Duplicate);
+}
+
+async fn a_stale_version_conflicts_and_rolls_back_the_record<S: AccountStore + Clone>(store: S) {
+    let state = seed_state(store.clone(), &account_updated("evt_seed", "acct_1", NOW - 60, true, &[])).await;
+    for wrong_version in [1, 3] {
+        let mut next = state.clone();
+        next.version = wrong_version;
+        let attempt = record(&format!("evt_v{wrong_version}"), EventOutcome::Applied);
+        assert_eq!(store.commit(&attempt, Some(&next)).await.unwrap(), CommitOutcome::Conflict);
+        assert_eq!(store.load_event(&attempt.event_id).await.unwrap(), None, "the record rolls back too");
+    }
+    assert_eq!(store.load_account(&account_id("acct_1")).await.unwrap(), Some(state));
+}
+
+async fn accounts_are_listed_by_status<S: AccountStore + Clone>(store: S) {
+    seed_state(store.clone(), &account_updated("evt_1", "acct_2", NOW - 60, true, &[])).await;
+    seed_state(store.clone(), &account_updated("evt_2", "acct_1", NOW - 60, true, &[])).await;
+    seed_state(store.clone(), &account_updated("evt_3", "acct_3", NOW - 60, true, &["external_account"]))
+        .await;
+    let ids = |accounts: Vec<shared::domain::account::AccountState>| {
+        accounts.into_iter().map(|account| account.account_id.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(store.list_accounts(None).await.unwrap()), ["acct_1", "acct_2", "acct_3"]);
+    assert_eq!(ids(store.list_accounts(Some(OnboardingStatus::Active)).await.unwrap()), ["acct_1", "acct_2"]);
+    let action_required = store.list_accounts(Some(OnboardingStatus::ActionRequired)).await.unwrap();
+    assert_eq!(ids(action_required), ["acct_3"]);
+}
+
+async fn a_duplicate_delivered_three_times_concurrently_applies_once<S: AccountStore>(store: S) {
+    let service = Arc::new(pipeline(store));
+    let (header, body) = signed(&account_updated("evt_dup", "acct_1", NOW - 5, true, &[]), NOW);
+    let deliveries = (0..3).map(|_| {
+        let (service, header, body) = (Arc::clone(&service), header.clone(), body.clone());
+        tokio::spawn(async move { service.handle(Some(&header), &body).await })
+    });
+    let mut outcomes = Vec::new();
+    for delivery in deliveries {
+        let reply = delivery.await.unwrap();
+        assert_eq!(reply.status, 200);
+        outcomes.push(outcome(&reply.body));
+    }
+    outcomes.sort();
+    assert_eq!(outcomes, ["applied", "duplicate", "duplicate"]);
+    let replay = service.handle(Some(&header), &body).await;
+    assert_eq!(outcome(&replay.body), "duplicate");
+    let state = service.store().load_account(&account_id("acct_1")).await.unwrap().unwrap();
+    assert_eq!((state.version, state.last_event_id.as_str()), (1, "evt_dup"));
+}
+
+async fn concurrent_events_for_one_account_all_apply_and_the_newest_wins<S: AccountStore>(store: S) {
+    let service = Arc::new(pipeline(store));
+    let events: Vec<Value> = (0..6)
+        .map(|i| {
+            let due: &[&str] = if i == 5 { &[] } else { &["individual.id_number"] };
+            account_updated(&format!("evt_c{i}"), "acct_1", NOW - 100 + i, i == 5, due)
+        })
+        .collect();
+    let deliveries: Vec<_> = events
+        .iter()
+        .rev()
+        .map(|event| {
+            let (header, body) = signed(event, NOW);
+            let service = Arc::clone(&service);
+            tokio::spawn(async move { service.process(Some(&header), &body).await })
+        })
+        .collect();
+    let mut applied_or_stale = 0;
+    for delivery in deliveries {
+        match delivery.await.unwrap().unwrap() {
+            Delivery::Recorded(EventOutcome::Applied | EventOutcome::Stale) => applied_or_stale += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(applied_or_stale, 6);
+    let state = service.store().load_account(&account_id("acct_1")).await.unwrap().unwrap();
+    assert_eq!(state.last_event_id, "evt_c5");
+    assert_eq!(state.onboarding_status, OnboardingStatus::Active);
+    for i in 0..6 {
+        assert!(
+            service.store().load_event(&format!("evt_c{i}")).await.unwrap().is_some(),
+            "evt_c{i} recorded"
+        );
+    }
+}
+
+async fn a_stale_event_is_recorded_and_changes_nothing<S: AccountStore>(store: S) {
+    let service = pipeline(store);
+    let (header, body) = signed(&account_updated("evt_new", "acct_1", NOW - 10, true, &[]), NOW);
+    service.process(Some(&header), &body).await.unwrap();
+    let before = service.store().load_account(&account_id("acct_1")).await.unwrap();
+    let (header, body) = signed(&account_updated("evt_old", "acct_1", NOW - 20, false, &["x"]), NOW);
+    assert_eq!(service.process(Some(&header), &body).await.unwrap(), Delivery::Recorded(EventOutcome::Stale));
+    assert_eq!(service.store().load_account(&account_id("acct_1")).await.unwrap(), before);
+    let stale = service.store().load_event("evt_old").await.unwrap().unwrap();
+    assert_eq!(stale.outcome, EventOutcome::Stale);
+}
+
+async fn refused_deliveries_store_nothing<S: AccountStore>(store: S) {
+    let service = pipeline(store);
+    let event = account_updated("evt_bad", "acct_1", NOW - 10, true, &[]);
+    let (header, body) = signed(&event, NOW);
+    let forged = header.replace("v1=", "v1=00");
+    let (expired, _) = signed(&event, NOW - 301);
+    let (not_json_header, not_json) = {
+        let body = b"{\"id\": \"evt_bad\", truncated".to_vec();
+        (
+            shared::stripe::signature::sign(
+                &shared::stripe::signature::WebhookSecret::new(integration_tests::SECRET),
+                NOW,
+                &body,
+            ),
+            body,
+        )
+    };
+    for (header, body, status, kind) in [
+        (Some(forged.as_str()), body.as_slice(), 400, "signature_mismatch"),
+        (Some(expired.as_str()), body.as_slice(), 400, "timestamp_outside_tolerance"),
+        (None, body.as_slice(), 400, "missing_header"),
+        (Some(not_json_header.as_str()), not_json.as_slice(), 400, "invalid_json"),
+    ] {
+        let reply = service.handle(header, body).await;
+        assert_eq!(reply.status, status, "{kind}");
+        assert_eq!(serde_json::from_str::<Value>(&reply.body).unwrap()["error"], kind);
+    }
+    let oversized = vec![b' '; shared::webhook::MAX_BODY_BYTES + 1];
+    assert_eq!(service.handle(Some(&header), &oversized).await.status, 413);
+    assert_eq!(service.store().load_event("evt_bad").await.unwrap(), None);
+    assert_eq!(service.store().load_account(&account_id("acct_1")).await.unwrap(), None);
+}
+
+async fn events_that_change_no_account_are_still_recorded<S: AccountStore>(store: S) {
+    let mut settings = integration_tests::settings();
+    settings.expected_livemode = Some(true);
+    let service = shared::webhook::WebhookService::with_clock(
+        store,
+        &settings,
+        shared::stripe::signature::FixedClock(NOW),
+    );
+    let unknown = json!({"id": "evt_unknown", "object": "event", "type": "llama.created", "created": NOW,
+        "livemode": true, "data": {"object": {"id": "llama_1", "object": "llama"}}});
+    let test_mode = json!({"id": "evt_testmode", "object": "event", "type": "account.updated", "created": NOW,
+        "livemode": false, "account": "acct_1", "data": {"object": {"id": "acct_1", "object": "account"}}});
+    let thin = json!({"id": "evt_thin", "object": "v2.core.event", "type": "v1.billing.meter.no_meter_found",
+        "livemode": true, "created": "2025-06-15T00:00:00.000Z", "context": "acct_1"});
+    let no_account = json!({"id": "evt_noacct", "object": "event", "type": "account.application.deauthorized",
+        "created": NOW, "livemode": true, "data": {"object": {"object": "application"}}});
+    for (event, expected) in [
+        (&unknown, EventOutcome::Unhandled),
+        (&test_mode, EventOutcome::LivemodeMismatch),
+        (&thin, EventOutcome::MisroutedThinEvent),
+        (&no_account, EventOutcome::NoAccount),
+    ] {
+        let (header, body) = signed(event, NOW);
+        let reply = service.handle(Some(&header), &body).await;
+        assert_eq!((reply.status, outcome(&reply.body)), (200, expected.as_str().to_owned()));
+        let id = event["id"].as_str().unwrap();
+        assert_eq!(service.store().load_event(id).await.unwrap().unwrap().outcome, expected);
+        assert_eq!(outcome(&service.handle(Some(&header), &body).await.body), "duplicate");
+    }
+    assert_eq!(service.store().load_account(&account_id("acct_1")).await.unwrap(), None);
+}
+
+macro_rules! contract {
+    ($store:ident, $make:expr) => {
+        mod $store {
+            contract!(@tests $make;
+                a_state_commits_once_and_reads_back,
+                a_recorded_event_is_a_duplicate_and_writes_nothing,
+                a_stale_version_conflicts_and_rolls_back_the_record,
+                accounts_are_listed_by_status,
+                a_duplicate_delivered_three_times_concurrently_applies_once,
+                concurrent_events_for_one_account_all_apply_and_the_newest_wins,
+                a_stale_event_is_recorded_and_changes_nothing,
+                refused_deliveries_store_nothing,
+                events_that_change_no_account_are_still_recorded,
+            );
+        }
+    };
+    (@tests $make:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test($make).await;
+            }
+        )*
+    };
+}
+
+contract!(sqlite, integration_tests::sqlite_store());
+contract!(dynamodb, integration_tests::dynamo_store().await);
