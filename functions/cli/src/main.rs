@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use connect_flow::envelope::{EnvelopeKind, lambda_envelope};
 use connect_flow::{commands, server};
 use shared::config::{WEBHOOK_SECRETS, WebhookSettings};
 use shared::store::sqlite::SqliteStore;
-use shared::stripe::signature::{Clock, DEFAULT_TOLERANCE_SECS, SystemClock};
+use shared::stripe::signature::{Clock, DEFAULT_TOLERANCE_SECS, SystemClock, WebhookSecret, sign};
 use shared::webhook::WebhookService;
 
 #[derive(Parser)]
@@ -41,6 +42,23 @@ enum Command {
         /// The signing secret; defaults to the first of STRIPE_WEBHOOK_SECRETS.
         #[arg(long, env = WEBHOOK_SECRETS, hide_env_values = true)]
         secret: String,
+    },
+    /// Sign an event file: print its Stripe-Signature header, or a whole Lambda request envelope.
+    Sign {
+        /// A Stripe event JSON file.
+        file: PathBuf,
+        /// The signing secret; defaults to the first of STRIPE_WEBHOOK_SECRETS.
+        #[arg(long, env = WEBHOOK_SECRETS, hide_env_values = true)]
+        secret: String,
+        /// The signature's Unix time; defaults to now.
+        #[arg(long)]
+        timestamp: Option<i64>,
+        /// Print a Lambda request envelope of this kind (apigw-v2 or function-url) instead of the header.
+        #[arg(long, value_parser = parse_envelope_kind)]
+        envelope: Option<EnvelopeKind>,
+        /// Base64-encode the body inside the envelope, as API Gateway does for binary media types.
+        #[arg(long, requires = "envelope")]
+        base64: bool,
     },
     /// Check a Stripe-Signature header for the body on standard input.
     Verify {
@@ -89,16 +107,42 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             .await?;
             Ok(true)
         }
-        Command::Send { files, url, secret } => {
-            let first_secret = secret.split(',').map(str::trim).find(|s| !s.is_empty());
-            let secret = first_secret.with_context(|| format!("pass --secret or set {WEBHOOK_SECRETS}"))?;
-            commands::send(&files, &url, secret).await
+        Command::Send { files, url, secret } => commands::send(&files, &url, first_secret(&secret)?).await,
+        Command::Sign { file, secret, timestamp, envelope, base64 } => {
+            let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let secret = first_secret(&secret)?;
+            let header =
+                sign(&WebhookSecret::new(secret), timestamp.unwrap_or_else(|| SystemClock.now_unix()), &body);
+            match envelope {
+                None => emit(&header),
+                Some(kind) => emit(&format!("{:#}", lambda_envelope(kind, &body, &header, base64))),
+            }
+            Ok(true)
         }
         Command::Verify { secrets, tolerance, now, header } => {
             let body = commands::read_stdin()?;
             let verdict = commands::verify(&secrets, tolerance, now, &header, &body);
-            println!("{}", verdict.line);
+            emit(&verdict.line);
             Ok(verdict.valid)
         }
     }
+}
+
+/// The first of a comma-separated list of secrets, as STRIPE_WEBHOOK_SECRETS holds them.
+fn first_secret(secrets: &str) -> anyhow::Result<&str> {
+    secrets
+        .split(',')
+        .map(str::trim)
+        .find(|secret| !secret.is_empty())
+        .with_context(|| format!("pass --secret or set {WEBHOOK_SECRETS}"))
+}
+
+fn parse_envelope_kind(name: &str) -> Result<EnvelopeKind, String> {
+    EnvelopeKind::parse(name).ok_or_else(|| format!("{name}: expected apigw-v2 or function-url"))
+}
+
+/// Prints one line; a closed pipe (`| head`) ends the output quietly instead of panicking.
+fn emit(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
