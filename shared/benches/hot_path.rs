@@ -14,13 +14,13 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use shared::config::WebhookSettings;
-use shared::domain::account::{decide, AccountDecision, AccountEvent, AccountState};
+use shared::domain::account::{AccountDecision, AccountEvent, AccountState, decide};
 use shared::store::sqlite::SqliteStore;
-use shared::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, DEDUPE_RETENTION_SECS};
-use shared::stripe::event::{parse_event, Event, ParsedBody};
-use shared::stripe::signature::{sign, FixedClock, SignatureVerifier, WebhookSecret};
+use shared::store::{AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord};
+use shared::stripe::event::{Event, ParsedBody, parse_event};
+use shared::stripe::signature::{FixedClock, SignatureVerifier, WebhookSecret, sign};
 use shared::webhook::WebhookService;
 use tokio::runtime::Runtime;
 

@@ -2,6 +2,11 @@
 //! signed deliveries.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::error::BoxError;
 
 use serde_json::{Value, json};
 use shared::config::WebhookSettings;
@@ -36,9 +41,45 @@ pub fn sqlite_store() -> SqliteStore {
     SqliteStore::in_memory().expect("in-memory SQLite opens")
 }
 
+/// Records the operation of every HTTP request the DynamoDB client sends, retries included, as
+/// AWS bills them.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLog(Arc<Mutex<Vec<String>>>);
+
+impl RequestLog {
+    /// Takes the operations recorded so far, leaving the log empty.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl Intercept for RequestLog {
+    fn name(&self) -> &'static str {
+        "RequestLog"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        // DynamoDB's JSON protocol names the operation in this header: "DynamoDB_20120810.GetItem".
+        let target = context.request().headers().get("x-amz-target").unwrap_or_default();
+        let operation = target.rsplit('.').next().unwrap_or_default().to_owned();
+        self.0.lock().unwrap().push(operation);
+        Ok(())
+    }
+}
+
 /// A DynamoDB client for the emulator the test script started. Panics, loudly, without one: a
 /// test that needs the emulator must never pass by skipping.
 pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
+    dynamodb_client_logged(RequestLog::default()).await
+}
+
+/// [`dynamodb_client`], recording every request in `log`.
+pub async fn dynamodb_client_logged(log: RequestLog) -> aws_sdk_dynamodb::Client {
     let endpoint = std::env::var(DYNAMODB_ENDPOINT).unwrap_or_else(|_| {
         panic!("{DYNAMODB_ENDPOINT} is not set: run the tests with ./scripts/test, which starts moto server")
     });
@@ -53,15 +94,21 @@ pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
         .credentials_provider(credentials)
         .endpoint_url(endpoint)
+        .interceptor(log)
         .build();
     aws_sdk_dynamodb::Client::from_conf(config)
 }
 
 /// A DynamoDB store on a table of its own, so that tests do not see each other's items.
 pub async fn dynamo_store() -> DynamoStore {
+    dynamo_store_logged(RequestLog::default()).await
+}
+
+/// [`dynamo_store`], recording every request in `log` (table creation included).
+pub async fn dynamo_store_logged(log: RequestLog) -> DynamoStore {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let table = format!("connect-flow-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-    let client = dynamodb_client().await;
+    let client = dynamodb_client_logged(log).await;
     create_table(&client, &table).await.expect("the emulator creates the table");
     DynamoStore::new(client, table)
 }
