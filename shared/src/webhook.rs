@@ -2,6 +2,7 @@
 //! verify, parse, decide, one conditional write, answer.
 
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::config::WebhookSettings;
 use crate::domain::account::{AccountDecision, AccountEvent, NoAccount, decide};
@@ -162,9 +163,8 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             event_type = %event.event_type,
             account_id = tracing::field::Empty
         );
-        let _entered = span.enter();
-        let delivery = self.record_snapshot(&event, now).await?;
-        tracing::info!(outcome = delivery.as_str(), "event handled");
+        let delivery = self.record_snapshot(&event, now).instrument(span.clone()).await?;
+        span.in_scope(|| tracing::info!(outcome = delivery.as_str(), "event handled"));
         Ok(delivery)
     }
 

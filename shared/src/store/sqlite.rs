@@ -77,6 +77,11 @@ impl SqliteStore {
         Ok(Self { connection: Arc::new(Mutex::new(connection)) })
     }
 
+    /// Checks that the database answers.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.lock()?.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         self.connection.lock().map_err(|_| StoreError::Unavailable("sqlite: connection lock poisoned".into()))
     }
