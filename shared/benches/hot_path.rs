@@ -18,7 +18,9 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use shared::config::WebhookSettings;
 use shared::domain::account::{AccountDecision, AccountEvent, AccountState, decide};
 use shared::store::sqlite::SqliteStore;
-use shared::store::{AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord};
+use shared::store::{
+    AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite,
+};
 use shared::stripe::event::{Event, ParsedBody, parse_event};
 use shared::stripe::signature::{FixedClock, SignatureVerifier, WebhookSecret, sign};
 use shared::webhook::WebhookService;
@@ -185,7 +187,9 @@ fn bench_commit(c: &mut Criterion, name: &str, store: &SqliteStore) {
         expires_at: NOW + DEDUPE_RETENTION_SECS,
     };
     let first = record_for(0);
-    let outcome = runtime.block_on(store.commit(&first, Some(&state))).expect("the first commit succeeds");
+    let outcome = runtime
+        .block_on(store.commit(&EventWrite::with_account(&first, Some(&state))))
+        .expect("the first commit succeeds");
     assert_eq!(outcome, CommitOutcome::Committed, "the account is created");
     // Inputs are made and consumed in order, so each commit finds the version before its own.
     let mut n = 0;
@@ -197,7 +201,9 @@ fn bench_commit(c: &mut Criterion, name: &str, store: &SqliteStore) {
                 (record_for(n), state.clone())
             },
             |(record, next)| {
-                let outcome = runtime.block_on(store.commit(&record, Some(&next))).expect("commit succeeds");
+                let outcome = runtime
+                    .block_on(store.commit(&EventWrite::with_account(&record, Some(&next))))
+                    .expect("commit succeeds");
                 assert_eq!(outcome, CommitOutcome::Committed, "the conditional write succeeds");
             },
             BatchSize::SmallInput,

@@ -7,7 +7,7 @@ use tracing::Instrument;
 use crate::config::WebhookSettings;
 use crate::domain::account::{AccountDecision, AccountEvent, NoAccount, decide};
 use crate::store::{
-    AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, StoreError,
+    AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite, StoreError,
 };
 use crate::stripe::event::{EnvelopeError, Event, ParsedBody, ThinEvent, parse_event};
 use crate::stripe::signature::{Clock, SignatureError, SignatureVerifier, SystemClock};
@@ -233,7 +233,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             };
             // A stale or unreadable event needs no version check: guards only move forward, so
             // what was stale against this read is stale against any later one.
-            match self.store.commit(&record, next.as_deref()).await? {
+            match self.store.commit(&EventWrite::with_account(&record, next.as_deref())).await? {
                 CommitOutcome::Committed => return Ok(Delivery::Recorded(record.outcome)),
                 CommitOutcome::Duplicate => return Ok(Delivery::Duplicate),
                 CommitOutcome::Conflict => tracing::debug!("account changed concurrently; deciding again"),
@@ -243,7 +243,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
     }
 
     async fn commit_record(&self, record: &EventRecord) -> Result<Delivery, WebhookError> {
-        Ok(match self.store.commit(record, None).await? {
+        Ok(match self.store.commit(&EventWrite::record_only(record)).await? {
             CommitOutcome::Duplicate => Delivery::Duplicate,
             CommitOutcome::Committed | CommitOutcome::Conflict => Delivery::Recorded(record.outcome),
         })

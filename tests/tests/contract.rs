@@ -6,7 +6,10 @@ use std::sync::Arc;
 use integration_tests::{NOW, account_updated, pipeline, signed};
 use serde_json::{Value, json};
 use shared::domain::account::{AccountId, OnboardingStatus};
-use shared::store::{AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord};
+use shared::domain::step::{Step, StepKind, StepStatus};
+use shared::store::{
+    AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite,
+};
 use shared::webhook::Delivery;
 
 fn record(event_id: &str, outcome: EventOutcome) -> EventRecord {
@@ -53,7 +56,10 @@ async fn a_state_commits_once_and_reads_back<S: AccountStore + Clone>(store: S) 
     next.version = 2;
     next.charges_enabled = Some(false);
     assert_eq!(
-        store.commit(&record("evt_next", EventOutcome::Applied), Some(&next)).await.unwrap(),
+        store
+            .commit(&EventWrite::with_account(&record("evt_next", EventOutcome::Applied), Some(&next)))
+            .await
+            .unwrap(),
         CommitOutcome::Committed
     );
     assert_eq!(store.load_account(&account_id("acct_1")).await.unwrap(), Some(next));
@@ -65,9 +71,12 @@ async fn a_recorded_event_is_a_duplicate_and_writes_nothing<S: AccountStore + Cl
     next.version = 2;
     next.charges_enabled = Some(false);
     let replay = record("evt_seed", EventOutcome::Applied);
-    assert_eq!(store.commit(&replay, Some(&next)).await.unwrap(), CommitOutcome::Duplicate);
+    assert_eq!(
+        store.commit(&EventWrite::with_account(&replay, Some(&next))).await.unwrap(),
+        CommitOutcome::Duplicate
+    );
     assert_eq!(store.load_account(&account_id("acct_1")).await.unwrap(), Some(state));
-    assert_eq!(store.commit(&replay, None).await.unwrap(), CommitOutcome::Duplicate);
+    assert_eq!(store.commit(&EventWrite::record_only(&replay)).await.unwrap(), CommitOutcome::Duplicate);
 }
 
 async fn a_stale_version_conflicts_and_rolls_back_the_record<S: AccountStore + Clone>(store: S) {
@@ -76,7 +85,10 @@ async fn a_stale_version_conflicts_and_rolls_back_the_record<S: AccountStore + C
         let mut next = state.clone();
         next.version = wrong_version;
         let attempt = record(&format!("evt_v{wrong_version}"), EventOutcome::Applied);
-        assert_eq!(store.commit(&attempt, Some(&next)).await.unwrap(), CommitOutcome::Conflict);
+        assert_eq!(
+            store.commit(&EventWrite::with_account(&attempt, Some(&next))).await.unwrap(),
+            CommitOutcome::Conflict
+        );
         assert_eq!(store.load_event(&attempt.event_id).await.unwrap(), None, "the record rolls back too");
     }
     assert_eq!(store.load_account(&account_id("acct_1")).await.unwrap(), Some(state));
@@ -230,6 +242,50 @@ async fn events_that_change_no_account_are_still_recorded<S: AccountStore>(store
     assert_eq!(service.store().load_account(&account_id("acct_1")).await.unwrap(), None);
 }
 
+fn transfer_step(payment: &str, destination: &str, amount: i64) -> Step {
+    Step {
+        step_id: format!("tr:{payment}:{destination}"),
+        kind: StepKind::Transfer,
+        destination: account_id(destination),
+        amount,
+        currency: "usd".into(),
+        source_charge: Some("ch_1".into()),
+        transfer_group: Some(payment.into()),
+        payment_key: Some(payment.into()),
+        reverses_step: None,
+        status: StepStatus::Queued,
+        reason: None,
+        stripe_id: None,
+        attempt: 0,
+        created_at: NOW,
+        updated_at: NOW,
+        version: 1,
+    }
+}
+
+async fn steps_commit_with_their_event_and_are_found_by_payment_and_account<S: AccountStore>(store: S) {
+    let steps = [transfer_step("pi_1", "acct_A", 7000), transfer_step("pi_1", "acct_B", 2000)];
+    let planned = record("evt_pay", EventOutcome::Applied);
+    assert_eq!(
+        store.commit(&EventWrite::with_steps(&planned, &steps)).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    assert_eq!(store.load_payment_steps("pi_1").await.unwrap(), steps);
+    assert_eq!(store.load_payment_steps("pi_2").await.unwrap(), []);
+    assert_eq!(store.load_account_steps(&account_id("acct_B")).await.unwrap(), [steps[1].clone()]);
+    let replay = EventWrite::with_steps(&planned, &steps);
+    assert_eq!(store.commit(&replay).await.unwrap(), CommitOutcome::Duplicate);
+    let other_trigger = record("evt_charge", EventOutcome::Applied);
+    let again = [transfer_step("pi_1", "acct_C", 1), transfer_step("pi_1", "acct_A", 7000)];
+    assert_eq!(
+        store.commit(&EventWrite::with_steps(&other_trigger, &again)).await.unwrap(),
+        CommitOutcome::Conflict,
+        "a step id is written at most once"
+    );
+    assert_eq!(store.load_event("evt_charge").await.unwrap(), None, "the record rolls back with it");
+    assert_eq!(store.load_account_steps(&account_id("acct_C")).await.unwrap(), [], "so does the new step");
+}
+
 macro_rules! contract {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -243,6 +299,7 @@ macro_rules! contract {
                 a_stale_event_is_recorded_and_changes_nothing,
                 refused_deliveries_store_nothing,
                 events_that_change_no_account_are_still_recorded,
+                steps_commit_with_their_event_and_are_found_by_payment_and_account,
             );
         }
     };

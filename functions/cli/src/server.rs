@@ -90,15 +90,22 @@ async fn get_account(State(service): State<Service>, Path(id): Path<String>) -> 
     }
 }
 
-/// Fund-flow steps do not exist yet (they arrive with the transfer and payout workers), so a
-/// known account has none; an unknown one is a 404 as for `GET /accounts/{id}`.
+/// An account's fund-flow steps; 404 for an account never seen, as for `GET /accounts/{id}`.
 async fn get_steps(State(service): State<Service>, Path(id): Path<String>) -> Response {
     let Some(account_id) = AccountId::parse(&id) else { return account_not_found() };
-    match service.store().load_account(&account_id).await {
-        Ok(Some(_)) => axum::Json(Vec::<serde_json::Value>::new()).into_response(),
-        Ok(None) => account_not_found(),
-        Err(store_error) => storage_error(&store_error),
+    let store = service.store();
+    let steps = match store.load_account_steps(&account_id).await {
+        Ok(steps) => steps,
+        Err(store_error) => return storage_error(&store_error),
+    };
+    if steps.is_empty() {
+        match store.load_account(&account_id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return account_not_found(),
+            Err(store_error) => return storage_error(&store_error),
+        }
     }
+    axum::Json(steps).into_response()
 }
 
 async fn health(State(service): State<Service>) -> Response {

@@ -1,3 +1,4 @@
 //! Pure domain logic: no I/O.
 
 pub mod account;
+pub mod step;

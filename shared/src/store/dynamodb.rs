@@ -11,14 +11,17 @@ use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::error::{BuildError, DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::operation::create_table::CreateTableError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, KeySchemaElement, KeyType, Put,
-    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem,
+    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TimeToLiveSpecification,
+    TransactWriteItem,
 };
 
-use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, StoreError};
+use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+use crate::domain::step::Step;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -28,6 +31,13 @@ const ACCOUNT_PREFIX: &str = "ACCT#";
 const ACCOUNT_SK: &str = "STATE";
 const EVENT_PREFIX: &str = "EVT#";
 const EVENT_SK: &str = "EVENT";
+const PAYMENT_PREFIX: &str = "PAY#";
+const STEP_SK_PREFIX: &str = "STEP#";
+/// The index that lists an account's steps: keys `destination` and `step_id`.
+const STEPS_BY_DESTINATION: &str = "steps_by_destination";
+const DESTINATION: &str = "destination";
+const STEP_ID: &str = "step_id";
+const STEP: &str = "step";
 
 const VERSION: &str = "version";
 const ONBOARDING_STATUS: &str = "onboarding_status";
@@ -90,12 +100,11 @@ impl DynamoStore {
                 CommitOutcome::Conflict
             });
         }
-        let failed_check = |index: usize| {
-            reasons.get(index).and_then(CancellationReason::code) == Some(CONDITIONAL_CHECK_FAILED)
-        };
-        if failed_check(0) {
+        let failed_check = |reason: &CancellationReason| reason.code() == Some(CONDITIONAL_CHECK_FAILED);
+        if reasons.first().is_some_and(failed_check) {
             Ok(CommitOutcome::Duplicate)
-        } else if failed_check(1) {
+        } else if reasons.iter().skip(1).any(failed_check) {
+            // The account's version moved, or another delivery planned the same steps first.
             Ok(CommitOutcome::Conflict)
         } else {
             let codes: Vec<&str> = reasons.iter().map(|reason| reason.code().unwrap_or("unknown")).collect();
@@ -121,6 +130,17 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .attribute_definitions(attribute(SK).map_err(build_failed)?)
         .key_schema(key(PK, KeyType::Hash).map_err(build_failed)?)
         .key_schema(key(SK, KeyType::Range).map_err(build_failed)?)
+        .attribute_definitions(attribute(DESTINATION).map_err(build_failed)?)
+        .attribute_definitions(attribute(STEP_ID).map_err(build_failed)?)
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(STEPS_BY_DESTINATION)
+                .key_schema(key(DESTINATION, KeyType::Hash).map_err(build_failed)?)
+                .key_schema(key(STEP_ID, KeyType::Range).map_err(build_failed)?)
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .build()
+                .map_err(build_failed)?,
+        )
         .send()
         .await;
     match created {
@@ -164,12 +184,10 @@ impl AccountStore for DynamoStore {
         output.item().map(account_from_item).transpose()
     }
 
-    async fn commit(
-        &self,
-        record: &EventRecord,
-        state: Option<&AccountState>,
-    ) -> Result<CommitOutcome, StoreError> {
-        let Some(state) = state else {
+    async fn commit(&self, write: &EventWrite<'_>) -> Result<CommitOutcome, StoreError> {
+        let record = write.record;
+        if write.account.is_none() && write.new_steps.is_empty() {
+            // Nothing but the record: a plain conditional put, at half a transaction's cost.
             let put = self
                 .client
                 .put_item()
@@ -189,35 +207,33 @@ impl AccountStore for DynamoStore {
                 }
                 Err(err) => Err(unavailable("PutItem", &err)),
             };
-        };
-        let event_put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(event_item(record)))
-            .condition_expression(NOT_YET_WRITTEN)
-            .build()
-            .map_err(build_failed)?;
-        let account_put = Put::builder().table_name(&self.table).set_item(Some(account_item(state)?));
-        let account_put = match state.version {
-            0 => {
-                return Err(StoreError::Unavailable(
-                    "refusing to store an account state with version 0".to_owned(),
-                ));
-            }
-            1 => account_put.condition_expression(NOT_YET_WRITTEN),
-            version => account_put
-                .condition_expression("#version = :expected")
-                .expression_attribute_names("#version", VERSION)
-                .expression_attribute_values(":expected", AttributeValue::N((version - 1).to_string())),
         }
-        .build()
-        .map_err(build_failed)?;
-        let written = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(event_put).build())
-            .transact_items(TransactWriteItem::builder().put(account_put).build())
-            .send()
-            .await;
+        let put = |item: Item| Put::builder().table_name(&self.table).set_item(Some(item));
+        let event_put = put(event_item(record)).condition_expression(NOT_YET_WRITTEN);
+        let mut puts = vec![event_put];
+        if let Some(state) = write.account {
+            let account_put = put(account_item(state)?);
+            puts.push(match state.version {
+                0 => {
+                    return Err(StoreError::Unavailable(
+                        "refusing to store an account state with version 0".to_owned(),
+                    ));
+                }
+                1 => account_put.condition_expression(NOT_YET_WRITTEN),
+                version => account_put
+                    .condition_expression("#version = :expected")
+                    .expression_attribute_names("#version", VERSION)
+                    .expression_attribute_values(":expected", AttributeValue::N((version - 1).to_string())),
+            });
+        }
+        for step in write.new_steps {
+            puts.push(put(step_item(step)?).condition_expression(NOT_YET_WRITTEN));
+        }
+        let items = puts
+            .into_iter()
+            .map(|put| Ok(TransactWriteItem::builder().put(put.build().map_err(build_failed)?).build()))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let written = self.client.transact_write_items().set_transact_items(Some(items)).send().await;
         match written {
             Ok(_) => Ok(CommitOutcome::Committed),
             Err(err) => match err.as_service_error() {
@@ -227,6 +243,31 @@ impl AccountStore for DynamoStore {
                 _ => Err(unavailable("TransactWriteItems", &err)),
             },
         }
+    }
+
+    async fn load_payment_steps(&self, payment_key: &str) -> Result<Vec<Step>, StoreError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :step)")
+            .expression_attribute_values(":pk", AttributeValue::S(format!("{PAYMENT_PREFIX}{payment_key}")))
+            .expression_attribute_values(":step", AttributeValue::S(STEP_SK_PREFIX.to_owned()));
+        collect_steps(query).await
+    }
+
+    /// Reads the destination index, which DynamoDB keeps eventually consistent: fine for listing.
+    async fn load_account_steps(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(STEPS_BY_DESTINATION)
+            .key_condition_expression("#destination = :destination")
+            .expression_attribute_names("#destination", DESTINATION)
+            .expression_attribute_values(":destination", AttributeValue::S(account_id.to_string()));
+        collect_steps(query).await
     }
 
     async fn load_event(&self, event_id: &str) -> Result<Option<EventRecord>, StoreError> {
@@ -268,6 +309,45 @@ impl AccountStore for DynamoStore {
         accounts.sort_by(|a, b| a.account_id.cmp(&b.account_id));
         Ok(accounts)
     }
+}
+
+async fn collect_steps(query: QueryFluentBuilder) -> Result<Vec<Step>, StoreError> {
+    let mut items = query.into_paginator().items().send();
+    let mut steps = Vec::new();
+    while let Some(item) = items.next().await {
+        let item = item.map_err(|err| unavailable("Query", &err))?;
+        steps.push(step_from_item(&item)?);
+    }
+    steps.sort_by(|a, b| a.step_id.cmp(&b.step_id));
+    Ok(steps)
+}
+
+/// Transfers and reversals live under their payment, payouts under their account, so that
+/// planning reads one partition.
+fn step_pk(step: &Step) -> String {
+    match &step.payment_key {
+        Some(payment_key) => format!("{PAYMENT_PREFIX}{payment_key}"),
+        None => account_pk(&step.destination),
+    }
+}
+
+fn step_item(step: &Step) -> Result<Item, StoreError> {
+    let json = serde_json::to_string(step)
+        .map_err(|err| StoreError::Unavailable(format!("could not serialize a step: {err}")))?;
+    Ok(HashMap::from([
+        (PK.to_owned(), AttributeValue::S(step_pk(step))),
+        (SK.to_owned(), AttributeValue::S(format!("{STEP_SK_PREFIX}{}", step.step_id))),
+        (STEP_ID.to_owned(), AttributeValue::S(step.step_id.clone())),
+        (DESTINATION.to_owned(), AttributeValue::S(step.destination.to_string())),
+        (VERSION.to_owned(), AttributeValue::N(step.version.to_string())),
+        (STEP.to_owned(), AttributeValue::S(json)),
+    ]))
+}
+
+fn step_from_item(item: &Item) -> Result<Step, StoreError> {
+    let json = string_attr(item, STEP)?;
+    serde_json::from_str(json)
+        .map_err(|err| StoreError::Corrupt(format!("step `{STEP}` is unreadable: {}", json_error(&err))))
 }
 
 fn account_pk(account_id: &AccountId) -> String {

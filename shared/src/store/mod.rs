@@ -5,6 +5,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+use crate::domain::step::Step;
 
 pub mod dynamodb;
 pub mod sqlite;
@@ -83,6 +84,35 @@ pub struct EventRecord {
     pub expires_at: i64,
 }
 
+/// Everything one event writes, atomically: its dedupe record, and the account state and new
+/// fund-flow steps it produced.
+#[derive(Debug, Clone, Copy)]
+pub struct EventWrite<'a> {
+    /// The event's record; must not exist yet.
+    pub record: &'a EventRecord,
+    /// The account's next state; the stored one must be at `version - 1` (or absent for 1).
+    pub account: Option<&'a AccountState>,
+    /// Steps planned by the event; none of them may exist yet.
+    pub new_steps: &'a [Step],
+}
+
+impl<'a> EventWrite<'a> {
+    /// Only the event record.
+    pub fn record_only(record: &'a EventRecord) -> Self {
+        Self { record, account: None, new_steps: &[] }
+    }
+
+    /// The event record and, if given, the account's next state.
+    pub fn with_account(record: &'a EventRecord, account: Option<&'a AccountState>) -> Self {
+        Self { record, account, new_steps: &[] }
+    }
+
+    /// The event record and the steps it planned.
+    pub fn with_steps(record: &'a EventRecord, new_steps: &'a [Step]) -> Self {
+        Self { record, account: None, new_steps }
+    }
+}
+
 /// What an attempted commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -90,8 +120,8 @@ pub enum CommitOutcome {
     Committed,
     /// The event was already recorded: nothing was written.
     Duplicate,
-    /// The account's stored version was not the one the state was decided against: nothing was
-    /// written; decide again on a fresh read.
+    /// The account's stored version was not the one the state was decided against, or a step
+    /// already exists: nothing was written; decide again on a fresh read.
     Conflict,
 }
 
@@ -110,7 +140,8 @@ pub enum StoreError {
 ///
 /// Implementations must guarantee, under any concurrency: an event id is recorded at most once;
 /// a state is written only if the stored version is `state.version - 1` (or absent, for version
-/// 1); and the record and the state are written together or not at all.
+/// 1); a step id is written at most once; and an event's record, state and steps are written
+/// together or not at all.
 pub trait AccountStore: Send + Sync + 'static {
     /// The stored state of one account.
     fn load_account(
@@ -118,12 +149,23 @@ pub trait AccountStore: Send + Sync + 'static {
         account_id: &AccountId,
     ) -> impl Future<Output = Result<Option<AccountState>, StoreError>> + Send;
 
-    /// Writes `record` and, when given, `state`, in one conditional write.
+    /// Writes everything in `write` in one conditional write.
     fn commit(
         &self,
-        record: &EventRecord,
-        state: Option<&AccountState>,
+        write: &EventWrite<'_>,
     ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+
+    /// Every step of one payment (its transfers and their reversals), ordered by id.
+    fn load_payment_steps(
+        &self,
+        payment_key: &str,
+    ) -> impl Future<Output = Result<Vec<Step>, StoreError>> + Send;
+
+    /// Every step whose destination is `account_id`, ordered by id.
+    fn load_account_steps(
+        &self,
+        account_id: &AccountId,
+    ) -> impl Future<Output = Result<Vec<Step>, StoreError>> + Send;
 
     /// One event's record.
     fn load_event(

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, StoreError};
+use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+use crate::domain::step::Step;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
@@ -27,6 +28,15 @@ CREATE TABLE IF NOT EXISTS events (
     expires_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_expiry ON events (expires_at);
+CREATE TABLE IF NOT EXISTS steps (
+    step_id TEXT PRIMARY KEY,
+    payment_key TEXT,
+    destination TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    step TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS steps_by_payment ON steps (payment_key, step_id);
+CREATE INDEX IF NOT EXISTS steps_by_destination ON steps (destination, step_id);
 ";
 
 /// Connected-account state in a SQLite file, safe to share between tasks.
@@ -86,11 +96,8 @@ impl SqliteStore {
         self.connection.lock().map_err(|_| StoreError::Unavailable("sqlite: connection lock poisoned".into()))
     }
 
-    fn commit_now(
-        &self,
-        record: &EventRecord,
-        state: Option<&AccountState>,
-    ) -> Result<CommitOutcome, StoreError> {
+    fn commit_now(&self, write: &EventWrite<'_>) -> Result<CommitOutcome, StoreError> {
+        let record = write.record;
         let mut connection = self.lock()?;
         let transaction =
             connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
@@ -113,7 +120,7 @@ impl SqliteStore {
         if inserted == 0 {
             return Ok(CommitOutcome::Duplicate);
         }
-        if let Some(state) = state {
+        if let Some(state) = write.account {
             let json = serde_json::to_string(state).map_err(corrupt)?;
             let id = state.account_id.as_str();
             let status = state.onboarding_status.as_str();
@@ -137,8 +144,29 @@ impl SqliteStore {
                 return Ok(CommitOutcome::Conflict);
             }
         }
+        for step in write.new_steps {
+            let json = serde_json::to_string(step).map_err(corrupt)?;
+            let version = i64::try_from(step.version).map_err(corrupt)?;
+            let inserted = transaction
+                .execute(
+                    "INSERT INTO steps (step_id, payment_key, destination, version, step) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (step_id) DO NOTHING",
+                    params![step.step_id, step.payment_key, step.destination.as_str(), version, json],
+                )
+                .map_err(unavailable)?;
+            if inserted == 0 {
+                return Ok(CommitOutcome::Conflict);
+            }
+        }
         transaction.commit().map_err(unavailable)?;
         Ok(CommitOutcome::Committed)
+    }
+
+    fn query_steps(&self, sql: &str, key: &str) -> Result<Vec<Step>, StoreError> {
+        let connection = self.lock()?;
+        let mut statement = connection.prepare_cached(sql).map_err(unavailable)?;
+        let rows = statement.query_map([key], |row| row.get::<_, String>(0)).map_err(unavailable)?;
+        rows.map(|json| serde_json::from_str(&json.map_err(unavailable)?).map_err(corrupt)).collect()
     }
 
     fn read_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(EventRecord, String)> {
@@ -169,12 +197,19 @@ impl AccountStore for SqliteStore {
         json.map(|json| serde_json::from_str(&json).map_err(corrupt)).transpose()
     }
 
-    async fn commit(
-        &self,
-        record: &EventRecord,
-        state: Option<&AccountState>,
-    ) -> Result<CommitOutcome, StoreError> {
-        self.commit_now(record, state)
+    async fn commit(&self, write: &EventWrite<'_>) -> Result<CommitOutcome, StoreError> {
+        self.commit_now(write)
+    }
+
+    async fn load_payment_steps(&self, payment_key: &str) -> Result<Vec<Step>, StoreError> {
+        self.query_steps("SELECT step FROM steps WHERE payment_key = ?1 ORDER BY step_id", payment_key)
+    }
+
+    async fn load_account_steps(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
+        self.query_steps(
+            "SELECT step FROM steps WHERE destination = ?1 ORDER BY step_id",
+            account_id.as_str(),
+        )
     }
 
     async fn load_event(&self, event_id: &str) -> Result<Option<EventRecord>, StoreError> {

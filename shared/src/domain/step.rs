@@ -1,0 +1,113 @@
+//! Fund-flow steps: one transfer, reversal or payout each, with a deterministic id.
+
+use serde::{Deserialize, Serialize};
+
+use super::account::AccountId;
+
+/// What a step moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// Platform balance to a connected account (`POST /v1/transfers`).
+    Transfer,
+    /// Part of a transfer back to the platform (`POST /v1/transfers/{id}/reversals`).
+    Reversal,
+    /// A connected account's balance to its bank (`POST /v1/payouts` with `Stripe-Account`).
+    Payout,
+}
+
+impl StepKind {
+    /// The kind's stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transfer => "transfer",
+            Self::Reversal => "reversal",
+            Self::Payout => "payout",
+        }
+    }
+}
+
+/// Where a step stands. Every change is a conditional write on the step's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Recorded and queued; not yet sent to Stripe.
+    Queued,
+    /// A worker has claimed it and may have called Stripe.
+    InFlight,
+    /// The destination cannot receive yet; retried later, not failed.
+    Waiting,
+    /// Stripe created the object; `stripe_id` names it.
+    Succeeded,
+    /// Stripe refused it definitively; `reason` holds Stripe's code.
+    Failed,
+    /// Never sent: the plan was invalid (a bad split, an unknown amount); `reason` says why.
+    Refused,
+}
+
+impl StepStatus {
+    /// The status's stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::InFlight => "in_flight",
+            Self::Waiting => "waiting",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Refused => "refused",
+        }
+    }
+
+    /// Whether nothing more will happen to a step in this status.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Refused)
+    }
+}
+
+/// One unit of money movement. Amounts are minor units of `currency`, always positive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Deterministic: the same payment, refund or balance always plans the same ids.
+    pub step_id: String,
+    /// Transfer, reversal or payout.
+    pub kind: StepKind,
+    /// The connected account that receives (transfer, payout) or gives back (reversal).
+    pub destination: AccountId,
+    /// Minor units, greater than zero.
+    pub amount: i64,
+    /// Lowercase ISO currency code.
+    pub currency: String,
+    /// The charge a transfer is funded from (`source_transaction`), or a reversal undoes.
+    pub source_charge: Option<String>,
+    /// The payment's `transfer_group`.
+    pub transfer_group: Option<String>,
+    /// The payment a transfer or reversal belongs to (its payment intent id, or else its charge
+    /// id); `None` for payouts. Steps are stored and looked up under it.
+    #[serde(default)]
+    pub payment_key: Option<String>,
+    /// For a reversal: the transfer step it reverses.
+    pub reverses_step: Option<String>,
+    /// Where it stands.
+    pub status: StepStatus,
+    /// Why it waits, failed or was refused.
+    pub reason: Option<String>,
+    /// The Stripe object id (`tr_…`, `trr_…`, `po_…`) once known.
+    pub stripe_id: Option<String>,
+    /// Advances only after a definite refusal, so that a retry gets a fresh idempotency key.
+    pub attempt: u32,
+    /// Unix time the step was planned.
+    pub created_at: i64,
+    /// Unix time of its last change.
+    pub updated_at: i64,
+    /// Bumped by every stored change; the store's conditional write checks it.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl Step {
+    /// The `Idempotency-Key` for this step's Stripe call: stable across retries and crashes,
+    /// fresh after a definite refusal.
+    pub fn idempotency_key(&self) -> String {
+        format!("connect-flow:{}:{}", self.step_id, self.attempt)
+    }
+}
