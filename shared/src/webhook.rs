@@ -6,6 +6,7 @@ use tracing::Instrument;
 
 use crate::config::WebhookSettings;
 use crate::domain::account::{AccountDecision, AccountEvent, NoAccount, decide};
+use crate::domain::funds::read_fund_event;
 use crate::store::{
     AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite, StoreError,
 };
@@ -15,6 +16,8 @@ use crate::stripe::signature::{Clock, SignatureError, SignatureVerifier, SystemC
 /// The largest body accepted: Stripe's events are far smaller, so anything bigger is refused
 /// before it is verified.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+mod funds;
 
 /// How many times a commit is retried when another writer changed the account in between.
 const MAX_CONFLICT_RETRIES: usize = 8;
@@ -202,6 +205,9 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         {
             record.outcome = EventOutcome::LivemodeMismatch;
             return self.commit_record(&record).await;
+        }
+        if let Some(fund_event) = read_fund_event(event) {
+            return self.record_fund_event(record, &fund_event, event, now).await;
         }
         let account_event = match AccountEvent::from_event(event) {
             Ok(Some(account_event)) => account_event,

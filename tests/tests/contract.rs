@@ -286,6 +286,136 @@ async fn steps_commit_with_their_event_and_are_found_by_payment_and_account<S: A
     assert_eq!(store.load_account_steps(&account_id("acct_C")).await.unwrap(), [], "so does the new step");
 }
 
+async fn a_step_moves_only_from_the_version_it_was_read_at<S: AccountStore>(store: S) {
+    let queued = transfer_step("pi_9", "acct_A", 500);
+    let planned = record("evt_pay9", EventOutcome::Applied);
+    store.commit(&EventWrite::with_steps(&planned, std::slice::from_ref(&queued))).await.unwrap();
+    let mut in_flight = store.load_step(&queued.reference()).await.unwrap().unwrap();
+    in_flight.status = StepStatus::InFlight;
+    in_flight.version += 1;
+    assert_eq!(store.update_step(&in_flight).await.unwrap(), CommitOutcome::Committed);
+    let mut racing = queued.clone();
+    racing.status = StepStatus::Failed;
+    racing.version += 1;
+    assert_eq!(store.update_step(&racing).await.unwrap(), CommitOutcome::Conflict, "decided on a stale read");
+    assert_eq!(store.load_step(&queued.reference()).await.unwrap(), Some(in_flight));
+    let mut payout = transfer_step("unused", "acct_P", 100);
+    payout.step_id = "po:acct_P:evt_1:usd".into();
+    payout.kind = StepKind::Payout;
+    payout.payment_key = None;
+    assert_eq!(store.load_step(&payout.reference()).await.unwrap(), None);
+    let balance = record("evt_bal", EventOutcome::Applied);
+    store.commit(&EventWrite::with_steps(&balance, std::slice::from_ref(&payout))).await.unwrap();
+    assert_eq!(store.load_step(&payout.reference()).await.unwrap(), Some(payout));
+}
+
+fn fund_event(id: &str, event_type: &str, created: i64, account: Option<&str>, object: Value) -> Value {
+    let mut event = json!({"id": id, "object": "event", "type": event_type, "created": created,
+        "livemode": false, "data": {"object": object}});
+    if let Some(account) = account {
+        event["account"] = json!(account);
+    }
+    event
+}
+
+fn payment_intent(id: &str, amount: i64, splits: &[(&str, &str)]) -> Value {
+    let metadata: serde_json::Map<String, Value> =
+        splits.iter().map(|(account, amount)| (format!("transfer:{account}"), json!(amount))).collect();
+    json!({"id": id, "object": "payment_intent", "amount": amount, "amount_received": amount, "currency": "usd",
+        "latest_charge": format!("ch_{id}"), "metadata": metadata, "transfer_group": null, "status": "succeeded"})
+}
+
+fn refund(payment: &str, amount: i64, refunded: i64) -> Value {
+    json!({"id": format!("ch_{payment}"), "object": "charge", "amount": amount, "amount_captured": amount,
+        "amount_refunded": refunded, "currency": "usd", "payment_intent": payment, "captured": true, "refunded": refunded == amount})
+}
+
+async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
+    let service = pipeline(store);
+    let deliver = |event: Value| {
+        let service = &service;
+        async move {
+            let (header, body) = signed(&event, NOW);
+            service.process(Some(&header), &body).await.unwrap()
+        }
+    };
+    let applied = Delivery::Recorded(EventOutcome::Applied);
+    let unchanged = Delivery::Recorded(EventOutcome::Unchanged);
+    for (index, account) in ["acct_A", "acct_B"].iter().enumerate() {
+        deliver(account_updated(&format!("evt_acct{index}"), account, NOW - 500, true, &[])).await;
+    }
+    let pi = payment_intent("pi_1", 10_000, &[("acct_A", "7000"), ("acct_B", "2000")]);
+    assert_eq!(deliver(fund_event("evt_pi", "payment_intent.succeeded", NOW - 100, None, pi)).await, applied);
+    let charge = json!({"id": "ch_pi_1", "object": "charge", "amount": 10_000, "amount_captured": 10_000,
+        "currency": "usd", "payment_intent": "pi_1", "captured": true, "paid": true,
+        "metadata": {"transfer:acct_A": "7000", "transfer:acct_B": "2000"}});
+    assert_eq!(deliver(fund_event("evt_ch", "charge.succeeded", NOW - 99, None, charge)).await, unchanged);
+    let steps = service.store().load_payment_steps("pi_1").await.unwrap();
+    let amounts: Vec<(&str, i64)> = steps.iter().map(|step| (step.step_id.as_str(), step.amount)).collect();
+    assert_eq!(amounts, [("tr:pi_1:acct_A", 7000), ("tr:pi_1:acct_B", 2000)]);
+    assert!(steps.iter().all(|step| step.status == StepStatus::Queued && step.source_charge.as_deref() == Some("ch_pi_1")));
+
+    assert_eq!(
+        deliver(fund_event("evt_r1", "charge.refunded", NOW - 90, None, refund("pi_1", 10_000, 2_500))).await,
+        applied
+    );
+    assert_eq!(
+        deliver(fund_event("evt_r1b", "charge.refunded", NOW - 89, None, refund("pi_1", 10_000, 2_500)))
+            .await,
+        unchanged
+    );
+    assert_eq!(
+        deliver(fund_event("evt_r2", "charge.refunded", NOW - 80, None, refund("pi_1", 10_000, 10_000)))
+            .await,
+        applied
+    );
+    let reversed = |destination: &str, steps: &[Step]| -> i64 {
+        steps
+            .iter()
+            .filter(|step| step.kind == StepKind::Reversal && step.destination.as_str() == destination)
+            .map(|step| step.amount)
+            .sum()
+    };
+    let steps = service.store().load_payment_steps("pi_1").await.unwrap();
+    assert_eq!(
+        (reversed("acct_A", &steps), reversed("acct_B", &steps)),
+        (7000, 2000),
+        "a full refund reverses every transfer exactly"
+    );
+
+    let over = payment_intent("pi_2", 1_000, &[("acct_A", "700"), ("acct_B", "400")]);
+    assert_eq!(
+        deliver(fund_event("evt_pi2", "payment_intent.succeeded", NOW - 70, None, over)).await,
+        Delivery::Recorded(EventOutcome::Refused)
+    );
+    let refused = service.store().load_payment_steps("pi_2").await.unwrap();
+    assert_eq!(refused.len(), 2);
+    assert!(refused.iter().all(|step| step.status == StepStatus::Refused && step.reason.is_some()));
+
+    let mut manual = account_updated("evt_m", "acct_M", NOW - 500, true, &[]);
+    manual["data"]["object"]["settings"]["payouts"]["schedule"]["interval"] = json!("manual");
+    deliver(manual).await;
+    let balance = |usd: i64| json!({"object": "balance", "available": [{"amount": usd, "currency": "usd"}], "pending": []});
+    assert_eq!(
+        deliver(fund_event("evt_b1", "balance.available", NOW - 50, Some("acct_M"), balance(5_000))).await,
+        applied
+    );
+    assert_eq!(
+        deliver(fund_event("evt_b2", "balance.available", NOW - 40, Some("acct_M"), balance(6_000))).await,
+        unchanged,
+        "one open payout per currency"
+    );
+    assert_eq!(
+        deliver(fund_event("evt_b0", "balance.available", NOW - 60, Some("acct_M"), balance(1_000))).await,
+        Delivery::Recorded(EventOutcome::Stale)
+    );
+    let payouts = service.store().load_account_steps(&account_id("acct_M")).await.unwrap();
+    assert_eq!(
+        payouts.iter().map(|step| (step.kind, step.amount)).collect::<Vec<_>>(),
+        [(StepKind::Payout, 5_000)]
+    );
+}
+
 macro_rules! contract {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -300,6 +430,8 @@ macro_rules! contract {
                 refused_deliveries_store_nothing,
                 events_that_change_no_account_are_still_recorded,
                 steps_commit_with_their_event_and_are_found_by_payment_and_account,
+                a_step_moves_only_from_the_version_it_was_read_at,
+                fund_flow_events_plan_each_step_once,
             );
         }
     };

@@ -135,6 +135,9 @@ pub struct OrderingGuards {
     /// The application (de)authorisation events.
     #[serde(default)]
     pub authorization: Option<i64>,
+    /// `balance.available`: payouts are planned only from the newest balance.
+    #[serde(default)]
+    pub balance: Option<i64>,
     /// Each capability.
     pub capabilities: BTreeMap<String, i64>,
     /// Each person.

@@ -1,4 +1,5 @@
 //! Pure domain logic: no I/O.
 
 pub mod account;
+pub mod funds;
 pub mod step;

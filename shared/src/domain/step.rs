@@ -104,7 +104,28 @@ pub struct Step {
     pub version: u64,
 }
 
+/// Where a step is stored: what a queue message carries, enough to load the step without a scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRef {
+    /// The step's id.
+    pub step_id: String,
+    /// Its payment, for transfers and reversals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_key: Option<String>,
+    /// Its destination account.
+    pub destination: AccountId,
+}
+
 impl Step {
+    /// Where this step is stored.
+    pub fn reference(&self) -> StepRef {
+        StepRef {
+            step_id: self.step_id.clone(),
+            payment_key: self.payment_key.clone(),
+            destination: self.destination.clone(),
+        }
+    }
+
     /// The `Idempotency-Key` for this step's Stripe call: stable across retries and crashes,
     /// fresh after a definite refusal.
     pub fn idempotency_key(&self) -> String {

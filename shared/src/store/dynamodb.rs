@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::types::{
 
 use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
-use crate::domain::step::Step;
+use crate::domain::step::{Step, StepRef};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -257,6 +257,48 @@ impl AccountStore for DynamoStore {
         collect_steps(query).await
     }
 
+    async fn load_step(&self, step: &StepRef) -> Result<Option<Step>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(step_ref_pk(step)))
+            .key(SK, AttributeValue::S(format!("{STEP_SK_PREFIX}{}", step.step_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| unavailable("GetItem", &err))?;
+        output.item().map(step_from_item).transpose()
+    }
+
+    async fn update_step(&self, step: &Step) -> Result<CommitOutcome, StoreError> {
+        let expected = step
+            .version
+            .checked_sub(1)
+            .ok_or_else(|| StoreError::Unavailable("refusing to update a step to version 0".to_owned()))?;
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(step_item(step)?))
+            .condition_expression("#version = :expected")
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_values(":expected", AttributeValue::N(expected.to_string()))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(CommitOutcome::Committed),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(PutItemError::is_conditional_check_failed_exception) =>
+            {
+                Ok(CommitOutcome::Conflict)
+            }
+            Err(err) => Err(unavailable("PutItem", &err)),
+        }
+    }
+
     /// Reads the destination index, which DynamoDB keeps eventually consistent: fine for listing.
     async fn load_account_steps(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
         let query = self
@@ -325,6 +367,10 @@ async fn collect_steps(query: QueryFluentBuilder) -> Result<Vec<Step>, StoreErro
 /// Transfers and reversals live under their payment, payouts under their account, so that
 /// planning reads one partition.
 fn step_pk(step: &Step) -> String {
+    step_ref_pk(&step.reference())
+}
+
+fn step_ref_pk(step: &StepRef) -> String {
     match &step.payment_key {
         Some(payment_key) => format!("{PAYMENT_PREFIX}{payment_key}"),
         None => account_pk(&step.destination),

@@ -5,7 +5,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
-use crate::domain::step::Step;
+use crate::domain::step::{Step, StepRef};
 
 pub mod dynamodb;
 pub mod sqlite;
@@ -31,6 +31,11 @@ pub enum EventOutcome {
     LivemodeMismatch,
     /// A thin event sent to this snapshot endpoint.
     MisroutedThinEvent,
+    /// A fund-flow event whose plan was refused (a bad split, an impossible refund): recorded,
+    /// nothing sent.
+    Refused,
+    /// A fund-flow event with nothing new to do (no splits, already planned, nothing refunded).
+    Unchanged,
 }
 
 impl EventOutcome {
@@ -44,6 +49,8 @@ impl EventOutcome {
             Self::NoAccount => "no_account",
             Self::LivemodeMismatch => "livemode_mismatch",
             Self::MisroutedThinEvent => "misrouted_thin_event",
+            Self::Refused => "refused",
+            Self::Unchanged => "unchanged",
         }
     }
 
@@ -57,6 +64,8 @@ impl EventOutcome {
             Self::NoAccount,
             Self::LivemodeMismatch,
             Self::MisroutedThinEvent,
+            Self::Refused,
+            Self::Unchanged,
         ]
         .into_iter()
         .find(|outcome| outcome.as_str() == name)
@@ -160,6 +169,13 @@ pub trait AccountStore: Send + Sync + 'static {
         &self,
         payment_key: &str,
     ) -> impl Future<Output = Result<Vec<Step>, StoreError>> + Send;
+
+    /// One step.
+    fn load_step(&self, step: &StepRef) -> impl Future<Output = Result<Option<Step>, StoreError>> + Send;
+
+    /// Writes a step's next state if the stored one is at `step.version - 1`: `Committed`, or
+    /// `Conflict` when another writer moved it first.
+    fn update_step(&self, step: &Step) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
 
     /// Every step whose destination is `account_id`, ordered by id.
     fn load_account_steps(

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
-use crate::domain::step::Step;
+use crate::domain::step::{Step, StepRef};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
@@ -203,6 +203,23 @@ impl AccountStore for SqliteStore {
 
     async fn load_payment_steps(&self, payment_key: &str) -> Result<Vec<Step>, StoreError> {
         self.query_steps("SELECT step FROM steps WHERE payment_key = ?1 ORDER BY step_id", payment_key)
+    }
+
+    async fn load_step(&self, step: &StepRef) -> Result<Option<Step>, StoreError> {
+        Ok(self.query_steps("SELECT step FROM steps WHERE step_id = ?1", &step.step_id)?.pop())
+    }
+
+    async fn update_step(&self, step: &Step) -> Result<CommitOutcome, StoreError> {
+        let json = serde_json::to_string(step).map_err(corrupt)?;
+        let version = i64::try_from(step.version).map_err(corrupt)?;
+        let updated = self
+            .lock()?
+            .execute(
+                "UPDATE steps SET version = ?2, step = ?3 WHERE step_id = ?1 AND version = ?4",
+                params![step.step_id, version, json, version - 1],
+            )
+            .map_err(unavailable)?;
+        Ok(if updated == 1 { CommitOutcome::Committed } else { CommitOutcome::Conflict })
     }
 
     async fn load_account_steps(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
