@@ -6,3 +6,4 @@ pub mod store;
 pub mod stripe;
 pub mod telemetry;
 pub mod webhook;
+pub mod worker;

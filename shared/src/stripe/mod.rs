@@ -1,4 +1,5 @@
-//! Stripe's side of the wire: webhook signatures and the event envelope.
+//! Stripe's side of the wire: webhook signatures, the event envelope, and the API client.
 
+pub mod client;
 pub mod event;
 pub mod signature;

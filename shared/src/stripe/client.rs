@@ -1,0 +1,594 @@
+//! A thin client for the only Stripe API calls the fund-flow workers make: create a transfer, a
+//! transfer reversal or a payout, and retrieve an account.
+//!
+//! Every POST carries an `Idempotency-Key`, so that a retry after any failure either replays the
+//! object Stripe already created or creates it for the first time, never a second one.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use reqwest::header::HeaderValue;
+use reqwest::{Method, Url};
+use serde_json::Value;
+
+use crate::domain::account::AccountId;
+
+/// Stripe's API host.
+pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
+/// The API version every request pins, so that response shapes do not change under us.
+pub const STRIPE_VERSION: &str = "2024-06-20";
+/// How long one request may take, connection included, before it counts as a retryable failure.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The variable that holds the Stripe secret key.
+pub const API_KEY_VAR: &str = "STRIPE_API_KEY";
+/// The variable that overrides the API base URL (tests point it at a stand-in server).
+pub const API_BASE_VAR: &str = "STRIPE_API_BASE";
+/// Stripe's limit on the length of an idempotency key.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// A Stripe secret key. Its `Debug` is redacted; nothing in this module logs or displays it.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a secret key (`sk_live_…`, `sk_test_…` or a restricted `rk_…`).
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// What a [`StripeClient`] needs: the key, where Stripe is, the pinned version, and the timeout.
+#[derive(Debug, Clone)]
+pub struct StripeClientConfig {
+    /// The secret key, sent only as a bearer token.
+    pub api_key: ApiKey,
+    /// `https://api.stripe.com`, or a loopback `http://` URL in tests.
+    pub api_base: String,
+    /// The `Stripe-Version` header.
+    pub stripe_version: &'static str,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl StripeClientConfig {
+    /// The defaults: Stripe's host, the pinned version, a 30 s timeout.
+    pub fn new(api_key: ApiKey) -> Self {
+        Self {
+            api_key,
+            api_base: DEFAULT_API_BASE.to_owned(),
+            stripe_version: STRIPE_VERSION,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Reads the key and an optional base URL through `lookup`; errors name the variable only.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, StripeError> {
+        let key = lookup(API_KEY_VAR)
+            .map(|key| key.trim().to_owned())
+            .filter(|key| !key.is_empty())
+            .ok_or_else(|| StripeError::Config(format!("{API_KEY_VAR} is not set")))?;
+        let mut config = Self::new(ApiKey::new(key));
+        if let Some(base) = lookup(API_BASE_VAR).map(|base| base.trim().to_owned()).filter(|b| !b.is_empty())
+        {
+            config.api_base = base;
+        }
+        Ok(config)
+    }
+
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, StripeError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+}
+
+/// A created Stripe object: its id, and the whole response for anything else a caller needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StripeObject {
+    /// `tr_…`, `trr_…` or `po_…`.
+    pub id: String,
+    /// The response body as Stripe sent it.
+    pub raw: Value,
+}
+
+/// The parameters of `POST /v1/transfers`. Amounts are minor units of `currency`.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateTransfer<'a> {
+    /// Minor units, greater than zero.
+    pub amount: i64,
+    /// Lowercase ISO currency code.
+    pub currency: &'a str,
+    /// The connected account that receives the funds.
+    pub destination: &'a AccountId,
+    /// The charge that funds the transfer (`ch_…`).
+    pub source_transaction: Option<&'a str>,
+    /// The payment's transfer group.
+    pub transfer_group: Option<&'a str>,
+    /// Sent as `metadata[key]=value`.
+    pub metadata: &'a [(&'a str, &'a str)],
+}
+
+/// A failed call, classified by what the worker should do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StripeError {
+    /// 429, 5xx, 409 (the key is in use by a request still running), timeouts and connection
+    /// errors. Retry later with the same idempotency key: it replays whatever Stripe did.
+    #[error("Stripe call failed, retryable ({}): {message}", status_text(*status))]
+    Retryable {
+        /// The HTTP status, or `None` when no response arrived.
+        status: Option<u16>,
+        /// What went wrong.
+        message: String,
+    },
+    /// Any other 4xx: Stripe definitively refused, and replays this refusal under the same key.
+    #[error("Stripe refused ({status}, code {}): {message}", code.as_deref().unwrap_or("none"))]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// Stripe's `error.code`, e.g. `balance_insufficient`.
+        code: Option<String>,
+        /// Stripe's `error.decline_code`, when there is one.
+        decline_code: Option<String>,
+        /// Stripe's `error.message`.
+        message: String,
+    },
+    /// The key was used before with other parameters: a bug in key derivation, never retried blindly.
+    #[error("Stripe idempotency key reused with other parameters: {message}")]
+    IdempotencyMismatch {
+        /// Stripe's `error.message`.
+        message: String,
+    },
+    /// The client or a call is misconfigured; nothing was sent.
+    #[error("Stripe client configuration: {0}")]
+    Config(String),
+}
+
+impl StripeError {
+    /// Whether retrying with the same idempotency key may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable { .. })
+    }
+
+    /// Stripe's `error.code` of a refusal.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Refused { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, when a response arrived.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Retryable { status, .. } => *status,
+            Self::Refused { status, .. } => Some(*status),
+            Self::IdempotencyMismatch { .. } => Some(400),
+            Self::Config(_) => None,
+        }
+    }
+
+    /// Replaces `secret` wherever a message repeats it: Stripe masks keys in its messages, but a
+    /// proxy or a stand-in server might not.
+    fn scrubbed(self, secret: &str) -> Self {
+        let scrub = |message: String| {
+            if secret.is_empty() || !message.contains(secret) {
+                message
+            } else {
+                message.replace(secret, "<redacted>")
+            }
+        };
+        match self {
+            Self::Retryable { status, message } => Self::Retryable { status, message: scrub(message) },
+            Self::Refused { status, code, decline_code, message } => {
+                Self::Refused { status, code, decline_code, message: scrub(message) }
+            }
+            Self::IdempotencyMismatch { message } => Self::IdempotencyMismatch { message: scrub(message) },
+            Self::Config(message) => Self::Config(scrub(message)),
+        }
+    }
+}
+
+fn status_text(status: Option<u16>) -> String {
+    status.map_or_else(|| "no response".to_owned(), |status| format!("HTTP {status}"))
+}
+
+/// Classifies a non-2xx response from its status and Stripe's `{"error": {...}}` body.
+fn classify(status: u16, body: &[u8]) -> StripeError {
+    let error =
+        serde_json::from_slice::<Value>(body).ok().and_then(|mut v| v.get_mut("error").map(Value::take));
+    let field =
+        |name: &str| error.as_ref().and_then(|e| e.get(name)).and_then(Value::as_str).map(str::to_owned);
+    let message = field("message").unwrap_or_else(|| format!("HTTP {status} without a Stripe error body"));
+    let code = field("code");
+    match status {
+        // Stripe answers 409 while another request with the same key is still executing.
+        409 | 429 | 500..=599 => StripeError::Retryable { status: Some(status), message },
+        400 if field("type").as_deref() == Some("idempotency_error") => {
+            StripeError::IdempotencyMismatch { message }
+        }
+        400..=499 => StripeError::Refused { status, code, decline_code: field("decline_code"), message },
+        // Redirects are not followed and 1xx never reaches here; the outcome is unknown, and the
+        // same key makes a retry safe.
+        _ => StripeError::Retryable { status: Some(status), message },
+    }
+}
+
+/// Describes a transport failure by its causes, never with the URL, a header or a body.
+fn transport_error(error: &reqwest::Error) -> StripeError {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "response body could not be read"
+    } else {
+        "request failed"
+    };
+    let mut message = kind.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    StripeError::Retryable { status: None, message }
+}
+
+/// Appends `metadata[key]=value` pairs, Stripe's encoding of a hash in a form body.
+fn push_metadata(params: &mut Vec<(String, String)>, metadata: &[(&str, &str)]) -> Result<(), StripeError> {
+    for (key, value) in metadata {
+        if key.is_empty() || key.contains(['[', ']']) {
+            return Err(StripeError::Config(format!("metadata key {key:?} is empty or contains brackets")));
+        }
+        params.push((format!("metadata[{key}]"), (*value).to_owned()));
+    }
+    Ok(())
+}
+
+/// The form parameters of a transfer.
+fn transfer_params(transfer: &CreateTransfer<'_>) -> Result<Vec<(String, String)>, StripeError> {
+    let mut params = vec![
+        ("amount".to_owned(), transfer.amount.to_string()),
+        ("currency".to_owned(), transfer.currency.to_owned()),
+        ("destination".to_owned(), transfer.destination.as_str().to_owned()),
+    ];
+    if let Some(charge) = transfer.source_transaction {
+        params.push(("source_transaction".to_owned(), charge.to_owned()));
+    }
+    if let Some(group) = transfer.transfer_group {
+        params.push(("transfer_group".to_owned(), group.to_owned()));
+    }
+    push_metadata(&mut params, transfer.metadata)?;
+    Ok(params)
+}
+
+/// A Stripe object id that is safe to put in a URL path.
+fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str, StripeError> {
+    let well_formed =
+        !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if well_formed { Ok(id) } else { Err(StripeError::Config(format!("{what} {id:?} is not a Stripe id"))) }
+}
+
+/// The Stripe API over HTTPS, with rustls on the aws-lc-rs provider the AWS SDK already uses.
+#[derive(Debug, Clone)]
+pub struct StripeClient {
+    http: reqwest::Client,
+    api_key: ApiKey,
+    api_base: Url,
+    stripe_version: &'static str,
+}
+
+impl StripeClient {
+    /// Builds the client. Plain `http://` is accepted only for a loopback base URL, so that the
+    /// key never crosses a network in clear.
+    pub fn new(config: StripeClientConfig) -> Result<Self, StripeError> {
+        if config.api_key.expose().trim().is_empty() {
+            return Err(StripeError::Config("the API key is empty".to_owned()));
+        }
+        let api_base = Url::parse(config.api_base.trim_end_matches('/'))
+            .map_err(|e| StripeError::Config(format!("the API base URL is invalid: {e}")))?;
+        let host = api_base.host_str().unwrap_or_default();
+        let loopback = host == "localhost"
+            || host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        match api_base.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            _ => {
+                return Err(StripeError::Config(
+                    "the API base URL must be https (or http on loopback)".into(),
+                ));
+            }
+        }
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("connect-flow/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| StripeError::Config(format!("the HTTP client could not be built: {e}")))?;
+        Ok(Self { http, api_key: config.api_key, api_base, stripe_version: config.stripe_version })
+    }
+
+    /// `POST /v1/transfers`: moves platform funds to a connected account.
+    pub async fn create_transfer(
+        &self,
+        transfer: &CreateTransfer<'_>,
+        idempotency_key: &str,
+    ) -> Result<StripeObject, StripeError> {
+        let request = self.post("/v1/transfers", &transfer_params(transfer)?, None, idempotency_key)?;
+        self.send_create(request).await
+    }
+
+    /// `POST /v1/transfers/{id}/reversals`: takes `amount` of a transfer back to the platform.
+    pub async fn create_transfer_reversal(
+        &self,
+        transfer_id: &str,
+        amount: i64,
+        metadata: &[(&str, &str)],
+        idempotency_key: &str,
+    ) -> Result<StripeObject, StripeError> {
+        let path = format!("/v1/transfers/{}/reversals", checked_id("transfer id", transfer_id)?);
+        let mut params = vec![("amount".to_owned(), amount.to_string())];
+        push_metadata(&mut params, metadata)?;
+        let request = self.post(&path, &params, None, idempotency_key)?;
+        self.send_create(request).await
+    }
+
+    /// `POST /v1/payouts` as `account` (`Stripe-Account`): pays its balance out to its bank.
+    pub async fn create_payout(
+        &self,
+        account: &AccountId,
+        amount: i64,
+        currency: &str,
+        metadata: &[(&str, &str)],
+        idempotency_key: &str,
+    ) -> Result<StripeObject, StripeError> {
+        let mut params =
+            vec![("amount".to_owned(), amount.to_string()), ("currency".to_owned(), currency.to_owned())];
+        push_metadata(&mut params, metadata)?;
+        let request = self.post("/v1/payouts", &params, Some(account), idempotency_key)?;
+        self.send_create(request).await
+    }
+
+    /// `GET /v1/accounts/{id}`: the account as the platform sees it (capabilities, payouts).
+    pub async fn retrieve_account(&self, account: &AccountId) -> Result<Value, StripeError> {
+        let path = format!("/v1/accounts/{}", checked_id("account id", account.as_str())?);
+        let request = self.request(Method::GET, &path, None).build().map_err(|e| self.build_error(&e))?;
+        self.send(request).await
+    }
+
+    /// A request with the headers every call carries.
+    fn request(&self, method: Method, path: &str, account: Option<&AccountId>) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}", self.api_base.as_str().trim_end_matches('/'));
+        let mut builder = self
+            .http
+            .request(method, url)
+            .bearer_auth(self.api_key.expose())
+            .header("Stripe-Version", self.stripe_version);
+        if let Some(account) = account {
+            builder = builder.header("Stripe-Account", account.as_str());
+        }
+        builder
+    }
+
+    /// A form-encoded POST. The idempotency key is required: no POST leaves without one.
+    fn post(
+        &self,
+        path: &str,
+        params: &[(String, String)],
+        account: Option<&AccountId>,
+        idempotency_key: &str,
+    ) -> Result<reqwest::Request, StripeError> {
+        let key_ok = !idempotency_key.is_empty()
+            && idempotency_key.len() <= MAX_IDEMPOTENCY_KEY_LEN
+            && HeaderValue::from_str(idempotency_key).is_ok();
+        if !key_ok {
+            return Err(StripeError::Config(
+                "the idempotency key is empty, too long or not ASCII".to_owned(),
+            ));
+        }
+        self.request(Method::POST, path, account)
+            .header("Idempotency-Key", idempotency_key)
+            .form(params)
+            .build()
+            .map_err(|e| self.build_error(&e))
+    }
+
+    fn build_error(&self, error: &reqwest::Error) -> StripeError {
+        StripeError::Config(format!("the request could not be built: {error}"))
+            .scrubbed(self.api_key.expose())
+    }
+
+    /// Sends a create call and takes the new object's id.
+    async fn send_create(&self, request: reqwest::Request) -> Result<StripeObject, StripeError> {
+        let raw = self.send(request).await?;
+        match raw.get("id").and_then(Value::as_str) {
+            Some(id) => Ok(StripeObject { id: id.to_owned(), raw }),
+            // Stripe did answer 2xx, so a retry under the same key replays the object whole.
+            None => {
+                Err(StripeError::Retryable { status: None, message: "a 2xx response without an id".into() })
+            }
+        }
+    }
+
+    /// Sends one request and classifies the answer.
+    async fn send(&self, request: reqwest::Request) -> Result<Value, StripeError> {
+        let method = request.method().clone();
+        let path = request.url().path().to_owned();
+        let result = self.exchange(request).await.map_err(|e| e.scrubbed(self.api_key.expose()));
+        match &result {
+            Ok(_) => tracing::debug!(%method, path, "stripe call succeeded"),
+            Err(error) => tracing::debug!(%method, path, status = error.status(), "stripe call failed"),
+        }
+        result
+    }
+
+    async fn exchange(&self, request: reqwest::Request) -> Result<Value, StripeError> {
+        let response = self.http.execute(request).await.map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| transport_error(&e))?;
+        if status.is_success() {
+            // A 2xx whose body is unreadable still created the object; a retry under the same key
+            // replays it.
+            serde_json::from_slice(&body).map_err(|_| StripeError::Retryable {
+                status: Some(status.as_u16()),
+                message: "a 2xx response whose body is not JSON".into(),
+            })
+        } else {
+            Err(classify(status.as_u16(), &body))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::CONTENT_TYPE;
+
+    use super::*;
+
+    fn client() -> StripeClient {
+        let mut config = StripeClientConfig::new(ApiKey::new("sk_test_unit_secret"));
+        config.api_base = "http://127.0.0.1:9".to_owned();
+        StripeClient::new(config).unwrap()
+    }
+
+    fn acct(id: &str) -> AccountId {
+        AccountId::parse(id).unwrap()
+    }
+
+    fn body(request: &reqwest::Request) -> String {
+        String::from_utf8(request.body().unwrap().as_bytes().unwrap().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn client_form_encodes_nested_metadata_as_bracketed_keys() {
+        let destination = acct("acct_1Dest");
+        let transfer = CreateTransfer {
+            amount: 7000,
+            currency: "usd",
+            destination: &destination,
+            source_transaction: Some("ch_1Src"),
+            transfer_group: Some("group pi_1"),
+            metadata: &[("step_id", "st_1"), ("note", "a&b=c")],
+        };
+        let params = transfer_params(&transfer).unwrap();
+        assert!(params.contains(&("metadata[step_id]".to_owned(), "st_1".to_owned())));
+        let request = client().post("/v1/transfers", &params, None, "connect-flow:st_1:0").unwrap();
+        assert_eq!(
+            body(&request),
+            "amount=7000&currency=usd&destination=acct_1Dest&source_transaction=ch_1Src\
+             &transfer_group=group+pi_1&metadata%5Bstep_id%5D=st_1&metadata%5Bnote%5D=a%26b%3Dc"
+        );
+        assert_eq!(request.headers().get(CONTENT_TYPE).unwrap(), "application/x-www-form-urlencoded");
+    }
+
+    #[test]
+    fn client_rejects_metadata_keys_that_would_nest_further() {
+        let mut params = Vec::new();
+        assert!(matches!(push_metadata(&mut params, &[("a[b]", "x")]), Err(StripeError::Config(_))));
+        assert!(matches!(push_metadata(&mut params, &[("", "x")]), Err(StripeError::Config(_))));
+    }
+
+    #[test]
+    fn client_posts_carry_auth_version_idempotency_key_and_account_headers() {
+        let account = acct("acct_1Pay");
+        let request = client().post("/v1/payouts", &[], Some(&account), "key-1").unwrap();
+        let header = |name: &str| request.headers().get(name).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(header("authorization"), "Bearer sk_test_unit_secret");
+        assert!(request.headers().get("authorization").unwrap().is_sensitive());
+        assert_eq!(header("stripe-version"), STRIPE_VERSION);
+        assert_eq!(header("idempotency-key"), "key-1");
+        assert_eq!(header("stripe-account"), "acct_1Pay");
+        assert_eq!(request.url().as_str(), "http://127.0.0.1:9/v1/payouts");
+
+        let platform = client().post("/v1/transfers", &[], None, "key-2").unwrap();
+        assert!(platform.headers().get("stripe-account").is_none());
+    }
+
+    #[test]
+    fn client_refuses_to_post_without_a_usable_idempotency_key() {
+        for key in ["", "bad\nkey", &"k".repeat(256)] {
+            assert!(matches!(client().post("/v1/transfers", &[], None, key), Err(StripeError::Config(_))));
+        }
+    }
+
+    #[test]
+    fn client_classifies_errors_by_status_and_body() {
+        let refusal = br#"{"error":{"type":"invalid_request_error","code":"balance_insufficient",
+            "message":"You have insufficient available funds in your Stripe account."}}"#;
+        let error = classify(400, refusal);
+        assert_eq!(error.code(), Some("balance_insufficient"));
+        assert!(!error.is_retryable());
+        assert!(matches!(error, StripeError::Refused { status: 400, .. }));
+
+        let declined =
+            br#"{"error":{"type":"card_error","code":"card_declined","decline_code":"do_not_honor",
+            "message":"Declined"}}"#;
+        assert!(matches!(
+            classify(402, declined),
+            StripeError::Refused { decline_code: Some(ref d), .. } if d == "do_not_honor"
+        ));
+
+        let mismatch = br#"{"error":{"type":"idempotency_error","message":"Keys for idempotent requests can only be used with the same parameters they were first used with."}}"#;
+        assert!(matches!(classify(400, mismatch), StripeError::IdempotencyMismatch { .. }));
+        assert!(!classify(400, mismatch).is_retryable());
+
+        for status in [409, 429, 500, 502, 503] {
+            let error = classify(status, b"<html>oops</html>");
+            assert!(error.is_retryable(), "{status}");
+            assert_eq!(error.status(), Some(status));
+        }
+        let missing = classify(404, br#"{"error":{"type":"invalid_request_error","code":"resource_missing","message":"No such transfer"}}"#);
+        assert_eq!(missing.code(), Some("resource_missing"));
+        assert!(matches!(classify(401, b""), StripeError::Refused { status: 401, code: None, .. }));
+    }
+
+    #[test]
+    fn client_scrubs_the_key_from_messages_and_debug() {
+        let error = StripeError::Refused {
+            status: 401,
+            code: None,
+            decline_code: None,
+            message: "Invalid API Key provided: sk_test_unit_secret".to_owned(),
+        }
+        .scrubbed("sk_test_unit_secret");
+        assert!(!error.to_string().contains("sk_test_unit_secret"));
+        assert!(!format!("{:?}", client()).contains("sk_test_unit_secret"));
+        assert!(
+            !format!("{:?}", StripeClientConfig::new(ApiKey::new("sk_test_unit_secret"))).contains("secret")
+        );
+    }
+
+    #[test]
+    fn client_config_reads_the_key_and_base_and_accepts_only_safe_bases() {
+        let config = StripeClientConfig::from_lookup(|name| match name {
+            API_KEY_VAR => Some("sk_test_x".to_owned()),
+            API_BASE_VAR => Some("http://127.0.0.1:4242".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.api_base, "http://127.0.0.1:4242");
+        assert!(matches!(StripeClientConfig::from_lookup(|_| None), Err(StripeError::Config(_))));
+        for base in ["http://api.stripe.com", "ftp://127.0.0.1", "not a url"] {
+            let mut config = StripeClientConfig::new(ApiKey::new("sk_test_x"));
+            config.api_base = base.to_owned();
+            assert!(matches!(StripeClient::new(config), Err(StripeError::Config(_))), "{base}");
+        }
+        assert!(StripeClient::new(StripeClientConfig::new(ApiKey::new("sk_test_x"))).is_ok());
+    }
+
+    #[test]
+    fn client_refuses_ids_that_would_escape_the_path() {
+        assert!(checked_id("transfer id", "tr_1Abc").is_ok());
+        assert!(matches!(checked_id("transfer id", "tr_1/../x"), Err(StripeError::Config(_))));
+    }
+}

@@ -1,0 +1,260 @@
+//! The fund-flow worker: runs one queued step against Stripe, so that no crash, retry or
+//! redelivery moves money twice.
+//!
+//! Every Stripe call carries the step's idempotency key (step id and attempt generation), so a
+//! call repeated after a crash replays what Stripe did the first time. Every status change is a
+//! conditional write on the step's version.
+
+use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
+use crate::store::{AccountStore, CommitOutcome, StoreError};
+use crate::stripe::client::{CreateTransfer, StripeClient, StripeError, StripeObject};
+use crate::stripe::signature::{Clock, SystemClock};
+
+/// How many times a step is re-read when another writer moved it in between.
+const MAX_CONFLICT_RETRIES: usize = 8;
+
+/// Stripe's code for a balance too small for the transfer or payout.
+const BALANCE_INSUFFICIENT: &str = "balance_insufficient";
+
+/// What the queue should do with the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Acknowledge: the step is final (or was already).
+    Done(StepStatus),
+    /// Leave it for redelivery: Stripe was unreachable, or the step waits for something.
+    RetryLater(String),
+}
+
+/// A failure that is neither Stripe's answer nor the step's: the message is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The message names a step that is not stored.
+    #[error("no stored step {0}")]
+    UnknownStep(String),
+    /// The step kept changing under the worker.
+    #[error("step {0} kept changing concurrently")]
+    Contention(String),
+}
+
+/// Whether a step can be sent now.
+enum Readiness {
+    /// Send it; for a reversal, to this transfer.
+    Ready { transfer_id: Option<String> },
+    /// Not yet: retry later.
+    Wait(String),
+    /// Never: fail it.
+    Fail(String),
+}
+
+/// Runs steps from the store against Stripe.
+pub struct StepWorker<S, C = SystemClock> {
+    store: S,
+    stripe: StripeClient,
+    clock: C,
+}
+
+impl<S: AccountStore> StepWorker<S> {
+    /// A worker on the system clock.
+    pub fn new(store: S, stripe: StripeClient) -> Self {
+        Self::with_clock(store, stripe, SystemClock)
+    }
+}
+
+impl<S: AccountStore, C: Clock> StepWorker<S, C> {
+    /// A worker on the given clock.
+    pub fn with_clock(store: S, stripe: StripeClient, clock: C) -> Self {
+        Self { store, stripe, clock }
+    }
+
+    /// The store this worker reads and writes.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Runs one step to a final status, or says why it must wait.
+    pub async fn run(&self, step_ref: &StepRef) -> Result<Disposition, WorkerError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let step = self
+                .store
+                .load_step(step_ref)
+                .await?
+                .ok_or_else(|| WorkerError::UnknownStep(step_ref.step_id.clone()))?;
+            if step.status.is_final() {
+                return Ok(Disposition::Done(step.status));
+            }
+            let transfer_id = match self.readiness(&step).await? {
+                Readiness::Ready { transfer_id } => transfer_id,
+                Readiness::Wait(reason) => {
+                    match self.record(&step, StepStatus::Waiting, Some(&reason), None, step.attempt).await? {
+                        CommitOutcome::Conflict => continue,
+                        _ => return Ok(Disposition::RetryLater(reason)),
+                    }
+                }
+                Readiness::Fail(reason) => {
+                    match self.record(&step, StepStatus::Failed, Some(&reason), None, step.attempt).await? {
+                        CommitOutcome::Conflict => continue,
+                        _ => return Ok(Disposition::Done(StepStatus::Failed)),
+                    }
+                }
+            };
+            // Recorded before the call, so a crash mid-call leaves a visible trace; the retry
+            // replays the call under the same key.
+            let in_flight =
+                match self.transition(&step, StepStatus::InFlight, None, None, step.attempt).await? {
+                    Some(in_flight) => in_flight,
+                    None => continue,
+                };
+            let called = self.call_stripe(&in_flight, transfer_id.as_deref()).await;
+            let (status, reason, stripe_id, attempt) = match &called {
+                Ok(object) => (StepStatus::Succeeded, None, Some(object.id.as_str()), in_flight.attempt),
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(step_id = %in_flight.step_id, status = error.status(), "Stripe unavailable; retrying later");
+                    return Ok(Disposition::RetryLater("Stripe did not answer".into()));
+                }
+                // Stripe caches a 4xx under its key for a day: only a new key can succeed later.
+                Err(error) if error.code() == Some(BALANCE_INSUFFICIENT) => {
+                    (StepStatus::Waiting, Some(BALANCE_INSUFFICIENT), None, in_flight.attempt + 1)
+                }
+                Err(error) => (
+                    StepStatus::Failed,
+                    Some(error.code().unwrap_or("refused_by_stripe")),
+                    None,
+                    in_flight.attempt,
+                ),
+            };
+            match self.transition(&in_flight, status, reason, stripe_id, attempt).await? {
+                Some(_) if status == StepStatus::Waiting => {
+                    return Ok(Disposition::RetryLater(BALANCE_INSUFFICIENT.into()));
+                }
+                Some(_) => {
+                    tracing::info!(step_id = %in_flight.step_id, status = status.as_str(), "step finished");
+                    return Ok(Disposition::Done(status));
+                }
+                // Another worker recorded it meanwhile: read again and let the status decide.
+                None => continue,
+            }
+        }
+        Err(WorkerError::Contention(step_ref.step_id.clone()))
+    }
+
+    async fn readiness(&self, step: &Step) -> Result<Readiness, WorkerError> {
+        match step.kind {
+            StepKind::Transfer => {
+                let account = self.store.load_account(&step.destination).await?;
+                let active = account
+                    .as_ref()
+                    .and_then(|account| account.capabilities.get("transfers"))
+                    .is_some_and(|status| status == "active");
+                Ok(if active {
+                    Readiness::Ready { transfer_id: None }
+                } else {
+                    Readiness::Wait("the destination's transfers capability is not active".into())
+                })
+            }
+            StepKind::Payout => {
+                let account = self.store.load_account(&step.destination).await?;
+                let enabled = account.as_ref().and_then(|account| account.payouts_enabled) == Some(true);
+                Ok(if enabled {
+                    Readiness::Ready { transfer_id: None }
+                } else {
+                    Readiness::Wait("payouts are not enabled on the account".into())
+                })
+            }
+            StepKind::Reversal => {
+                let Some(transfer_step_id) = step.reverses_step.clone() else {
+                    return Ok(Readiness::Fail("a reversal without its transfer".into()));
+                };
+                let transfer_ref = StepRef {
+                    step_id: transfer_step_id,
+                    payment_key: step.payment_key.clone(),
+                    destination: step.destination.clone(),
+                };
+                let transfer = self.store.load_step(&transfer_ref).await?;
+                Ok(match transfer {
+                    Some(Step { status: StepStatus::Succeeded, stripe_id: Some(transfer_id), .. }) => {
+                        Readiness::Ready { transfer_id: Some(transfer_id) }
+                    }
+                    Some(transfer) if transfer.status.is_final() => {
+                        Readiness::Fail("the transfer it reverses was never made".into())
+                    }
+                    Some(_) => Readiness::Wait("the transfer it reverses has not been made yet".into()),
+                    None => Readiness::Fail("the transfer it reverses is not recorded".into()),
+                })
+            }
+        }
+    }
+
+    async fn call_stripe(&self, step: &Step, transfer_id: Option<&str>) -> Result<StripeObject, StripeError> {
+        let key = step.idempotency_key();
+        let metadata = [("connect_flow_step", step.step_id.as_str())];
+        match (step.kind, transfer_id) {
+            (StepKind::Transfer, _) => {
+                let transfer = CreateTransfer {
+                    amount: step.amount,
+                    currency: &step.currency,
+                    destination: &step.destination,
+                    source_transaction: step.source_charge.as_deref(),
+                    transfer_group: step.transfer_group.as_deref(),
+                    metadata: &metadata,
+                };
+                self.stripe.create_transfer(&transfer, &key).await
+            }
+            (StepKind::Reversal, Some(transfer_id)) => {
+                self.stripe.create_transfer_reversal(transfer_id, step.amount, &metadata, &key).await
+            }
+            (StepKind::Reversal, None) => {
+                Err(StripeError::Config("a reversal needs its transfer's id".into()))
+            }
+            (StepKind::Payout, _) => {
+                self.stripe
+                    .create_payout(&step.destination, step.amount, &step.currency, &metadata, &key)
+                    .await
+            }
+        }
+    }
+
+    /// Writes the step's next status; `None` when another writer moved it first.
+    async fn transition(
+        &self,
+        step: &Step,
+        status: StepStatus,
+        reason: Option<&str>,
+        stripe_id: Option<&str>,
+        attempt: u32,
+    ) -> Result<Option<Step>, WorkerError> {
+        let mut next = step.clone();
+        next.status = status;
+        next.reason = reason.map(str::to_owned);
+        if let Some(stripe_id) = stripe_id {
+            next.stripe_id = Some(stripe_id.to_owned());
+        }
+        next.attempt = attempt;
+        next.updated_at = self.clock.now_unix();
+        next.version += 1;
+        Ok(match self.store.update_step(&next).await? {
+            CommitOutcome::Conflict => None,
+            _ => Some(next),
+        })
+    }
+
+    async fn record(
+        &self,
+        step: &Step,
+        status: StepStatus,
+        reason: Option<&str>,
+        stripe_id: Option<&str>,
+        attempt: u32,
+    ) -> Result<CommitOutcome, WorkerError> {
+        // Waiting again for the same reason changes nothing worth a write.
+        if step.status == status && step.reason.as_deref() == reason {
+            return Ok(CommitOutcome::Committed);
+        }
+        Ok(match self.transition(step, status, reason, stripe_id, attempt).await? {
+            Some(_) => CommitOutcome::Committed,
+            None => CommitOutcome::Conflict,
+        })
+    }
+}
