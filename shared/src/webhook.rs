@@ -1,6 +1,8 @@
 //! The webhook pipeline, independent of how the request arrived (Lambda or the local server):
 //! verify, parse, decide, one conditional write, answer.
 
+use std::sync::Arc;
+
 use serde_json::json;
 use tracing::Instrument;
 
@@ -8,7 +10,8 @@ use crate::config::WebhookSettings;
 use crate::domain::account::{AccountDecision, AccountEvent, NoAccount, decide};
 use crate::domain::funds::read_fund_event;
 use crate::store::{
-    AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite, StoreError,
+    AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite, StepQueue,
+    StoreError,
 };
 use crate::stripe::event::{EnvelopeError, Event, ParsedBody, ThinEvent, parse_event};
 use crate::stripe::signature::{Clock, SignatureError, SignatureVerifier, SystemClock};
@@ -102,6 +105,7 @@ impl Reply {
 /// The webhook pipeline over a store.
 pub struct WebhookService<S, C = SystemClock> {
     store: S,
+    queue: Option<Arc<dyn StepQueue>>,
     verifier: SignatureVerifier,
     expected_livemode: Option<bool>,
     clock: C,
@@ -119,10 +123,18 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
     pub fn with_clock(store: S, settings: &WebhookSettings, clock: C) -> Self {
         Self {
             store,
+            queue: None,
             verifier: SignatureVerifier::new(&settings.secrets, settings.tolerance_secs),
             expected_livemode: settings.expected_livemode,
             clock,
         }
+    }
+
+    /// Sends planned steps to `queue` once they are committed. Without a queue they stay
+    /// queued in the store, for a sweep or a later configuration to send.
+    pub fn with_queue(mut self, queue: Arc<dyn StepQueue>) -> Self {
+        self.queue = Some(queue);
+        self
     }
 
     /// The store this pipeline writes to.

@@ -5,6 +5,8 @@
 //! call repeated after a crash replays what Stripe did the first time. Every status change is a
 //! conditional write on the step's version.
 
+use tracing::Instrument;
+
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::store::{AccountStore, CommitOutcome, StoreError};
 use crate::stripe::client::{CreateTransfer, StripeClient, StripeError, StripeObject};
@@ -168,6 +170,7 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
                     return Ok(Readiness::Fail("a reversal without its transfer".into()));
                 };
                 let transfer_ref = StepRef {
+                    kind: StepKind::Transfer,
                     step_id: transfer_step_id,
                     payment_key: step.payment_key.clone(),
                     destination: step.destination.clone(),
@@ -256,5 +259,44 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
             Some(_) => CommitOutcome::Committed,
             None => CommitOutcome::Conflict,
         })
+    }
+}
+
+/// How long a received message stays hidden before the embedded queue offers it again.
+const VISIBILITY_SECS: i64 = 30;
+
+/// After this many receives a message is dead-lettered, as SQS does past `maxReceiveCount`.
+pub const MAX_RECEIVES: u32 = 10;
+
+/// How many messages one pass takes from each embedded queue, as one SQS batch would.
+const BATCH: usize = 10;
+
+impl<C: Clock> StepWorker<crate::store::sqlite::SqliteStore, C> {
+    /// One pass over both embedded queues: runs every visible message once, acknowledges the
+    /// finished ones and dead-letters those received too often. Returns how many it handled.
+    pub async fn drain_embedded(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now_unix();
+        let mut handled = 0;
+        for queue in ["transfers", "payouts"] {
+            for message in self.store.receive(queue, now, VISIBILITY_SECS, BATCH)? {
+                handled += 1;
+                let span = tracing::info_span!("step", step_id = %message.message_id, queue);
+                let outcome = self.run(&message.step).instrument(span.clone()).await;
+                let _entered = span.enter();
+                match outcome {
+                    Ok(Disposition::Done(_)) => {
+                        self.store.acknowledge(queue, &message.message_id)?;
+                        continue;
+                    }
+                    Ok(Disposition::RetryLater(reason)) => tracing::info!(reason, "step will be retried"),
+                    Err(error) => tracing::warn!(%error, "step not run; will be retried"),
+                }
+                if message.receive_count >= MAX_RECEIVES {
+                    tracing::error!(receives = message.receive_count, "step dead-lettered");
+                    self.store.dead_letter(queue, &message.message_id)?;
+                }
+            }
+        }
+        Ok(handled)
     }
 }

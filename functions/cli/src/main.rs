@@ -9,9 +9,12 @@ use clap::{Parser, Subcommand};
 use connect_flow::envelope::{EnvelopeKind, lambda_envelope};
 use connect_flow::{commands, server};
 use shared::config::{WEBHOOK_SECRETS, WebhookSettings};
+use shared::store::StepQueue;
 use shared::store::sqlite::SqliteStore;
+use shared::stripe::client::{API_KEY_VAR, StripeClient, StripeClientConfig};
 use shared::stripe::signature::{Clock, DEFAULT_TOLERANCE_SECS, SystemClock, WebhookSecret, sign};
 use shared::webhook::WebhookService;
+use shared::worker::StepWorker;
 
 #[derive(Parser)]
 #[command(name = "connect-flow", version, about = "Connect Flow: Stripe Connect webhooks, kept true.")]
@@ -100,7 +103,18 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             let listener =
                 tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, db = %db.display(), "serving POST /webhooks/stripe");
-            let service = Arc::new(WebhookService::new(store, &settings));
+            let queue: Arc<dyn StepQueue> = Arc::new(store.clone());
+            match std::env::var(API_KEY_VAR) {
+                Ok(_) => {
+                    let stripe = StripeClient::new(StripeClientConfig::from_env()?)?;
+                    let worker = StepWorker::new(store.clone(), stripe);
+                    tokio::spawn(server::run_workers(worker, async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }));
+                }
+                Err(_) => tracing::warn!("{API_KEY_VAR} is not set: planned steps stay queued until it is"),
+            }
+            let service = Arc::new(WebhookService::new(store, &settings).with_queue(queue));
             server::serve(listener, service, async {
                 let _ = tokio::signal::ctrl_c().await;
             })

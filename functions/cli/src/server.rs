@@ -15,6 +15,7 @@ use shared::domain::account::{AccountId, OnboardingStatus};
 use shared::store::AccountStore;
 use shared::store::sqlite::SqliteStore;
 use shared::webhook::{MAX_BODY_BYTES, Reply, WebhookService};
+use shared::worker::StepWorker;
 use tokio::net::TcpListener;
 
 type Service = Arc<WebhookService<SqliteStore>>;
@@ -122,4 +123,30 @@ fn account_not_found() -> Response {
 fn storage_error(store_error: &shared::store::StoreError) -> Response {
     tracing::error!(error = %store_error, "read failed");
     error(StatusCode::INTERNAL_SERVER_ERROR, "storage_unavailable", "the store could not be read")
+}
+
+/// How often the in-process workers look for steps that became visible again.
+const WORKER_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs the fund-flow workers on the embedded queues until `shutdown` completes: every second,
+/// every visible step is run until none is left.
+pub async fn run_workers(worker: StepWorker<SqliteStore>, shutdown: impl Future<Output = ()> + Send) {
+    let mut tick = tokio::time::interval(WORKER_POLL);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            match worker.drain_embedded().await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(store_error) => {
+                    tracing::error!(error = %store_error, "the embedded queue could not be read");
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -107,6 +107,8 @@ pub struct Step {
 /// Where a step is stored: what a queue message carries, enough to load the step without a scan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRef {
+    /// What it moves, which decides its queue.
+    pub kind: StepKind,
     /// The step's id.
     pub step_id: String,
     /// Its payment, for transfers and reversals.
@@ -120,6 +122,7 @@ impl Step {
     /// Where this step is stored.
     pub fn reference(&self) -> StepRef {
         StepRef {
+            kind: self.kind,
             step_id: self.step_id.clone(),
             payment_key: self.payment_key.clone(),
             destination: self.destination.clone(),

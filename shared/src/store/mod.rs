@@ -1,6 +1,7 @@
 //! Storage behind one trait, in two implementations: DynamoDB and embedded SQLite.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
@@ -194,4 +195,17 @@ pub trait AccountStore: Send + Sync + 'static {
         &self,
         status: Option<OnboardingStatus>,
     ) -> impl Future<Output = Result<Vec<AccountState>, StoreError>> + Send;
+}
+
+/// A boxed future, so that [`StepQueue`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where planned steps go to be run: SQS FIFO queues on AWS, a table in the embedded store.
+///
+/// Sending is at-least-once: a step is sent again after a failed send or a redelivered event, and
+/// the step id deduplicates it (SQS `MessageDeduplicationId`; the embedded queue's key), while the
+/// worker acknowledges a step that is already final without calling Stripe.
+pub trait StepQueue: Send + Sync + 'static {
+    /// Sends each step to its queue: transfers and reversals to one, payouts to the other.
+    fn send<'a>(&'a self, steps: &'a [StepRef]) -> BoxFuture<'a, Result<(), StoreError>>;
 }

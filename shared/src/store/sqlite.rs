@@ -5,9 +5,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
+use super::{
+    AccountStore, BoxFuture, CommitOutcome, EventOutcome, EventRecord, EventWrite, StepQueue, StoreError,
+};
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
-use crate::domain::step::{Step, StepRef};
+use crate::domain::step::{Step, StepKind, StepRef};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
@@ -37,7 +39,37 @@ CREATE TABLE IF NOT EXISTS steps (
 );
 CREATE INDEX IF NOT EXISTS steps_by_payment ON steps (payment_key, step_id);
 CREATE INDEX IF NOT EXISTS steps_by_destination ON steps (destination, step_id);
+CREATE TABLE IF NOT EXISTS queue (
+    queue TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    dead INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, message_id)
+);
+CREATE INDEX IF NOT EXISTS queue_by_visibility ON queue (queue, dead, visible_at);
 ";
+
+/// A message taken from the embedded queue, invisible to others until its visibility timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// The step id, which is also the deduplication key.
+    pub message_id: String,
+    /// The step to run.
+    pub step: StepRef,
+    /// How many times it has been received, this time included.
+    pub receive_count: u32,
+}
+
+/// The embedded queue a step goes to, as on AWS: transfers and reversals share one, payouts
+/// have their own, so that a slow payout never holds up a transfer.
+pub fn queue_for(kind: StepKind) -> &'static str {
+    match kind {
+        StepKind::Transfer | StepKind::Reversal => "transfers",
+        StepKind::Payout => "payouts",
+    }
+}
 
 /// Connected-account state in a SQLite file, safe to share between tasks.
 ///
@@ -90,6 +122,92 @@ impl SqliteStore {
     /// Checks that the database answers.
     pub fn ping(&self) -> Result<(), StoreError> {
         self.lock()?.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)
+    }
+
+    /// Takes up to `max` visible messages from `queue`, hiding each for `visibility_secs`.
+    pub fn receive(
+        &self,
+        queue: &str,
+        now: i64,
+        visibility_secs: i64,
+        max: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let mut connection = self.lock()?;
+        let transaction =
+            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+        let rows: Vec<(String, String, u32)> = {
+            let mut statement = transaction
+                .prepare_cached(
+                    "SELECT message_id, body, receive_count FROM queue
+                     WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY visible_at, message_id LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let limit = i64::try_from(max).unwrap_or(i64::MAX);
+            let rows = statement
+                .query_map(params![queue, now, limit], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)?
+        };
+        let mut messages = Vec::with_capacity(rows.len());
+        for (message_id, body, receive_count) in rows {
+            transaction
+                .execute(
+                    "UPDATE queue SET visible_at = ?3, receive_count = receive_count + 1 WHERE queue = ?1 AND message_id = ?2",
+                    params![queue, message_id, now.saturating_add(visibility_secs)],
+                )
+                .map_err(unavailable)?;
+            let step = serde_json::from_str(&body).map_err(corrupt)?;
+            messages.push(QueuedMessage { message_id, step, receive_count: receive_count + 1 });
+        }
+        transaction.commit().map_err(unavailable)?;
+        Ok(messages)
+    }
+
+    /// Deletes a handled message.
+    pub fn acknowledge(&self, queue: &str, message_id: &str) -> Result<(), StoreError> {
+        self.lock()?
+            .execute("DELETE FROM queue WHERE queue = ?1 AND message_id = ?2", params![queue, message_id])
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Moves a message that failed too often to the dead-letter side, where nothing receives it.
+    pub fn dead_letter(&self, queue: &str, message_id: &str) -> Result<(), StoreError> {
+        self.lock()?
+            .execute(
+                "UPDATE queue SET dead = 1 WHERE queue = ?1 AND message_id = ?2",
+                params![queue, message_id],
+            )
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Every dead-lettered message of `queue`, by message id.
+    pub fn dead_letters(&self, queue: &str) -> Result<Vec<String>, StoreError> {
+        let connection = self.lock()?;
+        let mut statement = connection
+            .prepare_cached("SELECT message_id FROM queue WHERE queue = ?1 AND dead = 1 ORDER BY message_id")
+            .map_err(unavailable)?;
+        let rows = statement.query_map([queue], |row| row.get::<_, String>(0)).map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)
+    }
+
+    fn enqueue(&self, steps: &[StepRef]) -> Result<(), StoreError> {
+        let mut connection = self.lock()?;
+        let transaction = connection.transaction().map_err(unavailable)?;
+        for step in steps {
+            let body = serde_json::to_string(step).map_err(corrupt)?;
+            // A message already queued (or in flight) is the same step: keep it, as SQS FIFO
+            // drops a send with a deduplication id it has seen.
+            transaction
+                .execute(
+                    "INSERT INTO queue (queue, message_id, body, visible_at) VALUES (?1, ?2, ?3, 0)
+                     ON CONFLICT (queue, message_id) DO NOTHING",
+                    params![queue_for(step.kind), step.step_id, body],
+                )
+                .map_err(unavailable)?;
+        }
+        transaction.commit().map_err(unavailable)
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
@@ -182,6 +300,12 @@ impl SqliteStore {
             expires_at: row.get(7)?,
         };
         Ok((record, outcome))
+    }
+}
+
+impl StepQueue for SqliteStore {
+    fn send<'a>(&'a self, steps: &'a [StepRef]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.enqueue(steps) })
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::{Delivery, MAX_CONFLICT_RETRIES, WebhookError, WebhookService};
 use crate::domain::account::{AccountId, AccountState};
 use crate::domain::funds::{FundEvent, TransferPlan, plan_payouts, plan_reversals, plan_transfers};
-use crate::domain::step::{Step, StepKind};
+use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::stripe::event::Event;
 use crate::stripe::signature::Clock;
@@ -42,13 +42,40 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             match self.store.commit(&write).await? {
                 CommitOutcome::Committed => {
                     tracing::info!(steps = plan.steps.len(), "fund-flow steps recorded");
+                    self.send(&plan.steps).await?;
                     return Ok(Delivery::Recorded(record.outcome));
                 }
-                CommitOutcome::Duplicate => return Ok(Delivery::Duplicate),
+                CommitOutcome::Duplicate => {
+                    // The first delivery may have committed and then failed to queue (and answered
+                    // 500): Stripe's retry sends whatever is still queued.
+                    let steps = self.steps_of(fund_event).await?;
+                    self.send(&steps).await?;
+                    return Ok(Delivery::Duplicate);
+                }
                 CommitOutcome::Conflict => tracing::debug!("planned concurrently; planning again"),
             }
         }
         Err(StoreError::Unavailable("the payment kept changing concurrently".into()).into())
+    }
+
+    /// Sends the steps that are still queued, after their commit.
+    async fn send(&self, steps: &[Step]) -> Result<(), StoreError> {
+        let Some(queue) = &self.queue else { return Ok(()) };
+        let queued: Vec<StepRef> =
+            steps.iter().filter(|step| step.status == StepStatus::Queued).map(Step::reference).collect();
+        if queued.is_empty() {
+            return Ok(());
+        }
+        queue.send(&queued).await
+    }
+
+    /// The stored steps a fund-flow event concerns.
+    async fn steps_of(&self, fund_event: &FundEvent) -> Result<Vec<Step>, StoreError> {
+        match fund_event {
+            FundEvent::Payment(payment) => self.store.load_payment_steps(&payment.payment_key).await,
+            FundEvent::Refund(refund) => self.store.load_payment_steps(&refund.payment_key).await,
+            FundEvent::BalanceAvailable(balance) => self.store.load_account_steps(&balance.account).await,
+        }
     }
 
     async fn plan(&self, fund_event: &FundEvent, event: &Event, now: i64) -> Result<FundPlan, StoreError> {

@@ -1,0 +1,193 @@
+//! The local fund flow end to end, as `connect-flow serve` runs it: the webhook plans steps and
+//! queues them on the embedded queue after the commit, and the in-process worker runs them
+//! against the stand-in Stripe, each exactly once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use integration_tests::stripe_stub::StripeStub;
+use integration_tests::{NOW, account_updated, pipeline, signed, sqlite_store};
+use serde_json::{Value, json};
+use shared::domain::account::AccountId;
+use shared::domain::step::{StepKind, StepRef, StepStatus};
+use shared::store::sqlite::SqliteStore;
+use shared::store::{AccountStore, BoxFuture, StepQueue, StoreError};
+use shared::stripe::client::StripeClient;
+use shared::stripe::signature::FixedClock;
+use shared::webhook::WebhookService;
+use shared::worker::StepWorker;
+
+fn event(id: &str, event_type: &str, created: i64, account: Option<&str>, object: Value) -> Value {
+    let mut event = json!({"id": id, "object": "event", "type": event_type, "created": created,
+        "livemode": false, "data": {"object": object}});
+    if let Some(account) = account {
+        event["account"] = json!(account);
+    }
+    event
+}
+
+fn payment(id: &str, amount: i64, splits: &[(&str, i64)]) -> Value {
+    let metadata: serde_json::Map<String, Value> = splits
+        .iter()
+        .map(|(account, amount)| (format!("transfer:{account}"), json!(amount.to_string())))
+        .collect();
+    json!({"id": id, "object": "payment_intent", "amount": amount, "amount_received": amount,
+        "currency": "usd", "latest_charge": format!("ch_{id}"), "metadata": metadata})
+}
+
+fn refund(payment: &str, amount: i64, refunded: i64) -> Value {
+    json!({"id": format!("ch_{payment}"), "object": "charge", "amount": amount, "amount_captured": amount,
+        "amount_refunded": refunded, "currency": "usd", "payment_intent": payment, "captured": true})
+}
+
+async fn deliver<S: AccountStore>(service: &WebhookService<S, FixedClock>, event: &Value) -> (u16, String) {
+    let (header, body) = signed(event, NOW);
+    let reply = service.handle(Some(&header), &body).await;
+    let outcome =
+        serde_json::from_str::<Value>(&reply.body).unwrap()["outcome"].as_str().unwrap_or("").to_owned();
+    (reply.status, outcome)
+}
+
+async fn drain(worker: &StepWorker<SqliteStore, FixedClock>) {
+    for _ in 0..10 {
+        if worker.drain_embedded().await.unwrap() == 0 {
+            return;
+        }
+    }
+    panic!("the embedded queues did not empty");
+}
+
+#[tokio::test]
+async fn payment_refunds_and_payout_each_move_money_exactly_once() {
+    let stub = StripeStub::start().await;
+    stub.set_platform_balance("usd", 100_000);
+    for account in ["acct_A", "acct_B", "acct_M"] {
+        stub.add_account(account, true, true);
+    }
+    stub.set_account_balance("acct_M", "usd", 5_000);
+    let store = sqlite_store();
+    let service = pipeline(store.clone()).with_queue(Arc::new(store.clone()));
+    let worker = StepWorker::with_clock(
+        store.clone(),
+        StripeClient::new(stub.client_config()).unwrap(),
+        FixedClock(NOW),
+    );
+    deliver(&service, &account_updated("evt_a", "acct_A", NOW - 500, true, &[])).await;
+    deliver(&service, &account_updated("evt_b", "acct_B", NOW - 500, true, &[])).await;
+    let mut manual = account_updated("evt_m", "acct_M", NOW - 500, true, &[]);
+    manual["data"]["object"]["settings"]["payouts"]["schedule"]["interval"] = json!("manual");
+    deliver(&service, &manual).await;
+
+    let paid = event(
+        "evt_pi",
+        "payment_intent.succeeded",
+        NOW - 100,
+        None,
+        payment("pi_1", 10_000, &[("acct_A", 7000), ("acct_B", 2000)]),
+    );
+    assert_eq!(deliver(&service, &paid).await, (200, "applied".into()));
+    assert_eq!(deliver(&service, &paid).await, (200, "duplicate".into()));
+    drain(&worker).await;
+    let transfers = stub.transfers();
+    let mut sent: Vec<(&str, i64)> = transfers.iter().map(|t| (t.destination.as_str(), t.amount)).collect();
+    sent.sort();
+    assert_eq!(sent, [("acct_A", 7000), ("acct_B", 2000)]);
+    assert!(
+        transfers.iter().all(|t| t.source_transaction.as_deref() == Some("ch_pi_1")
+            && t.transfer_group.as_deref() == Some("pi_1"))
+    );
+
+    deliver(&service, &event("evt_r1", "charge.refunded", NOW - 90, None, refund("pi_1", 10_000, 2_500)))
+        .await;
+    drain(&worker).await;
+    deliver(&service, &event("evt_r2", "charge.refunded", NOW - 80, None, refund("pi_1", 10_000, 10_000)))
+        .await;
+    deliver(&service, &event("evt_r2", "charge.refunded", NOW - 80, None, refund("pi_1", 10_000, 10_000)))
+        .await;
+    drain(&worker).await;
+    assert_eq!(stub.reversals().len(), 4, "two partial and two final reversals");
+    assert!(
+        stub.transfers().iter().all(|t| t.amount_reversed == t.amount),
+        "a full refund reverses every transfer exactly"
+    );
+
+    let balance =
+        json!({"object": "balance", "available": [{"amount": 5_000, "currency": "usd"}], "pending": []});
+    assert_eq!(
+        deliver(&service, &event("evt_bal", "balance.available", NOW - 70, Some("acct_M"), balance)).await.1,
+        "applied"
+    );
+    drain(&worker).await;
+    let payouts = stub.payouts();
+    assert_eq!(
+        payouts.iter().map(|p| (p.account.as_str(), p.amount)).collect::<Vec<_>>(),
+        [("acct_M", 5_000)]
+    );
+
+    let calls_before = stub.requests().values().sum::<usize>();
+    for account in ["acct_A", "acct_B", "acct_M"] {
+        let steps = store.load_account_steps(&AccountId::parse(account).unwrap()).await.unwrap();
+        assert!(!steps.is_empty());
+        for step in &steps {
+            assert_eq!(
+                (step.status, step.stripe_id.is_some()),
+                (StepStatus::Succeeded, true),
+                "{}",
+                step.step_id
+            );
+            assert_eq!(
+                worker.run(&step.reference()).await.unwrap(),
+                shared::worker::Disposition::Done(StepStatus::Succeeded)
+            );
+        }
+    }
+    assert_eq!(
+        stub.requests().values().sum::<usize>(),
+        calls_before,
+        "a finished step never calls Stripe again"
+    );
+}
+
+/// A queue that refuses the first send, as SQS might when throttled.
+struct FlakyQueue {
+    inner: SqliteStore,
+    failures_left: AtomicUsize,
+}
+
+impl StepQueue for FlakyQueue {
+    fn send<'a>(&'a self, steps: &'a [StepRef]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            if self
+                .failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StoreError::Unavailable("queue throttled".into()));
+            }
+            self.inner.send(steps).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_failed_send_answers_500_and_the_retried_delivery_queues_the_steps() {
+    let store = sqlite_store();
+    let queue = Arc::new(FlakyQueue { inner: store.clone(), failures_left: AtomicUsize::new(1) });
+    let service = pipeline(store.clone()).with_queue(queue);
+    deliver(&service, &account_updated("evt_a", "acct_A", NOW - 500, true, &[])).await;
+    let paid = event(
+        "evt_pi",
+        "payment_intent.succeeded",
+        NOW - 100,
+        None,
+        payment("pi_9", 1_000, &[("acct_A", 600)]),
+    );
+    assert_eq!(deliver(&service, &paid).await.0, 500, "Stripe must retry");
+    assert_eq!(store.receive("transfers", NOW, 30, 10).unwrap(), [], "nothing was queued");
+    assert_eq!(deliver(&service, &paid).await, (200, "duplicate".into()));
+    let queued = store.receive("transfers", NOW, 30, 10).unwrap();
+    assert_eq!(
+        queued.iter().map(|m| (m.step.kind, m.message_id.as_str())).collect::<Vec<_>>(),
+        [(StepKind::Transfer, "tr:pi_9:acct_A")]
+    );
+}
