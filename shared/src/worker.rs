@@ -7,6 +7,7 @@
 
 use tracing::Instrument;
 
+use crate::domain::funds::{PAYMENT_METADATA, STEP_METADATA};
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::store::{AccountStore, CommitOutcome, StoreError};
 use crate::stripe::client::{CreateTransfer, StripeClient, StripeError, StripeObject};
@@ -192,7 +193,10 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
 
     async fn call_stripe(&self, step: &Step, transfer_id: Option<&str>) -> Result<StripeObject, StripeError> {
         let key = step.idempotency_key();
-        let metadata = [("connect_flow_step", step.step_id.as_str())];
+        let mut metadata = vec![(STEP_METADATA, step.step_id.as_str())];
+        if let Some(payment_key) = &step.payment_key {
+            metadata.push((PAYMENT_METADATA, payment_key.as_str()));
+        }
         match (step.kind, transfer_id) {
             (StepKind::Transfer, _) => {
                 let transfer = CreateTransfer {

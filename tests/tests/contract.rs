@@ -414,6 +414,18 @@ async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
         payouts.iter().map(|step| (step.kind, step.amount)).collect::<Vec<_>>(),
         [(StepKind::Payout, 5_000)]
     );
+
+    let payout = &payouts[0];
+    let failed = json!({"id": "po_1", "object": "payout", "failure_code": "account_closed",
+        "metadata": {"connect_flow_step": payout.step_id}});
+    assert_eq!(
+        deliver(fund_event("evt_pf", "payout.failed", NOW - 30, Some("acct_M"), failed)).await,
+        applied
+    );
+    let settled = service.store().load_step(&payout.reference()).await.unwrap().unwrap();
+    assert_eq!((settled.status, settled.reason.as_deref()), (StepStatus::Failed, Some("account_closed")));
+    let account = service.store().load_account(&account_id("acct_M")).await.unwrap().unwrap();
+    assert_eq!(account.payout_failure.map(|failure| failure.payout_id).as_deref(), Some("po_1"));
 }
 
 macro_rules! contract {

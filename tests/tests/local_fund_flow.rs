@@ -191,3 +191,76 @@ async fn a_failed_send_answers_500_and_the_retried_delivery_queues_the_steps() {
         [(StepKind::Transfer, "tr:pi_9:acct_A")]
     );
 }
+
+#[tokio::test]
+async fn stripes_lifecycle_events_settle_steps_and_a_failed_payout_shows_on_the_account() {
+    let stub = StripeStub::start().await;
+    stub.set_platform_balance("usd", 100_000);
+    stub.add_account("acct_A", true, true);
+    stub.add_account("acct_M", true, true);
+    stub.set_account_balance("acct_M", "usd", 800);
+    let store = sqlite_store();
+    let service = pipeline(store.clone()).with_queue(Arc::new(store.clone()));
+    let worker = StepWorker::with_clock(
+        store.clone(),
+        StripeClient::new(stub.client_config()).unwrap(),
+        FixedClock(NOW),
+    );
+    deliver(&service, &account_updated("evt_a", "acct_A", NOW - 500, true, &[])).await;
+    let mut manual = account_updated("evt_m", "acct_M", NOW - 500, true, &[]);
+    manual["data"]["object"]["settings"]["payouts"]["schedule"]["interval"] = json!("manual");
+    deliver(&service, &manual).await;
+    let paid = event(
+        "evt_pi",
+        "payment_intent.succeeded",
+        NOW - 100,
+        None,
+        payment("pi_5", 1_000, &[("acct_A", 600)]),
+    );
+    deliver(&service, &paid).await;
+
+    // Stripe's transfer.created can arrive before the worker records its own result (a crash
+    // between the call and the write): the event settles the step with the same transfer id.
+    let planned = store.load_payment_steps("pi_5").await.unwrap().remove(0);
+    let transfer = json!({"id": "tr_from_stripe", "object": "transfer", "amount": 600, "currency": "usd",
+        "destination": "acct_A", "metadata": {"connect_flow_step": planned.step_id, "connect_flow_payment": "pi_5"}});
+    let created = event("evt_tr", "transfer.created", NOW - 90, None, transfer);
+    assert_eq!(deliver(&service, &created).await, (200, "applied".into()));
+    let settled = store.load_step(&planned.reference()).await.unwrap().unwrap();
+    assert_eq!(
+        (settled.status, settled.stripe_id.as_deref()),
+        (StepStatus::Succeeded, Some("tr_from_stripe"))
+    );
+    drain(&worker).await;
+    assert_eq!(stub.transfers().len(), 0, "a settled step is acknowledged without calling Stripe");
+    let unknown = json!({"id": "tr_other", "object": "transfer", "destination": "acct_A", "metadata": {}});
+    assert_eq!(
+        deliver(&service, &event("evt_tr2", "transfer.created", NOW - 89, None, unknown)).await.1,
+        "unhandled"
+    );
+
+    let balance = json!({"object": "balance", "available": [{"amount": 800, "currency": "usd"}]});
+    deliver(&service, &event("evt_bal", "balance.available", NOW - 80, Some("acct_M"), balance)).await;
+    drain(&worker).await;
+    let payout = stub.payouts().remove(0);
+    let failed = json!({"id": payout.id, "object": "payout", "amount": 800, "currency": "usd", "status": "failed",
+        "failure_code": "account_closed", "metadata": payout.metadata});
+    assert_eq!(
+        deliver(&service, &event("evt_po", "payout.failed", NOW - 70, Some("acct_M"), failed.clone()))
+            .await
+            .1,
+        "applied"
+    );
+    assert_eq!(
+        deliver(&service, &event("evt_po", "payout.failed", NOW - 70, Some("acct_M"), failed)).await.1,
+        "duplicate"
+    );
+    let steps = store.load_account_steps(&AccountId::parse("acct_M").unwrap()).await.unwrap();
+    assert_eq!((steps[0].status, steps[0].reason.as_deref()), (StepStatus::Failed, Some("account_closed")));
+    let account = store.load_account(&AccountId::parse("acct_M").unwrap()).await.unwrap().unwrap();
+    let failure = account.payout_failure.expect("the failure is visible on the account");
+    assert_eq!(
+        (failure.payout_id.as_str(), failure.failure_code.as_str()),
+        (payout.id.as_str(), "account_closed")
+    );
+}

@@ -125,6 +125,17 @@ pub struct ExternalAccountSummary {
     pub default_for_currency: Option<bool>,
 }
 
+/// A payout that did not reach the bank, kept on the account so that it is seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutFailure {
+    /// `po_…`.
+    pub payout_id: String,
+    /// Stripe's `failure_code`, or `canceled`.
+    pub failure_code: String,
+    /// The event's `created`.
+    pub failed_at: i64,
+}
+
 /// The `created` time of the newest event applied to each independently ordered part of an
 /// account. An event older than its part's guard is stale. Guards outlive deletions, so that an
 /// older update cannot bring a deleted person or bank account back.
@@ -176,6 +187,9 @@ pub struct AccountState {
     pub persons: BTreeMap<String, PersonSummary>,
     /// External accounts by id.
     pub external_accounts: BTreeMap<String, ExternalAccountSummary>,
+    /// The newest payout that failed or was canceled, until a later payout is paid.
+    #[serde(default)]
+    pub payout_failure: Option<PayoutFailure>,
     /// The newest event that changed this account.
     pub last_event_id: String,
     /// That event's `created`.
@@ -203,6 +217,7 @@ impl AccountState {
             deauthorized: false,
             persons: BTreeMap::new(),
             external_accounts: BTreeMap::new(),
+            payout_failure: None,
             last_event_id: String::new(),
             last_event_created: i64::MIN,
             ordering: OrderingGuards::default(),

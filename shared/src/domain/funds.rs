@@ -6,11 +6,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::account::{AccountId, AccountState};
-use super::step::{Step, StepKind, StepStatus};
+use super::step::{Step, StepKind, StepRef, StepStatus};
 use crate::stripe::event::{Event, is_plausible_id};
 
 /// The metadata key prefix that names a split: `transfer:acct_…` = amount in minor units.
 const SPLIT_PREFIX: &str = "transfer:";
+
+/// The metadata key every object a step creates carries, so that Stripe's lifecycle events can
+/// be matched back to the step.
+pub const STEP_METADATA: &str = "connect_flow_step";
+/// The payment a transfer or reversal step belongs to (where the step is stored).
+pub const PAYMENT_METADATA: &str = "connect_flow_payment";
 
 /// What a fund-flow event asks for, read leniently.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +27,8 @@ pub enum FundEvent {
     Refund(Refund),
     /// A connected account has money available (`balance.available`).
     BalanceAvailable(BalanceAvailable),
+    /// Stripe's word on objects that steps created (`transfer.*`, `payout.*`).
+    Settlements(Vec<Settlement>),
 }
 
 /// A succeeded platform payment and the splits its metadata asks for.
@@ -94,8 +102,113 @@ pub fn read_fund_event(event: &Event) -> Option<FundEvent> {
         "charge.succeeded" if on_platform => read_charge(&object).map(FundEvent::Payment),
         "charge.refunded" if on_platform => read_refund(&object).map(FundEvent::Refund),
         "balance.available" => read_balance(event, &object).map(FundEvent::BalanceAvailable),
+        "transfer.created" | "transfer.updated" | "transfer.reversed" | "payout.paid" | "payout.failed"
+        | "payout.canceled" => {
+            let settlements = read_settlements(event, &object);
+            (!settlements.is_empty()).then_some(FundEvent::Settlements(settlements))
+        }
         _ => None,
     }
+}
+
+/// What Stripe reports about an object a step created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettlementKind {
+    /// The transfer or reversal exists.
+    Created,
+    /// The payout reached the bank.
+    PayoutPaid,
+    /// The payout failed, with Stripe's `failure_code`.
+    PayoutFailed(String),
+    /// The payout was canceled.
+    PayoutCanceled,
+}
+
+/// One step's object as Stripe reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// Where the step is stored.
+    pub step: StepRef,
+    /// The Stripe object id (`tr_…`, `trr_…`, `po_…`).
+    pub stripe_id: String,
+    /// What happened to it.
+    pub kind: SettlementKind,
+}
+
+/// Reads the steps a lifecycle event speaks of; objects Connect Flow did not create are ignored.
+fn read_settlements(event: &Event, object: &Value) -> Vec<Settlement> {
+    let settlement = |object: &Value, kind: StepKind, destination: Option<&str>, outcome: SettlementKind| {
+        let metadata = object.get("metadata")?;
+        let step_id = metadata.get(STEP_METADATA)?.as_str().filter(|id| is_plausible_id(id))?;
+        let payment_key = metadata.get(PAYMENT_METADATA).and_then(Value::as_str).map(str::to_owned);
+        let stripe_id = object.get("id")?.as_str().filter(|id| is_plausible_id(id))?;
+        Some(Settlement {
+            step: StepRef {
+                kind,
+                step_id: step_id.to_owned(),
+                payment_key,
+                destination: AccountId::parse(destination?)?,
+            },
+            stripe_id: stripe_id.to_owned(),
+            kind: outcome,
+        })
+    };
+    let transfer_destination = id_of(object.get("destination"));
+    match event.event_type.as_str() {
+        "transfer.created" | "transfer.updated" => {
+            settlement(object, StepKind::Transfer, transfer_destination.as_deref(), SettlementKind::Created)
+                .into_iter()
+                .collect()
+        }
+        "transfer.reversed" => value_at(object, &["reversals", "data"])
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|reversal| {
+                settlement(
+                    reversal,
+                    StepKind::Reversal,
+                    transfer_destination.as_deref(),
+                    SettlementKind::Created,
+                )
+            })
+            .collect(),
+        payout_event => {
+            let outcome = match payout_event {
+                "payout.paid" => SettlementKind::PayoutPaid,
+                "payout.canceled" => SettlementKind::PayoutCanceled,
+                _ => SettlementKind::PayoutFailed(
+                    object.get("failure_code").and_then(Value::as_str).unwrap_or("failed").to_owned(),
+                ),
+            };
+            settlement(object, StepKind::Payout, event.account.as_deref(), outcome).into_iter().collect()
+        }
+    }
+}
+
+/// The step's next state after Stripe's report, or `None` when the report changes nothing.
+pub fn settle(step: &Step, settlement: &Settlement, now: i64) -> Option<Step> {
+    let (status, reason) = match &settlement.kind {
+        // A final step keeps its word: Stripe's creation event may trail the worker's own record,
+        // and a refused plan never created anything.
+        SettlementKind::Created | SettlementKind::PayoutPaid if step.status.is_final() => return None,
+        SettlementKind::Created | SettlementKind::PayoutPaid => (StepStatus::Succeeded, None),
+        SettlementKind::PayoutFailed(code) => (StepStatus::Failed, Some(code.clone())),
+        SettlementKind::PayoutCanceled => (StepStatus::Failed, Some("canceled".to_owned())),
+    };
+    let unchanged = step.status == status
+        && step.reason == reason
+        && step.stripe_id.as_deref() == Some(settlement.stripe_id.as_str());
+    if unchanged {
+        return None;
+    }
+    let mut next = step.clone();
+    next.status = status;
+    next.reason = reason;
+    next.stripe_id = Some(settlement.stripe_id.clone());
+    next.updated_at = now;
+    next.version += 1;
+    Some(next)
 }
 
 fn read_intent(intent: &Value) -> Option<Payment> {

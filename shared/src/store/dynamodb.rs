@@ -13,6 +13,7 @@ use aws_sdk_dynamodb::operation::create_table::CreateTableError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::builders::PutBuilder;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CancellationReason, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TimeToLiveSpecification,
@@ -186,7 +187,7 @@ impl AccountStore for DynamoStore {
 
     async fn commit(&self, write: &EventWrite<'_>) -> Result<CommitOutcome, StoreError> {
         let record = write.record;
-        if write.account.is_none() && write.new_steps.is_empty() {
+        if write.account.is_none() && write.new_steps.is_empty() && write.step_updates.is_empty() {
             // Nothing but the record: a plain conditional put, at half a transaction's cost.
             let put = self
                 .client
@@ -212,22 +213,13 @@ impl AccountStore for DynamoStore {
         let event_put = put(event_item(record)).condition_expression(NOT_YET_WRITTEN);
         let mut puts = vec![event_put];
         if let Some(state) = write.account {
-            let account_put = put(account_item(state)?);
-            puts.push(match state.version {
-                0 => {
-                    return Err(StoreError::Unavailable(
-                        "refusing to store an account state with version 0".to_owned(),
-                    ));
-                }
-                1 => account_put.condition_expression(NOT_YET_WRITTEN),
-                version => account_put
-                    .condition_expression("#version = :expected")
-                    .expression_attribute_names("#version", VERSION)
-                    .expression_attribute_values(":expected", AttributeValue::N((version - 1).to_string())),
-            });
+            puts.push(versioned(put(account_item(state)?), state.version)?);
         }
         for step in write.new_steps {
             puts.push(put(step_item(step)?).condition_expression(NOT_YET_WRITTEN));
+        }
+        for step in write.step_updates {
+            puts.push(step_update(put(step_item(step)?), step)?);
         }
         let items = puts
             .into_iter()
@@ -272,10 +264,6 @@ impl AccountStore for DynamoStore {
     }
 
     async fn update_step(&self, step: &Step) -> Result<CommitOutcome, StoreError> {
-        let expected = step
-            .version
-            .checked_sub(1)
-            .ok_or_else(|| StoreError::Unavailable("refusing to update a step to version 0".to_owned()))?;
         let put = self
             .client
             .put_item()
@@ -283,7 +271,7 @@ impl AccountStore for DynamoStore {
             .set_item(Some(step_item(step)?))
             .condition_expression("#version = :expected")
             .expression_attribute_names("#version", VERSION)
-            .expression_attribute_values(":expected", AttributeValue::N(expected.to_string()))
+            .expression_attribute_values(":expected", AttributeValue::N(previous_version(step)?.to_string()))
             .send()
             .await;
         match put {
@@ -351,6 +339,33 @@ impl AccountStore for DynamoStore {
         accounts.sort_by(|a, b| a.account_id.cmp(&b.account_id));
         Ok(accounts)
     }
+}
+
+/// A step update is conditional on the stored step being at the version it was read at (steps
+/// are planned at version 0, so unlike accounts there is no "absent" case).
+fn step_update(put: PutBuilder, step: &Step) -> Result<PutBuilder, StoreError> {
+    Ok(put
+        .condition_expression("#version = :expected")
+        .expression_attribute_names("#version", VERSION)
+        .expression_attribute_values(":expected", AttributeValue::N(previous_version(step)?.to_string())))
+}
+
+fn previous_version(step: &Step) -> Result<u64, StoreError> {
+    step.version
+        .checked_sub(1)
+        .ok_or_else(|| StoreError::Unavailable("a step update must bump its version".into()))
+}
+
+/// Conditions a put on the stored item being at `version - 1`, or absent for version 1.
+fn versioned(put: PutBuilder, version: u64) -> Result<PutBuilder, StoreError> {
+    Ok(match version {
+        0 => return Err(StoreError::Unavailable("refusing to store an item at version 0".to_owned())),
+        1 => put.condition_expression(NOT_YET_WRITTEN),
+        version => put
+            .condition_expression("#version = :expected")
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_values(":expected", AttributeValue::N((version - 1).to_string())),
+    })
 }
 
 async fn collect_steps(query: QueryFluentBuilder) -> Result<Vec<Step>, StoreError> {

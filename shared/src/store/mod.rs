@@ -15,7 +15,7 @@ pub mod sqlite;
 pub const DEDUPE_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;
 
 /// What became of an event. Stored on its record; stable names, used in answers and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventOutcome {
     /// It changed the account's state.
@@ -36,6 +36,7 @@ pub enum EventOutcome {
     /// nothing sent.
     Refused,
     /// A fund-flow event with nothing new to do (no splits, already planned, nothing refunded).
+    #[default]
     Unchanged,
 }
 
@@ -104,22 +105,25 @@ pub struct EventWrite<'a> {
     pub account: Option<&'a AccountState>,
     /// Steps planned by the event; none of them may exist yet.
     pub new_steps: &'a [Step],
+    /// Steps the event settles (Stripe reporting a transfer or payout); each stored one must be at
+    /// `version - 1`.
+    pub step_updates: &'a [Step],
 }
 
 impl<'a> EventWrite<'a> {
     /// Only the event record.
     pub fn record_only(record: &'a EventRecord) -> Self {
-        Self { record, account: None, new_steps: &[] }
+        Self { record, account: None, new_steps: &[], step_updates: &[] }
     }
 
     /// The event record and, if given, the account's next state.
     pub fn with_account(record: &'a EventRecord, account: Option<&'a AccountState>) -> Self {
-        Self { record, account, new_steps: &[] }
+        Self { record, account, new_steps: &[], step_updates: &[] }
     }
 
     /// The event record and the steps it planned.
     pub fn with_steps(record: &'a EventRecord, new_steps: &'a [Step]) -> Self {
-        Self { record, account: None, new_steps }
+        Self { record, account: None, new_steps, step_updates: &[] }
     }
 }
 

@@ -276,8 +276,25 @@ impl SqliteStore {
                 return Ok(CommitOutcome::Conflict);
             }
         }
+        for step in write.step_updates {
+            if Self::update_step_in(&transaction, step)? == CommitOutcome::Conflict {
+                return Ok(CommitOutcome::Conflict);
+            }
+        }
         transaction.commit().map_err(unavailable)?;
         Ok(CommitOutcome::Committed)
+    }
+
+    fn update_step_in(connection: &Connection, step: &Step) -> Result<CommitOutcome, StoreError> {
+        let json = serde_json::to_string(step).map_err(corrupt)?;
+        let version = i64::try_from(step.version).map_err(corrupt)?;
+        let updated = connection
+            .execute(
+                "UPDATE steps SET version = ?2, step = ?3 WHERE step_id = ?1 AND version = ?4",
+                params![step.step_id, version, json, version - 1],
+            )
+            .map_err(unavailable)?;
+        Ok(if updated == 1 { CommitOutcome::Committed } else { CommitOutcome::Conflict })
     }
 
     fn query_steps(&self, sql: &str, key: &str) -> Result<Vec<Step>, StoreError> {
@@ -334,16 +351,7 @@ impl AccountStore for SqliteStore {
     }
 
     async fn update_step(&self, step: &Step) -> Result<CommitOutcome, StoreError> {
-        let json = serde_json::to_string(step).map_err(corrupt)?;
-        let version = i64::try_from(step.version).map_err(corrupt)?;
-        let updated = self
-            .lock()?
-            .execute(
-                "UPDATE steps SET version = ?2, step = ?3 WHERE step_id = ?1 AND version = ?4",
-                params![step.step_id, version, json, version - 1],
-            )
-            .map_err(unavailable)?;
-        Ok(if updated == 1 { CommitOutcome::Committed } else { CommitOutcome::Conflict })
+        Self::update_step_in(&*self.lock()?, step)
     }
 
     async fn load_account_steps(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {

@@ -4,23 +4,31 @@
 use std::collections::HashSet;
 
 use super::{Delivery, MAX_CONFLICT_RETRIES, WebhookError, WebhookService};
-use crate::domain::account::{AccountId, AccountState};
-use crate::domain::funds::{FundEvent, TransferPlan, plan_payouts, plan_reversals, plan_transfers};
+use crate::domain::account::{AccountId, AccountState, PayoutFailure};
+use crate::domain::funds::{
+    FundEvent, Settlement, SettlementKind, TransferPlan, plan_payouts, plan_reversals, plan_transfers, settle,
+};
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::stripe::event::Event;
 use crate::stripe::signature::Clock;
 
 /// What one fund-flow event writes besides its record.
+#[derive(Default)]
 struct FundPlan {
     outcome: EventOutcome,
     account: Option<AccountState>,
     steps: Vec<Step>,
+    step_updates: Vec<Step>,
 }
 
 impl FundPlan {
     fn nothing(outcome: EventOutcome) -> Self {
-        Self { outcome, account: None, steps: Vec::new() }
+        Self { outcome, ..Self::default() }
+    }
+
+    fn new_steps(outcome: EventOutcome, steps: Vec<Step>) -> Self {
+        Self { outcome, steps, ..Self::default() }
     }
 }
 
@@ -37,8 +45,12 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         for _ in 0..MAX_CONFLICT_RETRIES {
             let plan = self.plan(fund_event, event, now).await?;
             record.outcome = plan.outcome;
-            let write =
-                EventWrite { record: &record, account: plan.account.as_ref(), new_steps: &plan.steps };
+            let write = EventWrite {
+                record: &record,
+                account: plan.account.as_ref(),
+                new_steps: &plan.steps,
+                step_updates: &plan.step_updates,
+            };
             match self.store.commit(&write).await? {
                 CommitOutcome::Committed => {
                     tracing::info!(steps = plan.steps.len(), "fund-flow steps recorded");
@@ -58,6 +70,42 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         Err(StoreError::Unavailable("the payment kept changing concurrently".into()).into())
     }
 
+    /// Settles the steps Stripe reports on; a failed or canceled payout is also recorded on its
+    /// account.
+    async fn plan_settlements(
+        &self,
+        settlements: &[Settlement],
+        event: &Event,
+    ) -> Result<FundPlan, StoreError> {
+        let mut plan = FundPlan::nothing(EventOutcome::Unchanged);
+        for settlement in settlements {
+            let Some(step) = self.store.load_step(&settlement.step).await? else {
+                tracing::warn!(step_id = %settlement.step.step_id, "Stripe reports on a step that is not stored");
+                continue;
+            };
+            let Some(next) = settle(&step, settlement, event.created) else { continue };
+            plan.outcome = EventOutcome::Applied;
+            let failure_code = match &settlement.kind {
+                SettlementKind::PayoutFailed(code) => Some(code.as_str()),
+                SettlementKind::PayoutCanceled => Some("canceled"),
+                SettlementKind::Created | SettlementKind::PayoutPaid => None,
+            };
+            if let Some(failure_code) = failure_code
+                && let Some(mut account) = self.store.load_account(&step.destination).await?
+            {
+                account.payout_failure = Some(PayoutFailure {
+                    payout_id: settlement.stripe_id.clone(),
+                    failure_code: failure_code.to_owned(),
+                    failed_at: event.created,
+                });
+                account.version += 1;
+                plan.account = Some(account);
+            }
+            plan.step_updates.push(next);
+        }
+        Ok(plan)
+    }
+
     /// Sends the steps that are still queued, after their commit.
     async fn send(&self, steps: &[Step]) -> Result<(), StoreError> {
         let Some(queue) = &self.queue else { return Ok(()) };
@@ -73,6 +121,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
     async fn steps_of(&self, fund_event: &FundEvent) -> Result<Vec<Step>, StoreError> {
         match fund_event {
             FundEvent::Payment(payment) => self.store.load_payment_steps(&payment.payment_key).await,
+            FundEvent::Settlements(_) => Ok(Vec::new()),
             FundEvent::Refund(refund) => self.store.load_payment_steps(&refund.payment_key).await,
             FundEvent::BalanceAvailable(balance) => self.store.load_account_steps(&balance.account).await,
         }
@@ -97,12 +146,10 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                 }
                 Ok(match plan_transfers(payment, |account_id| known.contains(account_id), now) {
                     TransferPlan::NoSplits => FundPlan::nothing(EventOutcome::Unchanged),
-                    TransferPlan::Planned(steps) => {
-                        FundPlan { outcome: EventOutcome::Applied, account: None, steps }
-                    }
+                    TransferPlan::Planned(steps) => FundPlan::new_steps(EventOutcome::Applied, steps),
                     TransferPlan::Refused { reason, steps } => {
                         tracing::warn!(reason, "payment split refused; nothing will be transferred");
-                        FundPlan { outcome: EventOutcome::Refused, account: None, steps }
+                        FundPlan::new_steps(EventOutcome::Refused, steps)
                     }
                 })
             }
@@ -115,13 +162,14 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                     .partition(|step| step.kind == StepKind::Transfer);
                 Ok(match plan_reversals(refund, &transfers, &reversals, now) {
                     Ok(steps) if steps.is_empty() => FundPlan::nothing(EventOutcome::Unchanged),
-                    Ok(steps) => FundPlan { outcome: EventOutcome::Applied, account: None, steps },
+                    Ok(steps) => FundPlan::new_steps(EventOutcome::Applied, steps),
                     Err(reason) => {
                         tracing::warn!(reason, "refund not reversed");
                         FundPlan::nothing(EventOutcome::Refused)
                     }
                 })
             }
+            FundEvent::Settlements(settlements) => self.plan_settlements(settlements, event).await,
             FundEvent::BalanceAvailable(balance) => {
                 let Some(account) = self.store.load_account(&balance.account).await? else {
                     return Ok(FundPlan::nothing(EventOutcome::Unchanged));
@@ -139,7 +187,12 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                 let mut next = account;
                 next.ordering.balance = Some(event.created);
                 next.version += 1;
-                Ok(FundPlan { outcome: EventOutcome::Applied, account: Some(next), steps })
+                Ok(FundPlan {
+                    outcome: EventOutcome::Applied,
+                    account: Some(next),
+                    steps,
+                    ..FundPlan::default()
+                })
             }
         }
     }
