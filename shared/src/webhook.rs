@@ -7,8 +7,9 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::config::WebhookSettings;
-use crate::domain::account::{AccountDecision, AccountEvent, NoAccount, decide};
+use crate::domain::account::{AccountDecision, AccountEvent, AccountId, AccountState, NoAccount, decide};
 use crate::domain::funds::read_fund_event;
+use crate::domain::step::{Step, StepRef, StepStatus};
 use crate::store::{
     AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite, StepQueue,
     StoreError,
@@ -252,12 +253,39 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             // A stale or unreadable event needs no version check: guards only move forward, so
             // what was stale against this read is stale against any later one.
             match self.store.commit(&EventWrite::with_account(&record, next.as_deref())).await? {
-                CommitOutcome::Committed => return Ok(Delivery::Recorded(record.outcome)),
+                CommitOutcome::Committed => {
+                    if let Some(next) = &next
+                        && became_able_to_receive(current.as_ref(), next)
+                    {
+                        self.resend_waiting_steps(&account_event.account_id).await?;
+                    }
+                    return Ok(Delivery::Recorded(record.outcome));
+                }
                 CommitOutcome::Duplicate => return Ok(Delivery::Duplicate),
                 CommitOutcome::Conflict => tracing::debug!("account changed concurrently; deciding again"),
             }
         }
         Err(StoreError::Unavailable("the account kept changing concurrently".into()).into())
+    }
+
+    /// Steps that waited for this account to be able to receive go back on the queue. The
+    /// account is committed first, so a send that fails answers 500 and Stripe's retry (a
+    /// duplicate) is the only thing lost; the steps stay waiting for the next change or a sweep.
+    async fn resend_waiting_steps(&self, account_id: &AccountId) -> Result<(), StoreError> {
+        let Some(queue) = &self.queue else { return Ok(()) };
+        let waiting: Vec<StepRef> = self
+            .store
+            .load_account_steps(account_id)
+            .await?
+            .iter()
+            .filter(|step| step.status == StepStatus::Waiting)
+            .map(Step::reference)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(steps = waiting.len(), "account can receive now; re-queueing its waiting steps");
+        queue.send(&waiting).await
     }
 
     async fn commit_record(&self, record: &EventRecord) -> Result<Delivery, WebhookError> {
@@ -266,4 +294,13 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             CommitOutcome::Committed | CommitOutcome::Conflict => Delivery::Recorded(record.outcome),
         })
     }
+}
+
+/// Whether this change made the account able to receive a transfer or a payout it could not before.
+fn became_able_to_receive(before: Option<&AccountState>, after: &AccountState) -> bool {
+    let transfers_active =
+        |account: &AccountState| account.capabilities.get("transfers").is_some_and(|s| s == "active");
+    let payouts_enabled = |account: &AccountState| account.payouts_enabled == Some(true);
+    (transfers_active(after) && !before.is_some_and(transfers_active))
+        || (payouts_enabled(after) && !before.is_some_and(payouts_enabled))
 }

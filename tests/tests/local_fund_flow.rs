@@ -264,3 +264,40 @@ async fn stripes_lifecycle_events_settle_steps_and_a_failed_payout_shows_on_the_
         (payout.id.as_str(), "account_closed")
     );
 }
+
+#[tokio::test]
+async fn a_transfer_waits_for_its_destination_and_goes_when_the_capability_is_active() {
+    let stub = StripeStub::start().await;
+    stub.set_platform_balance("usd", 10_000);
+    stub.add_account("acct_W", true, true);
+    let store = sqlite_store();
+    let service = pipeline(store.clone()).with_queue(Arc::new(store.clone()));
+    let stripe = || StripeClient::new(stub.client_config()).unwrap();
+    deliver(&service, &account_updated("evt_w1", "acct_W", NOW - 500, false, &["external_account"])).await;
+    let paid = event(
+        "evt_pi",
+        "payment_intent.succeeded",
+        NOW - 100,
+        None,
+        payment("pi_w", 1_000, &[("acct_W", 400)]),
+    );
+    deliver(&service, &paid).await;
+    drain(&StepWorker::with_clock(store.clone(), stripe(), FixedClock(NOW))).await;
+    let step = store.load_payment_steps("pi_w").await.unwrap().remove(0);
+    assert_eq!(step.status, StepStatus::Waiting);
+    assert!(stub.transfers().is_empty(), "nothing is sent to a destination that cannot receive");
+    // Past the receive limit the message is dead-lettered, like SQS past maxReceiveCount.
+    store.dead_letter("transfers", &step.step_id).unwrap();
+    assert_eq!(store.dead_letters("transfers").unwrap(), [step.step_id.clone()]);
+
+    deliver(&service, &account_updated("evt_w2", "acct_W", NOW - 50, true, &[])).await;
+    assert_eq!(
+        store.dead_letters("transfers").unwrap(),
+        Vec::<String>::new(),
+        "the account's change re-queued it"
+    );
+    drain(&StepWorker::with_clock(store.clone(), stripe(), FixedClock(NOW))).await;
+    assert_eq!(stub.transfers().iter().map(|t| t.amount).collect::<Vec<_>>(), [400]);
+    let sent = store.load_step(&step.reference()).await.unwrap().unwrap();
+    assert_eq!(sent.status, StepStatus::Succeeded);
+}

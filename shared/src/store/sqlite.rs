@@ -198,11 +198,13 @@ impl SqliteStore {
         for step in steps {
             let body = serde_json::to_string(step).map_err(corrupt)?;
             // A message already queued (or in flight) is the same step: keep it, as SQS FIFO
-            // drops a send with a deduplication id it has seen.
+            // drops a send with a deduplication id it has seen. A dead-lettered one is revived,
+            // as a redrive would.
             transaction
                 .execute(
                     "INSERT INTO queue (queue, message_id, body, visible_at) VALUES (?1, ?2, ?3, 0)
-                     ON CONFLICT (queue, message_id) DO NOTHING",
+                     ON CONFLICT (queue, message_id) DO UPDATE SET dead = 0, visible_at = 0, receive_count = 0
+                     WHERE dead = 1",
                     params![queue_for(step.kind), step.step_id, body],
                 )
                 .map_err(unavailable)?;
