@@ -91,16 +91,28 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
             let transfer_id = match self.readiness(&step).await? {
                 Readiness::Ready { transfer_id } => transfer_id,
                 Readiness::Wait(reason) => {
-                    match self.record(&step, StepStatus::Waiting, Some(&reason), None, step.attempt).await? {
-                        CommitOutcome::Conflict => continue,
-                        _ => return Ok(Disposition::RetryLater(reason)),
+                    // Waiting again for the same reason changes nothing worth a write.
+                    let unchanged =
+                        step.status == StepStatus::Waiting && step.reason.as_deref() == Some(&reason);
+                    if unchanged
+                        || self
+                            .transition(&step, StepStatus::Waiting, Some(&reason), None, step.attempt)
+                            .await?
+                            .is_some()
+                    {
+                        return Ok(Disposition::RetryLater(reason));
                     }
+                    continue;
                 }
                 Readiness::Fail(reason) => {
-                    match self.record(&step, StepStatus::Failed, Some(&reason), None, step.attempt).await? {
-                        CommitOutcome::Conflict => continue,
-                        _ => return Ok(Disposition::Done(StepStatus::Failed)),
+                    if self
+                        .transition(&step, StepStatus::Failed, Some(&reason), None, step.attempt)
+                        .await?
+                        .is_some()
+                    {
+                        return Ok(Disposition::Done(StepStatus::Failed));
                     }
+                    continue;
                 }
             };
             // Recorded before the call, so a crash mid-call leaves a visible trace; the retry
@@ -116,6 +128,15 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(step_id = %in_flight.step_id, status = error.status(), "Stripe unavailable; retrying later");
                     return Ok(Disposition::RetryLater("Stripe did not answer".into()));
+                }
+                // A rejected key is this deployment's problem, not the step's: failing every step
+                // over it would strand real money, so they wait for the key to be fixed.
+                Err(error @ StripeError::Refused { status: 401 | 403, .. }) => {
+                    tracing::error!(step_id = %in_flight.step_id, status = error.status(), "Stripe refused the API key");
+                    return Ok(Disposition::RetryLater("Stripe refused the API key".into()));
+                }
+                Err(StripeError::IdempotencyMismatch { .. }) => {
+                    (StepStatus::Failed, Some("idempotency_error"), None, in_flight.attempt)
                 }
                 // Stripe caches a 4xx under its key for a day: only a new key can succeed later.
                 Err(error) if error.code() == Some(BALANCE_INSUFFICIENT) => {
@@ -244,24 +265,6 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
         Ok(match self.store.update_step(&next).await? {
             CommitOutcome::Conflict => None,
             _ => Some(next),
-        })
-    }
-
-    async fn record(
-        &self,
-        step: &Step,
-        status: StepStatus,
-        reason: Option<&str>,
-        stripe_id: Option<&str>,
-        attempt: u32,
-    ) -> Result<CommitOutcome, WorkerError> {
-        // Waiting again for the same reason changes nothing worth a write.
-        if step.status == status && step.reason.as_deref() == reason {
-            return Ok(CommitOutcome::Committed);
-        }
-        Ok(match self.transition(step, status, reason, stripe_id, attempt).await? {
-            Some(_) => CommitOutcome::Committed,
-            None => CommitOutcome::Conflict,
         })
     }
 }

@@ -301,3 +301,44 @@ async fn a_transfer_waits_for_its_destination_and_goes_when_the_capability_is_ac
     let sent = store.load_step(&step.reference()).await.unwrap().unwrap();
     assert_eq!(sent.status, StepStatus::Succeeded);
 }
+
+#[tokio::test]
+async fn a_rejected_api_key_leaves_steps_to_retry_instead_of_failing_them() {
+    let stub = StripeStub::start().await;
+    stub.set_platform_balance("usd", 10_000);
+    stub.add_account("acct_K", true, true);
+    let store = sqlite_store();
+    let service = pipeline(store.clone()).with_queue(Arc::new(store.clone()));
+    deliver(&service, &account_updated("evt_k", "acct_K", NOW - 500, true, &[])).await;
+    deliver(
+        &service,
+        &event(
+            "evt_pi",
+            "payment_intent.succeeded",
+            NOW - 100,
+            None,
+            payment("pi_k", 1_000, &[("acct_K", 300)]),
+        ),
+    )
+    .await;
+    let mut config = stub.client_config();
+    config.api_key = shared::stripe::client::ApiKey::new("sk_live_revoked");
+    let worker = StepWorker::with_clock(store.clone(), StripeClient::new(config).unwrap(), FixedClock(NOW));
+    let step = store.load_payment_steps("pi_k").await.unwrap().remove(0);
+    assert!(matches!(
+        worker.run(&step.reference()).await.unwrap(),
+        shared::worker::Disposition::RetryLater(_)
+    ));
+    let after = store.load_step(&step.reference()).await.unwrap().unwrap();
+    assert!(!after.status.is_final(), "a bad key must not fail the step: {:?}", after.status);
+    let fixed = StepWorker::with_clock(
+        store.clone(),
+        StripeClient::new(stub.client_config()).unwrap(),
+        FixedClock(NOW),
+    );
+    assert_eq!(
+        fixed.run(&step.reference()).await.unwrap(),
+        shared::worker::Disposition::Done(StepStatus::Succeeded)
+    );
+    assert_eq!(stub.transfers().len(), 1);
+}
