@@ -288,7 +288,7 @@ async fn a_transfer_waits_for_its_destination_and_goes_when_the_capability_is_ac
     assert!(stub.transfers().is_empty(), "nothing is sent to a destination that cannot receive");
     // Past the receive limit the message is dead-lettered, like SQS past maxReceiveCount.
     store.dead_letter("transfers", &step.step_id).unwrap();
-    assert_eq!(store.dead_letters("transfers").unwrap(), [step.step_id.clone()]);
+    assert_eq!(store.dead_letters("transfers").unwrap(), std::slice::from_ref(&step.step_id));
 
     deliver(&service, &account_updated("evt_w2", "acct_W", NOW - 50, true, &[])).await;
     assert_eq!(
