@@ -16,8 +16,11 @@ use crate::stripe::signature::{Clock, SystemClock};
 /// How many times a step is re-read when another writer moved it in between.
 const MAX_CONFLICT_RETRIES: usize = 8;
 
-/// Stripe's code for a balance too small for the transfer or payout.
-const BALANCE_INSUFFICIENT: &str = "balance_insufficient";
+/// Stripe's codes for a refusal that may not hold tomorrow: a balance too small, or a destination
+/// that cannot receive yet. The step waits, and retries under its next attempt's key because
+/// Stripe caches a refusal under its key for 24 hours.
+const REFUSED_FOR_NOW: [&str; 3] =
+    ["balance_insufficient", "insufficient_capabilities_for_transfer", "payouts_not_allowed"];
 
 /// What the queue should do with the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +91,14 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
             if step.status.is_final() {
                 return Ok(Disposition::Done(step.status));
             }
-            let transfer_id = match self.readiness(&step).await? {
+            // An in-flight step may already have moved money: replay its call under the same key
+            // rather than re-checking our view of the destination, which may lag Stripe's.
+            let readiness = if step.status == StepStatus::InFlight && step.kind != StepKind::Reversal {
+                Readiness::Ready { transfer_id: None }
+            } else {
+                self.readiness(&step).await?
+            };
+            let transfer_id = match readiness {
                 Readiness::Ready { transfer_id } => transfer_id,
                 Readiness::Wait(reason) => {
                     // Waiting again for the same reason changes nothing worth a write.
@@ -138,9 +148,8 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
                 Err(StripeError::IdempotencyMismatch { .. }) => {
                     (StepStatus::Failed, Some("idempotency_error"), None, in_flight.attempt)
                 }
-                // Stripe caches a 4xx under its key for a day: only a new key can succeed later.
-                Err(error) if error.code() == Some(BALANCE_INSUFFICIENT) => {
-                    (StepStatus::Waiting, Some(BALANCE_INSUFFICIENT), None, in_flight.attempt + 1)
+                Err(error) if error.code().is_some_and(|code| REFUSED_FOR_NOW.contains(&code)) => {
+                    (StepStatus::Waiting, error.code(), None, in_flight.attempt + 1)
                 }
                 Err(error) => (
                     StepStatus::Failed,
@@ -151,7 +160,7 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
             };
             match self.transition(&in_flight, status, reason, stripe_id, attempt).await? {
                 Some(_) if status == StepStatus::Waiting => {
-                    return Ok(Disposition::RetryLater(BALANCE_INSUFFICIENT.into()));
+                    return Ok(Disposition::RetryLater(reason.unwrap_or_default().to_owned()));
                 }
                 Some(_) => {
                     tracing::info!(step_id = %in_flight.step_id, status = status.as_str(), "step finished");
