@@ -383,6 +383,24 @@ async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
         "a full refund reverses every transfer exactly"
     );
 
+    // A refund delivered before its payment is remembered and reversed when the transfers are planned.
+    assert_eq!(
+        deliver(fund_event("evt_r3", "charge.refunded", NOW - 75, None, refund("pi_3", 1_000, 500))).await,
+        applied
+    );
+    let early = payment_intent("pi_3", 1_000, &[("acct_A", "600")]);
+    assert_eq!(
+        deliver(fund_event("evt_pi3", "payment_intent.succeeded", NOW - 74, None, early)).await,
+        applied
+    );
+    let planned = service.store().load_payment_steps("pi_3").await.unwrap();
+    let kinds: Vec<(StepKind, i64)> = planned.iter().map(|step| (step.kind, step.amount)).collect();
+    assert_eq!(kinds, [(StepKind::Transfer, 600), (StepKind::Reversal, 300)]);
+    assert_eq!(
+        deliver(fund_event("evt_r3b", "charge.refunded", NOW - 73, None, refund("pi_3", 1_000, 500))).await,
+        unchanged
+    );
+
     let over = payment_intent("pi_2", 1_000, &[("acct_A", "700"), ("acct_B", "400")]);
     assert_eq!(
         deliver(fund_event("evt_pi2", "payment_intent.succeeded", NOW - 70, None, over)).await,

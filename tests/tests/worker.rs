@@ -87,6 +87,13 @@ impl<S: AccountStore> AccountStore for CrashingStore<S> {
         self.inner.load_payment_steps(payment_key).await
     }
 
+    async fn load_refund(
+        &self,
+        payment_key: &str,
+    ) -> Result<Option<shared::domain::funds::Refund>, StoreError> {
+        self.inner.load_refund(payment_key).await
+    }
+
     async fn load_step(&self, step: &StepRef) -> Result<Option<Step>, StoreError> {
         self.inner.load_step(step).await
     }
@@ -1022,15 +1029,13 @@ mod interleavings {
 
 /// Known bugs: each test states the behaviour money safety needs and is ignored until the bug is
 /// fixed. Run them with `cargo test -p integration-tests --test worker -- --ignored`.
-mod known_bugs {
+mod delivery_order {
     use super::*;
 
     /// A `charge.refunded` delivered before the payment's `payment_intent.succeeded` (Stripe does
-    /// not order deliveries, and retries a failed one hours later) finds no transfer steps, is
-    /// recorded `unchanged`, and its redelivery is a duplicate; the transfers planned afterwards go
-    /// out in full and are never reversed, although the charge was refunded in full.
+    /// not order deliveries, and retries a failed one hours later) is remembered, so that the
+    /// transfers planned afterwards are reversed in the same write that plans them.
     #[tokio::test]
-    #[ignore = "bug: a refund delivered before its payment is never reversed (webhook/funds.rs)"]
     async fn a_refund_delivered_before_its_payment_is_still_reversed() {
         let flow = Flow::start(integration_tests::sqlite_store()).await;
         flow.onboard("acct_A", true).await;

@@ -49,8 +49,9 @@ pub struct Payment {
     pub splits: BTreeMap<String, String>,
 }
 
-/// A platform charge's refund state; `amount_refunded` is cumulative.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A platform charge's refund state; `amount_refunded` is cumulative. Stored per payment, so that
+/// transfers planned after it (the refund's event arrived first) are reversed as they are planned.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Refund {
     /// The refunded charge (`ch_…`).
     pub charge_id: String,

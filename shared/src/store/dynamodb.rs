@@ -22,6 +22,7 @@ use aws_sdk_dynamodb::types::{
 
 use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+use crate::domain::funds::Refund;
 use crate::domain::step::{Step, StepRef};
 
 type Item = HashMap<String, AttributeValue>;
@@ -39,6 +40,9 @@ const STEPS_BY_DESTINATION: &str = "steps_by_destination";
 const DESTINATION: &str = "destination";
 const STEP_ID: &str = "step_id";
 const STEP: &str = "step";
+const REFUND_SK: &str = "REFUND";
+const REFUND: &str = "refund";
+const AMOUNT_REFUNDED: &str = "amount_refunded";
 
 const VERSION: &str = "version";
 const ONBOARDING_STATUS: &str = "onboarding_status";
@@ -187,7 +191,11 @@ impl AccountStore for DynamoStore {
 
     async fn commit(&self, write: &EventWrite<'_>) -> Result<CommitOutcome, StoreError> {
         let record = write.record;
-        if write.account.is_none() && write.new_steps.is_empty() && write.step_updates.is_empty() {
+        let only_the_record = write.account.is_none()
+            && write.new_steps.is_empty()
+            && write.step_updates.is_empty()
+            && write.refund.is_none();
+        if only_the_record {
             // Nothing but the record: a plain conditional put, at half a transaction's cost.
             let put = self
                 .client
@@ -221,6 +229,17 @@ impl AccountStore for DynamoStore {
         for step in write.step_updates {
             puts.push(step_update(put(step_item(step)?), step)?);
         }
+        if let Some(refund) = write.refund {
+            puts.push(
+                put(refund_item(refund)?)
+                    .condition_expression("attribute_not_exists(pk) OR #refunded < :refunded")
+                    .expression_attribute_names("#refunded", AMOUNT_REFUNDED)
+                    .expression_attribute_values(
+                        ":refunded",
+                        AttributeValue::N(refund.amount_refunded.to_string()),
+                    ),
+            );
+        }
         let items = puts
             .into_iter()
             .map(|put| Ok(TransactWriteItem::builder().put(put.build().map_err(build_failed)?).build()))
@@ -247,6 +266,27 @@ impl AccountStore for DynamoStore {
             .expression_attribute_values(":pk", AttributeValue::S(format!("{PAYMENT_PREFIX}{payment_key}")))
             .expression_attribute_values(":step", AttributeValue::S(STEP_SK_PREFIX.to_owned()));
         collect_steps(query).await
+    }
+
+    async fn load_refund(&self, payment_key: &str) -> Result<Option<Refund>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(format!("{PAYMENT_PREFIX}{payment_key}")))
+            .key(SK, AttributeValue::S(REFUND_SK.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| unavailable("GetItem", &err))?;
+        output
+            .item()
+            .map(|item| {
+                serde_json::from_str(string_attr(item, REFUND)?).map_err(|err| {
+                    StoreError::Corrupt(format!("refund `{REFUND}` is unreadable: {}", json_error(&err)))
+                })
+            })
+            .transpose()
     }
 
     async fn load_step(&self, step: &StepRef) -> Result<Option<Step>, StoreError> {
@@ -402,6 +442,17 @@ fn step_item(step: &Step) -> Result<Item, StoreError> {
         (DESTINATION.to_owned(), AttributeValue::S(step.destination.to_string())),
         (VERSION.to_owned(), AttributeValue::N(step.version.to_string())),
         (STEP.to_owned(), AttributeValue::S(json)),
+    ]))
+}
+
+fn refund_item(refund: &Refund) -> Result<Item, StoreError> {
+    let json = serde_json::to_string(refund)
+        .map_err(|err| StoreError::Unavailable(format!("could not serialize a refund: {err}")))?;
+    Ok(HashMap::from([
+        (PK.to_owned(), AttributeValue::S(format!("{PAYMENT_PREFIX}{}", refund.payment_key))),
+        (SK.to_owned(), AttributeValue::S(REFUND_SK.to_owned())),
+        (AMOUNT_REFUNDED.to_owned(), AttributeValue::N(refund.amount_refunded.to_string())),
+        (REFUND.to_owned(), AttributeValue::S(json)),
     ]))
 }
 

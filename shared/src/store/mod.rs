@@ -6,6 +6,7 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+use crate::domain::funds::Refund;
 use crate::domain::step::{Step, StepRef};
 
 pub mod dynamodb;
@@ -108,22 +109,24 @@ pub struct EventWrite<'a> {
     /// Steps the event settles (Stripe reporting a transfer or payout); each stored one must be at
     /// `version - 1`.
     pub step_updates: &'a [Step],
+    /// The payment's newest refund; the stored one, if any, must have refunded less.
+    pub refund: Option<&'a Refund>,
 }
 
 impl<'a> EventWrite<'a> {
     /// Only the event record.
     pub fn record_only(record: &'a EventRecord) -> Self {
-        Self { record, account: None, new_steps: &[], step_updates: &[] }
+        Self { record, account: None, new_steps: &[], step_updates: &[], refund: None }
     }
 
     /// The event record and, if given, the account's next state.
     pub fn with_account(record: &'a EventRecord, account: Option<&'a AccountState>) -> Self {
-        Self { record, account, new_steps: &[], step_updates: &[] }
+        Self { record, account, new_steps: &[], step_updates: &[], refund: None }
     }
 
     /// The event record and the steps it planned.
     pub fn with_steps(record: &'a EventRecord, new_steps: &'a [Step]) -> Self {
-        Self { record, account: None, new_steps, step_updates: &[] }
+        Self { record, account: None, new_steps, step_updates: &[], refund: None }
     }
 }
 
@@ -174,6 +177,12 @@ pub trait AccountStore: Send + Sync + 'static {
         &self,
         payment_key: &str,
     ) -> impl Future<Output = Result<Vec<Step>, StoreError>> + Send;
+
+    /// The newest refund recorded for a payment.
+    fn load_refund(
+        &self,
+        payment_key: &str,
+    ) -> impl Future<Output = Result<Option<Refund>, StoreError>> + Send;
 
     /// One step.
     fn load_step(&self, step: &StepRef) -> impl Future<Output = Result<Option<Step>, StoreError>> + Send;

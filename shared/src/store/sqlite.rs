@@ -9,6 +9,7 @@ use super::{
     AccountStore, BoxFuture, CommitOutcome, EventOutcome, EventRecord, EventWrite, StepQueue, StoreError,
 };
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+use crate::domain::funds::Refund;
 use crate::domain::step::{Step, StepKind, StepRef};
 
 const SCHEMA: &str = "
@@ -39,6 +40,11 @@ CREATE TABLE IF NOT EXISTS steps (
 );
 CREATE INDEX IF NOT EXISTS steps_by_payment ON steps (payment_key, step_id);
 CREATE INDEX IF NOT EXISTS steps_by_destination ON steps (destination, step_id);
+CREATE TABLE IF NOT EXISTS refunds (
+    payment_key TEXT PRIMARY KEY,
+    amount_refunded INTEGER NOT NULL,
+    refund TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS queue (
     queue TEXT NOT NULL,
     message_id TEXT NOT NULL,
@@ -283,6 +289,20 @@ impl SqliteStore {
                 return Ok(CommitOutcome::Conflict);
             }
         }
+        if let Some(refund) = write.refund {
+            let json = serde_json::to_string(refund).map_err(corrupt)?;
+            let written = transaction
+                .execute(
+                    "INSERT INTO refunds (payment_key, amount_refunded, refund) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (payment_key) DO UPDATE SET amount_refunded = ?2, refund = ?3
+                     WHERE refunds.amount_refunded < ?2",
+                    params![refund.payment_key, refund.amount_refunded, json],
+                )
+                .map_err(unavailable)?;
+            if written == 0 {
+                return Ok(CommitOutcome::Conflict);
+            }
+        }
         transaction.commit().map_err(unavailable)?;
         Ok(CommitOutcome::Committed)
     }
@@ -346,6 +366,15 @@ impl AccountStore for SqliteStore {
 
     async fn load_payment_steps(&self, payment_key: &str) -> Result<Vec<Step>, StoreError> {
         self.query_steps("SELECT step FROM steps WHERE payment_key = ?1 ORDER BY step_id", payment_key)
+    }
+
+    async fn load_refund(&self, payment_key: &str) -> Result<Option<Refund>, StoreError> {
+        let json: Option<String> = self
+            .lock()?
+            .query_row("SELECT refund FROM refunds WHERE payment_key = ?1", [payment_key], |row| row.get(0))
+            .optional()
+            .map_err(unavailable)?;
+        json.map(|json| serde_json::from_str(&json).map_err(corrupt)).transpose()
     }
 
     async fn load_step(&self, step: &StepRef) -> Result<Option<Step>, StoreError> {

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use super::{Delivery, MAX_CONFLICT_RETRIES, WebhookError, WebhookService};
 use crate::domain::account::{AccountId, AccountState, PayoutFailure};
 use crate::domain::funds::{
-    FundEvent, Settlement, SettlementKind, TransferPlan, plan_payouts, plan_reversals, plan_transfers, settle,
+    FundEvent, Refund, Settlement, SettlementKind, TransferPlan, plan_payouts, plan_reversals,
+    plan_transfers, settle,
 };
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
@@ -20,6 +21,7 @@ struct FundPlan {
     account: Option<AccountState>,
     steps: Vec<Step>,
     step_updates: Vec<Step>,
+    refund: Option<Refund>,
 }
 
 impl FundPlan {
@@ -50,6 +52,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                 account: plan.account.as_ref(),
                 new_steps: &plan.steps,
                 step_updates: &plan.step_updates,
+                refund: plan.refund.as_ref(),
             };
             match self.store.commit(&write).await? {
                 CommitOutcome::Committed => {
@@ -106,6 +109,20 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         Ok(plan)
     }
 
+    /// The reversals owed by a refund recorded before the payment's transfers were planned.
+    async fn reversals_of_earlier_refund(
+        &self,
+        payment_key: &str,
+        transfers: &[Step],
+        now: i64,
+    ) -> Result<Vec<Step>, StoreError> {
+        let Some(refund) = self.store.load_refund(payment_key).await? else { return Ok(Vec::new()) };
+        Ok(plan_reversals(&refund, transfers, &[], now).unwrap_or_else(|reason| {
+            tracing::warn!(reason, "earlier refund not reversed");
+            Vec::new()
+        }))
+    }
+
     /// Sends the steps that are still queued, after their commit.
     async fn send(&self, steps: &[Step]) -> Result<(), StoreError> {
         let Some(queue) = &self.queue else { return Ok(()) };
@@ -146,7 +163,14 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                 }
                 Ok(match plan_transfers(payment, |account_id| known.contains(account_id), now) {
                     TransferPlan::NoSplits => FundPlan::nothing(EventOutcome::Unchanged),
-                    TransferPlan::Planned(steps) => FundPlan::new_steps(EventOutcome::Applied, steps),
+                    TransferPlan::Planned(transfers) => {
+                        let reversals =
+                            self.reversals_of_earlier_refund(&payment.payment_key, &transfers, now).await?;
+                        FundPlan::new_steps(
+                            EventOutcome::Applied,
+                            transfers.into_iter().chain(reversals).collect(),
+                        )
+                    }
                     TransferPlan::Refused { reason, steps } => {
                         tracing::warn!(reason, "payment split refused; nothing will be transferred");
                         FundPlan::new_steps(EventOutcome::Refused, steps)
@@ -160,14 +184,23 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                     .await?
                     .into_iter()
                     .partition(|step| step.kind == StepKind::Transfer);
-                Ok(match plan_reversals(refund, &transfers, &reversals, now) {
-                    Ok(steps) if steps.is_empty() => FundPlan::nothing(EventOutcome::Unchanged),
+                // Remembered so that transfers planned later (the payment's event came second)
+                // are reversed as they are planned.
+                let stored = self.store.load_refund(&refund.payment_key).await?;
+                let newer = stored.is_none_or(|stored| stored.amount_refunded < refund.amount_refunded);
+                let mut plan = match plan_reversals(refund, &transfers, &reversals, now) {
                     Ok(steps) => FundPlan::new_steps(EventOutcome::Applied, steps),
                     Err(reason) => {
                         tracing::warn!(reason, "refund not reversed");
-                        FundPlan::nothing(EventOutcome::Refused)
+                        return Ok(FundPlan::nothing(EventOutcome::Refused));
                     }
-                })
+                };
+                if newer {
+                    plan.refund = Some(refund.clone());
+                } else if plan.steps.is_empty() {
+                    plan.outcome = EventOutcome::Unchanged;
+                }
+                Ok(plan)
             }
             FundEvent::Settlements(settlements) => self.plan_settlements(settlements, event).await,
             FundEvent::BalanceAvailable(balance) => {
