@@ -142,3 +142,31 @@ pub fn account_updated(
         }}
     })
 }
+
+/// An SQS client for the emulator the test script started (moto serves SQS on the DynamoDB
+/// endpoint). Panics, loudly, without one, like [`dynamodb_client`].
+pub async fn sqs_client() -> aws_sdk_sqs::Client {
+    sqs_client_logged(RequestLog::default()).await
+}
+
+/// [`sqs_client`], recording every request in `log` (SQS's JSON protocol names the operation in the
+/// same header as DynamoDB's: "AmazonSQS.SendMessageBatch").
+pub async fn sqs_client_logged(log: RequestLog) -> aws_sdk_sqs::Client {
+    let endpoint = std::env::var(DYNAMODB_ENDPOINT).unwrap_or_else(|_| {
+        panic!("{DYNAMODB_ENDPOINT} is not set: run the tests with ./scripts/test, which starts moto server")
+    });
+    assert!(
+        endpoint.starts_with("http://127.0.0.1:") || endpoint.starts_with("http://[::1]:"),
+        "the emulator must be on loopback, not {endpoint}"
+    );
+    // Credentials and region are given here so that the SDK never looks for them off this machine.
+    let credentials = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "tests");
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .endpoint_url(endpoint)
+        .interceptor(log)
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}

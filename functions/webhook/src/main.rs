@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use shared::config::{self, TABLE_NAME, WebhookSettings};
 use shared::store::dynamodb::DynamoStore;
+use shared::store::sqs::{self, SqsQueue};
 use shared::webhook::WebhookService;
 
 #[tokio::main]
@@ -15,7 +16,19 @@ async fn main() -> Result<(), lambda_http::Error> {
     let table = config::required(TABLE_NAME)?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table);
-    let service = Arc::new(WebhookService::new(store, &settings));
+    let mut service = WebhookService::new(store, &settings);
+    match sqs::queue_urls_from_env() {
+        Some((transfers, payouts)) => {
+            let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), transfers, payouts);
+            service = service.with_queue(Arc::new(queue));
+        }
+        None => tracing::warn!(
+            "{} or {} is not set: planned steps stay queued in the table and are not sent",
+            sqs::TRANSFERS_QUEUE_URL,
+            sqs::PAYOUTS_QUEUE_URL
+        ),
+    }
+    let service = Arc::new(service);
     lambda_http::run(lambda_http::service_fn(move |request| {
         let service = Arc::clone(&service);
         async move { handler::handle(&service, request).await }

@@ -11,6 +11,7 @@ use crate::domain::step::{Step, StepRef};
 
 pub mod dynamodb;
 pub mod sqlite;
+pub mod sqs;
 
 /// How long an event's dedupe record is kept: Stripe retries for three days, so 30 is ample.
 pub const DEDUPE_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;

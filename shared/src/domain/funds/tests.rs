@@ -130,6 +130,7 @@ fn state(id: &str, interval: Option<&str>) -> AccountState {
         payout_schedule_interval: interval.map(str::to_owned),
         deauthorized: false,
         persons: BTreeMap::new(),
+        payout_failure: None,
         external_accounts: BTreeMap::new(),
         last_event_id: "evt_0".into(),
         last_event_created: NOW - 60,

@@ -1,0 +1,109 @@
+//! The worker on its sample batch in `events/sqs/`, parsed by `aws_lambda_events` as Lambda would.
+
+use std::path::Path;
+
+use aws_lambda_events::sqs::SqsEvent;
+use shared::domain::step::{Step, StepKind, StepRef, StepStatus};
+use shared::sqs_worker::handle_sqs_batch;
+use shared::store::sqlite::SqliteStore;
+use shared::store::{AccountStore, EventOutcome, EventRecord, EventWrite};
+use shared::stripe::client::{ApiKey, StripeClient, StripeClientConfig};
+use shared::stripe::signature::FixedClock;
+use shared::worker::StepWorker;
+
+const BATCH: &str = "payout-worker.batch.json";
+const QUEUE: &str = "connect-flow-payouts.fifo";
+const KINDS: &[StepKind] = &[StepKind::Payout];
+const NOW: i64 = 1_732_003_600;
+
+fn batch() -> SqsEvent {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events/sqs").join(BATCH);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn step_ref(body: Option<&str>) -> Option<StepRef> {
+    serde_json::from_str(body?).ok()
+}
+
+/// The step a reference names, already succeeded, so that the worker must not call Stripe.
+fn finished(step: &StepRef) -> Step {
+    Step {
+        step_id: step.step_id.clone(),
+        kind: step.kind,
+        destination: step.destination.clone(),
+        amount: 1_000,
+        currency: "usd".to_owned(),
+        source_charge: None,
+        transfer_group: None,
+        payment_key: step.payment_key.clone(),
+        reverses_step: None,
+        status: StepStatus::Succeeded,
+        reason: None,
+        stripe_id: Some(format!("obj_{}", step.destination)),
+        attempt: 0,
+        created_at: NOW,
+        updated_at: NOW,
+        version: 1,
+    }
+}
+
+#[test]
+fn the_sample_is_a_fifo_batch_of_step_references_and_one_stray_message() {
+    let event = batch();
+    assert!(event.records.len() >= 3);
+    let mut strays = 0;
+    for record in &event.records {
+        assert_eq!(
+            record.event_source_arn.as_deref(),
+            Some(format!("arn:aws:sqs:us-east-1:123456789012:{QUEUE}").as_str())
+        );
+        let group = record.attributes.get("MessageGroupId").unwrap();
+        let deduplication_id = record.attributes.get("MessageDeduplicationId").unwrap();
+        match step_ref(record.body.as_deref()) {
+            Some(step) => {
+                assert!(KINDS.contains(&step.kind), "{:?} on {QUEUE}", step.kind);
+                assert_eq!((group.as_str(), deduplication_id), (step.destination.as_str(), &step.step_id));
+            }
+            None => strays += 1,
+        }
+    }
+    assert_eq!(strays, 1);
+}
+
+#[tokio::test]
+async fn a_stray_body_fails_alone_and_finished_steps_are_acknowledged_without_stripe() {
+    let event = batch();
+    let steps: Vec<Step> = event
+        .records
+        .iter()
+        .filter_map(|record| step_ref(record.body.as_deref()))
+        .map(|s| finished(&s))
+        .collect();
+    let store = SqliteStore::in_memory().unwrap();
+    let record = EventRecord {
+        event_id: "evt_sample_batch".to_owned(),
+        event_type: "balance.available".to_owned(),
+        account_id: None,
+        created: Some(NOW),
+        livemode: Some(false),
+        outcome: EventOutcome::Applied,
+        received_at: NOW,
+        expires_at: NOW + 1,
+    };
+    store.commit(&EventWrite::with_steps(&record, &steps)).await.unwrap();
+    // Nothing listens on the discard port: a Stripe call would fail and show up as a failure.
+    let mut stripe = StripeClientConfig::new(ApiKey::new("sk_test_unused"));
+    stripe.api_base = "http://127.0.0.1:9".to_owned();
+    let worker = StepWorker::with_clock(store, StripeClient::new(stripe).unwrap(), FixedClock(NOW));
+    let strays: Vec<String> = event
+        .records
+        .iter()
+        .filter(|record| step_ref(record.body.as_deref()).is_none())
+        .filter_map(|record| record.message_id.clone())
+        .collect();
+
+    let response = handle_sqs_batch(&worker, event).await;
+    let failed: Vec<String> =
+        response.batch_item_failures.iter().map(|failure| failure.item_identifier.clone()).collect();
+    assert_eq!(failed, strays);
+}

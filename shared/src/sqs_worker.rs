@@ -1,0 +1,219 @@
+//! The workers' SQS side: one Lambda batch of step messages in, only the failed message ids out.
+//!
+//! Each record is parsed and run on its own, so one bad message never fails the batch. On a FIFO
+//! queue a failed message also fails the later messages of its group in the same batch: SQS keeps
+//! a group in order only if nothing after a redelivered message is acknowledged before it.
+
+use std::collections::HashSet;
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use tracing::Instrument;
+
+use crate::domain::step::StepRef;
+use crate::store::AccountStore;
+use crate::stripe::signature::Clock;
+use crate::worker::{Disposition, StepWorker};
+
+/// The record attribute that names a FIFO message's group.
+const MESSAGE_GROUP_ID: &str = "MessageGroupId";
+/// The record attribute that counts a message's receives.
+const RECEIVE_COUNT: &str = "ApproximateReceiveCount";
+
+/// Runs every step message of `event` in order and reports those to be redelivered: a body that
+/// is not a step, a step that must wait or could not run, and any later message of a failed group.
+pub async fn handle_sqs_batch<S: AccountStore, C: Clock>(
+    worker: &StepWorker<S, C>,
+    event: SqsEvent,
+) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    let mut failed_groups: HashSet<String> = HashSet::new();
+    for record in &event.records {
+        // Lambda reads an empty identifier as "the whole batch failed": safe, since every step is
+        // idempotent, so a record without an id is never silently acknowledged.
+        let message_id = record.message_id.clone().unwrap_or_default();
+        let group = record.attributes.get(MESSAGE_GROUP_ID);
+        let span = tracing::info_span!(
+            "step_message",
+            message_id = %message_id,
+            step_id = tracing::field::Empty,
+            receives = record.attributes.get(RECEIVE_COUNT).map(String::as_str),
+        );
+        let blocked = group.is_some_and(|group| failed_groups.contains(group));
+        let handled = handle_record(worker, record, blocked).instrument(span).await;
+        if !handled {
+            response.add_failure(message_id);
+            if let Some(group) = group {
+                failed_groups.insert(group.clone());
+            }
+        }
+    }
+    response
+}
+
+/// Runs one record's step; `true` when the message may be deleted.
+async fn handle_record<S: AccountStore, C: Clock>(
+    worker: &StepWorker<S, C>,
+    record: &SqsMessage,
+    blocked: bool,
+) -> bool {
+    if blocked {
+        tracing::info!("an earlier message of its group failed; left for redelivery in order");
+        return false;
+    }
+    let Some(body) = record.body.as_deref() else {
+        tracing::warn!("message has no body; left for redelivery and, in the end, the dead-letter queue");
+        return false;
+    };
+    let step = match serde_json::from_str::<StepRef>(body) {
+        Ok(step) => step,
+        Err(error) => {
+            // serde's message may quote the body: only where and how parsing failed is logged.
+            tracing::warn!(
+                error_kind = ?error.classify(),
+                line = error.line(),
+                column = error.column(),
+                "message body is not a step; left for redelivery and, in the end, the dead-letter queue"
+            );
+            return false;
+        }
+    };
+    tracing::Span::current().record("step_id", step.step_id.as_str());
+    match worker.run(&step).await {
+        Ok(Disposition::Done(status)) => {
+            tracing::debug!(status = status.as_str(), "step done; message acknowledged");
+            true
+        }
+        Ok(Disposition::RetryLater(reason)) => {
+            tracing::info!(reason, "step will be retried");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "step not run; will be retried");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::domain::account::AccountId;
+    use crate::domain::step::{Step, StepKind, StepStatus};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{EventOutcome, EventRecord, EventWrite};
+    use crate::stripe::client::{ApiKey, StripeClient, StripeClientConfig};
+    use crate::stripe::signature::FixedClock;
+
+    const NOW: i64 = 1_750_000_000;
+
+    fn step(step_id: &str, destination: &str, status: StepStatus) -> Step {
+        Step {
+            step_id: step_id.to_owned(),
+            kind: StepKind::Transfer,
+            destination: AccountId::parse(destination).unwrap(),
+            amount: 500,
+            currency: "usd".to_owned(),
+            source_charge: Some("ch_1".to_owned()),
+            transfer_group: Some("pi_1".to_owned()),
+            payment_key: Some("pi_1".to_owned()),
+            reverses_step: None,
+            status,
+            reason: None,
+            stripe_id: (status == StepStatus::Succeeded).then(|| format!("tr_{destination}")),
+            attempt: 0,
+            created_at: NOW,
+            updated_at: NOW,
+            version: 1,
+        }
+    }
+
+    /// A worker whose Stripe is a loopback port nothing listens on: any call would fail.
+    async fn worker(steps: &[Step]) -> StepWorker<SqliteStore, FixedClock> {
+        let store = SqliteStore::in_memory().unwrap();
+        let record = EventRecord {
+            event_id: "evt_planned".to_owned(),
+            event_type: "payment_intent.succeeded".to_owned(),
+            account_id: None,
+            created: Some(NOW),
+            livemode: Some(false),
+            outcome: EventOutcome::Applied,
+            received_at: NOW,
+            expires_at: NOW + 1,
+        };
+        store.commit(&EventWrite::with_steps(&record, steps)).await.unwrap();
+        let mut config = StripeClientConfig::new(ApiKey::new("sk_test_unused"));
+        config.api_base = "http://127.0.0.1:9".to_owned();
+        StepWorker::with_clock(store, StripeClient::new(config).unwrap(), FixedClock(NOW))
+    }
+
+    fn record(message_id: &str, group: &str, body: Value) -> Value {
+        let body = match body {
+            Value::String(raw) => raw,
+            step => step.to_string(),
+        };
+        json!({"messageId": message_id, "receiptHandle": format!("rh-{message_id}"), "body": body,
+            "attributes": {"MessageGroupId": group, "MessageDeduplicationId": message_id,
+                           "ApproximateReceiveCount": "1", "SequenceNumber": "1"},
+            "messageAttributes": {}, "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:connect-flow-transfers.fifo"})
+    }
+
+    fn reference(step: &Step) -> Value {
+        serde_json::to_value(step.reference()).unwrap()
+    }
+
+    fn failures(response: &SqsBatchResponse) -> Vec<&str> {
+        response.batch_item_failures.iter().map(|failure| failure.item_identifier.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_failure_fails_the_rest_of_its_group_only() {
+        let done_a = step("tr:pi_1:acct_A", "acct_A", StepStatus::Succeeded);
+        let done_a2 = step("tr:pi_2:acct_A", "acct_A", StepStatus::Succeeded);
+        let done_b = step("tr:pi_1:acct_B", "acct_B", StepStatus::Succeeded);
+        let unknown_a = step("tr:pi_9:acct_A", "acct_A", StepStatus::Queued);
+        let worker = worker(&[done_a.clone(), done_a2.clone(), done_b.clone()]).await;
+        let event: SqsEvent = serde_json::from_value(json!({"Records": [
+            record("m1", "acct_A", reference(&done_a)),
+            record("m2", "acct_A", reference(&unknown_a)),
+            record("m3", "acct_B", reference(&done_b)),
+            record("m4", "acct_A", reference(&done_a2)),
+        ]}))
+        .unwrap();
+        let response = handle_sqs_batch(&worker, event).await;
+        assert_eq!(failures(&response), ["m2", "m4"]);
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_fail_alone_and_waiting_steps_are_retried() {
+        let done = step("tr:pi_1:acct_A", "acct_A", StepStatus::Succeeded);
+        // No stored account for acct_C, so its transfer waits without calling Stripe.
+        let waiting = step("tr:pi_1:acct_C", "acct_C", StepStatus::Queued);
+        let worker = worker(&[done.clone(), waiting.clone()]).await;
+        let mut no_body = record("m4", "acct_D", Value::Null);
+        no_body.as_object_mut().unwrap().remove("body");
+        let event: SqsEvent = serde_json::from_value(json!({"Records": [
+            record("m1", "acct_B", json!("not json at all")),
+            record("m2", "acct_A", reference(&done)),
+            record("m3", "acct_C", reference(&waiting)),
+            no_body,
+            record("m5", "acct_E", json!({"kind": "refund", "step_id": "x", "destination": "acct_E"})),
+        ]}))
+        .unwrap();
+        let response = handle_sqs_batch(&worker, event).await;
+        assert_eq!(failures(&response), ["m1", "m3", "m4", "m5"]);
+        let stored = worker.store().load_step(&waiting.reference()).await.unwrap().unwrap();
+        assert_eq!(stored.status, StepStatus::Waiting);
+    }
+
+    #[tokio::test]
+    async fn a_failed_record_without_a_message_id_fails_the_whole_batch() {
+        let worker = worker(&[]).await;
+        let mut anonymous = record("m1", "acct_A", json!("{}"));
+        anonymous.as_object_mut().unwrap().remove("messageId");
+        let event: SqsEvent = serde_json::from_value(json!({"Records": [anonymous]})).unwrap();
+        assert_eq!(failures(&handle_sqs_batch(&worker, event).await), [""]);
+    }
+}

@@ -1,0 +1,232 @@
+//! The [`StepQueue`] on SQS FIFO queues: transfers and reversals on one, payouts on the other.
+//!
+//! Each message is one [`StepRef`] as JSON. `MessageGroupId` is the destination account, so that
+//! one account's steps run in order while other accounts' run in parallel; `MessageDeduplicationId`
+//! is the step id, so that a step sent twice within SQS's five-minute window is delivered once.
+
+use std::collections::BTreeSet;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{BuildError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use sha2::{Digest, Sha256};
+
+use super::sqlite::queue_for;
+use super::{BoxFuture, StepQueue, StoreError};
+use crate::domain::step::StepRef;
+use crate::worker::MAX_RECEIVES;
+
+/// The URL of the FIFO queue for transfer and reversal steps.
+pub const TRANSFERS_QUEUE_URL: &str = "CONNECT_FLOW_TRANSFERS_QUEUE_URL";
+/// The URL of the FIFO queue for payout steps.
+pub const PAYOUTS_QUEUE_URL: &str = "CONNECT_FLOW_PAYOUTS_QUEUE_URL";
+/// SQS's limit on the entries of one `SendMessageBatch`.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+/// SQS's limit on the length of a `MessageDeduplicationId`.
+const MAX_DEDUPLICATION_ID_LEN: usize = 128;
+
+/// Planned steps sent to two SQS FIFO queues.
+#[derive(Debug, Clone)]
+pub struct SqsQueue {
+    client: Client,
+    transfers_url: String,
+    payouts_url: String,
+}
+
+impl SqsQueue {
+    /// A queue pair; both queues must already exist and be FIFO queues.
+    pub fn new(client: Client, transfers_url: impl Into<String>, payouts_url: impl Into<String>) -> Self {
+        Self { client, transfers_url: transfers_url.into(), payouts_url: payouts_url.into() }
+    }
+
+    /// Sends one batch of at most ten steps; returns how many were not accepted, and why.
+    async fn send_batch(&self, url: &str, steps: &[&StepRef]) -> Result<Option<Rejected>, StoreError> {
+        let mut request = self.client.send_message_batch().queue_url(url);
+        for (index, step) in steps.iter().enumerate() {
+            let body = serde_json::to_string(step)
+                .map_err(|err| StoreError::Unavailable(format!("could not serialize a step: {err}")))?;
+            let entry = SendMessageBatchRequestEntry::builder()
+                // Entry ids only pair results with entries, and must be unique within the batch.
+                .id(index.to_string())
+                .message_body(body)
+                .message_group_id(step.destination.as_str())
+                .message_deduplication_id(deduplication_id(&step.step_id))
+                .build()
+                .map_err(build_failed)?;
+            request = request.entries(entry);
+        }
+        match request.send().await {
+            Ok(output) if output.failed().is_empty() => Ok(None),
+            Ok(output) => Ok(Some(Rejected {
+                count: output.failed().len(),
+                codes: output.failed().iter().map(|entry| entry.code().to_owned()).collect(),
+            })),
+            Err(err) => Ok(Some(Rejected { count: steps.len(), codes: BTreeSet::from([sdk_failure(&err)]) })),
+        }
+    }
+}
+
+/// Entries SQS did not accept, counted, with SQS's reasons (never the message bodies).
+struct Rejected {
+    count: usize,
+    codes: BTreeSet<String>,
+}
+
+impl StepQueue for SqsQueue {
+    fn send<'a>(&'a self, steps: &'a [StepRef]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut not_sent = 0;
+            let mut routed = 0;
+            let mut codes = BTreeSet::new();
+            // One routing rule for both stores: the embedded queue's name picks the SQS queue.
+            for (queue, url) in [("transfers", &self.transfers_url), ("payouts", &self.payouts_url)] {
+                let for_queue: Vec<&StepRef> =
+                    steps.iter().filter(|step| queue_for(step.kind) == queue).collect();
+                routed += for_queue.len();
+                // Every batch is tried even after one fails, so that a retry has less to resend.
+                for batch in for_queue.chunks(MAX_BATCH_ENTRIES) {
+                    if let Some(rejected) = self.send_batch(url, batch).await? {
+                        not_sent += rejected.count;
+                        codes.extend(rejected.codes);
+                    }
+                }
+            }
+            if routed != steps.len() {
+                not_sent += steps.len() - routed;
+                codes.insert("no queue for the step's kind".to_owned());
+            }
+            if not_sent == 0 {
+                return Ok(());
+            }
+            let codes: Vec<String> = codes.into_iter().collect();
+            Err(StoreError::Unavailable(format!(
+                "SQS SendMessageBatch: {not_sent} of {} steps not sent ({})",
+                steps.len(),
+                codes.join(", ")
+            )))
+        })
+    }
+}
+
+/// The two queue URLs from the environment, when both are set.
+pub fn queue_urls_from_env() -> Option<(String, String)> {
+    queue_urls_from_lookup(|name| std::env::var(name).ok())
+}
+
+/// The two queue URLs read through `lookup`, when both are set and not blank.
+pub fn queue_urls_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Option<(String, String)> {
+    let read = |name| lookup(name).map(|url| url.trim().to_owned()).filter(|url| !url.is_empty());
+    Some((read(TRANSFERS_QUEUE_URL)?, read(PAYOUTS_QUEUE_URL)?))
+}
+
+/// Creates `{prefix}-transfers.fifo` and `{prefix}-payouts.fifo`, each with its dead-letter queue
+/// `{prefix}-…-dlq.fifo`, and returns the two main queues' URLs (transfers, payouts); for tests
+/// and local runs, since deployments get the queues from the template.
+pub async fn create_queues(client: &Client, prefix: &str) -> Result<(String, String), StoreError> {
+    let transfers = create_queue_with_dlq(client, &format!("{prefix}-transfers")).await?;
+    let payouts = create_queue_with_dlq(client, &format!("{prefix}-payouts")).await?;
+    Ok((transfers, payouts))
+}
+
+async fn create_queue_with_dlq(client: &Client, name: &str) -> Result<String, StoreError> {
+    let dlq_url = create_fifo_queue(client, &format!("{name}-dlq.fifo"), None).await?;
+    let attributes = client
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|err| unavailable("GetQueueAttributes", &err))?;
+    let dlq_arn = attributes
+        .attributes()
+        .and_then(|attributes| attributes.get(&QueueAttributeName::QueueArn))
+        .ok_or_else(|| StoreError::Unavailable("SQS GetQueueAttributes: no QueueArn".to_owned()))?;
+    // SQS, like the embedded queue, dead-letters a message once it has been received this often.
+    let redrive = serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES });
+    create_fifo_queue(client, &format!("{name}.fifo"), Some(redrive.to_string())).await
+}
+
+async fn create_fifo_queue(
+    client: &Client,
+    name: &str,
+    redrive_policy: Option<String>,
+) -> Result<String, StoreError> {
+    let mut request = client
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        // The step id is the deduplication id: two sends of one step must be one message even
+        // if their bodies ever differ.
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "false");
+    if let Some(policy) = redrive_policy {
+        request = request.attributes(QueueAttributeName::RedrivePolicy, policy);
+    }
+    let output = request.send().await.map_err(|err| unavailable("CreateQueue", &err))?;
+    output
+        .queue_url()
+        .map(str::to_owned)
+        .ok_or_else(|| StoreError::Unavailable("SQS CreateQueue: no queue URL".to_owned()))
+}
+
+/// The step id, unless it is longer than SQS allows: then its SHA-256, just as deterministic.
+pub fn deduplication_id(step_id: &str) -> String {
+    if step_id.len() <= MAX_DEDUPLICATION_ID_LEN {
+        step_id.to_owned()
+    } else {
+        hex::encode(Sha256::digest(step_id.as_bytes()))
+    }
+}
+
+/// SQS's error code for a service error; otherwise what kept the request from completing.
+fn sdk_failure<E, R>(err: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match err.as_service_error() {
+        Some(service) => service.code().unwrap_or("unknown SQS error").to_owned(),
+        None => DisplayErrorContext(err).to_string(),
+    }
+}
+
+fn unavailable<E, R>(action: &str, err: &SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    StoreError::Unavailable(format!("SQS {action}: {}", sdk_failure(err)))
+}
+
+fn build_failed(err: BuildError) -> StoreError {
+    StoreError::Unavailable(format!("could not build an SQS request: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deduplication_ids_are_step_ids_unless_too_long() {
+        assert_eq!(deduplication_id("tr:pi_1:acct_A"), "tr:pi_1:acct_A");
+        let long = "x".repeat(MAX_DEDUPLICATION_ID_LEN + 1);
+        assert_eq!(deduplication_id(&long).len(), 64);
+        assert_eq!(deduplication_id(&long), deduplication_id(&long));
+    }
+
+    #[test]
+    fn queue_urls_need_both_variables() {
+        let urls = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> =
+                vars.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+            queue_urls_from_lookup(move |name| {
+                vars.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone())
+            })
+        };
+        assert_eq!(urls(&[(TRANSFERS_QUEUE_URL, "t")]), None);
+        assert_eq!(urls(&[(TRANSFERS_QUEUE_URL, "t"), (PAYOUTS_QUEUE_URL, " ")]), None);
+        assert_eq!(
+            urls(&[(TRANSFERS_QUEUE_URL, "t"), (PAYOUTS_QUEUE_URL, "p")]),
+            Some(("t".to_owned(), "p".to_owned()))
+        );
+    }
+}
