@@ -94,6 +94,10 @@ impl<S: AccountStore> AccountStore for CrashingStore<S> {
         self.inner.load_refund(payment_key).await
     }
 
+    async fn load_payouts(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
+        self.inner.load_payouts(account_id).await
+    }
+
     async fn load_step(&self, step: &StepRef) -> Result<Option<Step>, StoreError> {
         self.inner.load_step(step).await
     }

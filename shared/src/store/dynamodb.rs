@@ -327,6 +327,18 @@ impl AccountStore for DynamoStore {
         }
     }
 
+    async fn load_payouts(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :step)")
+            .expression_attribute_values(":pk", AttributeValue::S(account_pk(account_id)))
+            .expression_attribute_values(":step", AttributeValue::S(STEP_SK_PREFIX.to_owned()));
+        collect_steps(query).await
+    }
+
     /// Reads the destination index, which DynamoDB keeps eventually consistent: fine for listing.
     async fn load_account_steps(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
         let query = self

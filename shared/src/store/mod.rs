@@ -192,6 +192,13 @@ pub trait AccountStore: Send + Sync + 'static {
     /// `Conflict` when another writer moved it first.
     fn update_step(&self, step: &Step) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
 
+    /// The payout steps of one account, ordered by id: a strongly consistent read of its own
+    /// partition, not of its whole step history.
+    fn load_payouts(
+        &self,
+        account_id: &AccountId,
+    ) -> impl Future<Output = Result<Vec<Step>, StoreError>> + Send;
+
     /// Every step whose destination is `account_id`, ordered by id.
     fn load_account_steps(
         &self,

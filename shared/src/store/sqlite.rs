@@ -385,6 +385,13 @@ impl AccountStore for SqliteStore {
         Self::update_step_in(&*self.lock()?, step)
     }
 
+    async fn load_payouts(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
+        self.query_steps(
+            "SELECT step FROM steps WHERE destination = ?1 AND payment_key IS NULL ORDER BY step_id",
+            account_id.as_str(),
+        )
+    }
+
     async fn load_account_steps(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
         self.query_steps(
             "SELECT step FROM steps WHERE destination = ?1 ORDER BY step_id",

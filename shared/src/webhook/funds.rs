@@ -210,7 +210,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                 if account.ordering.balance.is_some_and(|newest| event.created < newest) {
                     return Ok(FundPlan::nothing(EventOutcome::Stale));
                 }
-                let open: Vec<Step> = self.store.load_account_steps(&balance.account).await?;
+                let open: Vec<Step> = self.store.load_payouts(&balance.account).await?;
                 let steps = plan_payouts(balance, Some(&account), &open, &event.id, now);
                 if steps.is_empty() {
                     return Ok(FundPlan::nothing(EventOutcome::Unchanged));
