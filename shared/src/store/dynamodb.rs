@@ -75,6 +75,20 @@ impl DynamoStore {
         Self { client, table: table.into() }
     }
 
+    /// The steps stored under one partition (a payment's, or an account's payouts), read
+    /// consistently because planning decides on them.
+    async fn partition_steps(&self, pk: String) -> Result<Vec<Step>, StoreError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :step)")
+            .expression_attribute_values(":pk", AttributeValue::S(pk))
+            .expression_attribute_values(":step", AttributeValue::S(STEP_SK_PREFIX.to_owned()));
+        collect_steps(query).await
+    }
+
     async fn event_exists(&self, event_id: &str) -> Result<bool, StoreError> {
         let output = self
             .client
@@ -257,15 +271,7 @@ impl AccountStore for DynamoStore {
     }
 
     async fn load_payment_steps(&self, payment_key: &str) -> Result<Vec<Step>, StoreError> {
-        let query = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .consistent_read(true)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :step)")
-            .expression_attribute_values(":pk", AttributeValue::S(format!("{PAYMENT_PREFIX}{payment_key}")))
-            .expression_attribute_values(":step", AttributeValue::S(STEP_SK_PREFIX.to_owned()));
-        collect_steps(query).await
+        self.partition_steps(format!("{PAYMENT_PREFIX}{payment_key}")).await
     }
 
     async fn load_refund(&self, payment_key: &str) -> Result<Option<Refund>, StoreError> {
@@ -328,15 +334,7 @@ impl AccountStore for DynamoStore {
     }
 
     async fn load_payouts(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
-        let query = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .consistent_read(true)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :step)")
-            .expression_attribute_values(":pk", AttributeValue::S(account_pk(account_id)))
-            .expression_attribute_values(":step", AttributeValue::S(STEP_SK_PREFIX.to_owned()));
-        collect_steps(query).await
+        self.partition_steps(account_pk(account_id)).await
     }
 
     /// Reads the destination index, which DynamoDB keeps eventually consistent: fine for listing.
