@@ -4,6 +4,11 @@ use crate::stripe::signature::{DEFAULT_TOLERANCE_SECS, WebhookSecret};
 
 /// Every endpoint's signing secret, comma-separated (old and new during a rotation).
 pub const WEBHOOK_SECRETS: &str = "STRIPE_WEBHOOK_SECRETS";
+/// The ARN of the Secrets Manager secret whose value is [`WEBHOOK_SECRETS`] (deployed functions).
+pub const WEBHOOK_SECRETS_ARN: &str = "STRIPE_WEBHOOK_SECRETS_ARN";
+/// The ARN of the Secrets Manager secret whose value is the Stripe secret key, the value of
+/// [`crate::stripe::client::API_KEY_VAR`] (deployed workers).
+pub const API_KEY_SECRET_ARN: &str = "STRIPE_API_KEY_SECRET_ARN";
 /// Maximum signature age in seconds; 0 turns the age check off.
 pub const WEBHOOK_TOLERANCE_SECS: &str = "STRIPE_WEBHOOK_TOLERANCE_SECS";
 /// `true` or `false` to accept only live or only test events; unset accepts both.

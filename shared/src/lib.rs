@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod secrets;
 pub mod sqs_worker;
 pub mod store;
 pub mod stripe;

@@ -4,7 +4,7 @@ mod handler;
 
 use std::sync::Arc;
 
-use shared::config::{self, TABLE_NAME, WebhookSettings};
+use shared::config::{self, TABLE_NAME, WEBHOOK_SECRETS, WEBHOOK_SECRETS_ARN, WebhookSettings};
 use shared::store::dynamodb::DynamoStore;
 use shared::store::sqs::{self, SqsQueue};
 use shared::webhook::WebhookService;
@@ -12,9 +12,12 @@ use shared::webhook::WebhookService;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init_json_logs();
-    let settings = WebhookSettings::from_env()?;
     let table = config::required(TABLE_NAME)?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    // Deployed, the signing secrets come from Secrets Manager; locally, from STRIPE_WEBHOOK_SECRETS.
+    let secrets_manager = aws_sdk_secretsmanager::Client::new(&aws);
+    let env = shared::secrets::resolve(&secrets_manager, WEBHOOK_SECRETS, WEBHOOK_SECRETS_ARN).await?;
+    let settings = WebhookSettings::from_lookup(|name| env.lookup(name))?;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table);
     let mut service = WebhookService::new(store, &settings);
     match sqs::queue_urls_from_env() {

@@ -1,4 +1,5 @@
-//! The worker on its sample batch in `events/sqs/`, parsed by `aws_lambda_events` as Lambda would.
+//! Each worker's sample batch in `events/sqs/`, parsed by `aws_lambda_events` as Lambda would, and
+//! run through the shared batch handler.
 
 use std::path::Path;
 
@@ -11,13 +12,15 @@ use shared::stripe::client::{ApiKey, StripeClient, StripeClientConfig};
 use shared::stripe::signature::FixedClock;
 use shared::worker::StepWorker;
 
-const BATCH: &str = "transfer-worker.batch.json";
-const QUEUE: &str = "connect-flow-transfers.fifo";
-const KINDS: &[StepKind] = &[StepKind::Transfer, StepKind::Reversal];
+/// Each worker's sample batch, the queue it comes from, and the step kinds that queue carries.
+const SAMPLES: [(&str, &str, &[StepKind]); 2] = [
+    ("transfer-worker.batch.json", "connect-flow-transfers.fifo", &[StepKind::Transfer, StepKind::Reversal]),
+    ("payout-worker.batch.json", "connect-flow-payouts.fifo", &[StepKind::Payout]),
+];
 const NOW: i64 = 1_732_003_600;
 
-fn batch() -> SqsEvent {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events/sqs").join(BATCH);
+fn batch(file: &str) -> SqsEvent {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../events/sqs").join(file);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -48,20 +51,25 @@ fn finished(step: &StepRef) -> Step {
 }
 
 #[test]
-fn the_sample_is_a_fifo_batch_of_step_references_and_one_stray_message() {
-    let event = batch();
+fn each_sample_is_a_fifo_batch_of_step_references_and_one_stray_message() {
+    for (file, queue, kinds) in SAMPLES {
+        check_sample(&batch(file), queue, kinds);
+    }
+}
+
+fn check_sample(event: &SqsEvent, queue: &str, kinds: &[StepKind]) {
     assert!(event.records.len() >= 3);
     let mut strays = 0;
     for record in &event.records {
         assert_eq!(
             record.event_source_arn.as_deref(),
-            Some(format!("arn:aws:sqs:us-east-1:123456789012:{QUEUE}").as_str())
+            Some(format!("arn:aws:sqs:us-east-1:123456789012:{queue}").as_str())
         );
         let group = record.attributes.get("MessageGroupId").unwrap();
         let deduplication_id = record.attributes.get("MessageDeduplicationId").unwrap();
         match step_ref(record.body.as_deref()) {
             Some(step) => {
-                assert!(KINDS.contains(&step.kind), "{:?} on {QUEUE}", step.kind);
+                assert!(kinds.contains(&step.kind), "{:?} on {queue}", step.kind);
                 assert_eq!((group.as_str(), deduplication_id), (step.destination.as_str(), &step.step_id));
             }
             None => strays += 1,
@@ -72,7 +80,12 @@ fn the_sample_is_a_fifo_batch_of_step_references_and_one_stray_message() {
 
 #[tokio::test]
 async fn a_stray_body_fails_alone_and_finished_steps_are_acknowledged_without_stripe() {
-    let event = batch();
+    for (file, _, _) in SAMPLES {
+        stray_fails_alone(batch(file)).await;
+    }
+}
+
+async fn stray_fails_alone(event: SqsEvent) {
     let steps: Vec<Step> = event
         .records
         .iter()
@@ -82,7 +95,7 @@ async fn a_stray_body_fails_alone_and_finished_steps_are_acknowledged_without_st
     let store = SqliteStore::in_memory().unwrap();
     let record = EventRecord {
         event_id: "evt_sample_batch".to_owned(),
-        event_type: "payment_intent.succeeded".to_owned(),
+        event_type: "sample".to_owned(),
         account_id: None,
         created: Some(NOW),
         livemode: Some(false),
