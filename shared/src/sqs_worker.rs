@@ -9,8 +9,11 @@ use std::collections::HashSet;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
+use crate::config::{self, API_KEY_SECRET_ARN, TABLE_NAME};
 use crate::domain::step::StepRef;
 use crate::store::AccountStore;
+use crate::store::dynamodb::DynamoStore;
+use crate::stripe::client::{API_KEY_VAR, StripeClient, StripeClientConfig};
 use crate::stripe::signature::Clock;
 use crate::worker::{Disposition, StepWorker};
 
@@ -18,6 +21,20 @@ use crate::worker::{Disposition, StepWorker};
 const MESSAGE_GROUP_ID: &str = "MessageGroupId";
 /// The record attribute that counts a message's receives.
 const RECEIVE_COUNT: &str = "ApproximateReceiveCount";
+
+/// A failure to start a worker: configuration, the secret, or the Stripe client.
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The worker a deployed function runs, read once per cold start: DynamoDB from
+/// `CONNECT_FLOW_TABLE`, and the Stripe key from the secret named by `STRIPE_API_KEY_SECRET_ARN`
+/// (or, locally, from `STRIPE_API_KEY`).
+pub async fn worker_from_env(aws: &aws_config::SdkConfig) -> Result<StepWorker<DynamoStore>, StartError> {
+    let table = config::required(TABLE_NAME)?;
+    let secrets_manager = aws_sdk_secretsmanager::Client::new(aws);
+    let env = crate::secrets::resolve(&secrets_manager, API_KEY_VAR, API_KEY_SECRET_ARN).await?;
+    let stripe = StripeClient::new(StripeClientConfig::from_lookup(|name| env.lookup(name))?)?;
+    Ok(StepWorker::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), table), stripe))
+}
 
 /// Runs every step message of `event` in order and reports those to be redelivered: a body that
 /// is not a step, a step that must wait or could not run, and any later message of a failed group.

@@ -311,22 +311,19 @@ pub fn plan_transfers(
         problems.push("the payment names no charge to use as source_transaction".to_owned());
     }
     let transfer = |destination: AccountId, amount: i64, status: StepStatus, reason: Option<String>| Step {
-        step_id: format!("tr:{}:{destination}", payment.payment_key),
-        kind: StepKind::Transfer,
-        destination,
-        amount,
-        currency: payment.currency.clone(),
         source_charge: payment.charge_id.clone(),
         transfer_group: Some(payment.transfer_group.clone().unwrap_or_else(|| payment.payment_key.clone())),
         payment_key: Some(payment.payment_key.clone()),
-        reverses_step: None,
         status,
         reason,
-        stripe_id: None,
-        attempt: 0,
-        created_at: now,
-        updated_at: now,
-        version: 0,
+        ..Step::planned(
+            StepKind::Transfer,
+            format!("tr:{}:{destination}", payment.payment_key),
+            destination,
+            amount,
+            payment.currency.clone(),
+            now,
+        )
     };
     if problems.is_empty() {
         let steps = splits
@@ -410,22 +407,18 @@ pub fn plan_reversals(
             return Err(format!("reversal of {} does not fit in i64", transfer.step_id));
         };
         planned.push(Step {
-            step_id: format!("trr:{}:{target}", transfer.step_id),
-            kind: StepKind::Reversal,
-            destination: transfer.destination.clone(),
-            amount,
-            currency: transfer.currency.clone(),
             source_charge: Some(refund.charge_id.clone()),
             transfer_group: transfer.transfer_group.clone(),
             payment_key: Some(refund.payment_key.clone()),
             reverses_step: Some(transfer.step_id.clone()),
-            status: StepStatus::Queued,
-            reason: None,
-            stripe_id: None,
-            attempt: 0,
-            created_at: now,
-            updated_at: now,
-            version: 0,
+            ..Step::planned(
+                StepKind::Reversal,
+                format!("trr:{}:{target}", transfer.step_id),
+                transfer.destination.clone(),
+                amount,
+                transfer.currency.clone(),
+                now,
+            )
         });
     }
     Ok(planned)
@@ -460,24 +453,14 @@ pub fn plan_payouts(
         if !seen.insert(currency.as_str()) || *amount <= 0 || open(currency) {
             continue;
         }
-        planned.push(Step {
-            step_id: format!("po:{}:{event_id}:{currency}", balance.account),
-            kind: StepKind::Payout,
-            destination: balance.account.clone(),
-            amount: *amount,
-            currency: currency.clone(),
-            source_charge: None,
-            transfer_group: None,
-            payment_key: None,
-            reverses_step: None,
-            status: StepStatus::Queued,
-            reason: None,
-            stripe_id: None,
-            attempt: 0,
-            created_at: now,
-            updated_at: now,
-            version: 0,
-        });
+        planned.push(Step::planned(
+            StepKind::Payout,
+            format!("po:{}:{event_id}:{currency}", balance.account),
+            balance.account.clone(),
+            *amount,
+            currency.clone(),
+            now,
+        ));
     }
     planned
 }

@@ -119,6 +119,36 @@ pub struct StepRef {
 }
 
 impl Step {
+    /// A newly planned step: queued, attempt 0, version 0, nothing sent; the caller fills in what
+    /// its kind links it to (charge, transfer group, payment, the transfer it reverses).
+    pub fn planned(
+        kind: StepKind,
+        step_id: String,
+        destination: AccountId,
+        amount: i64,
+        currency: String,
+        now: i64,
+    ) -> Self {
+        Self {
+            step_id,
+            kind,
+            destination,
+            amount,
+            currency,
+            source_charge: None,
+            transfer_group: None,
+            payment_key: None,
+            reverses_step: None,
+            status: StepStatus::Queued,
+            reason: None,
+            stripe_id: None,
+            attempt: 0,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        }
+    }
+
     /// Where this step is stored.
     pub fn reference(&self) -> StepRef {
         StepRef {
