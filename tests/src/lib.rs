@@ -121,6 +121,13 @@ pub fn signed(event: &Value, timestamp: i64) -> (String, Vec<u8>) {
     (sign(&WebhookSecret::new(SECRET), timestamp, &body), body)
 }
 
+/// An active `account.updated` for an account on manual payouts, the only kind that gets payouts.
+pub fn manual_payout_account_updated(id: &str, account: &str, created: i64) -> Value {
+    let mut event = account_updated(id, account, created, true, &[]);
+    event["data"]["object"]["settings"]["payouts"]["schedule"]["interval"] = json!("manual");
+    event
+}
+
 /// An `account.updated` event for `account` with the given onboarding-relevant fields.
 pub fn account_updated(
     id: &str,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use integration_tests::{NOW, account_updated, pipeline, signed};
+use integration_tests::{NOW, account_updated, manual_payout_account_updated, pipeline, signed};
 use serde_json::{Value, json};
 use shared::domain::account::{AccountId, OnboardingStatus};
 use shared::domain::step::{Step, StepKind, StepStatus};
@@ -410,8 +410,7 @@ async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
     assert_eq!(refused.len(), 2);
     assert!(refused.iter().all(|step| step.status == StepStatus::Refused && step.reason.is_some()));
 
-    let mut manual = account_updated("evt_m", "acct_M", NOW - 500, true, &[]);
-    manual["data"]["object"]["settings"]["payouts"]["schedule"]["interval"] = json!("manual");
+    let manual = manual_payout_account_updated("evt_m", "acct_M", NOW - 500);
     deliver(manual).await;
     let balance = |usd: i64| json!({"object": "balance", "available": [{"amount": usd, "currency": "usd"}], "pending": []});
     assert_eq!(

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use integration_tests::stripe_stub::StripeStub;
-use integration_tests::{NOW, account_updated, pipeline, signed, sqlite_store};
+use integration_tests::{
+    NOW, account_updated, manual_payout_account_updated, pipeline, signed, sqlite_store,
+};
 use serde_json::{Value, json};
 use shared::domain::account::AccountId;
 use shared::domain::step::{StepKind, StepRef, StepStatus};
@@ -48,6 +50,11 @@ async fn deliver<S: AccountStore>(service: &WebhookService<S, FixedClock>, event
     (reply.status, outcome)
 }
 
+/// The in-process worker over `store`, calling the stand-in Stripe.
+fn worker_for(store: &SqliteStore, stub: &StripeStub) -> StepWorker<SqliteStore, FixedClock> {
+    StepWorker::with_clock(store.clone(), StripeClient::new(stub.client_config()).unwrap(), FixedClock(NOW))
+}
+
 async fn drain(worker: &StepWorker<SqliteStore, FixedClock>) {
     for _ in 0..10 {
         if worker.drain_embedded().await.unwrap() == 0 {
@@ -67,15 +74,10 @@ async fn payment_refunds_and_payout_each_move_money_exactly_once() {
     stub.set_account_balance("acct_M", "usd", 5_000);
     let store = sqlite_store();
     let service = pipeline(store.clone()).with_queue(Arc::new(store.clone()));
-    let worker = StepWorker::with_clock(
-        store.clone(),
-        StripeClient::new(stub.client_config()).unwrap(),
-        FixedClock(NOW),
-    );
+    let worker = worker_for(&store, &stub);
     deliver(&service, &account_updated("evt_a", "acct_A", NOW - 500, true, &[])).await;
     deliver(&service, &account_updated("evt_b", "acct_B", NOW - 500, true, &[])).await;
-    let mut manual = account_updated("evt_m", "acct_M", NOW - 500, true, &[]);
-    manual["data"]["object"]["settings"]["payouts"]["schedule"]["interval"] = json!("manual");
+    let manual = manual_payout_account_updated("evt_m", "acct_M", NOW - 500);
     deliver(&service, &manual).await;
 
     let paid = event(
@@ -201,14 +203,9 @@ async fn stripes_lifecycle_events_settle_steps_and_a_failed_payout_shows_on_the_
     stub.set_account_balance("acct_M", "usd", 800);
     let store = sqlite_store();
     let service = pipeline(store.clone()).with_queue(Arc::new(store.clone()));
-    let worker = StepWorker::with_clock(
-        store.clone(),
-        StripeClient::new(stub.client_config()).unwrap(),
-        FixedClock(NOW),
-    );
+    let worker = worker_for(&store, &stub);
     deliver(&service, &account_updated("evt_a", "acct_A", NOW - 500, true, &[])).await;
-    let mut manual = account_updated("evt_m", "acct_M", NOW - 500, true, &[]);
-    manual["data"]["object"]["settings"]["payouts"]["schedule"]["interval"] = json!("manual");
+    let manual = manual_payout_account_updated("evt_m", "acct_M", NOW - 500);
     deliver(&service, &manual).await;
     let paid = event(
         "evt_pi",
@@ -272,7 +269,6 @@ async fn a_transfer_waits_for_its_destination_and_goes_when_the_capability_is_ac
     stub.add_account("acct_W", true, true);
     let store = sqlite_store();
     let service = pipeline(store.clone()).with_queue(Arc::new(store.clone()));
-    let stripe = || StripeClient::new(stub.client_config()).unwrap();
     deliver(&service, &account_updated("evt_w1", "acct_W", NOW - 500, false, &["external_account"])).await;
     let paid = event(
         "evt_pi",
@@ -282,7 +278,7 @@ async fn a_transfer_waits_for_its_destination_and_goes_when_the_capability_is_ac
         payment("pi_w", 1_000, &[("acct_W", 400)]),
     );
     deliver(&service, &paid).await;
-    drain(&StepWorker::with_clock(store.clone(), stripe(), FixedClock(NOW))).await;
+    drain(&worker_for(&store, &stub)).await;
     let step = store.load_payment_steps("pi_w").await.unwrap().remove(0);
     assert_eq!(step.status, StepStatus::Waiting);
     assert!(stub.transfers().is_empty(), "nothing is sent to a destination that cannot receive");
@@ -296,7 +292,7 @@ async fn a_transfer_waits_for_its_destination_and_goes_when_the_capability_is_ac
         Vec::<String>::new(),
         "the account's change re-queued it"
     );
-    drain(&StepWorker::with_clock(store.clone(), stripe(), FixedClock(NOW))).await;
+    drain(&worker_for(&store, &stub)).await;
     assert_eq!(stub.transfers().iter().map(|t| t.amount).collect::<Vec<_>>(), [400]);
     let sent = store.load_step(&step.reference()).await.unwrap().unwrap();
     assert_eq!(sent.status, StepStatus::Succeeded);
@@ -331,11 +327,7 @@ async fn a_rejected_api_key_leaves_steps_to_retry_instead_of_failing_them() {
     ));
     let after = store.load_step(&step.reference()).await.unwrap().unwrap();
     assert!(!after.status.is_final(), "a bad key must not fail the step: {:?}", after.status);
-    let fixed = StepWorker::with_clock(
-        store.clone(),
-        StripeClient::new(stub.client_config()).unwrap(),
-        FixedClock(NOW),
-    );
+    let fixed = worker_for(&store, &stub);
     assert_eq!(
         fixed.run(&step.reference()).await.unwrap(),
         shared::worker::Disposition::Done(StepStatus::Succeeded)

@@ -3,7 +3,7 @@
 //! once cleanly and once with every fault on. Each run ends with the ledger it should.
 
 use integration_tests::stripe_stub::{Fault, StripeStub};
-use integration_tests::{NOW, account_updated, pipeline, signed};
+use integration_tests::{NOW, account_updated, manual_payout_account_updated, pipeline, signed};
 use serde_json::{Value, json};
 use shared::domain::account::AccountId;
 use shared::domain::step::{Step, StepStatus};
@@ -91,8 +91,7 @@ impl<S: AccountStore + Clone> Script<S> {
         for (index, account) in ["acct_A", "acct_B"].iter().enumerate() {
             self.deliver(&account_updated(&format!("evt_acct{index}"), account, NOW - 900, true, &[])).await;
         }
-        let mut manual = account_updated("evt_acctM", "acct_M", NOW - 900, true, &[]);
-        manual["data"]["object"]["settings"]["payouts"]["schedule"]["interval"] = json!("manual");
+        let manual = manual_payout_account_updated("evt_acctM", "acct_M", NOW - 900);
         self.deliver(&manual).await;
         if self.faults {
             self.stub.inject("/v1/transfers", Fault::ServerErrorAfterCreate);
