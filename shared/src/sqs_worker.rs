@@ -10,7 +10,7 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
 use crate::config::{self, API_KEY_SECRET_ARN, TABLE_NAME};
-use crate::domain::step::StepRef;
+use crate::domain::step::{StepMessageError, parse_step_message};
 use crate::store::AccountStore;
 use crate::store::dynamodb::DynamoStore;
 use crate::stripe::client::{API_KEY_VAR, StripeClient, StripeClientConfig};
@@ -81,9 +81,9 @@ async fn handle_record<S: AccountStore, C: Clock>(
         tracing::warn!("message has no body; left for redelivery and, in the end, the dead-letter queue");
         return false;
     };
-    let step = match serde_json::from_str::<StepRef>(body) {
+    let step = match parse_step_message(body) {
         Ok(step) => step,
-        Err(error) => {
+        Err(StepMessageError::NotAStep(error)) => {
             // serde's message may quote the body: only where and how parsing failed is logged.
             tracing::warn!(
                 error_kind = ?error.classify(),

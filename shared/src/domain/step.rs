@@ -118,6 +118,20 @@ pub struct StepRef {
     pub destination: AccountId,
 }
 
+/// Why a queue message body is not a step reference.
+#[derive(Debug, thiserror::Error)]
+pub enum StepMessageError {
+    /// Not JSON, or JSON that is not a step reference. serde's message may quote the body, so
+    /// callers log only its classification and position.
+    #[error("the message body is not a step reference")]
+    NotAStep(#[source] serde_json::Error),
+}
+
+/// Reads a queue message body as the step reference it carries.
+pub fn parse_step_message(body: &str) -> Result<StepRef, StepMessageError> {
+    serde_json::from_str(body).map_err(StepMessageError::NotAStep)
+}
+
 impl Step {
     /// A newly planned step: queued, attempt 0, version 0, nothing sent; the caller fills in what
     /// its kind links it to (charge, transfer group, payment, the transfer it reverses).
@@ -163,5 +177,32 @@ impl Step {
     /// fresh after a definite refusal.
     pub fn idempotency_key(&self) -> String {
         format!("connect-flow:{}:{}", self.step_id, self.attempt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_message_reads_back_the_reference_it_was_written_from() {
+        let step = Step::planned(
+            StepKind::Transfer,
+            "tr:pi_1:acct_1".to_owned(),
+            AccountId::parse("acct_1").unwrap(),
+            500,
+            "usd".to_owned(),
+            1,
+        );
+        let reference = StepRef { payment_key: Some("pi_1".to_owned()), ..step.reference() };
+        let body = serde_json::to_string(&reference).unwrap();
+        assert_eq!(parse_step_message(&body).unwrap(), reference);
+    }
+
+    #[test]
+    fn bodies_that_are_not_step_references_are_refused() {
+        for body in ["", "not json", "{}", r#"{"kind":"refund","step_id":"x","destination":"acct_1"}"#] {
+            assert!(matches!(parse_step_message(body), Err(StepMessageError::NotAStep(_))), "body {body:?}");
+        }
     }
 }
