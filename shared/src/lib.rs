@@ -1,7 +1,9 @@
 //! Connect Flow's library: everything the Lambda functions and the `connect-flow` command share.
 
+pub mod aws;
 pub mod config;
 pub mod domain;
+pub mod metrics;
 pub mod secrets;
 pub mod sqs_worker;
 pub mod store;
