@@ -1,6 +1,5 @@
 //! Connect Flow's library: everything the Lambda functions and the `connect-flow` command share.
 
-pub mod aws;
 pub mod config;
 pub mod domain;
 pub mod metrics;
