@@ -1,5 +1,6 @@
 //! Connect Flow's library: everything the Lambda functions and the `connect-flow` command share.
 
+pub mod aws;
 pub mod config;
 pub mod domain;
 pub mod metrics;

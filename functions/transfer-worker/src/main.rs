@@ -10,7 +10,8 @@ use shared::sqs_worker::{handle_sqs_batch, worker_from_env};
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init_json_logs();
-    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    // Bounded retries and timeouts, so that one step always fits in the Lambda timeout.
+    let aws = shared::aws::WORKER.load().await;
     let worker = Arc::new(worker_from_env(&aws).await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let worker = Arc::clone(&worker);

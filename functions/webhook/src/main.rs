@@ -13,7 +13,8 @@ use shared::webhook::WebhookService;
 async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init_json_logs();
     let table = config::required(TABLE_NAME)?;
-    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    // Bounded retries and timeouts, so that a stuck call fails fast enough for the deadline below.
+    let aws = shared::aws::WEBHOOK.load().await;
     // Deployed, the signing secrets come from Secrets Manager; locally, from STRIPE_WEBHOOK_SECRETS.
     let secrets_manager = aws_sdk_secretsmanager::Client::new(&aws);
     let env = shared::secrets::resolve(&secrets_manager, WEBHOOK_SECRETS, WEBHOOK_SECRETS_ARN).await?;
