@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: stores on SQLite and on the DynamoDB emulator, and
 //! signed deliveries.
 
+pub mod fault_proxy;
 pub mod stripe_stub;
 
 use std::sync::atomic::{AtomicU32, Ordering};
