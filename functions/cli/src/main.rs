@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use connect_flow::envelope::{EnvelopeKind, lambda_envelope};
-use connect_flow::{commands, server};
+use connect_flow::{bench, commands, server};
 use shared::config::{WEBHOOK_SECRETS, WebhookSettings};
 use shared::store::StepQueue;
 use shared::store::sqlite::SqliteStore;
@@ -63,6 +63,9 @@ enum Command {
         #[arg(long, requires = "envelope")]
         base64: bool,
     },
+    /// Load a running `serve` over loopback with a seeded mix of signed events, then check
+    /// that each was applied exactly once.
+    Bench(bench::BenchArgs),
     /// Check a Stripe-Signature header for the body on standard input.
     Verify {
         /// A signing secret; repeat for several.
@@ -122,6 +125,10 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Send { files, url, secret } => commands::send(&files, &url, first_secret(&secret)?).await,
+        Command::Bench(args) => {
+            let secret = first_secret(&args.secret)?.to_owned();
+            bench::bench(args, &secret).await
+        }
         Command::Sign { file, secret, timestamp, envelope, base64 } => {
             let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let secret = first_secret(&secret)?;
