@@ -53,6 +53,8 @@ pub async fn handle_sqs_batch<S: AccountStore, C: Clock>(
             "step_message",
             message_id = %message_id,
             step_id = tracing::field::Empty,
+            kind = tracing::field::Empty,
+            account_id = tracing::field::Empty,
             receives = record.attributes.get(RECEIVE_COUNT).map(String::as_str),
         );
         let blocked = group.is_some_and(|group| failed_groups.contains(group));
@@ -64,6 +66,7 @@ pub async fn handle_sqs_batch<S: AccountStore, C: Clock>(
             }
         }
     }
+    worker.metrics().flush();
     response
 }
 
@@ -94,7 +97,10 @@ async fn handle_record<S: AccountStore, C: Clock>(
             return false;
         }
     };
-    tracing::Span::current().record("step_id", step.step_id.as_str());
+    let span = tracing::Span::current();
+    span.record("step_id", step.step_id.as_str());
+    span.record("kind", step.kind.as_str());
+    span.record("account_id", step.destination.as_str());
     match worker.run(&step).await {
         Ok(Disposition::Done(status)) => {
             tracing::debug!(status = status.as_str(), "step done; message acknowledged");

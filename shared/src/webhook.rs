@@ -9,7 +9,8 @@ use tracing::Instrument;
 use crate::config::WebhookSettings;
 use crate::domain::account::{AccountDecision, AccountEvent, AccountId, AccountState, NoAccount, decide};
 use crate::domain::funds::read_fund_event;
-use crate::domain::step::{Step, StepRef, StepStatus};
+use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
+use crate::metrics::Metrics;
 use crate::store::{
     AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite, StepQueue,
     StoreError,
@@ -82,6 +83,26 @@ impl Delivery {
     }
 }
 
+/// An accepted delivery and the event type it is counted under.
+struct Accepted {
+    delivery: Delivery,
+    event_type: String,
+}
+
+/// The `EventType` a thin event is counted under: its own type is not read from a snapshot
+/// endpoint's delivery.
+const THIN_EVENT_TYPE: &str = "thin_event";
+
+/// The span every line of one delivery is logged in; its fields are filled in as they are learnt.
+fn delivery_span() -> tracing::Span {
+    tracing::info_span!(
+        "delivery",
+        event_id = tracing::field::Empty,
+        event_type = tracing::field::Empty,
+        account_id = tracing::field::Empty
+    )
+}
+
 /// An HTTP answer: status and JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -110,17 +131,19 @@ pub struct WebhookService<S, C = SystemClock> {
     verifier: SignatureVerifier,
     expected_livemode: Option<bool>,
     clock: C,
+    metrics: Metrics,
 }
 
 impl<S: AccountStore> WebhookService<S> {
-    /// A pipeline on the system clock.
+    /// A pipeline on the system clock, with metrics as the environment asks ([`Metrics::from_env`]:
+    /// on in Lambda, off elsewhere unless `CONNECT_FLOW_METRICS=emf`).
     pub fn new(store: S, settings: &WebhookSettings) -> Self {
-        Self::with_clock(store, settings, SystemClock)
+        Self::with_clock(store, settings, SystemClock).with_metrics(Metrics::from_env())
     }
 }
 
 impl<S: AccountStore, C: Clock> WebhookService<S, C> {
-    /// A pipeline on the given clock.
+    /// A pipeline on the given clock, without metrics.
     pub fn with_clock(store: S, settings: &WebhookSettings, clock: C) -> Self {
         Self {
             store,
@@ -128,7 +151,14 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             verifier: SignatureVerifier::new(&settings.secrets, settings.tolerance_secs),
             expected_livemode: settings.expected_livemode,
             clock,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Records each delivery's metrics in `metrics`, written when the delivery is answered.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Sends planned steps to `queue` once they are committed. Without a queue they stay
@@ -143,13 +173,32 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         &self.store
     }
 
-    /// Handles one delivery and answers it. Never panics on input.
+    /// Handles one delivery and answers it, and writes its metrics. Never panics on input.
     pub async fn handle(&self, signature: Option<&str>, body: &[u8]) -> Reply {
-        match self.process(signature, body).await {
-            Ok(delivery) => Reply {
-                status: 200,
-                body: json!({ "received": true, "outcome": delivery.as_str() }).to_string(),
-            },
+        let span = delivery_span();
+        let accepted = self.accept(signature, body).instrument(span.clone()).await;
+        let reply = span.in_scope(|| self.answer(accepted));
+        self.metrics.flush();
+        reply
+    }
+
+    /// Verifies, parses, decides and records one delivery.
+    pub async fn process(&self, signature: Option<&str>, body: &[u8]) -> Result<Delivery, WebhookError> {
+        let accepted = self.accept(signature, body).instrument(delivery_span()).await;
+        accepted.map(|accepted| accepted.delivery)
+    }
+
+    /// The one place a delivery's result becomes its log line, its metrics and its answer.
+    fn answer(&self, accepted: Result<Accepted, WebhookError>) -> Reply {
+        match accepted {
+            Ok(Accepted { delivery, event_type }) => {
+                tracing::info!(outcome = delivery.as_str(), "event handled");
+                self.metrics.event_received(&event_type, delivery.as_str());
+                Reply {
+                    status: 200,
+                    body: json!({ "received": true, "outcome": delivery.as_str() }).to_string(),
+                }
+            }
             Err(error) => {
                 match &error {
                     WebhookError::Store(store_error) => {
@@ -157,38 +206,42 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                     }
                     other => tracing::warn!(reason = other.kind(), "webhook refused"),
                 }
+                match &error {
+                    WebhookError::Signature(_) => self.metrics.signature_failure(error.kind()),
+                    _ => self.metrics.webhook_error(error.kind()),
+                }
                 Reply::from_error(&error)
             }
         }
     }
 
-    /// Verifies, parses, decides and records one delivery.
-    pub async fn process(&self, signature: Option<&str>, body: &[u8]) -> Result<Delivery, WebhookError> {
+    /// [`WebhookService::process`], naming the event in the current span as soon as it is read.
+    async fn accept(&self, signature: Option<&str>, body: &[u8]) -> Result<Accepted, WebhookError> {
         if body.len() > MAX_BODY_BYTES {
             return Err(WebhookError::BodyTooLarge);
         }
         let now = self.clock.now_unix();
         self.verifier.verify(signature, body, now)?;
+        let span = tracing::Span::current();
         let event = match parse_event(body)? {
             ParsedBody::Snapshot(event) => event,
-            ParsedBody::Thin(thin) => return self.record_thin(&thin, now).await,
+            ParsedBody::Thin(thin) => {
+                span.record("event_id", thin.id.as_str());
+                let delivery = self.record_thin(&thin, now).await?;
+                return Ok(Accepted { delivery, event_type: THIN_EVENT_TYPE.to_owned() });
+            }
         };
-        let span = tracing::info_span!(
-            "event",
-            event_id = %event.id,
-            event_type = %event.event_type,
-            account_id = tracing::field::Empty
-        );
-        let delivery = self.record_snapshot(&event, now).instrument(span.clone()).await?;
-        span.in_scope(|| tracing::info!(outcome = delivery.as_str(), "event handled"));
-        Ok(delivery)
+        span.record("event_id", event.id.as_str());
+        span.record("event_type", event.event_type.as_str());
+        if let Some(account) = &event.account {
+            span.record("account_id", account.as_str());
+        }
+        let delivery = self.record_snapshot(&event, now).await?;
+        Ok(Accepted { delivery, event_type: event.event_type })
     }
 
     async fn record_thin(&self, thin: &ThinEvent, now: i64) -> Result<Delivery, WebhookError> {
-        tracing::warn!(
-            event_id = %thin.id,
-            "thin event sent to a snapshot endpoint: point this event destination elsewhere"
-        );
+        tracing::warn!("thin event sent to a snapshot endpoint: point this event destination elsewhere");
         let record = EventRecord {
             event_id: thin.id.clone(),
             event_type: thin.event_type.clone().unwrap_or_default(),
@@ -285,7 +338,19 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             return Ok(());
         }
         tracing::info!(steps = waiting.len(), "account can receive now; re-queueing its waiting steps");
-        queue.send(&waiting).await
+        self.enqueue(queue.as_ref(), &waiting).await
+    }
+
+    /// Sends steps to the queue and counts them, by kind, once the queue has taken them.
+    async fn enqueue(&self, queue: &dyn StepQueue, steps: &[StepRef]) -> Result<(), StoreError> {
+        queue.send(steps).await?;
+        for kind in [StepKind::Transfer, StepKind::Reversal, StepKind::Payout] {
+            let count = steps.iter().filter(|step| step.kind == kind).count();
+            if count > 0 {
+                self.metrics.steps_queued(kind.as_str(), count);
+            }
+        }
+        Ok(())
     }
 
     async fn commit_record(&self, record: &EventRecord) -> Result<Delivery, WebhookError> {

@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use crate::domain::funds::{PAYMENT_METADATA, STEP_METADATA};
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
+use crate::metrics::Metrics;
 use crate::store::{AccountStore, CommitOutcome, StoreError};
 use crate::stripe::client::{CreateTransfer, StripeClient, StripeError, StripeObject};
 use crate::stripe::signature::{Clock, SystemClock};
@@ -29,6 +30,15 @@ pub enum Disposition {
     Done(StepStatus),
     /// Leave it for redelivery: Stripe was unreachable, or the step waits for something.
     RetryLater(String),
+}
+
+/// The `Outcome` a run is counted under: the final status, `retry_later`, or `error`.
+fn outcome(result: &Result<Disposition, WorkerError>) -> &'static str {
+    match result {
+        Ok(Disposition::Done(status)) => status.as_str(),
+        Ok(Disposition::RetryLater(_)) => "retry_later",
+        Err(_) => "error",
+    }
 }
 
 /// A failure that is neither Stripe's answer nor the step's: the message is retried.
@@ -60,19 +70,34 @@ pub struct StepWorker<S, C = SystemClock> {
     store: S,
     stripe: StripeClient,
     clock: C,
+    metrics: Metrics,
 }
 
 impl<S: AccountStore> StepWorker<S> {
-    /// A worker on the system clock.
+    /// A worker on the system clock, with metrics as the environment asks ([`Metrics::from_env`]:
+    /// on in Lambda, off elsewhere unless `CONNECT_FLOW_METRICS=emf`).
     pub fn new(store: S, stripe: StripeClient) -> Self {
-        Self::with_clock(store, stripe, SystemClock)
+        Self::with_clock(store, stripe, SystemClock).with_metrics(Metrics::from_env())
     }
 }
 
 impl<S: AccountStore, C: Clock> StepWorker<S, C> {
-    /// A worker on the given clock.
+    /// A worker on the given clock, without metrics.
     pub fn with_clock(store: S, stripe: StripeClient, clock: C) -> Self {
-        Self { store, stripe, clock }
+        Self { store, stripe, clock, metrics: Metrics::disabled() }
+    }
+
+    /// Records each run's outcome and each Stripe call's latency in `metrics`; whoever runs a
+    /// batch flushes them ([`StepWorker::metrics`]).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.stripe = self.stripe.with_metrics(metrics.clone());
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this worker records.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The store this worker reads and writes.
@@ -80,8 +105,14 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
         &self.store
     }
 
-    /// Runs one step to a final status, or says why it must wait.
+    /// Runs one step to a final status, or says why it must wait, and counts the outcome.
     pub async fn run(&self, step_ref: &StepRef) -> Result<Disposition, WorkerError> {
+        let result = self.run_to_disposition(step_ref).await;
+        self.metrics.step_finished(step_ref.kind.as_str(), outcome(&result));
+        result
+    }
+
+    async fn run_to_disposition(&self, step_ref: &StepRef) -> Result<Disposition, WorkerError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
             let step = self
                 .store
@@ -296,7 +327,13 @@ impl<C: Clock> StepWorker<crate::store::sqlite::SqliteStore, C> {
         for queue in ["transfers", "payouts"] {
             for message in self.store.receive(queue, now, VISIBILITY_SECS, BATCH)? {
                 handled += 1;
-                let span = tracing::info_span!("step", step_id = %message.message_id, queue);
+                let span = tracing::info_span!(
+                    "step",
+                    step_id = %message.message_id,
+                    kind = message.step.kind.as_str(),
+                    account_id = message.step.destination.as_str(),
+                    queue
+                );
                 let outcome = self.run(&message.step).instrument(span.clone()).await;
                 let _entered = span.enter();
                 match outcome {
@@ -313,6 +350,7 @@ impl<C: Clock> StepWorker<crate::store::sqlite::SqliteStore, C> {
                 }
             }
         }
+        self.metrics.flush();
         Ok(handled)
     }
 }

@@ -6,13 +6,14 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderValue;
 use reqwest::{Method, Url};
 use serde_json::Value;
 
 use crate::domain::account::AccountId;
+use crate::metrics::Metrics;
 
 /// Stripe's API host.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
@@ -286,6 +287,7 @@ pub struct StripeClient {
     api_key: ApiKey,
     api_base: Url,
     stripe_version: &'static str,
+    metrics: Metrics,
 }
 
 impl StripeClient {
@@ -315,7 +317,19 @@ impl StripeClient {
             .user_agent(concat!("connect-flow/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| StripeError::Config(format!("the HTTP client could not be built: {e}")))?;
-        Ok(Self { http, api_key: config.api_key, api_base, stripe_version: config.stripe_version })
+        Ok(Self {
+            http,
+            api_key: config.api_key,
+            api_base,
+            stripe_version: config.stripe_version,
+            metrics: Metrics::disabled(),
+        })
+    }
+
+    /// Records every call's latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// `POST /v1/transfers`: moves platform funds to a connected account.
@@ -325,7 +339,7 @@ impl StripeClient {
         idempotency_key: &str,
     ) -> Result<StripeObject, StripeError> {
         let request = self.post("/v1/transfers", &transfer_params(transfer)?, None, idempotency_key)?;
-        self.send_create(request).await
+        self.send_create("create_transfer", request).await
     }
 
     /// `POST /v1/transfers/{id}/reversals`: takes `amount` of a transfer back to the platform.
@@ -340,7 +354,7 @@ impl StripeClient {
         let mut params = vec![("amount".to_owned(), amount.to_string())];
         push_metadata(&mut params, metadata)?;
         let request = self.post(&path, &params, None, idempotency_key)?;
-        self.send_create(request).await
+        self.send_create("create_transfer_reversal", request).await
     }
 
     /// `POST /v1/payouts` as `account` (`Stripe-Account`): pays its balance out to its bank.
@@ -356,14 +370,14 @@ impl StripeClient {
             vec![("amount".to_owned(), amount.to_string()), ("currency".to_owned(), currency.to_owned())];
         push_metadata(&mut params, metadata)?;
         let request = self.post("/v1/payouts", &params, Some(account), idempotency_key)?;
-        self.send_create(request).await
+        self.send_create("create_payout", request).await
     }
 
     /// `GET /v1/accounts/{id}`: the account as the platform sees it (capabilities, payouts).
     pub async fn retrieve_account(&self, account: &AccountId) -> Result<Value, StripeError> {
         let path = format!("/v1/accounts/{}", checked_id("account id", account.as_str())?);
         let request = self.request(Method::GET, &path, None).build().map_err(|e| self.build_error(&e))?;
-        self.send(request).await
+        self.send("retrieve_account", request).await
     }
 
     /// A request with the headers every call carries.
@@ -409,8 +423,12 @@ impl StripeClient {
     }
 
     /// Sends a create call and takes the new object's id.
-    async fn send_create(&self, request: reqwest::Request) -> Result<StripeObject, StripeError> {
-        let raw = self.send(request).await?;
+    async fn send_create(
+        &self,
+        operation: &'static str,
+        request: reqwest::Request,
+    ) -> Result<StripeObject, StripeError> {
+        let raw = self.send(operation, request).await?;
         match raw.get("id").and_then(Value::as_str) {
             Some(id) => Ok(StripeObject { id: id.to_owned(), raw }),
             // Stripe did answer 2xx, so a retry under the same key replays the object whole.
@@ -420,11 +438,14 @@ impl StripeClient {
         }
     }
 
-    /// Sends one request and classifies the answer.
-    async fn send(&self, request: reqwest::Request) -> Result<Value, StripeError> {
+    /// Sends one request, classifies the answer and records how long `operation` took.
+    async fn send(&self, operation: &'static str, request: reqwest::Request) -> Result<Value, StripeError> {
         let method = request.method().clone();
         let path = request.url().path().to_owned();
+        let started = Instant::now();
         let result = self.exchange(request).await.map_err(|e| e.scrubbed(self.api_key.expose()));
+        let status = result.as_ref().map_or_else(StripeError::status, |_| Some(200));
+        self.metrics.stripe_call(operation, status, started.elapsed());
         match &result {
             Ok(_) => tracing::debug!(%method, path, "stripe call succeeded"),
             Err(error) => tracing::debug!(%method, path, status = error.status(), "stripe call failed"),

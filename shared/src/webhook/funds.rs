@@ -131,7 +131,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         if queued.is_empty() {
             return Ok(());
         }
-        queue.send(&queued).await
+        self.enqueue(queue.as_ref(), &queued).await
     }
 
     /// The stored steps a fund-flow event concerns.
