@@ -2,6 +2,7 @@
 //! signed deliveries.
 
 pub mod fault_proxy;
+pub mod log_capture;
 pub mod stripe_stub;
 
 use std::sync::atomic::{AtomicU32, Ordering};
