@@ -32,6 +32,8 @@ pub enum Fault {
     /// Forward the request, so that moto carries it out, then reset the connection instead of
     /// answering: the write happened but the client cannot know.
     LoseResponse,
+    /// Forward the request and answer, but only after this long: storage that is slow, not down.
+    Slow(std::time::Duration),
 }
 
 /// One instruction: a fault for requests of one operation (or of any), some or all of them.
@@ -243,6 +245,13 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                 return;
             }
             Some(Fault::Reset) => return reset(stream),
+            Some(Fault::Slow(delay)) => {
+                tokio::time::sleep(delay).await;
+                match forward(&shared, &request).await {
+                    Ok(response) => stream.write_all(&response).await,
+                    Err(error) => stream.write_all(&plain_response(502, &error)).await,
+                }
+            }
             Some(Fault::LoseResponse) => {
                 let _ = forward(&shared, &request).await;
                 return reset(stream);

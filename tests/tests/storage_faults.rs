@@ -388,3 +388,66 @@ async fn without_faults_the_proxy_only_counts() {
     assert_eq!(record.outcome, EventOutcome::Applied);
     assert_eq!(deployment.queued_step_ids().await.len(), 2);
 }
+
+/// Storage that answers every read, but slowly: each call is within its bounds, yet together they
+/// would outlast the deadline, so the answer is a 500 at the deadline, with nothing written.
+#[tokio::test]
+async fn slow_but_answering_storage_is_cut_off_at_the_deadline() {
+    let deployment = Scenario::PaymentWithSplits.deployment().await;
+    let sellers: Vec<String> = (0..8).map(|n| format!("acct_S{n}")).collect();
+    let direct = pipeline(deployment.direct.clone());
+    for seller in &sellers {
+        let (header, body) =
+            signed(&account_updated(&format!("evt_{seller}"), seller, NOW - 500, true, &[]), NOW);
+        assert_eq!(direct.handle(Some(&header), &body).await.status, 200);
+    }
+    let mut event = Scenario::PaymentWithSplits.event();
+    event["data"]["object"]["metadata"] =
+        sellers.iter().map(|seller| (format!("transfer:{seller}"), json!("1000"))).collect();
+    // Nine reads (eight sellers and the refund) at 600 ms each: 5.4 s, each under its 750 ms attempt.
+    let slow = Duration::from_millis(600);
+    assert!(slow < WEBHOOK.attempt_timeout && slow * 9 > WEBHOOK_DEADLINE);
+    deployment.proxy.fail_every(Some("GetItem"), Fault::Slow(slow));
+    let (reply, elapsed) = deployment.deliver(&event).await;
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert!(reply.body.contains("deadline_exceeded"), "{}", reply.body);
+    assert!(elapsed >= WEBHOOK_DEADLINE && elapsed < WEBHOOK_DEADLINE + SLACK, "took {elapsed:?}");
+    assert_eq!(deployment.proxy.seen("TransactWriteItems"), 0, "cut off before the write");
+    assert_eq!(deployment.direct.load_event(EVENT_ID).await.unwrap(), None);
+    assert!(deployment.direct.load_payment_steps("pi_1").await.unwrap().is_empty());
+    deployment.proxy.heal();
+    let (reply, _) = deployment.deliver(&event).await;
+    assert_eq!((reply.status, outcome(&reply)), (200, "applied".to_owned()), "{}", reply.body);
+    let stored = deployment.direct.load_payment_steps("pi_1").await.unwrap();
+    assert_eq!(stored.len(), sellers.len());
+    assert_eq!(deployment.queued_step_ids().await.len(), sellers.len());
+    println!("slow storage: 500 deadline_exceeded in {elapsed:?}");
+}
+
+/// The transactional write commits at DynamoDB but every answer to it is lost: the webhook answers
+/// 500, and Stripe's redelivery is a duplicate that applies nothing twice and sends the steps the
+/// first delivery never got to send.
+#[tokio::test]
+async fn a_committed_write_whose_answer_is_lost_is_finished_by_the_redelivery() {
+    let scenario = Scenario::PaymentWithSplits;
+    let deployment = scenario.deployment().await;
+    deployment.proxy.fail_every(Some("TransactWriteItems"), Fault::LoseResponse);
+    let (reply, _) = deployment.deliver(&scenario.event()).await;
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert_eq!(deployment.proxy.seen("SendMessageBatch"), 0, "nothing was sent before the answer");
+    assert!(scenario.written_whole_or_not_at_all(&deployment, "lost answer").await, "the write committed");
+    deployment.proxy.heal();
+    let (reply, _) = deployment.deliver(&scenario.event()).await;
+    assert_eq!((reply.status, outcome(&reply)), (200, "duplicate".to_owned()), "{}", reply.body);
+    assert_eq!(deployment.proxy.seen("SendMessageBatch"), 1, "the duplicate sends the queued steps");
+    let stored: Vec<String> = deployment
+        .direct
+        .load_payment_steps("pi_1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|step| step.step_id)
+        .collect();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(deployment.queued_step_ids().await, stored);
+}
