@@ -426,12 +426,22 @@ fn document(
     }
     for (metric, values) in family.metrics().zip(values) {
         let value = match values.as_slice() {
-            [one] => Value::from(*one),
-            many => Value::from(many.to_vec()),
+            [one] => number(*one),
+            many => Value::Array(many.iter().copied().map(number).collect()),
         };
         root.insert(metric.name.into(), value);
     }
     Value::Object(root)
+}
+
+/// A whole number as an integer (`3`, not `3.0`), anything else to the microsecond.
+fn number(value: f64) -> Value {
+    // Counts and millisecond latencies stay far below 2^53, where these conversions are exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    if value.fract() == 0.0 && (0.0..9.0e15).contains(&value) {
+        return Value::from(value as u64);
+    }
+    Value::from((value * 1000.0).round() / 1000.0)
 }
 
 /// A dimension value as written: names made of letters, digits, `.`, `_` and `-` pass; anything

@@ -112,6 +112,7 @@ fn counts_are_summed_per_dimension_values_until_flushed() {
     assert_eq!((stale["Stale"].as_f64(), stale["Duplicates"].as_f64()), (Some(1.0), Some(0.0)));
     let queued = documents.iter().find(|d| d["StepsQueued"].is_number()).unwrap();
     assert_eq!((queued["Kind"].as_str(), queued["StepsQueued"].as_f64()), (Some("transfer"), Some(4.0)));
+    assert!(queued["StepsQueued"].is_u64(), "counts are written as integers: {queued}");
     assert_eq!(documents.len(), 4);
 }
 
