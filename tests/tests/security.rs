@@ -29,6 +29,9 @@ use shared::stripe::signature::{
 use shared::webhook::{MAX_BODY_BYTES, WebhookService};
 use shared::worker::StepWorker;
 
+/// The webhook secret of the deployments whose output is searched: distinctive, so that no part of
+/// it can appear by accident (the shared test secret's tail is the test crate's name).
+const SECRET_UNDER_TEST: &str = "whsec_sec_check_5b1e9d0a";
 /// Marks body content that must never reach a log line.
 const BODY_MARKER: &str = "body_marker_never_logged";
 /// A Stripe secret key that Stripe (the stub) refuses; its 401 repeats it.
@@ -42,7 +45,8 @@ fn lookup(vars: &[(&'static str, &str)]) -> impl Fn(&str) -> Option<String> + us
 
 /// Asserts that `text` shows none of the secrets, nor a recognisable part of one.
 fn assert_no_secret(text: &str, what: &str) {
-    for secret in [SECRET, STUB_API_KEY, REJECTED_KEY] {
+    assert!(!text.contains(SECRET), "{what} shows the tests' webhook secret: {text}");
+    for secret in [SECRET_UNDER_TEST, STUB_API_KEY, REJECTED_KEY] {
         let (_, tail) = secret.split_at(secret.find('_').map_or(0, |i| i + 1));
         assert!(!text.contains(secret) && !text.contains(tail), "{what} shows a secret ({secret}): {text}");
     }
@@ -61,6 +65,17 @@ fn payment(id: &str, livemode: bool) -> Value {
 // (1) Secrets never in logs or Debug output.
 // ------------------------------------------------------------------------------------------------
 
+/// A pipeline on `store` that accepts [`SECRET_UNDER_TEST`].
+fn under_test<S: AccountStore>(store: S) -> WebhookService<S, FixedClock> {
+    WebhookService::with_clock(store, &settings_with(&[SECRET_UNDER_TEST]), FixedClock(NOW))
+}
+
+/// `event` signed with [`SECRET_UNDER_TEST`].
+fn signed_under_test(event: &Value, timestamp: i64) -> (String, Vec<u8>) {
+    let body = event.to_string().into_bytes();
+    (sign(&WebhookSecret::new(SECRET_UNDER_TEST), timestamp, &body), body)
+}
+
 #[test]
 fn no_log_line_of_any_path_shows_a_secret_a_key_or_a_body() {
     let ((), logs) = capture_logs(async {
@@ -68,25 +83,25 @@ fn no_log_line_of_any_path_shows_a_secret_a_key_or_a_body() {
         // oversized; then the worker paying the planned transfer with the API key.
         let store = sqlite_store();
         let queue: Arc<dyn StepQueue> = Arc::new(store.clone());
-        let service = pipeline(store.clone()).with_queue(queue);
+        let service = under_test(store.clone()).with_queue(queue);
         let mut account = account_updated("evt_sec_account", "acct_A", NOW - 100, true, &[]);
         account["data"]["object"]["email"] = json!(BODY_MARKER);
         for event in [&account, &account, &payment("evt_sec_payment", false)] {
-            let (header, body) = signed(event, NOW);
+            let (header, body) = signed_under_test(event, NOW);
             assert_eq!(service.handle(Some(&header), &body).await.status, 200);
         }
-        let (header, body) = signed(&account, NOW);
+        let (header, body) = signed_under_test(&account, NOW);
         for refused in [
             header.replace("v1=", "v1=ff"),
             "t=oops,v1=00".to_owned(),
             "v0=00".to_owned(),
-            sign(&WebhookSecret::new(SECRET), NOW - 10_000, &body),
+            sign(&WebhookSecret::new(SECRET_UNDER_TEST), NOW - 10_000, &body),
         ] {
             assert_eq!(service.handle(Some(&refused), &body).await.status, 400);
         }
         assert_eq!(service.handle(None, &body).await.status, 400);
         let not_json = format!("{{\"{BODY_MARKER}\"");
-        let header = sign(&WebhookSecret::new(SECRET), NOW, not_json.as_bytes());
+        let header = sign(&WebhookSecret::new(SECRET_UNDER_TEST), NOW, not_json.as_bytes());
         assert_eq!(service.handle(Some(&header), not_json.as_bytes()).await.status, 400);
         let oversized = BODY_MARKER.repeat(MAX_BODY_BYTES / BODY_MARKER.len() + 1);
         assert_eq!(service.handle(Some(&header), oversized.as_bytes()).await.status, 413);
@@ -107,11 +122,11 @@ fn no_log_line_of_any_path_shows_a_secret_a_key_or_a_body() {
         // A key Stripe refuses: its 401 repeats the key, which must not reach a log or a step.
         let mut rejected = stub.client_config();
         rejected.api_key = ApiKey::new(REJECTED_KEY);
-        let (header, body) = signed(&payment("evt_sec_payment_2", false), NOW);
+        let (header, body) = signed_under_test(&payment("evt_sec_payment_2", false), NOW);
         let other_store = sqlite_store();
         let other_queue: Arc<dyn StepQueue> = Arc::new(other_store.clone());
-        let other = pipeline(other_store.clone()).with_queue(other_queue);
-        let (account_header, account_body) = signed(&account, NOW);
+        let other = under_test(other_store.clone()).with_queue(other_queue);
+        let (account_header, account_body) = signed_under_test(&account, NOW);
         assert_eq!(other.handle(Some(&account_header), &account_body).await.status, 200);
         assert_eq!(other.handle(Some(&header), &body).await.status, 200);
         let refused_worker = StepWorker::with_clock(
@@ -129,7 +144,13 @@ fn no_log_line_of_any_path_shows_a_secret_a_key_or_a_body() {
         let proxy = FaultProxy::in_front_of_moto().await;
         let secrets_manager = aws_sdk_secretsmanager::Client::new(&proxy.sdk_config(&WEBHOOK).await);
         let name = format!("cf-security-{}", std::process::id());
-        let created = secrets_manager.create_secret().name(&name).secret_string(SECRET).send().await.unwrap();
+        let created = secrets_manager
+            .create_secret()
+            .name(&name)
+            .secret_string(SECRET_UNDER_TEST)
+            .send()
+            .await
+            .unwrap();
         let arn = created.arn().unwrap().to_owned();
         let overlay = shared::secrets::resolve_in(
             &secrets_manager,
@@ -153,9 +174,14 @@ fn no_log_line_of_any_path_shows_a_secret_a_key_or_a_body() {
 
 #[test]
 fn configuration_errors_name_the_variable_never_its_value() {
-    let bad_tolerance =
-        WebhookSettings::from_lookup(lookup(&[(WEBHOOK_SECRETS, SECRET), (WEBHOOK_TOLERANCE_SECS, SECRET)]));
-    let bad_livemode = WebhookSettings::from_lookup(lookup(&[(WEBHOOK_SECRETS, SECRET), (LIVEMODE, SECRET)]));
+    let bad_tolerance = WebhookSettings::from_lookup(lookup(&[
+        (WEBHOOK_SECRETS, SECRET_UNDER_TEST),
+        (WEBHOOK_TOLERANCE_SECS, SECRET_UNDER_TEST),
+    ]));
+    let bad_livemode = WebhookSettings::from_lookup(lookup(&[
+        (WEBHOOK_SECRETS, SECRET_UNDER_TEST),
+        (LIVEMODE, SECRET_UNDER_TEST),
+    ]));
     for error in [bad_tolerance.unwrap_err(), bad_livemode.unwrap_err()] {
         assert!(matches!(error, ConfigError::Invalid { .. }));
         assert_no_secret(&format!("{error} {error:?}"), "a configuration error");
@@ -177,10 +203,12 @@ fn configuration_errors_name_the_variable_never_its_value() {
 
 #[test]
 fn debug_output_of_every_holder_of_a_secret_is_redacted() {
-    let settings =
-        WebhookSettings::from_lookup(lookup(&[(WEBHOOK_SECRETS, &format!("{SECRET},whsec_second"))]))
-            .unwrap();
-    let secret = WebhookSecret::new(SECRET);
+    let settings = WebhookSettings::from_lookup(lookup(&[(
+        WEBHOOK_SECRETS,
+        &format!("{SECRET_UNDER_TEST},whsec_second"),
+    )]))
+    .unwrap();
+    let secret = WebhookSecret::new(SECRET_UNDER_TEST);
     let verifier = SignatureVerifier::new(&settings.secrets, 300);
     let key = ApiKey::new(STUB_API_KEY);
     let mut config = StripeClientConfig::new(key.clone());
