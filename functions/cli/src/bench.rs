@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// The server's SQLite file: also check every event's record, which the read API does not serve.
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// How many times a delivery answered 5xx is sent again, as Stripe would retry it.
+    #[arg(long, default_value_t = 3)]
+    pub retries: usize,
     /// Print one JSON object per level instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -75,7 +78,7 @@ pub async fn bench(args: BenchArgs, secret: &str) -> anyhow::Result<bool> {
     let reader = reqwest::Client::new();
     if !args.json {
         println!(
-            "concurrency  deliveries  seconds  events/s  p50 ms  p99 ms  p99.9 ms  max ms  errors  exactly-once"
+            "concurrency  deliveries  seconds  events/s  p50 ms  p99 ms  p99.9 ms  max ms  errors  retried  exactly-once"
         );
     }
     let mut all_good = true;
@@ -85,8 +88,11 @@ pub async fn bench(args: BenchArgs, secret: &str) -> anyhow::Result<bool> {
         let mix =
             Arc::new(Mix::generate(args.seed, &level_tag, args.events, SystemClock.now_unix() - 86_400));
         let target = Arc::new(HttpTarget::new(&args.url, concurrency)?);
-        let limits =
-            Limits { max_deliveries: args.events, max_duration: Duration::from_secs(args.max_seconds) };
+        let limits = Limits {
+            max_deliveries: args.events,
+            max_duration: Duration::from_secs(args.max_seconds),
+            retries: args.retries,
+        };
         let result = run(mix.clone(), target, secret, concurrency, limits).await;
         let expected = Expected::of(&mix, &result.sent());
         let mut observed = observe_http(&reader, &args.url, &expected).await?;
@@ -123,7 +129,7 @@ fn print_report(report: &LevelReport, json: bool) -> anyhow::Result<()> {
         (count, _) => format!("{count} VIOLATIONS"),
     };
     println!(
-        "{:>11}  {:>10}  {:>7.2}  {:>8.0}  {:>6.2}  {:>6.2}  {:>8.2}  {:>6.2}  {:>6}  {verdict}{}",
+        "{:>11}  {:>10}  {:>7.2}  {:>8.0}  {:>6.2}  {:>6.2}  {:>8.2}  {:>6.2}  {:>6}  {:>7}  {verdict}{}",
         stats.concurrency,
         stats.deliveries,
         stats.seconds,
@@ -133,6 +139,7 @@ fn print_report(report: &LevelReport, json: bool) -> anyhow::Result<()> {
         stats.p999_ms,
         stats.max_ms,
         stats.errors,
+        stats.retried,
         if stats.timed_out { " (time limit reached)" } else { "" },
     );
     for violation in &report.first_violations {

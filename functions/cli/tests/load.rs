@@ -104,6 +104,7 @@ fn bench_against_serve_applies_every_event_exactly_once_at_1_8_and_64() {
     for (level, concurrency) in levels.iter().zip([1, 8, 64]) {
         assert_eq!(level["concurrency"], concurrency);
         assert_eq!(level["errors"], 0, "{level}");
+        assert_eq!(level["retried"], 0, "no 5xx from the embedded store: {level}");
         assert_eq!(level["violations"], 0, "{level}");
         assert_eq!(level["records_checked"], true);
         assert_eq!(level["timed_out"], false);
@@ -154,7 +155,7 @@ async fn the_check_catches_each_kind_of_violation() {
     };
     let service = Arc::new(InProcess(WebhookService::new(SqliteStore::in_memory().unwrap(), &settings)));
     let mix = Arc::new(Mix::generate(11, "Check", 300, SystemClock.now_unix() - 86_400));
-    let limits = Limits { max_deliveries: 300, max_duration: Duration::from_secs(60) };
+    let limits = Limits { max_deliveries: 300, max_duration: Duration::from_secs(60), retries: 0 };
     let result = run(mix.clone(), service.clone(), SECRET, 8, limits).await;
     let expected = Expected::of(&mix, &result.sent());
     let observed = observe_store(service.0.store(), &mix, &expected).await.unwrap();
@@ -172,10 +173,18 @@ async fn the_check_catches_each_kind_of_violation() {
     let first = answers[twice].iter().find(|answer| answer.outcome.as_deref() != Some("duplicate")).unwrap();
     answers[twice] = vec![first.clone(), first.clone()];
     violates(&answers, &observed, "applied twice");
-    // A 500, as a busy store would answer.
+    // A 500, as a busy store would answer, and never retried; and a 400.
+    let once = result.answers.iter().position(|answers| answers.len() == 1).unwrap();
     let mut answers = result.answers.clone();
-    answers[0][0] = Answer { status: 500, outcome: Some("storage_unavailable".to_owned()) };
-    violates(&answers, &observed, "answered 500");
+    answers[once][0] = Answer { status: 500, outcome: Some("storage_unavailable".to_owned()) };
+    violates(&answers, &observed, "never answered 200");
+    let mut answers = result.answers.clone();
+    answers[once].insert(0, Answer { status: 400, outcome: Some("signature_mismatch".to_owned()) });
+    violates(&answers, &observed, "answered 400");
+    // A 500 that Stripe's retry made good is not a violation.
+    let mut answers = result.answers.clone();
+    answers[once].insert(0, Answer { status: 500, outcome: Some("storage_unavailable".to_owned()) });
+    assert_eq!(check(&mix, &expected, &answers, &observed), Vec::<String>::new());
 
     let (account, steps) = observed.steps.iter().find(|(_, steps)| !steps.is_empty()).unwrap();
     let mut lost = observed.clone();

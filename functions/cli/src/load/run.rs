@@ -27,6 +27,11 @@ impl Answer {
         let outcome = json.get("outcome").or_else(|| json.get("error")).and_then(|value| value.as_str());
         Self { status, outcome: outcome.map(str::to_owned) }
     }
+
+    /// Whether Stripe would deliver again: no answer, or a 5xx.
+    pub fn is_retried(&self) -> bool {
+        self.status == 0 || self.status >= 500
+    }
 }
 
 /// Where deliveries go: the local server over HTTP, or a pipeline in-process.
@@ -48,13 +53,21 @@ pub struct Limits {
     pub max_deliveries: usize,
     /// The longest the run may take; no delivery starts after it.
     pub max_duration: Duration,
+    /// How many times a delivery answered 5xx (or not at all) is sent again at once, as Stripe
+    /// retries it later.
+    pub retries: usize,
 }
 
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct RunResult {
-    /// For each unique event of the mix, the answer to each of its deliveries that was sent.
+    /// For each unique event of the mix, the answer to each of its deliveries that was sent,
+    /// retries included, in the order each sender got them.
     pub answers: Vec<Vec<Answer>>,
+    /// Deliveries that were still not answered 200 after their retries.
+    pub failed: usize,
+    /// Retries sent after a 5xx or no answer.
+    pub retried: usize,
     /// The latency of every delivery, in the order they completed.
     pub latencies: Vec<Duration>,
     /// Wall-clock time from the first delivery to the last answer.
@@ -67,11 +80,6 @@ impl RunResult {
     /// Which unique events were sent at least once.
     pub fn sent(&self) -> Vec<bool> {
         self.answers.iter().map(|answers| !answers.is_empty()).collect()
-    }
-
-    /// How many deliveries were answered with anything but 200.
-    pub fn errors(&self) -> usize {
-        self.answers.iter().flatten().filter(|answer| answer.status != 200).count()
     }
 
     /// Throughput and latency percentiles.
@@ -89,7 +97,8 @@ impl RunResult {
             p99_ms: millis(0.99),
             p999_ms: millis(0.999),
             max_ms: sorted.last().map_or(0.0, |max| max.as_secs_f64() * 1_000.0),
-            errors: self.errors(),
+            errors: self.failed,
+            retried: self.retried,
             timed_out: self.timed_out,
         }
     }
@@ -114,8 +123,10 @@ pub struct Stats {
     pub p999_ms: f64,
     /// The slowest delivery, in milliseconds.
     pub max_ms: f64,
-    /// Deliveries not answered 200.
+    /// Deliveries not answered 200, even after their retries.
     pub errors: usize,
+    /// Retries after a 5xx or no answer (the latencies count each attempt).
+    pub retried: usize,
     /// Whether the time limit cut the run short.
     pub timed_out: bool,
 }
@@ -143,7 +154,7 @@ pub async fn run<T: Target>(
     let budget = Arc::new(AtomicUsize::new(limits.max_deliveries));
     let mut answers = vec![Vec::new(); mix.events.len()];
     let mut latencies = Vec::with_capacity(mix.delivery_count().min(limits.max_deliveries));
-    let mut timed_out = false;
+    let (mut failed, mut retried, mut timed_out) = (0, 0, false);
     for phase in 0..mix.phases.len() {
         let next = Arc::new(AtomicUsize::new(0));
         let mut senders = tokio::task::JoinSet::new();
@@ -153,7 +164,7 @@ pub async fn run<T: Target>(
             senders.spawn(async move {
                 let deliveries = &mix.phases[phase];
                 let mut done = Vec::new();
-                let mut timed_out = false;
+                let (mut failed, mut retried, mut timed_out) = (0, 0, false);
                 loop {
                     let position = next.fetch_add(1, Ordering::Relaxed);
                     if position >= deliveries.len() {
@@ -169,18 +180,31 @@ pub async fn run<T: Target>(
                     {
                         break;
                     }
-                    let event = &mix.events[deliveries[position].event];
-                    let signature = sign(&secret, SystemClock.now_unix(), &event.body);
-                    let sent = Instant::now();
-                    let answer = target.deliver(sender, event, signature).await;
-                    done.push((deliveries[position].event, answer, sent.elapsed()));
+                    let index = deliveries[position].event;
+                    let event = &mix.events[index];
+                    for attempt in 0..=limits.retries {
+                        let signature = sign(&secret, SystemClock.now_unix(), &event.body);
+                        let sent = Instant::now();
+                        let answer = target.deliver(sender, event, signature).await;
+                        let again = answer.is_retried();
+                        let accepted = answer.status == 200;
+                        done.push((index, answer, sent.elapsed()));
+                        if !again || attempt == limits.retries {
+                            failed += usize::from(!accepted);
+                            break;
+                        }
+                        retried += 1;
+                    }
                 }
-                (done, timed_out)
+                (done, failed, retried, timed_out)
             });
         }
         while let Some(joined) = senders.join_next().await {
             // A sender task only panics if the target does; that is a bug to surface, not hide.
-            let (done, sender_timed_out) = joined.expect("a load sender panicked");
+            let (done, sender_failed, sender_retried, sender_timed_out) =
+                joined.expect("a load sender panicked");
+            failed += sender_failed;
+            retried += sender_retried;
             timed_out |= sender_timed_out;
             for (event, answer, latency) in done {
                 answers[event].push(answer);
@@ -191,7 +215,7 @@ pub async fn run<T: Target>(
             break;
         }
     }
-    RunResult { answers, latencies, elapsed: started.elapsed(), timed_out }
+    RunResult { answers, latencies, elapsed: started.elapsed(), failed, retried, timed_out }
 }
 
 /// The local server's webhook over loopback HTTP.
