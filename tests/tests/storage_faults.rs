@@ -14,18 +14,21 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use integration_tests::fault_proxy::{Fault, FaultProxy};
+use integration_tests::stripe_stub::StripeStub;
 use integration_tests::{NOW, account_updated, dynamodb_client, pipeline, signed, sqs_client};
 use serde_json::{Value, json};
 use shared::aws::{
-    WEBHOOK, WEBHOOK_DEADLINE, WEBHOOK_LAMBDA_TIMEOUT, WORKER_LAMBDA_TIMEOUT, within_deadline,
+    WEBHOOK, WEBHOOK_DEADLINE, WEBHOOK_LAMBDA_TIMEOUT, WORKER, WORKER_LAMBDA_TIMEOUT, within_deadline,
 };
 use shared::domain::account::AccountId;
 use shared::domain::step::{StepKind, StepStatus};
 use shared::store::dynamodb::{DynamoStore, create_table};
 use shared::store::sqs::{SqsQueue, create_queues};
 use shared::store::{AccountStore, EventOutcome};
+use shared::stripe::client::StripeClient;
 use shared::stripe::signature::FixedClock;
 use shared::webhook::{Reply, WebhookService};
+use shared::worker::{Disposition, StepWorker};
 
 /// Every fault the proxy injects.
 const FAULTS: [Fault; 5] =
@@ -38,6 +41,7 @@ struct Deployment {
     proxy: FaultProxy,
     service: WebhookService<DynamoStore, FixedClock>,
     direct: DynamoStore,
+    table: String,
     sqs: aws_sdk_sqs::Client,
     transfers_url: String,
 }
@@ -54,7 +58,14 @@ impl Deployment {
         let queue = SqsQueue::new(proxy.sqs_client(&WEBHOOK).await, transfers_url.clone(), payouts_url);
         let store = DynamoStore::new(proxy.dynamodb_client(&WEBHOOK).await, name.clone());
         let service = pipeline(store).with_queue(Arc::new(queue));
-        Self { proxy, service, direct: DynamoStore::new(dynamodb, name), sqs, transfers_url }
+        Self {
+            proxy,
+            service,
+            direct: DynamoStore::new(dynamodb, name.clone()),
+            table: name,
+            sqs,
+            transfers_url,
+        }
     }
 
     /// Delivers `event` as the Lambda handler does, under the deadline, and times the answer.
@@ -450,4 +461,53 @@ async fn a_committed_write_whose_answer_is_lost_is_finished_by_the_redelivery() 
         .collect();
     assert_eq!(stored.len(), 2);
     assert_eq!(deployment.queued_step_ids().await, stored);
+}
+
+/// The worker with its deployed settings (`shared::aws::WORKER`) on storage that hangs, then on
+/// storage that loses every answer to its writes: each run ends within one operation's bound, and
+/// once the fault is lifted each transfer is made exactly once.
+#[tokio::test]
+async fn the_worker_fails_within_its_bound_and_pays_once_after() {
+    let scenario = Scenario::PaymentWithSplits;
+    let deployment = scenario.deployment().await;
+    let (reply, _) = deployment.deliver(&scenario.event()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let stub = StripeStub::start().await;
+    stub.set_platform_balance("usd", 1_000_000);
+    for account in ["acct_A", "acct_B"] {
+        stub.add_account(account, true, true);
+    }
+    let store = DynamoStore::new(deployment.proxy.dynamodb_client(&WORKER).await, deployment.table.clone());
+    let worker =
+        StepWorker::with_clock(store, StripeClient::new(stub.client_config()).unwrap(), FixedClock(NOW));
+    let steps = deployment.direct.load_payment_steps("pi_1").await.unwrap();
+    let step = steps[0].reference();
+
+    deployment.proxy.fail_every(Some("GetItem"), Fault::Hang);
+    let started = Instant::now();
+    assert!(worker.run(&step).await.is_err(), "a hung read is an error, and the message is retried");
+    let elapsed = started.elapsed();
+    assert_eq!(deployment.proxy.injected("GetItem"), WORKER.max_attempts as usize);
+    assert!(elapsed < WORKER.operation_worst_case() + SLACK, "took {elapsed:?}");
+    assert!(stub.transfers().is_empty());
+    println!("worker, Hang on every GetItem: error in {elapsed:?}");
+
+    // The claim (queued to in flight) commits, but neither it nor its retries are answered.
+    deployment.proxy.heal();
+    deployment.proxy.fail_every(Some("PutItem"), Fault::LoseResponse);
+    assert!(worker.run(&step).await.is_err());
+    assert!(stub.transfers().is_empty(), "Stripe is never called before the claim is known");
+    let claimed = deployment.direct.load_step(&step).await.unwrap().unwrap();
+    assert_eq!(claimed.status, StepStatus::InFlight);
+
+    deployment.proxy.heal();
+    for step in &steps {
+        let run = worker.run(&step.reference()).await.unwrap();
+        assert_eq!(run, Disposition::Done(StepStatus::Succeeded));
+        assert_eq!(worker.run(&step.reference()).await.unwrap(), run, "a rerun changes nothing");
+    }
+    let mut paid: Vec<(String, i64)> =
+        stub.transfers().into_iter().map(|transfer| (transfer.destination, transfer.amount)).collect();
+    paid.sort();
+    assert_eq!(paid, [("acct_A".to_owned(), 7000), ("acct_B".to_owned(), 2000)], "each transfer made once");
 }
