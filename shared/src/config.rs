@@ -15,6 +15,9 @@ pub const WEBHOOK_TOLERANCE_SECS: &str = "STRIPE_WEBHOOK_TOLERANCE_SECS";
 pub const LIVEMODE: &str = "CONNECT_FLOW_LIVEMODE";
 /// The DynamoDB table the Lambda functions use.
 pub const TABLE_NAME: &str = "CONNECT_FLOW_TABLE";
+/// A SQLite file the Lambda functions use instead of DynamoDB when run locally (`cargo lambda
+/// watch`); ignored when [`TABLE_NAME`] is set.
+pub const LOCAL_DB: &str = "CONNECT_FLOW_DB";
 
 /// A configuration value that is missing or cannot be used. Names the variable, never its value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,6 +83,33 @@ impl WebhookSettings {
     }
 }
 
+/// Where a Lambda function keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The deployed store: this DynamoDB table.
+    DynamoDb(String),
+    /// The embedded store, for running the functions locally: this SQLite file.
+    Sqlite(std::path::PathBuf),
+}
+
+impl StoreLocation {
+    /// Reads [`TABLE_NAME`], or else [`LOCAL_DB`], from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// The table wins, so that a deployed function (which always has one) never falls back to a
+    /// file that would vanish with its sandbox.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let set = |name| lookup(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
+        match (set(TABLE_NAME), set(LOCAL_DB)) {
+            (Some(table), _) => Ok(Self::DynamoDb(table)),
+            (None, Some(path)) => Ok(Self::Sqlite(path.into())),
+            (None, None) => Err(ConfigError::Missing(TABLE_NAME)),
+        }
+    }
+}
+
 /// Reads a required variable.
 pub fn required(name: &'static str) -> Result<String, ConfigError> {
     std::env::var(name).ok().filter(|value| !value.trim().is_empty()).ok_or(ConfigError::Missing(name))
@@ -110,6 +140,21 @@ mod tests {
         assert!(matches!(bad_tolerance, Err(ConfigError::Invalid { name: WEBHOOK_TOLERANCE_SECS, .. })));
         let bad_livemode = settings(&[(WEBHOOK_SECRETS, "whsec_a"), (LIVEMODE, "yes")]);
         assert!(matches!(bad_livemode, Err(ConfigError::Invalid { name: LIVEMODE, .. })));
+    }
+
+    #[test]
+    fn the_table_wins_over_the_local_file() {
+        let location = |vars: &[(&str, &str)]| {
+            StoreLocation::from_lookup(|name| {
+                vars.iter().find(|(key, _)| *key == name).map(|(_, value)| (*value).to_owned())
+            })
+        };
+        assert_eq!(location(&[(LOCAL_DB, "local.db")]), Ok(StoreLocation::Sqlite("local.db".into())));
+        assert_eq!(
+            location(&[(TABLE_NAME, "connect-flow"), (LOCAL_DB, "local.db")]),
+            Ok(StoreLocation::DynamoDb("connect-flow".into()))
+        );
+        assert_eq!(location(&[(TABLE_NAME, " "), (LOCAL_DB, "")]), Err(ConfigError::Missing(TABLE_NAME)));
     }
 
     #[test]

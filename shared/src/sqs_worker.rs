@@ -9,12 +9,13 @@ use std::collections::HashSet;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
-use crate::config::{self, API_KEY_SECRET_ARN, TABLE_NAME};
+use crate::config::{API_KEY_SECRET_ARN, StoreLocation};
 use crate::domain::step::{StepMessageError, parse_step_message};
 use crate::store::AccountStore;
 use crate::store::dynamodb::DynamoStore;
+use crate::store::sqlite::SqliteStore;
 use crate::stripe::client::{API_KEY_VAR, StripeClient, StripeClientConfig};
-use crate::stripe::signature::Clock;
+use crate::stripe::signature::{Clock, SystemClock};
 use crate::worker::{Disposition, StepWorker};
 
 /// The record attribute that names a FIFO message's group.
@@ -25,15 +26,41 @@ const RECEIVE_COUNT: &str = "ApproximateReceiveCount";
 /// A failure to start a worker: configuration, the secret, or the Stripe client.
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The worker a deployed function runs, read once per cold start: DynamoDB from
-/// `CONNECT_FLOW_TABLE`, and the Stripe key from the secret named by `STRIPE_API_KEY_SECRET_ARN`
-/// (or, locally, from `STRIPE_API_KEY`).
-pub async fn worker_from_env(aws: &aws_config::SdkConfig) -> Result<StepWorker<DynamoStore>, StartError> {
-    let table = config::required(TABLE_NAME)?;
-    let secrets_manager = aws_sdk_secretsmanager::Client::new(aws);
-    let env = crate::secrets::resolve(&secrets_manager, API_KEY_VAR, API_KEY_SECRET_ARN).await?;
-    let stripe = StripeClient::new(StripeClientConfig::from_lookup(|name| env.lookup(name))?)?;
-    Ok(StepWorker::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), table), stripe))
+/// The worker a Lambda function runs, built once per cold start on the store its environment
+/// names ([`StoreLocation`]): DynamoDB when deployed, or a SQLite file under `cargo lambda watch`.
+pub enum DeployedWorker {
+    /// On the deployed table.
+    DynamoDb(StepWorker<DynamoStore>),
+    /// On the embedded store, for local runs.
+    Sqlite(StepWorker<SqliteStore>),
+}
+
+impl DeployedWorker {
+    /// Reads the store and the Stripe key: the key from the secret named by
+    /// `STRIPE_API_KEY_SECRET_ARN` (deployed) or from `STRIPE_API_KEY` (local).
+    pub async fn from_env(aws: &aws_config::SdkConfig) -> Result<Self, StartError> {
+        let location = StoreLocation::from_env()?;
+        let secrets_manager = aws_sdk_secretsmanager::Client::new(aws);
+        let env = crate::secrets::resolve(&secrets_manager, API_KEY_VAR, API_KEY_SECRET_ARN).await?;
+        let stripe = StripeClient::new(StripeClientConfig::from_lookup(|name| env.lookup(name))?)?;
+        Ok(match location {
+            StoreLocation::DynamoDb(table) => Self::DynamoDb(StepWorker::new(
+                DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), table),
+                stripe,
+            )),
+            StoreLocation::Sqlite(path) => {
+                Self::Sqlite(StepWorker::new(SqliteStore::open(&path, SystemClock.now_unix())?, stripe))
+            }
+        })
+    }
+
+    /// Runs one batch; see [`handle_sqs_batch`].
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        match self {
+            Self::DynamoDb(worker) => handle_sqs_batch(worker, event).await,
+            Self::Sqlite(worker) => handle_sqs_batch(worker, event).await,
+        }
+    }
 }
 
 /// Runs every step message of `event` in order and reports those to be redelivered: a body that
