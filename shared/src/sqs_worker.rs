@@ -123,6 +123,10 @@ async fn handle_record<S: AccountStore, C: Clock>(
             );
             return false;
         }
+        Err(error @ StepMessageError::MalformedField(_)) => {
+            tracing::warn!(%error, "left for redelivery and, in the end, the dead-letter queue");
+            return false;
+        }
     };
     let span = tracing::Span::current();
     span.record("step_id", step.step_id.as_str());

@@ -125,11 +125,31 @@ pub enum StepMessageError {
     /// callers log only its classification and position.
     #[error("the message body is not a step reference")]
     NotAStep(#[source] serde_json::Error),
+    /// A step reference the planner could not have written: its destination is not an account id,
+    /// or its step id or payment key is empty or not printable ASCII. These become storage keys.
+    #[error("the step reference's {0} is malformed")]
+    MalformedField(&'static str),
 }
 
-/// Reads a queue message body as the step reference it carries.
+/// What the planner writes as a step id or payment key: no length limit, since step ids nest.
+fn is_printable_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Reads a queue message body as the step reference it carries. `AccountId` deserialises without
+/// its `parse` check, so the destination is checked here.
 pub fn parse_step_message(body: &str) -> Result<StepRef, StepMessageError> {
-    serde_json::from_str(body).map_err(StepMessageError::NotAStep)
+    let step: StepRef = serde_json::from_str(body).map_err(StepMessageError::NotAStep)?;
+    if AccountId::parse(step.destination.as_str()).is_none() {
+        return Err(StepMessageError::MalformedField("destination"));
+    }
+    if !is_printable_key(&step.step_id) {
+        return Err(StepMessageError::MalformedField("step_id"));
+    }
+    if step.payment_key.as_deref().is_some_and(|key| !is_printable_key(key)) {
+        return Err(StepMessageError::MalformedField("payment_key"));
+    }
+    Ok(step)
 }
 
 impl Step {
@@ -203,6 +223,32 @@ mod tests {
     fn bodies_that_are_not_step_references_are_refused() {
         for body in ["", "not json", "{}", r#"{"kind":"refund","step_id":"x","destination":"acct_1"}"#] {
             assert!(matches!(parse_step_message(body), Err(StepMessageError::NotAStep(_))), "body {body:?}");
+        }
+    }
+
+    /// Found by the `step_message` fuzz target: the destination was taken without its check.
+    #[test]
+    fn a_destination_that_is_not_an_account_id_is_refused() {
+        let body = r#"{"kind":"transfer","step_id":"tr:pi_1:acct_1","destination":"accd_1QcFDowlemo0001"}"#;
+        assert!(matches!(parse_step_message(body), Err(StepMessageError::MalformedField("destination"))));
+    }
+
+    #[test]
+    fn empty_or_unprintable_ids_are_refused() {
+        for (body, field) in [
+            (r#"{"kind":"payout","step_id":"","destination":"acct_1"}"#, "step_id"),
+            (r#"{"kind":"payout","step_id":"po:1 2","destination":"acct_1"}"#, "step_id"),
+            (
+                r#"{"kind":"transfer","step_id":"tr:1","payment_key":"","destination":"acct_1"}"#,
+                "payment_key",
+            ),
+            (
+                r#"{"kind":"transfer","step_id":"tr:1","payment_key":"pi_\n","destination":"acct_1"}"#,
+                "payment_key",
+            ),
+        ] {
+            let got = parse_step_message(body);
+            assert!(matches!(got, Err(StepMessageError::MalformedField(f)) if f == field), "{body}: {got:?}");
         }
     }
 }
