@@ -1,0 +1,39 @@
+//! The real Lambda `main.rs` of each function, started as Lambda starts it, against a stand-in
+//! Runtime API on loopback: one cold and one warm invocation each, answered correctly. This is
+//! `cold-start --runs 1` on the debug binaries (see `tests/src/bin/cold-start/main.rs`), which
+//! fails on any wrong answer, a start-up error, or a call the stand-in does not serve.
+
+use std::process::Command;
+
+use integration_tests::DYNAMODB_ENDPOINT;
+
+const FUNCTIONS: [&str; 3] = ["webhook", "transfer-worker", "payout-worker"];
+
+#[test]
+fn each_function_binary_answers_through_the_runtime_api() {
+    let endpoint = std::env::var(DYNAMODB_ENDPOINT).unwrap_or_else(|_| {
+        panic!("{DYNAMODB_ENDPOINT} is not set: run the tests with ./scripts/test, which starts moto server")
+    });
+    // `cargo test` builds this crate's binaries, not the functions' own: build them here, so that
+    // the binaries run are never stale. `--workspace` unifies the dependencies' features as
+    // `cargo test --workspace` does, so that it reuses what that built. Cargo does not hold its
+    // build lock while tests run.
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--locked", "--workspace", "--bins"])
+        .status()
+        .expect("cargo starts");
+    assert!(built.success(), "building the function binaries failed: {built}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_cold-start"))
+        .args(["--profile", "debug", "--runs", "1"])
+        .env(DYNAMODB_ENDPOINT, endpoint)
+        .output()
+        .expect("cold-start starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "cold-start failed: {}\n{stdout}\n{stderr}", output.status);
+    for function in FUNCTIONS {
+        assert!(stdout.contains(&format!("| `{function}` |")), "no figures for {function}:\n{stdout}");
+    }
+    println!("{stdout}");
+}
