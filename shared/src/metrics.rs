@@ -10,13 +10,12 @@
 //! Off unless asked for: the Lambda functions turn it on (see [`Metrics::from_lookup`]), while
 //! `connect-flow serve` and the tests print nothing, or write to a sink of their own.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// `emf` writes metrics to standard output, `off` turns them off; unset means on in Lambda only.
 pub const METRICS_VAR: &str = "CONNECT_FLOW_METRICS";
@@ -132,7 +131,7 @@ const STEPS_FINISHED: &[Directive] = &[Directive {
     metrics: &[count(names::STEPS_FINISHED)],
 }];
 const STRIPE_CALLS: &[Directive] = &[Directive {
-    dimension_sets: &[&[FUNCTION_NAME, OPERATION], &[FUNCTION_NAME, OPERATION, STATUS_CLASS]],
+    dimension_sets: &[&[FUNCTION_NAME, STATUS_CLASS], &[FUNCTION_NAME, OPERATION, STATUS_CLASS]],
     metrics: &[MetricDefinition { name: names::STRIPE_CALL_LATENCY, unit: Unit::Milliseconds }],
 }];
 
@@ -148,6 +147,15 @@ enum Family {
 }
 
 impl Family {
+    const ALL: [Self; 6] = [
+        Self::Events,
+        Self::SignatureFailures,
+        Self::WebhookErrors,
+        Self::StepsQueued,
+        Self::StepsFinished,
+        Self::StripeCalls,
+    ];
+
     /// The dimensions whose values each data point carries, besides `FunctionName`.
     fn dimensions(self) -> &'static [&'static str] {
         match self {
@@ -231,14 +239,23 @@ impl Default for MetricsSettings {
     }
 }
 
-/// A data point's place in the pending aggregate: its family and dimension values.
-type Key = (Family, Vec<String>);
+/// The data points of one family and set of dimension values, waiting for the flush.
+struct Pending {
+    family: Family,
+    dimension_values: Vec<String>,
+    /// The values of each of the family's metrics, in [`Family::metrics`] order.
+    values: Vec<Vec<f64>>,
+}
 
 struct Recorder {
     settings: MetricsSettings,
     sink: Arc<dyn MetricsSink>,
-    /// Per key, the values of each of the family's metrics, in [`Family::metrics`] order.
-    pending: Mutex<BTreeMap<Key, Vec<Vec<f64>>>>,
+    /// Per family (in [`Family::ALL`] order), its `CloudWatchMetrics` array, serialised once.
+    directives: Vec<String>,
+    /// `"FunctionName":"…"`, serialised once.
+    function_name_member: String,
+    /// A handful of entries at most between two flushes, so a list beats a map.
+    pending: Mutex<Vec<Pending>>,
 }
 
 /// Records metrics and writes them as EMF. Cheap to clone; the disabled handle does nothing.
@@ -262,7 +279,17 @@ impl Metrics {
 
     /// Writes EMF lines to `sink`.
     pub fn to_sink(settings: MetricsSettings, sink: Arc<dyn MetricsSink>) -> Self {
-        Self(Some(Arc::new(Recorder { settings, sink, pending: Mutex::default() })))
+        let directives =
+            Family::ALL.iter().map(|family| directives_json(&settings.namespace, *family)).collect();
+        let function_name_member =
+            format!("{}:{}", Value::from(FUNCTION_NAME), Value::from(settings.function_name.as_str()));
+        Self(Some(Arc::new(Recorder {
+            settings,
+            sink,
+            directives,
+            function_name_member,
+            pending: Mutex::default(),
+        })))
     }
 
     /// Reads [`Metrics::from_lookup`] from the process environment.
@@ -355,53 +382,92 @@ impl Metrics {
             return;
         }
         let timestamp = unix_millis();
-        for ((family, dimension_values), values) in &pending {
-            recorder.write(*family, dimension_values, values, timestamp);
+        for entry in &pending {
+            recorder.write(entry, timestamp);
         }
     }
 
     fn add(&self, family: Family, dimension_values: &[&str], values: &[f64]) {
         let Some(recorder) = &self.0 else { return };
-        let key: Key =
-            (family, dimension_values.iter().map(|value| dimension_value(value).to_owned()).collect());
         let mut pending = recorder.lock();
-        let Some(slots) = pending.get_mut(&key) else {
-            pending.insert(key, values.iter().map(|value| vec![*value]).collect());
+        let found = pending.iter().position(|entry| {
+            entry.family == family
+                && entry
+                    .dimension_values
+                    .iter()
+                    .map(String::as_str)
+                    .eq(dimension_values.iter().map(|v| dimension_value(v)))
+        });
+        let Some(index) = found else {
+            pending.push(Pending {
+                family,
+                dimension_values: dimension_values
+                    .iter()
+                    .map(|value| dimension_value(value).to_owned())
+                    .collect(),
+                values: values.iter().map(|value| vec![*value]).collect(),
+            });
             return;
         };
         let mut full = false;
-        for ((slot, value), metric) in slots.iter_mut().zip(values).zip(family.metrics()) {
+        for ((slot, value), metric) in pending[index].values.iter_mut().zip(values).zip(family.metrics()) {
             match (metric.unit, slot.first_mut()) {
                 (Unit::Count, Some(sum)) => *sum += value,
                 _ => slot.push(*value),
             }
             full |= slot.len() >= MAX_VALUES_PER_METRIC;
         }
-        if full && let Some(values) = pending.remove(&key) {
-            recorder.write(family, &key.1, &values, unix_millis());
+        if full {
+            let entry = pending.swap_remove(index);
+            recorder.write(&entry, unix_millis());
         }
     }
 }
 
 impl Recorder {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Vec<Vec<f64>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self, family: Family, dimension_values: &[String], values: &[Vec<f64>], timestamp: u64) {
-        let document = document(&self.settings, family, dimension_values, values, timestamp);
-        self.sink.write_line(&document.to_string());
+    /// One EMF document: `_aws` metadata, then every dimension and metric value at the top level.
+    /// Only the metadata and the function name can need escaping, and both were serialised once;
+    /// dimension values are plain names ([`dimension_value`]) and metric names are ours.
+    fn write(&self, entry: &Pending, timestamp: u64) {
+        use std::fmt::Write as _;
+        let family_index = Family::ALL.iter().position(|family| *family == entry.family).unwrap_or(0);
+        let mut line = String::with_capacity(640);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            line,
+            "{{\"_aws\":{{\"Timestamp\":{timestamp},\"CloudWatchMetrics\":{}}},{}",
+            self.directives[family_index], self.function_name_member
+        );
+        for (name, value) in entry.family.dimensions().iter().zip(&entry.dimension_values) {
+            let _ = write!(line, ",\"{name}\":\"{value}\"");
+        }
+        for (metric, values) in entry.family.metrics().zip(&entry.values) {
+            let _ = write!(line, ",\"{}\":", metric.name);
+            match values.as_slice() {
+                [one] => push_number(&mut line, *one),
+                many => {
+                    line.push('[');
+                    for (n, value) in many.iter().enumerate() {
+                        if n > 0 {
+                            line.push(',');
+                        }
+                        push_number(&mut line, *value);
+                    }
+                    line.push(']');
+                }
+            }
+        }
+        line.push('}');
+        self.sink.write_line(&line);
     }
 }
 
-/// One EMF document: `_aws` metadata, then every dimension and metric value at the top level.
-fn document(
-    settings: &MetricsSettings,
-    family: Family,
-    dimension_values: &[String],
-    values: &[Vec<f64>],
-    timestamp: u64,
-) -> Value {
+/// A family's `CloudWatchMetrics` array.
+fn directives_json(namespace: &str, family: Family) -> String {
     let directives: Vec<Value> = family
         .directives()
         .iter()
@@ -411,37 +477,25 @@ fn document(
                 .iter()
                 .map(|metric| json!({ "Name": metric.name, "Unit": metric.unit.as_str() }))
                 .collect();
-            json!({
-                "Namespace": settings.namespace,
-                "Dimensions": directive.dimension_sets,
-                "Metrics": metrics,
-            })
+            json!({ "Namespace": namespace, "Dimensions": directive.dimension_sets, "Metrics": metrics })
         })
         .collect();
-    let mut root = Map::new();
-    root.insert("_aws".into(), json!({ "Timestamp": timestamp, "CloudWatchMetrics": directives }));
-    root.insert(FUNCTION_NAME.into(), Value::from(settings.function_name.as_str()));
-    for (name, value) in family.dimensions().iter().zip(dimension_values) {
-        root.insert((*name).into(), Value::from(value.as_str()));
-    }
-    for (metric, values) in family.metrics().zip(values) {
-        let value = match values.as_slice() {
-            [one] => number(*one),
-            many => Value::Array(many.iter().copied().map(number).collect()),
-        };
-        root.insert(metric.name.into(), value);
-    }
-    Value::Object(root)
+    Value::from(directives).to_string()
 }
 
-/// A whole number as an integer (`3`, not `3.0`), anything else to the microsecond.
-fn number(value: f64) -> Value {
+/// A whole number as an integer (`3`, not `3.0`), anything else to the microsecond. Values are
+/// counts and durations, always finite.
+fn push_number(line: &mut String, value: f64) {
+    use std::fmt::Write as _;
     // Counts and millisecond latencies stay far below 2^53, where these conversions are exact.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    if value.fract() == 0.0 && (0.0..9.0e15).contains(&value) {
-        return Value::from(value as u64);
-    }
-    Value::from((value * 1000.0).round() / 1000.0)
+    let _ = if value.fract() == 0.0 && (0.0..9.0e15).contains(&value) {
+        write!(line, "{}", value as u64)
+    } else if value.is_finite() {
+        write!(line, "{}", (value * 1000.0).round() / 1000.0)
+    } else {
+        write!(line, "0")
+    };
 }
 
 /// A dimension value as written: names made of letters, digits, `.`, `_` and `-` pass; anything
