@@ -7,6 +7,8 @@
 //!
 //! - **init**: from spawning the process to its first poll for an invocation;
 //! - **cold**: from spawning the process to the first answer arriving;
+//! - **CPU to first answer**: the CPU time the process (all its threads) had used by then, which,
+//!   unlike the wall times, hardly depends on the machine's other load;
 //! - **warm**: from handing over the second invocation to its answer;
 //! - **peak RSS**: the process's `VmHWM` after the second answer.
 //!
@@ -22,7 +24,8 @@
 //! Options: `--profile debug|release` (the binaries in `target/<profile>`, default release),
 //! `--bin-dir DIR` (the binaries elsewhere), `--runs N` (default 20), `--function NAME` (repeatable;
 //! default webhook, transfer-worker, payout-worker), `--secrets-manager` (the deployed set-up: the
-//! webhook secrets and the Stripe key are read from Secrets Manager at start).
+//! webhook secrets and the Stripe key are read from Secrets Manager at start), `--set NAME=VALUE`
+//! (repeatable; one more variable for the function, to try a setting).
 
 mod runtime_api;
 
@@ -86,6 +89,7 @@ struct Options {
     runs: usize,
     functions: Vec<Function>,
     secrets_manager: bool,
+    extra_env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -95,6 +99,7 @@ impl Options {
         let mut runs = 20;
         let mut functions = Vec::new();
         let mut secrets_manager = false;
+        let mut extra_env = Vec::new();
         while let Some(arg) = args.next() {
             let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
             match arg.as_str() {
@@ -103,6 +108,11 @@ impl Options {
                 "--runs" => runs = value()?.parse().context("--runs takes a whole number")?,
                 "--function" => functions.push(Function::parse(&value()?)?),
                 "--secrets-manager" => secrets_manager = true,
+                "--set" => {
+                    let assignment = value()?;
+                    let (name, value) = assignment.split_once('=').context("--set takes NAME=VALUE")?;
+                    extra_env.push((name.to_owned(), value.to_owned()));
+                }
                 other => {
                     bail!("unknown argument {other:?}; see the comment at the top of cold-start/main.rs")
                 }
@@ -117,7 +127,7 @@ impl Options {
         if functions.is_empty() {
             functions = Function::ALL.to_vec();
         }
-        Ok(Self { bin_dir, runs, functions, secrets_manager })
+        Ok(Self { bin_dir, runs, functions, secrets_manager, extra_env })
     }
 }
 
@@ -126,8 +136,20 @@ impl Options {
 struct Sample {
     init: Duration,
     cold: Duration,
+    /// CPU time the process had used, all its threads together, when its first answer arrived:
+    /// unlike the wall times, this hardly depends on what else the machine is running.
+    cold_cpu: Duration,
     warm: Duration,
     peak_rss_kib: u64,
+}
+
+/// What one run saw.
+struct Watched {
+    init: Duration,
+    cold: Duration,
+    cold_cpu: Duration,
+    warm: Duration,
+    answers: Vec<Vec<u8>>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -148,15 +170,16 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| function | bootstrap | init median / p90 (ms) | cold start median / p90 (ms) | warm median / p90 (ms) | peak RSS median / max (MiB) |"
+        "| function | bootstrap | init median / p90 (ms) | cold start median / p90 (ms) | CPU to first answer median / p90 (ms) | warm median / p90 (ms) | peak RSS median / max (MiB) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for function in &options.functions {
         let binary = options.bin_dir.join(function.binary());
         let size = std::fs::metadata(&binary)
             .with_context(|| format!("{} is missing: build it first", binary.display()))?
             .len();
-        let bench = Bench::set_up(*function, &endpoint, options.secrets_manager).await?;
+        let mut bench = Bench::set_up(*function, &endpoint, options.secrets_manager).await?;
+        bench.env.extend(options.extra_env.iter().cloned());
         let mut samples = Vec::with_capacity(options.runs);
         for run in 0..options.runs {
             let sample = bench.run(&binary, run).await.with_context(|| format!("{function:?}, run {run}"))?;
@@ -164,16 +187,18 @@ async fn main() -> anyhow::Result<()> {
         }
         let pick = |field: fn(&Sample) -> Duration| -> Vec<Duration> { samples.iter().map(field).collect() };
         let (init, cold, warm) = (pick(|s| s.init), pick(|s| s.cold), pick(|s| s.warm));
+        let cold_cpu = pick(|s| s.cold_cpu);
         let mut rss: Vec<u64> = samples.iter().map(|sample| sample.peak_rss_kib).collect();
         rss.sort_unstable();
         let rss_median = (rss[(rss.len() - 1) / 2] + rss[rss.len() / 2]) as f64 / 2.0;
         println!(
-            "| `{}` | {} B ({:.2} MiB) | {} | {} | {} | {:.1} / {:.1} |",
+            "| `{}` | {} B ({:.2} MiB) | {} | {} | {} | {} | {:.1} / {:.1} |",
             function.binary(),
             size,
             mib(size),
             median_p90(init),
             median_p90(cold),
+            median_p90(cold_cpu),
             median_p90(warm),
             rss_median / 1024.0,
             rss[rss.len() - 1] as f64 / 1024.0,
@@ -187,7 +212,7 @@ struct Bench {
     function: Function,
     store: DynamoStore,
     stripe: Option<StripeStub>,
-    env: Vec<(&'static str, String)>,
+    env: Vec<(String, String)>,
     destination: AccountId,
     log: PathBuf,
 }
@@ -251,6 +276,7 @@ impl Bench {
             }
         };
         let log = scratch.join(format!("connect-flow-cold-start-{pid}-{}.log", function.binary()));
+        let env = env.into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
         Ok(Self { function, store, stripe, env, destination, log })
     }
 
@@ -265,7 +291,7 @@ impl Bench {
         let started = Instant::now();
         let mut child = Command::new(binary)
             .env_clear()
-            .envs(self.env.iter().map(|(name, value)| (*name, value.as_str())))
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .env("AWS_LAMBDA_RUNTIME_API", api.address())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -277,13 +303,14 @@ impl Bench {
         // Lambda freezes and later discards an idle environment; nothing is left to flush here.
         let _ = child.kill();
         let _ = child.wait();
-        let (init, cold, warm, answers) = watched.map_err(|error| self.with_log(error))?;
+        let Watched { init, cold, cold_cpu, warm, answers } =
+            watched.map_err(|error| self.with_log(error))?;
         for answer in &answers {
             self.check(answer)?;
         }
         let (made, expected) = (self.stripe_objects() - objects_before, self.expected_stripe_objects());
         ensure!(made == expected, "the stand-in Stripe got {made} new objects, not {expected}");
-        Ok(Sample { init, cold, warm, peak_rss_kib: peak_rss_kib? })
+        Ok(Sample { init, cold, cold_cpu, warm, peak_rss_kib: peak_rss_kib? })
     }
 
     /// The `k`th invocation of run `run`: a new account's event for the webhook (then an update
@@ -370,14 +397,15 @@ impl Bench {
     }
 }
 
-/// Watches one run until the second answer: init, cold and warm times, and the answers.
+/// Watches one run until the second answer: its times and its answers.
 async fn watch(
     api: &mut RuntimeApi,
     child: &mut Child,
     started: Instant,
     invocations: &[Invocation; 2],
-) -> anyhow::Result<(Duration, Duration, Duration, Vec<Vec<u8>>)> {
+) -> anyhow::Result<Watched> {
     let mut first_poll = None;
+    let mut cold_cpu = None;
     let mut handed = Vec::new();
     let mut answered = Vec::new();
     while answered.len() < invocations.len() {
@@ -399,6 +427,9 @@ async fn watch(
                 let expected = &invocations[answered.len()].request_id;
                 ensure!(&request_id == expected, "an answer to {request_id}, expected {expected}");
                 answered.push((at, body.to_vec()));
+                if cold_cpu.is_none() {
+                    cold_cpu = Some(cpu_time(child.id())?);
+                }
             }
             Some(Seen::Failed { request_id, body }) => {
                 bail!("invocation {request_id} failed: {}", String::from_utf8_lossy(&body))
@@ -411,10 +442,25 @@ async fn watch(
     }
     let first_poll = first_poll.context("answers without a poll")?;
     ensure!(handed.len() == 2, "{} invocations handed out for 2 answers", handed.len());
-    let init = first_poll - started;
-    let cold = answered[0].0 - started;
-    let warm = answered[1].0 - handed[1];
-    Ok((init, cold, warm, answered.into_iter().map(|(_, body)| body).collect()))
+    Ok(Watched {
+        init: first_poll - started,
+        cold: answered[0].0 - started,
+        cold_cpu: cold_cpu.context("no CPU time read")?,
+        warm: answered[1].0 - handed[1],
+        answers: answered.into_iter().map(|(_, body)| body).collect(),
+    })
+}
+
+/// The CPU time a running process has used so far, summed over its threads, from
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds on the CPU; threads that already ended are not counted).
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let schedstat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        let on_cpu: u64 = schedstat.split_whitespace().next().context("an empty schedstat")?.parse()?;
+        total += on_cpu;
+    }
+    Ok(Duration::from_nanos(total))
 }
 
 /// The peak resident set of a running process so far, from `/proc/<pid>/status`.
