@@ -95,12 +95,6 @@ pub fn init_lambda_logs() {
     let _ = tracing::subscriber::set_global_default(lambda_subscriber(format, filter, std::io::stdout));
 }
 
-/// The functions' mains call this name; it is [`init_lambda_logs`], which also honours
-/// `AWS_LAMBDA_LOG_FORMAT`.
-pub fn init_json_logs() {
-    init_lambda_logs();
-}
-
 /// Human-readable logs for the `connect-flow` command, on standard error.
 pub fn init_text_logs() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -5,6 +5,8 @@ use std::future::Future;
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use shared::telemetry::{LogFormat, lambda_subscriber, log_filter};
+
 /// A writer that keeps everything written to it.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -20,17 +22,14 @@ impl Write for Captured {
     }
 }
 
-/// Runs `work` to completion on a runtime of its own, with a subscriber that records every event
-/// and span at every level (TRACE included, the AWS SDK's too) as JSON lines, and returns what
-/// `work` returned with the captured text.
+/// Runs `work` to completion on a runtime of its own, with the Lambda functions' own JSON
+/// subscriber recording every event and span at every level (TRACE included, the AWS SDK's too),
+/// and returns what `work` returned with the captured text.
 pub fn capture_logs<T>(work: impl Future<Output = T>) -> (T, String) {
     let captured = Captured::default();
     let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
+    let subscriber =
+        lambda_subscriber(LogFormat::Json, log_filter(Some("TRACE"), None), move || writer.clone());
     let output = tracing::subscriber::with_default(subscriber, || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

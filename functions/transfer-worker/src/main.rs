@@ -9,7 +9,7 @@ use shared::sqs_worker::DeployedWorker;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::telemetry::init_json_logs();
+    shared::telemetry::init_lambda_logs();
     // Bounded retries and timeouts, so that one step always fits in the Lambda timeout.
     let aws = shared::aws::WORKER.load().await;
     let worker = Arc::new(DeployedWorker::from_env(&aws).await?);

@@ -14,7 +14,7 @@ use shared::webhook::WebhookService;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    shared::telemetry::init_json_logs();
+    shared::telemetry::init_lambda_logs();
     let location = StoreLocation::from_env()?;
     // Bounded retries and timeouts, so that a stuck call fails fast enough for the deadline below.
     let aws = shared::aws::WEBHOOK.load().await;
