@@ -20,7 +20,7 @@
 //! write, one `SendMessageBatch` per queue), and a payment with many splits makes one read per
 //! destination, so the sum of the calls' bounds is not bounded by a constant. Instead each call is
 //! bounded by [`SdkBounds::operation_timeout`], which fails a persistent fault quickly, and the
-//! whole answer by [`WEBHOOK_DEADLINE`], which [`within_deadline`] enforces. Worst case, warm:
+//! whole answer by [`WEBHOOK_DEADLINE`], which [`crate::webhook::WebhookService::handle_within`] enforces. Worst case, warm:
 //! [`WEBHOOK_DEADLINE`] = 5 s. Cold: the Secrets Manager read of the signing secrets (one
 //! operation, 2.4 s at most) plus an allowance for the runtime's start, plus the deadline: 8.4 s.
 //! Both are under the 10 s floor and the webhook Lambda's 10 s timeout (infra/template.yaml).
@@ -38,8 +38,6 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
-
-use crate::webhook::Reply;
 
 /// The conservative floor taken for Stripe's (unpublished) webhook timeout; see the module docs.
 pub const STRIPE_WEBHOOK_TIMEOUT_FLOOR: Duration = Duration::from_secs(10);
@@ -157,26 +155,6 @@ pub fn webhook_cold_worst_case() -> Duration {
     WEBHOOK.operation_worst_case() + COLD_START_ALLOWANCE + WEBHOOK_DEADLINE
 }
 
-/// Answers with `handling`'s reply, or with a 500 once `deadline` has passed. Dropping the
-/// unfinished handling is safe: the event's write is atomic and conditional, and a delivery that
-/// committed but did not finish queueing is finished by Stripe's retry, which finds the record.
-pub async fn within_deadline(deadline: Duration, handling: impl Future<Output = Reply>) -> Reply {
-    match tokio::time::timeout(deadline, handling).await {
-        Ok(reply) => reply,
-        Err(_) => {
-            tracing::error!(deadline_ms = deadline.as_millis(), "webhook deadline passed; Stripe will retry");
-            Reply {
-                status: 500,
-                body: serde_json::json!({
-                    "error": "deadline_exceeded",
-                    "message": "storage did not answer in time",
-                })
-                .to_string(),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,16 +214,5 @@ mod tests {
         assert_eq!(timeouts.read_timeout(), Some(Duration::from_millis(750)));
         assert_eq!(timeouts.operation_attempt_timeout(), Some(Duration::from_millis(750)));
         assert_eq!(timeouts.operation_timeout(), Some(Duration::from_millis(2_500)));
-    }
-
-    #[tokio::test]
-    async fn a_late_answer_becomes_a_500_at_the_deadline() {
-        let started = std::time::Instant::now();
-        let reply = within_deadline(Duration::from_millis(50), std::future::pending()).await;
-        assert_eq!(reply.status, 500);
-        assert!(reply.body.contains("deadline_exceeded"), "{}", reply.body);
-        assert!(started.elapsed() < Duration::from_secs(2));
-        let on_time = Reply { status: 200, body: "{}".into() };
-        assert_eq!(within_deadline(Duration::from_secs(5), async { on_time.clone() }).await, on_time);
     }
 }

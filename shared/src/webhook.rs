@@ -2,6 +2,7 @@
 //! verify, parse, decide, one conditional write, answer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use tracing::Instrument;
@@ -180,6 +181,27 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         let reply = span.in_scope(|| self.answer(accepted));
         self.metrics.flush();
         reply
+    }
+
+    /// [`Self::handle`], answered 500 `deadline_exceeded` once `deadline` has passed (the Lambda
+    /// function's [`crate::aws::WEBHOOK_DEADLINE`]). Dropping the unfinished delivery is safe: its
+    /// write is atomic and conditional, and a delivery that committed but did not finish queueing
+    /// is finished by Stripe's retry, which finds the record.
+    pub async fn handle_within(&self, deadline: Duration, signature: Option<&str>, body: &[u8]) -> Reply {
+        match tokio::time::timeout(deadline, self.handle(signature, body)).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                tracing::error!(
+                    deadline_ms = deadline.as_millis(),
+                    "webhook deadline passed; Stripe will retry"
+                );
+                self.metrics.webhook_error("deadline_exceeded");
+                self.metrics.flush();
+                let body =
+                    json!({ "error": "deadline_exceeded", "message": "storage did not answer in time" });
+                Reply { status: 500, body: body.to_string() }
+            }
+        }
     }
 
     /// Verifies, parses, decides and records one delivery.

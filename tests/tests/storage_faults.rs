@@ -17,9 +17,7 @@ use integration_tests::fault_proxy::{Fault, FaultProxy};
 use integration_tests::stripe_stub::StripeStub;
 use integration_tests::{NOW, account_updated, dynamodb_client, pipeline, signed, sqs_client};
 use serde_json::{Value, json};
-use shared::aws::{
-    WEBHOOK, WEBHOOK_DEADLINE, WEBHOOK_LAMBDA_TIMEOUT, WORKER, WORKER_LAMBDA_TIMEOUT, within_deadline,
-};
+use shared::aws::{WEBHOOK, WEBHOOK_DEADLINE, WEBHOOK_LAMBDA_TIMEOUT, WORKER, WORKER_LAMBDA_TIMEOUT};
 use shared::domain::account::AccountId;
 use shared::domain::step::{StepKind, StepStatus};
 use shared::store::dynamodb::{DynamoStore, create_table};
@@ -72,7 +70,7 @@ impl Deployment {
     async fn deliver(&self, event: &Value) -> (Reply, Duration) {
         let (header, body) = signed(event, NOW);
         let started = Instant::now();
-        let reply = within_deadline(WEBHOOK_DEADLINE, self.service.handle(Some(&header), &body)).await;
+        let reply = self.service.handle_within(WEBHOOK_DEADLINE, Some(&header), &body).await;
         (reply, started.elapsed())
     }
 

@@ -2,7 +2,7 @@
 
 use lambda_http::http::{Method, StatusCode, header};
 use lambda_http::{Body, Request, Response};
-use shared::aws::{WEBHOOK_DEADLINE, within_deadline};
+use shared::aws::WEBHOOK_DEADLINE;
 use shared::store::AccountStore;
 use shared::stripe::signature::Clock;
 use shared::webhook::{Reply, WebhookService};
@@ -21,7 +21,7 @@ pub async fn handle<S: AccountStore, C: Clock>(
     } else {
         let signature = request.headers().get("stripe-signature").and_then(|value| value.to_str().ok());
         // Answered 500 at the deadline rather than when Stripe or Lambda gives up (shared::aws).
-        within_deadline(WEBHOOK_DEADLINE, service.handle(signature, request.body().as_ref())).await
+        service.handle_within(WEBHOOK_DEADLINE, signature, request.body().as_ref()).await
     };
     Ok(Response::builder()
         .status(reply.status)
