@@ -32,7 +32,6 @@
 //! 30 s ([`crate::stripe::client::DEFAULT_TIMEOUT`]); [`WORKER_STEP_WORST_CASE`] is under the
 //! workers' 60 s Lambda timeout, so every invocation can finish the first step it starts.
 
-use std::future::Future;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
