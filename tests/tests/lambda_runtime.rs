@@ -24,11 +24,7 @@ fn each_function_binary_answers_through_the_runtime_api() {
         .expect("cargo starts");
     assert!(built.success(), "building the function binaries failed: {built}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_cold-start"))
-        .args(["--profile", "debug", "--runs", "1"])
-        .env(DYNAMODB_ENDPOINT, endpoint)
-        .output()
-        .expect("cold-start starts");
+    let output = cold_start(&endpoint, &[]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "cold-start failed: {}\n{stdout}\n{stderr}", output.status);
@@ -36,4 +32,20 @@ fn each_function_binary_answers_through_the_runtime_api() {
         assert!(stdout.contains(&format!("| `{function}` |")), "no figures for {function}:\n{stdout}");
     }
     println!("{stdout}");
+
+    // A webhook that refuses the delivery (another signing secret) must fail the run, not be timed.
+    let refused =
+        cold_start(&endpoint, &["--function", "webhook", "--set", "STRIPE_WEBHOOK_SECRETS=whsec_other"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a refused delivery was measured as a success");
+    assert!(stderr.contains("signature_mismatch"), "the failure names the webhook's answer:\n{stderr}");
+}
+
+fn cold_start(endpoint: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cold-start"))
+        .args(["--profile", "debug", "--runs", "1"])
+        .args(extra)
+        .env(DYNAMODB_ENDPOINT, endpoint)
+        .output()
+        .expect("cold-start starts")
 }
