@@ -4,8 +4,8 @@
 //! outcome, every account must show its newest events, every planned step must be stored once and
 //! sent to SQS once. Every DynamoDB and SQS request is counted per event type and answer.
 //!
-//! These tests start a moto of their own that serves one request at a time. DynamoDB makes each
-//! request atomic; moto's threaded server does not: its `TransactWriteItems` deep-copies the table
+//! These tests start a moto of their own that serves one request at a time
+//! (`scripts/serial_moto.py`). DynamoDB makes each request atomic; moto's threaded server does not: its `TransactWriteItems` deep-copies the table
 //! while other threads write to it (a 500), and a cancelled transaction restores that copy, undoing
 //! other requests' writes. Eight concurrent writers on one table hit both within seconds, so an
 //! exactly-once check against the threaded server would be checking moto.
@@ -76,29 +76,13 @@ struct SerialMoto {
     endpoint: String,
 }
 
-/// Starts moto's WSGI app behind one lock, so that requests run one at a time while connections
-/// stay open as with `moto_server`, and prints the port it was given.
-const SERIAL_MOTO: &str = r#"
-import os, threading
-from werkzeug.serving import make_server
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-moto = DomainDispatcherApplication(create_backend_app)
-one_at_a_time = threading.Lock()
-def app(environ, start_response):
-    with one_at_a_time:
-        return list(moto(environ, start_response))
-server = make_server("127.0.0.1", 0, app, threaded=True)
-os.environ["MOTO_PORT"] = str(server.port)
-print(server.port, flush=True)
-server.serve_forever()
-"#;
-
 impl SerialMoto {
     fn start() -> Self {
         let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
         assert!(python.exists(), "{} is missing: run ./scripts/test, which installs moto", python.display());
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/serial_moto.py");
         let mut child = Command::new(python)
-            .args(["-c", SERIAL_MOTO])
+            .arg(script)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
