@@ -9,10 +9,25 @@ use serde_json::Value;
 
 use crate::stripe::event::{Event, is_plausible_id};
 
-/// A connected account's id (`acct_…`).
+/// A connected account's id (`acct_…`). Deserialising checks it as [`AccountId::parse`] does, so
+/// no stored record or queue message can carry an id the code would not have accepted.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(into = "String", try_from = "String")]
 pub struct AccountId(String);
+
+impl TryFrom<String> for AccountId {
+    type Error = &'static str;
+
+    fn try_from(id: String) -> Result<Self, Self::Error> {
+        Self::parse(&id).ok_or("not a connected account id (acct_ followed by letters and digits)")
+    }
+}
+
+impl From<AccountId> for String {
+    fn from(id: AccountId) -> Self {
+        id.0
+    }
+}
 
 impl AccountId {
     /// Accepts `acct_` followed by letters and digits.
