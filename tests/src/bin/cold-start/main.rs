@@ -378,10 +378,16 @@ impl Bench {
             Function::Webhook => {
                 let reply: Value =
                     answer["body"].as_str().map(serde_json::from_str).transpose()?.unwrap_or_default();
-                ensure!(
-                    answer["statusCode"] == 200 && reply["outcome"] == "applied",
-                    "the webhook answered {answer}"
-                );
+                ensure!(answer["statusCode"] == 200, "the webhook answered {answer}");
+                match reply["outcome"].as_str() {
+                    Some("applied") => {}
+                    // The SDK retried a transaction that had committed (an attempt timed out on a
+                    // loaded machine): recorded once all the same, but this run's times include it.
+                    Some("duplicate") => {
+                        eprintln!("note: a write was retried in this run; its times include the retry")
+                    }
+                    _ => bail!("the webhook answered {answer}"),
+                }
             }
             Function::TransferWorker | Function::PayoutWorker => {
                 ensure!(answer == json!({ "batchItemFailures": [] }), "the worker answered {answer}");
