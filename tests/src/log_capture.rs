@@ -26,10 +26,15 @@ impl Write for Captured {
 /// subscriber recording every event and span at every level (TRACE included, the AWS SDK's too),
 /// and returns what `work` returned with the captured text.
 pub fn capture_logs<T>(work: impl Future<Output = T>) -> (T, String) {
+    capture_logs_at("TRACE", work)
+}
+
+/// [`capture_logs`] at a Lambda log level (`AWS_LAMBDA_LOG_LEVEL`'s values).
+pub fn capture_logs_at<T>(level: &str, work: impl Future<Output = T>) -> (T, String) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber =
-        lambda_subscriber(LogFormat::Json, log_filter(Some("TRACE"), None), move || writer.clone());
+        lambda_subscriber(LogFormat::Json, log_filter(Some(level), None), move || writer.clone());
     let output = tracing::subscriber::with_default(subscriber, || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

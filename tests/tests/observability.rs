@@ -2,10 +2,10 @@
 //! metrics recorder: every log line is JSON and names its event or its step, the EMF lines count
 //! each outcome, and no line carries a body, the webhook secret or the API key.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use aws_lambda_events::sqs::SqsEvent;
+use integration_tests::log_capture::capture_logs_at;
 use integration_tests::stripe_stub::{STUB_API_KEY, StripeStub};
 use integration_tests::{NOW, SECRET, account_updated, pipeline, signed, sqlite_store};
 use serde_json::{Value, json};
@@ -15,26 +15,11 @@ use shared::sqs_worker::handle_sqs_batch;
 use shared::store::AccountStore;
 use shared::stripe::client::StripeClient;
 use shared::stripe::signature::{FixedClock, WebhookSecret, sign};
-use shared::telemetry::{LogFormat, lambda_subscriber, log_filter};
 use shared::worker::StepWorker;
 
 /// Written into every body; it must appear in no line.
 const MARKER: &str = "body_marker_must_not_be_logged";
 const SELLER: &str = "acct_1Seller";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// What one run of the scenario printed: log lines, and EMF lines.
 struct Printed {
@@ -63,60 +48,51 @@ fn sqs_batch(body: &str) -> SqsEvent {
 /// Every delivery outcome the issue names, then the transfer it plans, run by the embedded worker
 /// and once more from an SQS batch, all at `level` through the Lambda functions' JSON subscriber.
 fn run_scenario(level: &str) -> Printed {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber =
-        lambda_subscriber(LogFormat::Json, log_filter(Some(level), None), move || writer.clone());
     let sink = MemorySink::default();
     let metrics_for = |function_name: &str| {
         let settings =
             MetricsSettings { namespace: "ConnectFlow".into(), function_name: function_name.into() };
         Metrics::to_sink(settings, Arc::new(sink.clone()))
     };
-    tracing::subscriber::with_default(subscriber, || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let stub = StripeStub::start().await;
-            stub.set_platform_balance("usd", 100_000);
-            stub.add_account(SELLER, true, true);
-            let store = sqlite_store();
-            let service = pipeline(store.clone())
-                .with_queue(Arc::new(store.clone()))
-                .with_metrics(metrics_for("webhook"));
-            let stripe = StripeClient::new(stub.client_config()).unwrap();
-            let worker = StepWorker::with_clock(store.clone(), stripe, FixedClock(NOW))
-                .with_metrics(metrics_for("transfer-worker"));
-            let deliver = |event: Value| {
-                let (header, body) = signed(&event, NOW);
-                let service = &service;
-                async move { service.handle(Some(&header), &body).await }
-            };
+    let ((), text) = capture_logs_at(level, async {
+        let stub = StripeStub::start().await;
+        stub.set_platform_balance("usd", 100_000);
+        stub.add_account(SELLER, true, true);
+        let store = sqlite_store();
+        let service =
+            pipeline(store.clone()).with_queue(Arc::new(store.clone())).with_metrics(metrics_for("webhook"));
+        let stripe = StripeClient::new(stub.client_config()).unwrap();
+        let worker = StepWorker::with_clock(store.clone(), stripe, FixedClock(NOW))
+            .with_metrics(metrics_for("transfer-worker"));
+        let deliver = |event: Value| {
+            let (header, body) = signed(&event, NOW);
+            let service = &service;
+            async move { service.handle(Some(&header), &body).await }
+        };
 
-            let mut onboarded = account_updated("evt_onboarded", SELLER, NOW - 100, true, &[MARKER]);
-            onboarded["data"]["object"]["email"] = json!(MARKER);
-            assert!(deliver(onboarded.clone()).await.body.contains("applied"));
-            assert!(deliver(onboarded).await.body.contains("duplicate"));
-            let older = account_updated("evt_older", SELLER, NOW - 200, false, &[MARKER]);
-            assert!(deliver(older).await.body.contains("stale"));
-            let (header, body) = signed(&account_updated("evt_forged", SELLER, NOW, true, &[MARKER]), NOW);
-            let forged = service.handle(Some(&header.replace("v1=", "v1=0")), &body).await;
-            assert_eq!(forged.status, 400);
-            let not_json = format!("{{{MARKER}");
-            let header = sign(&WebhookSecret::new(SECRET), NOW, not_json.as_bytes());
-            assert_eq!(service.handle(Some(&header), not_json.as_bytes()).await.status, 400);
-            assert!(deliver(payment("evt_paid")).await.body.contains("applied"));
+        let mut onboarded = account_updated("evt_onboarded", SELLER, NOW - 100, true, &[MARKER]);
+        onboarded["data"]["object"]["email"] = json!(MARKER);
+        assert!(deliver(onboarded.clone()).await.body.contains("applied"));
+        assert!(deliver(onboarded).await.body.contains("duplicate"));
+        let older = account_updated("evt_older", SELLER, NOW - 200, false, &[MARKER]);
+        assert!(deliver(older).await.body.contains("stale"));
+        let (header, body) = signed(&account_updated("evt_forged", SELLER, NOW, true, &[MARKER]), NOW);
+        let forged = service.handle(Some(&header.replace("v1=", "v1=0")), &body).await;
+        assert_eq!(forged.status, 400);
+        let not_json = format!("{{{MARKER}");
+        let header = sign(&WebhookSecret::new(SECRET), NOW, not_json.as_bytes());
+        assert_eq!(service.handle(Some(&header), not_json.as_bytes()).await.status, 400);
+        assert!(deliver(payment("evt_paid")).await.body.contains("applied"));
 
-            assert_eq!(worker.drain_embedded().await.unwrap(), 1, "the planned transfer runs");
-            assert_eq!(stub.transfers().len(), 1);
-            let step = store.load_account_steps(&AccountId::parse(SELLER).unwrap()).await.unwrap();
-            let message = serde_json::to_string(&step[0].reference()).unwrap();
-            let redelivered = handle_sqs_batch(&worker, sqs_batch(&message)).await;
-            assert!(redelivered.batch_item_failures.is_empty(), "a finished step is acknowledged");
-            assert_eq!(stub.transfers().len(), 1, "and not sent again");
-        });
+        assert_eq!(worker.drain_embedded().await.unwrap(), 1, "the planned transfer runs");
+        assert_eq!(stub.transfers().len(), 1);
+        let step = store.load_account_steps(&AccountId::parse(SELLER).unwrap()).await.unwrap();
+        let message = serde_json::to_string(&step[0].reference()).unwrap();
+        let redelivered = handle_sqs_batch(&worker, sqs_batch(&message)).await;
+        assert!(redelivered.batch_item_failures.is_empty(), "a finished step is acknowledged");
+        assert_eq!(stub.transfers().len(), 1, "and not sent again");
     });
-    let bytes = captured.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let logs = String::from_utf8(bytes).expect("log lines are UTF-8").lines().map(str::to_owned).collect();
+    let logs = text.lines().map(str::to_owned).collect();
     Printed { logs, metrics: sink.lines() }
 }
 
