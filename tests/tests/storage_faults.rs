@@ -74,6 +74,12 @@ impl Deployment {
         (reply, started.elapsed())
     }
 
+    /// The ids of the payment's steps in the table.
+    async fn stored_step_ids(&self) -> Vec<String> {
+        let steps = self.direct.load_payment_steps("pi_1").await.unwrap();
+        steps.into_iter().map(|step| step.step_id).collect()
+    }
+
     /// Every step id on the transfers queue, each message deleted once read.
     async fn queued_step_ids(&self) -> Vec<String> {
         let mut ids = Vec::new();
@@ -229,14 +235,7 @@ impl Scenario {
         assert_eq!((reply.status, outcome(&reply)), (200, "duplicate".to_owned()), "{case}: third delivery");
         assert!(self.written_whole_or_not_at_all(deployment, case).await, "{case}: applied in the end");
         if let Self::PaymentWithSplits = self {
-            let stored: Vec<String> = deployment
-                .direct
-                .load_payment_steps("pi_1")
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|step| step.step_id)
-                .collect();
+            let stored = deployment.stored_step_ids().await;
             // SQS deduplicates on the step id, so a step sent again is still one message.
             assert_eq!(deployment.queued_step_ids().await, stored, "{case}: each step queued once");
         }
@@ -449,14 +448,7 @@ async fn a_committed_write_whose_answer_is_lost_is_finished_by_the_redelivery() 
     let (reply, _) = deployment.deliver(&scenario.event()).await;
     assert_eq!((reply.status, outcome(&reply)), (200, "duplicate".to_owned()), "{}", reply.body);
     assert_eq!(deployment.proxy.seen("SendMessageBatch"), 1, "the duplicate sends the queued steps");
-    let stored: Vec<String> = deployment
-        .direct
-        .load_payment_steps("pi_1")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|step| step.step_id)
-        .collect();
+    let stored = deployment.stored_step_ids().await;
     assert_eq!(stored.len(), 2);
     assert_eq!(deployment.queued_step_ids().await, stored);
 }
