@@ -5,10 +5,12 @@
 //! a group in order only if nothing after a redelivered message is acknowledged before it.
 
 use std::collections::HashSet;
+use std::time::{Instant, SystemTime};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
+use crate::aws::WORKER_STEP_WORST_CASE;
 use crate::config::{API_KEY_SECRET_ARN, StoreLocation};
 use crate::domain::step::{StepMessageError, parse_step_message};
 use crate::store::AccountStore;
@@ -54,11 +56,14 @@ impl DeployedWorker {
         })
     }
 
-    /// Runs one batch; see [`handle_sqs_batch`].
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+    /// Runs one batch before the invocation's `deadline`; see [`handle_sqs_batch_by`]. A deadline
+    /// already past when the batch arrives is not a real one, and is ignored: Lambda's always lies
+    /// ahead, while `cargo lambda watch` sends a relative 600000 that reads as 1970.
+    pub async fn handle(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
+        let deadline = deadline.duration_since(SystemTime::now()).ok().map(|left| Instant::now() + left);
         match self {
-            Self::DynamoDb(worker) => handle_sqs_batch(worker, event).await,
-            Self::Sqlite(worker) => handle_sqs_batch(worker, event).await,
+            Self::DynamoDb(worker) => handle_sqs_batch_by(worker, event, deadline).await,
+            Self::Sqlite(worker) => handle_sqs_batch_by(worker, event, deadline).await,
         }
     }
 }
@@ -68,6 +73,18 @@ impl DeployedWorker {
 pub async fn handle_sqs_batch<S: AccountStore, C: Clock>(
     worker: &StepWorker<S, C>,
     event: SqsEvent,
+) -> SqsBatchResponse {
+    handle_sqs_batch_by(worker, event, None).await
+}
+
+/// [`handle_sqs_batch`], starting no step once less than a step's worst case
+/// ([`WORKER_STEP_WORST_CASE`]) is left before `deadline`: those messages are handed back for
+/// redelivery, so that a batch of slow steps never times the invocation out, which would count a
+/// receive against every message in it, finished or not.
+pub async fn handle_sqs_batch_by<S: AccountStore, C: Clock>(
+    worker: &StepWorker<S, C>,
+    event: SqsEvent,
+    deadline: Option<Instant>,
 ) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     let mut failed_groups: HashSet<String> = HashSet::new();
@@ -84,7 +101,15 @@ pub async fn handle_sqs_batch<S: AccountStore, C: Clock>(
             account_id = tracing::field::Empty,
             receives = record.attributes.get(RECEIVE_COUNT).map(String::as_str),
         );
-        let blocked = group.is_some_and(|group| failed_groups.contains(group));
+        let blocked = if group.is_some_and(|group| failed_groups.contains(group)) {
+            Some("an earlier message of its group failed; left for redelivery in order")
+        } else if deadline.is_some_and(|deadline| {
+            deadline.saturating_duration_since(Instant::now()) < WORKER_STEP_WORST_CASE
+        }) {
+            Some("too little of the invocation's time left to run a step; left for redelivery")
+        } else {
+            None
+        };
         let handled = handle_record(worker, record, blocked).instrument(span).await;
         if !handled {
             response.add_failure(message_id);
@@ -101,10 +126,10 @@ pub async fn handle_sqs_batch<S: AccountStore, C: Clock>(
 async fn handle_record<S: AccountStore, C: Clock>(
     worker: &StepWorker<S, C>,
     record: &SqsMessage,
-    blocked: bool,
+    blocked: Option<&'static str>,
 ) -> bool {
-    if blocked {
-        tracing::info!("an earlier message of its group failed; left for redelivery in order");
+    if let Some(why) = blocked {
+        tracing::info!("{why}");
         return false;
     }
     let Some(body) = record.body.as_deref() else {
@@ -260,6 +285,26 @@ mod tests {
         assert_eq!(failures(&response), ["m1", "m3", "m4", "m5"]);
         let stored = worker.store().load_step(&waiting.reference()).await.unwrap().unwrap();
         assert_eq!(stored.status, StepStatus::Waiting);
+    }
+
+    #[tokio::test]
+    async fn no_step_starts_once_too_little_time_is_left() {
+        let queued = step("tr:pi_1:acct_A", "acct_A", StepStatus::Queued);
+        let done = step("tr:pi_1:acct_B", "acct_B", StepStatus::Succeeded);
+        let worker = worker(&[queued.clone(), done.clone()]).await;
+        let batch = || -> SqsEvent {
+            serde_json::from_value(json!({"Records": [
+                record("m1", "acct_B", reference(&done)),
+                record("m2", "acct_A", reference(&queued)),
+            ]}))
+            .unwrap()
+        };
+        let almost_out = Some(Instant::now() + WORKER_STEP_WORST_CASE / 2);
+        assert_eq!(failures(&handle_sqs_batch_by(&worker, batch(), almost_out).await), ["m1", "m2"]);
+        let untouched = worker.store().load_step(&queued.reference()).await.unwrap().unwrap();
+        assert_eq!((untouched.status, untouched.version), (StepStatus::Queued, queued.version));
+        let plenty = Some(Instant::now() + WORKER_STEP_WORST_CASE * 2);
+        assert_eq!(failures(&handle_sqs_batch_by(&worker, batch(), plenty).await), ["m2"], "acct_A waits");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let worker = Arc::new(DeployedWorker::from_env(&aws).await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let worker = Arc::clone(&worker);
-        async move { Ok::<_, lambda_runtime::Error>(worker.handle(event.payload).await) }
+        async move { Ok::<_, lambda_runtime::Error>(worker.handle(event.payload, event.context.deadline()).await) }
     }))
     .await
 }

@@ -20,7 +20,9 @@ use axum::routing::{get, post};
 use tokio::sync::mpsc;
 
 /// How far ahead of "now" each invocation's deadline is, as the function's timeout would set it.
-const DEADLINE: Duration = Duration::from_secs(10);
+/// The workers' 60 s: they start no step with less than its worst case (50 s) left. The webhook
+/// keeps its own, shorter deadline whatever this says.
+const DEADLINE: Duration = Duration::from_secs(60);
 /// An X-Ray trace header of the shape Lambda sends, not sampled.
 const TRACE_ID: &str = "Root=1-67a0c0de-0123456789abcdef01234567;Parent=89abcdef01234567;Sampled=0";
 
