@@ -117,6 +117,20 @@ pub async fn dynamo_store_logged(log: RequestLog) -> DynamoStore {
     DynamoStore::new(client, table)
 }
 
+/// The requests one signed delivery of `event` sends through the clients `log` watches; the
+/// delivery must be answered 200.
+pub async fn requests_for<S: shared::store::AccountStore>(
+    log: &RequestLog,
+    service: &WebhookService<S, FixedClock>,
+    event: &Value,
+) -> Vec<String> {
+    log.take();
+    let (header, body) = signed(event, NOW);
+    let reply = service.handle(Some(&header), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    log.take()
+}
+
 /// A signed delivery: the header and the body bytes.
 pub fn signed(event: &Value, timestamp: i64) -> (String, Vec<u8>) {
     let body = event.to_string().into_bytes();

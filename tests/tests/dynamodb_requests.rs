@@ -3,22 +3,8 @@
 //! guarantees allow (one consistent read to decide against, one conditional write to commit), and
 //! a change that adds one fails here.
 
-use integration_tests::{NOW, RequestLog, account_updated, dynamo_store_logged, pipeline, signed};
-use serde_json::{Value, json};
-use shared::store::AccountStore;
-use shared::stripe::signature::FixedClock;
-use shared::webhook::WebhookService;
-
-async fn requests_for<S: AccountStore>(
-    log: &RequestLog,
-    service: &WebhookService<S, FixedClock>,
-    event: &Value,
-) -> Vec<String> {
-    log.take();
-    let (header, body) = signed(event, NOW);
-    assert_eq!(service.handle(Some(&header), &body).await.status, 200);
-    log.take()
-}
+use integration_tests::{NOW, RequestLog, account_updated, dynamo_store_logged, pipeline, requests_for};
+use serde_json::json;
 
 #[tokio::test]
 async fn each_event_costs_the_fewest_requests_its_guarantees_allow() {

@@ -6,7 +6,7 @@
 //! queue's own cost (one `SendMessageBatch` per queue per event, measured elsewhere).
 
 use integration_tests::stripe_stub::StripeStub;
-use integration_tests::{NOW, RequestLog, account_updated, dynamo_store_logged, pipeline, signed};
+use integration_tests::{NOW, RequestLog, account_updated, dynamo_store_logged, pipeline, requests_for};
 use serde_json::{Value, json};
 use shared::domain::account::AccountId;
 use shared::domain::step::{Step, StepKind, StepStatus};
@@ -14,7 +14,6 @@ use shared::store::AccountStore;
 use shared::store::dynamodb::DynamoStore;
 use shared::stripe::client::StripeClient;
 use shared::stripe::signature::FixedClock;
-use shared::webhook::WebhookService;
 use shared::worker::{Disposition, StepWorker};
 
 /// A platform or connected-account event around `object`.
@@ -43,19 +42,6 @@ fn charge(amount_refunded: i64) -> Value {
     json!({"id": "ch_1", "object": "charge", "amount": 10_000, "amount_captured": 10_000,
         "amount_refunded": amount_refunded, "captured": true, "currency": "usd", "payment_intent": "pi_1",
         "refunded": amount_refunded == 10_000, "status": "succeeded", "metadata": splits()})
-}
-
-/// The DynamoDB requests one signed delivery of `event` sends.
-async fn requests_for<S: AccountStore>(
-    log: &RequestLog,
-    service: &WebhookService<S, FixedClock>,
-    event: &Value,
-) -> Vec<String> {
-    log.take();
-    let (header, body) = signed(event, NOW);
-    let reply = service.handle(Some(&header), &body).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    log.take()
 }
 
 /// The DynamoDB requests the worker sends to run `step` to success against the stand-in Stripe.
