@@ -19,16 +19,14 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use integration_tests::stripe_stub::StripeStub;
-use integration_tests::{NOW, account_updated, pipeline, signed, sqlite_store};
+use integration_tests::{NOW, account_updated, pipeline, signed, sqlite_store, store_planned_steps};
 use serde_json::{Value, json};
 use shared::domain::account::AccountId;
 use shared::domain::funds::{
     FundEvent, Payment, TransferPlan, plan_reversals, plan_transfers, read_fund_event,
 };
 use shared::domain::step::{Step, StepStatus};
-use shared::store::{
-    AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite,
-};
+use shared::store::{AccountStore, CommitOutcome};
 use shared::stripe::client::StripeClient;
 use shared::stripe::event::{Event, ParsedBody, parse_event};
 use shared::stripe::signature::FixedClock;
@@ -330,18 +328,8 @@ fn bench_worker_step(c: &mut Criterion) {
         stub.set_platform_balance("usd", 1_000_000_000);
         let event = fresh_payment(&template, n);
         let step = planned_transfers(&payment_of(&snapshot(event.to_string().as_bytes()))).remove(0);
-        let record = EventRecord {
-            event_id: event["id"].as_str().expect("the event has an id").to_owned(),
-            event_type: "payment_intent.succeeded".to_owned(),
-            account_id: None,
-            created: event["created"].as_i64(),
-            livemode: Some(false),
-            outcome: EventOutcome::Applied,
-            received_at: NOW,
-            expires_at: NOW + DEDUPE_RETENTION_SECS,
-        };
-        let committed =
-            runtime.block_on(store.commit(&EventWrite::with_steps(&record, std::slice::from_ref(&step))));
+        let event_id = event["id"].as_str().expect("the event has an id");
+        let committed = runtime.block_on(store_planned_steps(&store, event_id, std::slice::from_ref(&step)));
         assert_eq!(committed.expect("the step commits"), CommitOutcome::Committed);
         step.reference()
     };

@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 use shared::config::WebhookSettings;
 use shared::store::dynamodb::{DynamoStore, create_table};
 use shared::store::sqlite::SqliteStore;
+use shared::store::{
+    CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite, StoreError,
+};
 use shared::stripe::signature::{FixedClock, WebhookSecret, sign};
 use shared::webhook::WebhookService;
 
@@ -129,6 +132,26 @@ pub async fn requests_for<S: shared::store::AccountStore>(
     let reply = service.handle(Some(&header), &body).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     log.take()
+}
+
+/// Stores `steps` as the payment event `event_id` planned them at [`NOW`], in one commit as the
+/// webhook makes it: how tests and benchmarks give a worker steps to run.
+pub async fn store_planned_steps<S: shared::store::AccountStore>(
+    store: &S,
+    event_id: &str,
+    steps: &[shared::domain::step::Step],
+) -> Result<CommitOutcome, StoreError> {
+    let record = EventRecord {
+        event_id: event_id.to_owned(),
+        event_type: "payment_intent.succeeded".to_owned(),
+        account_id: None,
+        created: Some(NOW),
+        livemode: Some(false),
+        outcome: EventOutcome::Applied,
+        received_at: NOW,
+        expires_at: NOW + DEDUPE_RETENTION_SECS,
+    };
+    store.commit(&EventWrite::with_steps(&record, steps)).await
 }
 
 /// A signed delivery: the header and the body bytes.

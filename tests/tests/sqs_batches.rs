@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use aws_lambda_events::sqs::SqsEvent;
+use integration_tests::store_planned_steps;
 use shared::domain::step::{Step, StepKind, StepRef, StepStatus};
 use shared::sqs_worker::handle_sqs_batch;
 use shared::store::sqlite::SqliteStore;
-use shared::store::{AccountStore, EventOutcome, EventRecord, EventWrite};
 use shared::stripe::client::{ApiKey, StripeClient, StripeClientConfig};
 use shared::stripe::signature::FixedClock;
 use shared::worker::StepWorker;
@@ -93,17 +93,7 @@ async fn stray_fails_alone(event: SqsEvent) {
         .map(|s| finished(&s))
         .collect();
     let store = SqliteStore::in_memory().unwrap();
-    let record = EventRecord {
-        event_id: "evt_sample_batch".to_owned(),
-        event_type: "sample".to_owned(),
-        account_id: None,
-        created: Some(NOW),
-        livemode: Some(false),
-        outcome: EventOutcome::Applied,
-        received_at: NOW,
-        expires_at: NOW + 1,
-    };
-    store.commit(&EventWrite::with_steps(&record, &steps)).await.unwrap();
+    store_planned_steps(&store, "evt_sample_batch", &steps).await.unwrap();
     // Nothing listens on the discard port: a Stripe call would fail and show up as a failure.
     let mut stripe = StripeClientConfig::new(ApiKey::new("sk_test_unused"));
     stripe.api_base = "http://127.0.0.1:9".to_owned();

@@ -38,14 +38,13 @@ use anyhow::{Context, bail, ensure};
 use integration_tests::stripe_stub::{STUB_API_KEY, StripeStub};
 use integration_tests::{
     DYNAMODB_ENDPOINT, NOW, account_updated, dynamodb_client, pipeline, signed, sqs_client,
+    store_planned_steps,
 };
 use serde_json::{Value, json};
 use shared::domain::account::AccountId;
 use shared::domain::step::{Step, StepKind};
+use shared::store::CommitOutcome;
 use shared::store::dynamodb::{DynamoStore, create_table};
-use shared::store::{
-    AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite,
-};
 use shared::stripe::signature::{WebhookSecret, sign};
 
 use runtime_api::{Invocation, RuntimeApi, Seen};
@@ -347,18 +346,8 @@ impl Bench {
             stripe.set_platform_balance("usd", 1_000_000_000);
             stripe.set_account_balance(self.destination.as_str(), "usd", 1_000_000_000);
         }
-        let record = EventRecord {
-            event_id: format!("evt_coldplan{pid}r{run}k{k}"),
-            event_type: "payment_intent.succeeded".to_owned(),
-            account_id: None,
-            created: Some(NOW),
-            livemode: Some(false),
-            outcome: EventOutcome::Applied,
-            received_at: NOW,
-            expires_at: NOW + DEDUPE_RETENTION_SECS,
-        };
-        let committed =
-            self.store.commit(&EventWrite::with_steps(&record, std::slice::from_ref(&step))).await?;
+        let event_id = format!("evt_coldplan{pid}r{run}k{k}");
+        let committed = store_planned_steps(&self.store, &event_id, std::slice::from_ref(&step)).await?;
         ensure!(committed == CommitOutcome::Committed, "the step is stored: {committed:?}");
         Ok(step)
     }
