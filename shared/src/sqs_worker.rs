@@ -5,9 +5,11 @@
 //! a group in order only if nothing after a redelivered message is acknowledged before it.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use lambda_runtime::LambdaEvent;
 use tracing::Instrument;
 
 use crate::aws::WORKER_STEP_WORST_CASE;
@@ -66,6 +68,21 @@ impl DeployedWorker {
             Self::Sqlite(worker) => handle_sqs_batch_by(worker, event, deadline).await,
         }
     }
+}
+
+/// A worker Lambda function's whole life, the same for the transfer and payout workers: logs, the
+/// worker read from the environment once per cold start with the bounded SDK settings, then every
+/// batch the runtime hands over, each before its invocation's deadline.
+pub async fn run_worker_function() -> Result<(), lambda_runtime::Error> {
+    crate::telemetry::init_lambda_logs();
+    // Bounded retries and timeouts, so that one step always fits in the Lambda timeout.
+    let aws = crate::aws::WORKER.load().await;
+    let worker = Arc::new(DeployedWorker::from_env(&aws).await?);
+    lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let worker = Arc::clone(&worker);
+        async move { Ok::<_, lambda_runtime::Error>(worker.handle(event.payload, event.context.deadline()).await) }
+    }))
+    .await
 }
 
 /// Runs every step message of `event` in order and reports those to be redelivered: a body that
