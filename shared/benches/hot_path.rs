@@ -183,6 +183,7 @@ fn bench_commit(c: &mut Criterion, name: &str, store: &SqliteStore) {
         created: Some(event.created),
         livemode: event.livemode,
         outcome: EventOutcome::Applied,
+        reason: None,
         received_at: NOW,
         expires_at: NOW + DEDUPE_RETENTION_SECS,
     };

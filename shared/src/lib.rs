@@ -8,6 +8,8 @@ pub mod secrets;
 pub mod sqs_worker;
 pub mod store;
 pub mod stripe;
+pub mod sweep;
+pub mod sweeper;
 pub mod telemetry;
 pub mod webhook;
 pub mod worker;

@@ -50,6 +50,8 @@ pub mod names {
     pub const STEPS_FINISHED: &str = "StepsFinished";
     /// Stripe API call latency, by `Operation` and `StatusClass`.
     pub const STRIPE_CALL_LATENCY: &str = "StripeCallLatency";
+    /// Steps the sweep sent back to the queue, by the `Status` it found them in.
+    pub const STEPS_SWEPT: &str = "StepsSwept";
 }
 
 /// Dimension names, as they appear in CloudWatch.
@@ -68,9 +70,11 @@ pub mod dimensions {
     pub const OPERATION: &str = "Operation";
     /// How a Stripe call ended: `2xx`, `4xx`, `auth_refused`, `rate_limited`, `5xx`, `no_response`.
     pub const STATUS_CLASS: &str = "StatusClass";
+    /// A step's status when the sweep found it: `queued`, `in_flight` or `waiting`.
+    pub const STATUS: &str = "Status";
 }
 
-use dimensions::{EVENT_TYPE, FUNCTION_NAME, KIND, OPERATION, OUTCOME, REASON, STATUS_CLASS};
+use dimensions::{EVENT_TYPE, FUNCTION_NAME, KIND, OPERATION, OUTCOME, REASON, STATUS, STATUS_CLASS};
 
 /// A CloudWatch unit. Counts are summed before they are written; latencies are written one by one,
 /// so that CloudWatch can compute percentiles.
@@ -134,6 +138,10 @@ const STRIPE_CALLS: &[Directive] = &[Directive {
     dimension_sets: &[&[FUNCTION_NAME, STATUS_CLASS], &[FUNCTION_NAME, OPERATION, STATUS_CLASS]],
     metrics: &[MetricDefinition { name: names::STRIPE_CALL_LATENCY, unit: Unit::Milliseconds }],
 }];
+const STEPS_SWEPT: &[Directive] = &[Directive {
+    dimension_sets: &[&[FUNCTION_NAME], &[FUNCTION_NAME, STATUS]],
+    metrics: &[count(names::STEPS_SWEPT)],
+}];
 
 /// The kinds of document written: each has fixed dimensions and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -144,16 +152,18 @@ enum Family {
     StepsQueued,
     StepsFinished,
     StripeCalls,
+    StepsSwept,
 }
 
 impl Family {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Events,
         Self::SignatureFailures,
         Self::WebhookErrors,
         Self::StepsQueued,
         Self::StepsFinished,
         Self::StripeCalls,
+        Self::StepsSwept,
     ];
 
     /// The dimensions whose values each data point carries, besides `FunctionName`.
@@ -164,6 +174,7 @@ impl Family {
             Self::StepsQueued => &[KIND],
             Self::StepsFinished => &[KIND, OUTCOME],
             Self::StripeCalls => &[OPERATION, STATUS_CLASS],
+            Self::StepsSwept => &[STATUS],
         }
     }
 
@@ -176,6 +187,7 @@ impl Family {
             Self::StepsQueued => STEPS_QUEUED,
             Self::StepsFinished => STEPS_FINISHED,
             Self::StripeCalls => STRIPE_CALLS,
+            Self::StepsSwept => STEPS_SWEPT,
         }
     }
 
@@ -372,6 +384,14 @@ impl Metrics {
             None => "no_response",
         };
         self.add(Family::StripeCalls, &[operation, class], &[elapsed.as_secs_f64() * 1000.0]);
+    }
+
+    /// `count` steps found in `status` (`queued`, `in_flight`, `waiting`) and sent back to the
+    /// queue by one sweep; zero counts too, so that the metric has a point for every run.
+    pub fn steps_swept(&self, status: &str, count: usize) {
+        // A sweep never nears 2^53 steps, so the conversion is exact.
+        #[allow(clippy::cast_precision_loss)]
+        self.add(Family::StepsSwept, &[status], &[count as f64]);
     }
 
     /// Writes everything recorded since the last flush, one line per family and dimension values.

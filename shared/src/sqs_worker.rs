@@ -179,6 +179,10 @@ async fn handle_record<S: AccountStore, C: Clock>(
             tracing::debug!(status = status.as_str(), "step done; message acknowledged");
             true
         }
+        Ok(Disposition::Parked(reason)) => {
+            tracing::info!(reason, "step waits in the store; message acknowledged");
+            true
+        }
         Ok(Disposition::RetryLater(reason)) => {
             tracing::info!(reason, "step will be retried");
             false
@@ -222,6 +226,10 @@ mod tests {
             created_at: NOW,
             updated_at: NOW,
             version: 1,
+            livemode: Some(false),
+            netted: 0,
+            sent_at: None,
+            unresolved: None,
         }
     }
 
@@ -235,6 +243,7 @@ mod tests {
             created: Some(NOW),
             livemode: Some(false),
             outcome: EventOutcome::Applied,
+            reason: None,
             received_at: NOW,
             expires_at: NOW + 1,
         };
@@ -283,9 +292,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bad_bodies_fail_alone_and_waiting_steps_are_retried() {
+    async fn bad_bodies_fail_alone_and_unanswered_lookups_are_retried() {
         let done = step("tr:pi_1:acct_A", "acct_A", StepStatus::Succeeded);
-        // No stored account for acct_C, so its transfer waits without calling Stripe.
+        // No stored account for acct_C: the worker asks Stripe, which does not answer, so the
+        // message is retried and the step stays queued.
         let waiting = step("tr:pi_1:acct_C", "acct_C", StepStatus::Queued);
         let worker = worker(&[done.clone(), waiting.clone()]).await;
         let mut no_body = record("m4", "acct_D", Value::Null);
@@ -301,7 +311,7 @@ mod tests {
         let response = handle_sqs_batch(&worker, event).await;
         assert_eq!(failures(&response), ["m1", "m3", "m4", "m5"]);
         let stored = worker.store().load_step(&waiting.reference()).await.unwrap().unwrap();
-        assert_eq!(stored.status, StepStatus::Waiting);
+        assert_eq!(stored.status, StepStatus::Queued);
     }
 
     #[tokio::test]

@@ -28,6 +28,10 @@ mod funds;
 /// How many times a commit is retried when another writer changed the account in between.
 const MAX_CONFLICT_RETRIES: usize = 8;
 
+/// How far ahead of this machine's clock an event may be dated. Stripe's clock and ours agree to
+/// well within this; an event dated further ahead would outrank every genuine later one.
+pub const MAX_FUTURE_SKEW_SECS: i64 = 300;
+
 /// Why a delivery was refused. The one place these become HTTP statuses is [`WebhookError::status`].
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -271,6 +275,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             created: None,
             livemode: thin.livemode,
             outcome: EventOutcome::MisroutedThinEvent,
+            reason: None,
             received_at: now,
             expires_at: now + DEDUPE_RETENTION_SECS,
         };
@@ -285,6 +290,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             created: Some(event.created),
             livemode: event.livemode,
             outcome: EventOutcome::Unhandled,
+            reason: None,
             received_at: now,
             expires_at: now + DEDUPE_RETENTION_SECS,
         };
@@ -292,6 +298,15 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             && expected != actual
         {
             record.outcome = EventOutcome::LivemodeMismatch;
+            return self.commit_record(&record).await;
+        }
+        if event.created > now.saturating_add(MAX_FUTURE_SKEW_SECS) {
+            record.outcome = EventOutcome::Refused;
+            record.reason = Some(format!(
+                "the event is dated {} s ahead of this clock, more than the {MAX_FUTURE_SKEW_SECS} s allowed",
+                event.created - now
+            ));
+            tracing::warn!(reason = record.reason, "event refused");
             return self.commit_record(&record).await;
         }
         if let Some(fund_event) = read_fund_event(event) {
@@ -383,11 +398,14 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
     }
 }
 
-/// Whether this change made the account able to receive a transfer or a payout it could not before.
+/// Whether this change made the account able to receive a transfer or a payout it could not before
+/// (a capability, payouts, or the platform's authorization came back).
 fn became_able_to_receive(before: Option<&AccountState>, after: &AccountState) -> bool {
-    let transfers_active =
-        |account: &AccountState| account.capabilities.get("transfers").is_some_and(|s| s == "active");
-    let payouts_enabled = |account: &AccountState| account.payouts_enabled == Some(true);
+    let transfers_active = |account: &AccountState| {
+        !account.deauthorized && account.capabilities.get("transfers").is_some_and(|s| s == "active")
+    };
+    let payouts_enabled =
+        |account: &AccountState| !account.deauthorized && account.payouts_enabled == Some(true);
     (transfers_active(after) && !before.is_some_and(transfers_active))
         || (payouts_enabled(after) && !before.is_some_and(payouts_enabled))
 }

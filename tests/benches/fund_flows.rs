@@ -12,7 +12,6 @@
 //! - `worker_step_against_stub`: `StepWorker::run` of one queued transfer step, its HTTP round trip
 //!   to the stand-in Stripe on loopback included.
 
-use std::collections::HashSet;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +20,6 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use integration_tests::stripe_stub::StripeStub;
 use integration_tests::{NOW, account_updated, pipeline, signed, sqlite_store, store_planned_steps};
 use serde_json::{Value, json};
-use shared::domain::account::AccountId;
 use shared::domain::funds::{
     FundEvent, Payment, TransferPlan, plan_reversals, plan_transfers, read_fund_event,
 };
@@ -190,11 +188,6 @@ fn snapshot(body: &[u8]) -> Event {
     }
 }
 
-/// The split destinations, all of them known connected accounts.
-fn known_accounts() -> HashSet<AccountId> {
-    SPLITS.iter().map(|(account, _)| AccountId::parse(account).expect("a well-formed account id")).collect()
-}
-
 /// The payment a fund-flow event must be.
 fn payment_of(event: &Event) -> Payment {
     match read_fund_event(event) {
@@ -203,10 +196,9 @@ fn payment_of(event: &Event) -> Payment {
     }
 }
 
-/// The queued transfer steps a payment plans when every destination is known.
+/// The queued transfer steps a payment plans.
 fn planned_transfers(payment: &Payment) -> Vec<Step> {
-    let known = known_accounts();
-    match plan_transfers(payment, |account| known.contains(account), NOW) {
+    match plan_transfers(payment, NOW) {
         TransferPlan::Planned(steps) => steps,
         other => panic!("the splits are valid, got {other:?}"),
     }
@@ -235,7 +227,6 @@ async fn add_destinations<S: AccountStore>(service: &WebhookService<S, FixedCloc
 /// `plan_payment`: parsing the payment and planning its three transfers (pure).
 fn bench_plan_payment(c: &mut Criterion) {
     let body = payment_body().into_bytes();
-    let known = known_accounts();
     assert_eq!(planned_transfers(&payment_of(&snapshot(&body))).len(), 3, "three transfers are planned");
     c.bench_function("plan_payment", |b| {
         b.iter(|| {
@@ -243,7 +234,7 @@ fn bench_plan_payment(c: &mut Criterion) {
                 panic!("a snapshot event");
             };
             let Some(FundEvent::Payment(payment)) = read_fund_event(&event) else { panic!("a payment") };
-            plan_transfers(&payment, |account| known.contains(account), black_box(NOW))
+            plan_transfers(&payment, black_box(NOW))
         })
     });
 }
@@ -260,14 +251,16 @@ fn bench_plan_refund(c: &mut Criterion) {
     let event = snapshot(REFUND_EVENT.as_bytes());
     let Some(FundEvent::Refund(refund)) = read_fund_event(&event) else { panic!("a refund") };
     let earlier = shared::domain::funds::Refund { amount_refunded: 2_500, ..refund };
-    let mut reversals = plan_reversals(&earlier, &transfers, &[], NOW).expect("the first refund plans");
+    let (mut reversals, reduced) = plan_reversals(&earlier, &transfers, NOW).expect("the first refund plans");
+    assert!(reduced.is_empty(), "every transfer was sent");
     for reversal in &mut reversals {
         reversal.status = StepStatus::Succeeded;
     }
     assert_eq!(reversals.len(), 3, "the earlier refund reversed each transfer");
+    let steps: Vec<Step> = transfers.iter().chain(&reversals).cloned().collect();
     let planned = |event: &Event| {
         let Some(FundEvent::Refund(refund)) = read_fund_event(event) else { panic!("a refund") };
-        plan_reversals(&refund, &transfers, &reversals, NOW).expect("the refund plans")
+        plan_reversals(&refund, &steps, NOW).expect("the refund plans").0
     };
     let amounts: Vec<i64> = planned(&event).iter().map(|step| step.amount).collect();
     // 6,000 of 10,000 refunded: each transfer back to 60% of itself, less what 25% already took.

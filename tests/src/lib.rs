@@ -2,6 +2,7 @@
 //! signed deliveries.
 
 pub mod fault_proxy;
+pub mod fund_events;
 pub mod log_capture;
 pub mod stripe_stub;
 
@@ -134,8 +135,9 @@ pub async fn requests_for<S: shared::store::AccountStore>(
     log.take()
 }
 
-/// Stores `steps` as the payment event `event_id` planned them at [`NOW`], in one commit as the
-/// webhook makes it: how tests and benchmarks give a worker steps to run.
+/// Stores `steps` as the test-mode payment event `event_id` planned them at [`NOW`], in one commit
+/// as the webhook makes it (a step without a livemode gets the event's): how tests and benchmarks
+/// give a worker steps to run.
 pub async fn store_planned_steps<S: shared::store::AccountStore>(
     store: &S,
     event_id: &str,
@@ -148,10 +150,15 @@ pub async fn store_planned_steps<S: shared::store::AccountStore>(
         created: Some(NOW),
         livemode: Some(false),
         outcome: EventOutcome::Applied,
+        reason: None,
         received_at: NOW,
         expires_at: NOW + DEDUPE_RETENTION_SECS,
     };
-    store.commit(&EventWrite::with_steps(&record, steps)).await
+    let steps: Vec<_> = steps
+        .iter()
+        .map(|step| shared::domain::step::Step { livemode: step.livemode.or(Some(false)), ..step.clone() })
+        .collect();
+    store.commit(&EventWrite::with_steps(&record, &steps)).await
 }
 
 /// A signed delivery: the header and the body bytes.

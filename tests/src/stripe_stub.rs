@@ -1,20 +1,39 @@
 //! A stand-in for the Stripe API on loopback, for tests: transfers, transfer reversals, payouts and
-//! account retrieval, with Stripe's idempotency-key semantics, balances, a ledger of what was
-//! created, and faults it can be told to inject.
+//! account retrieval, the list endpoints that settle an ambiguous outcome, Stripe's idempotency-key
+//! semantics, balances, a clock, a ledger of what was created, and faults it can be told to inject.
+//!
+//! As at Stripe (v1), the status and body of the first request under an idempotency key are saved
+//! once the endpoint has begun executing, 500s included, and a retry under the same key replays
+//! them with `idempotent-replayed: true`, whether or not the object was created. A key is pruned
+//! once it is 24 hours old by the stub's clock ([`StripeStub::advance`]), and a request under a
+//! pruned key executes anew. Every created object's `created` is the stub's clock.
+//!
+//! Lists (`GET /v1/transfers`, `GET /v1/transfers/{id}/reversals`, `GET /v1/payouts`) are
+//! Stripe-shaped: `{"object": "list", "data", "has_more", "url"}`, newest first, `limit` 1 to 100
+//! (default 10), `starting_after` by id, and `created[gt|gte|lt|lte]` (or `created=`) where Stripe
+//! has it (transfers, payouts). Their parameters are read from the query string.
+//!
+//! [`StripeStub::revoke_account_access`] makes the stub answer as Stripe does once a platform has
+//! lost access to a connected account: 403, `invalid_request_error`, code `account_invalid`, "The
+//! provided key '…' does not have access to account 'acct_…' (or that account does not exist).
+//! Application access may have been revoked."; a key that is not `sk_test_…` still gets 401.
 //!
 //! Deliberate differences from Stripe: a POST without `Idempotency-Key` is refused (this client must
-//! always send one); idempotent results are kept forever rather than 24 hours; a key is compared
-//! with the `Stripe-Account` it was first used with, so reusing it on another account is an
-//! `idempotency_error`; every transfer draws on the platform balance, `source_transaction` or not;
-//! a reversal may take a connected balance below zero; a 401 repeats the rejected key unmasked, so
-//! that tests prove the client scrubs it.
+//! always send one); a key is compared with the `Stripe-Account` it was first used with, so reusing
+//! it on another account is an `idempotency_error`; every transfer draws on the platform balance,
+//! `source_transaction` or not; a reversal may take a connected balance below zero; a 401 repeats
+//! the rejected key unmasked, so that tests prove the client scrubs it; a `Stripe-Account` naming an
+//! account the stub never heard of gets 400 `account_invalid` rather than the 403; access checks run
+//! before the idempotency layer, so a 403 is never saved under a key; lists do not take
+//! `ending_before`, and the platform's own payouts list is always empty; objects carry only the
+//! fields this project reads; the clock only moves when a test moves it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, State};
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -25,16 +44,34 @@ use tokio::sync::{Notify, oneshot};
 /// A secret key the stub accepts (it accepts any `sk_test_…`).
 pub const STUB_API_KEY: &str = "sk_test_connect_flow_stub";
 
-/// A one-shot failure for the next request on a path starting with its prefix that would execute;
-/// a request that replays a remembered result is answered from memory and leaves the fault queued.
+/// The stub's clock when it starts, in unix seconds (2025-06-15T15:06:40Z).
+pub const STUB_START_TIME: i64 = 1_750_000_000;
+
+/// How long an idempotency key is remembered: a key at least this old (by the stub's clock) is
+/// pruned, as Stripe may prune keys that are at least 24 hours old.
+pub const IDEMPOTENCY_KEY_TTL_SECS: i64 = 24 * 60 * 60;
+
+/// A one-shot failure for the next request with the fault's method on a path starting with its
+/// prefix that would execute; a request that replays a remembered result is answered from memory
+/// and leaves the fault queued. [`StripeStub::inject`] aims a fault at POSTs (creates) only and
+/// [`StripeStub::inject_get`] at GETs (retrievals and lists) only, so that a fault meant for a
+/// create never fires on the lookup that settles its outcome, nor the other way round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Creates the object and records it under the idempotency key, then answers 500.
+    /// Executes the request (creates the object), then answers 500 and saves that 500 under the
+    /// idempotency key, as Stripe does: a retry under the same key replays the 500 until the key
+    /// is pruned, and only a lookup (a list) shows that the object exists. A request refused by
+    /// validation gets the 500 too, but leaves the key free.
     ServerErrorAfterCreate,
-    /// Answers 429 before doing anything; consumed even by a request that would replay.
+    /// Answers 500 without creating anything, and saves that 500 under the idempotency key: a
+    /// retry under the same key replays it.
+    ServerErrorBeforeCreate,
+    /// Answers 429 (with `Retry-After: 1`) before doing anything; consumed even by a request that
+    /// would replay.
     RateLimited,
-    /// Holds the request until [`StripeStub::release_held`], then completes it: the client has
-    /// long given up by then. A retry under the same key meanwhile gets 409 `idempotency_key_in_use`.
+    /// Holds the request until [`StripeStub::release_held`], then completes it and saves its real
+    /// result under the key: the client has long given up by then. A retry under the same key
+    /// meanwhile gets 409 `idempotency_key_in_use`.
     Timeout,
     /// Answers 400 `balance_insufficient` without creating anything, and caches that answer under
     /// the key as Stripe does.
@@ -60,6 +97,8 @@ pub struct StubTransfer {
     pub metadata: BTreeMap<String, String>,
     /// How much has been reversed so far.
     pub amount_reversed: i64,
+    /// The stub's clock when it was created (unix seconds).
+    pub created: i64,
 }
 
 /// A transfer reversal the stub created.
@@ -77,6 +116,8 @@ pub struct StubReversal {
     pub destination: String,
     /// `metadata[…]` as sent.
     pub metadata: BTreeMap<String, String>,
+    /// The stub's clock when it was created (unix seconds).
+    pub created: i64,
 }
 
 /// A payout the stub created.
@@ -92,6 +133,10 @@ pub struct StubPayout {
     pub currency: String,
     /// `metadata[…]` as sent.
     pub metadata: BTreeMap<String, String>,
+    /// The stub's clock when it was created (unix seconds).
+    pub created: i64,
+    /// Always `pending`: the stub never settles a payout.
+    pub status: String,
 }
 
 /// One request as the stub received it (headers of interest only; never the key).
@@ -101,6 +146,8 @@ pub struct ReceivedRequest {
     pub method: String,
     /// The URL path.
     pub path: String,
+    /// The raw query string, if any (a list's parameters).
+    pub query: Option<String>,
     /// The `Idempotency-Key` header.
     pub idempotency_key: Option<String>,
     /// The `Stripe-Account` header.
@@ -117,9 +164,17 @@ struct StubAccount {
 }
 
 #[derive(Debug)]
-enum Remembered {
-    InProgress { fingerprint: String },
-    Done { fingerprint: String, status: StatusCode, body: Value },
+enum Outcome {
+    InProgress,
+    Done { status: StatusCode, body: Value },
+}
+
+/// What an idempotency key holds: the request it was first used with, since when, and its result.
+#[derive(Debug)]
+struct Remembered {
+    fingerprint: String,
+    first_used: i64,
+    outcome: Outcome,
 }
 
 #[derive(Debug)]
@@ -128,15 +183,25 @@ struct Held {
     done: oneshot::Receiver<()>,
 }
 
+/// A queued fault and the method it is aimed at.
+#[derive(Debug)]
+struct Injected {
+    method: Method,
+    path_prefix: String,
+    fault: Fault,
+}
+
 #[derive(Debug, Default)]
 struct Ledger {
+    now: i64,
     platform: BTreeMap<String, i64>,
     accounts: BTreeMap<String, StubAccount>,
+    revoked: BTreeSet<String>,
     transfers: Vec<StubTransfer>,
     reversals: Vec<StubReversal>,
     payouts: Vec<StubPayout>,
     idempotency: HashMap<String, Remembered>,
-    faults: VecDeque<(String, Fault)>,
+    faults: VecDeque<Injected>,
     received: Vec<ReceivedRequest>,
     held: Vec<Held>,
     next_id: u64,
@@ -148,11 +213,23 @@ impl Ledger {
         format!("{prefix}_stub{:010}", self.next_id)
     }
 
-    fn first_fault(&self, path: &str) -> Option<(usize, Fault)> {
+    fn first_fault(&self, method: &Method, path: &str) -> Option<(usize, Fault)> {
         self.faults
             .iter()
-            .position(|(prefix, _)| path.starts_with(prefix.as_str()))
-            .map(|i| (i, self.faults[i].1))
+            .position(|f| f.method == method && path.starts_with(f.path_prefix.as_str()))
+            .map(|i| (i, self.faults[i].fault))
+    }
+
+    fn take_fault(&mut self, method: &Method, path: &str) -> Option<Fault> {
+        let (index, fault) = self.first_fault(method, path)?;
+        self.faults.remove(index);
+        Some(fault)
+    }
+
+    /// Forgets every key at least [`IDEMPOTENCY_KEY_TTL_SECS`] old.
+    fn prune_keys(&mut self) {
+        let now = self.now;
+        self.idempotency.retain(|_, remembered| now - remembered.first_used < IDEMPOTENCY_KEY_TTL_SECS);
     }
 }
 
@@ -184,9 +261,11 @@ impl Drop for StripeStub {
 }
 
 impl StripeStub {
-    /// Starts the stub on a free loopback port, with no accounts and no balances.
+    /// Starts the stub on a free loopback port, with no accounts and no balances, its clock at
+    /// [`STUB_START_TIME`].
     pub async fn start() -> Self {
         let shared = Arc::new(Shared::default());
+        shared.ledger().now = STUB_START_TIME;
         let app = Router::new().fallback(handle).with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port is free");
         let base_url = format!("http://{}", listener.local_addr().expect("the listener has an address"));
@@ -206,6 +285,22 @@ impl StripeStub {
         let mut config = StripeClientConfig::new(ApiKey::new(STUB_API_KEY));
         config.api_base = self.base_url.clone();
         config
+    }
+
+    /// The stub's clock, in unix seconds: every created object's `created`, and what idempotency
+    /// keys age by.
+    pub fn now(&self) -> i64 {
+        self.shared.ledger().now
+    }
+
+    /// Sets the stub's clock (unix seconds). It may go backwards; keys then age from the new time.
+    pub fn set_now(&self, unix: i64) {
+        self.shared.ledger().now = unix;
+    }
+
+    /// Moves the stub's clock forward by `secs` (backwards if negative).
+    pub fn advance(&self, secs: i64) {
+        self.shared.ledger().now += secs;
     }
 
     /// Sets the platform's available balance in `currency`.
@@ -242,6 +337,19 @@ impl StripeStub {
         self.shared.ledger().accounts.get(id).and_then(|a| a.balances.get(currency)).copied().unwrap_or(0)
     }
 
+    /// The platform loses access to connected account `id` (its owner revoked the application, or
+    /// it was disconnected): from now on any request with `Stripe-Account: id`, any transfer to it
+    /// and `GET /v1/accounts/id` get Stripe's 403 `account_invalid`, and nothing is saved under
+    /// their idempotency keys.
+    pub fn revoke_account_access(&self, id: &str) {
+        self.shared.ledger().revoked.insert(id.to_owned());
+    }
+
+    /// Undoes [`Self::revoke_account_access`].
+    pub fn restore_account_access(&self, id: &str) {
+        self.shared.ledger().revoked.remove(id);
+    }
+
     /// Every transfer created, in order.
     pub fn transfers(&self) -> Vec<StubTransfer> {
         self.shared.ledger().transfers.clone()
@@ -257,9 +365,23 @@ impl StripeStub {
         self.shared.ledger().payouts.clone()
     }
 
-    /// Queues a one-shot fault for the next matching request on a path starting with `path_prefix`.
+    /// Queues a one-shot fault for the next POST (a create) on a path starting with `path_prefix`
+    /// that would execute. GETs never consume it.
     pub fn inject(&self, path_prefix: &str, fault: Fault) {
-        self.shared.ledger().faults.push_back((path_prefix.to_owned(), fault));
+        self.queue_fault(Method::POST, path_prefix, fault);
+    }
+
+    /// Queues a one-shot fault for the next GET (a retrieval or a list) on a path starting with
+    /// `path_prefix`. POSTs never consume it. On a GET, [`Fault::ServerErrorAfterCreate`] runs the
+    /// lookup and answers 500, [`Fault::ServerErrorBeforeCreate`] answers 500 without running it,
+    /// and [`Fault::Timeout`] holds it; nothing is saved, since a GET has no idempotency key.
+    pub fn inject_get(&self, path_prefix: &str, fault: Fault) {
+        self.queue_fault(Method::GET, path_prefix, fault);
+    }
+
+    fn queue_fault(&self, method: Method, path_prefix: &str, fault: Fault) {
+        let injected = Injected { method, path_prefix: path_prefix.to_owned(), fault };
+        self.shared.ledger().faults.push_back(injected);
     }
 
     /// How many injected faults have not fired yet.
@@ -267,7 +389,7 @@ impl StripeStub {
         self.shared.ledger().faults.len()
     }
 
-    /// How many requests arrived per path, rejected ones included.
+    /// How many requests arrived per path, rejected ones and GETs included.
     pub fn requests(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
         for request in &self.shared.ledger().received {
@@ -309,11 +431,13 @@ impl StripeStub {
 struct Call {
     method: Method,
     path: String,
+    query: Option<String>,
     authorization: Option<String>,
     idempotency_key: Option<String>,
     stripe_account: Option<String>,
     stripe_version: Option<String>,
-    form: Result<Vec<(String, String)>, String>,
+    /// The parameters: the query string of a GET, the form body of anything else.
+    params: Result<Vec<(String, String)>, String>,
 }
 
 /// An answer: status, body, and whether it replays an earlier result.
@@ -347,11 +471,44 @@ impl Reply {
             "You have insufficient available funds in your Stripe account.",
         )
     }
+
+    fn server_error() -> Self {
+        Self::error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", None, "An unknown error occurred.")
+    }
+
+    /// Stripe's answer to a platform key used on a connected account it has no access to (any
+    /// more): the key masked but for its prefix and last four characters.
+    fn no_access(presented_key: &str, account: &str) -> Self {
+        let mut reply = Self::error(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            Some("account_invalid"),
+            format!(
+                "The provided key '{}' does not have access to account '{account}' (or that account does \
+                 not exist). Application access may have been revoked.",
+                masked(presented_key)
+            ),
+        );
+        reply.body["error"]["doc_url"] = json!("https://stripe.com/docs/error-codes/account-invalid");
+        reply
+    }
+}
+
+/// `sk_test_abcdefgh1234` → `sk_test_********1234`, as Stripe writes a key in its messages.
+fn masked(key: &str) -> String {
+    let prefix_len = key.match_indices('_').nth(1).map_or(0, |(i, _)| i + 1);
+    let (prefix, rest) = key.split_at(prefix_len);
+    let hidden = rest.chars().count().saturating_sub(4);
+    let tail: String = rest.chars().skip(hidden).collect();
+    format!("{prefix}{}{tail}", "*".repeat(hidden))
 }
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
         if self.replayed {
             response
                 .headers_mut()
@@ -368,17 +525,24 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Reply {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let params = if method == Method::GET {
+        query.map(|Query(pairs)| pairs).map_err(|rejection| rejection.body_text())
+    } else {
+        form.map(|Form(pairs)| pairs).map_err(|rejection| rejection.body_text())
+    };
     let call = Call {
         method,
         path: uri.path().to_owned(),
+        query: uri.query().map(str::to_owned),
         authorization: header("authorization"),
         idempotency_key: header("idempotency-key"),
         stripe_account: header("stripe-account"),
         stripe_version: header("stripe-version"),
-        form: form.map(|Form(pairs)| pairs).map_err(|rejection| rejection.body_text()),
+        params,
     };
     tokio::spawn(process(shared, call)).await.unwrap_or_else(|_| {
         Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", None, "the stub failed")
@@ -392,6 +556,18 @@ enum Route {
     CreateReversal(String),
     CreatePayout,
     RetrieveAccount(String),
+    ListTransfers,
+    ListReversals(String),
+    ListPayouts,
+}
+
+impl Route {
+    fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Self::RetrieveAccount(_) | Self::ListTransfers | Self::ListReversals(_) | Self::ListPayouts
+        )
+    }
 }
 
 fn route(method: &Method, path: &str) -> Option<Route> {
@@ -403,6 +579,11 @@ fn route(method: &Method, path: &str) -> Option<Route> {
         }
         ("POST", ["v1", "payouts"]) => Some(Route::CreatePayout),
         ("GET", ["v1", "accounts", id]) if !id.is_empty() => Some(Route::RetrieveAccount((*id).to_owned())),
+        ("GET", ["v1", "transfers"]) => Some(Route::ListTransfers),
+        ("GET", ["v1", "transfers", id, "reversals"]) if !id.is_empty() => {
+            Some(Route::ListReversals((*id).to_owned()))
+        }
+        ("GET", ["v1", "payouts"]) => Some(Route::ListPayouts),
         _ => None,
     }
 }
@@ -435,13 +616,14 @@ enum Begun {
     },
 }
 
-/// Authenticates, routes, parses, applies faults and idempotency, and runs the request unless a
-/// fault holds it.
+/// Authenticates, routes, parses, checks account access, applies faults and idempotency, and runs
+/// the request unless a fault holds it.
 fn begin(shared: &Shared, call: Call) -> Begun {
     let mut ledger = shared.ledger();
     ledger.received.push(ReceivedRequest {
         method: call.method.to_string(),
         path: call.path.clone(),
+        query: call.query.clone(),
         idempotency_key: call.idempotency_key.clone(),
         stripe_account: call.stripe_account.clone(),
         stripe_version: call.stripe_version.clone(),
@@ -460,28 +642,43 @@ fn begin(shared: &Shared, call: Call) -> Begun {
         let message = format!("Unrecognized request URL ({}: {}).", call.method, call.path);
         return Begun::Answered(Reply::error(StatusCode::NOT_FOUND, "invalid_request_error", None, message));
     };
-    let key = match (&route, call.idempotency_key.as_deref()) {
-        (Route::RetrieveAccount(_), _) => None,
-        (_, Some(key)) if !key.is_empty() => Some(key.to_owned()),
-        (_, _) => {
+    // Stripe ignores an idempotency key on a GET.
+    let key = match (route.is_read(), call.idempotency_key.as_deref()) {
+        (true, _) => None,
+        (false, Some(key)) if !key.is_empty() => Some(key.to_owned()),
+        (false, _) => {
             return Begun::Answered(Reply::invalid(
                 None,
                 "This stand-in requires an Idempotency-Key on every POST.",
             ));
         }
     };
-    let params = match (&route, call.form) {
-        (Route::RetrieveAccount(_), _) => Params::default(),
-        (_, Ok(pairs)) => match Params::parse(pairs) {
+    let params = match call.params {
+        Ok(pairs) => match Params::parse(pairs) {
             Ok(params) => params,
             Err(reply) => return Begun::Answered(reply),
         },
-        (_, Err(rejection)) => {
-            return Begun::Answered(Reply::invalid(None, format!("The form body is invalid: {rejection}")));
+        Err(rejection) => {
+            return Begun::Answered(Reply::invalid(None, format!("The parameters are invalid: {rejection}")));
         }
     };
 
-    if let Some((index, Fault::RateLimited)) = ledger.first_fault(&call.path) {
+    // Access to a connected account is decided before anything runs, so it is never saved under
+    // the key: once access is restored, a retry under the same key executes.
+    let named_account = match &route {
+        Route::RetrieveAccount(id) => Some(id.as_str()),
+        Route::CreateTransfer => params.get("destination"),
+        _ => None,
+    };
+    let refused = [call.stripe_account.as_deref(), named_account]
+        .into_iter()
+        .flatten()
+        .find(|account| ledger.revoked.contains(*account));
+    if let Some(account) = refused {
+        return Begun::Answered(Reply::no_access(presented, account));
+    }
+
+    if let Some((index, Fault::RateLimited)) = ledger.first_fault(&call.method, &call.path) {
         ledger.faults.remove(index);
         return Begun::Answered(Reply::error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -494,11 +691,16 @@ fn begin(shared: &Shared, call: Call) -> Begun {
     let fingerprint =
         format!("{} {} account={:?} {:?}", call.method, call.path, call.stripe_account, params.0);
     if let Some(key) = &key {
+        ledger.prune_keys();
         match ledger.idempotency.get(key) {
-            Some(Remembered::Done { fingerprint: first, status, body }) if *first == fingerprint => {
+            Some(Remembered { fingerprint: first, outcome: Outcome::Done { status, body }, .. })
+                if *first == fingerprint =>
+            {
                 return Begun::Answered(Reply { status: *status, body: body.clone(), replayed: true });
             }
-            Some(Remembered::InProgress { fingerprint: first }) if *first == fingerprint => {
+            Some(Remembered { fingerprint: first, outcome: Outcome::InProgress, .. })
+                if *first == fingerprint =>
+            {
                 return Begun::Answered(Reply::error(
                     StatusCode::CONFLICT,
                     "idempotency_error",
@@ -522,15 +724,16 @@ fn begin(shared: &Shared, call: Call) -> Begun {
         }
     }
 
-    let fault = ledger.first_fault(&call.path).map(|(index, fault)| {
-        ledger.faults.remove(index);
-        fault
-    });
+    let fault = ledger.take_fault(&call.method, &call.path);
     let request = Request { route, stripe_account: call.stripe_account, params };
     match fault {
         Some(Fault::Timeout) => {
             if let Some(key) = &key {
-                let in_progress = Remembered::InProgress { fingerprint: fingerprint.clone() };
+                let in_progress = Remembered {
+                    fingerprint: fingerprint.clone(),
+                    first_used: ledger.now,
+                    outcome: Outcome::InProgress,
+                };
                 ledger.idempotency.insert(key.clone(), in_progress);
             }
             let (release, released) = oneshot::channel();
@@ -539,13 +742,15 @@ fn begin(shared: &Shared, call: Call) -> Begun {
             Begun::Held { released, finished, request, key, fingerprint }
         }
         Some(Fault::ServerErrorAfterCreate) => {
-            execute_and_remember(&mut ledger, &request, key.as_deref(), &fingerprint);
-            Begun::Answered(Reply::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "api_error",
-                None,
-                "An unknown error occurred.",
-            ))
+            let (_, executed) = execute(&mut ledger, &request);
+            let reply = Reply::server_error();
+            remember(&mut ledger, key.as_deref(), &fingerprint, &reply, executed);
+            Begun::Answered(reply)
+        }
+        Some(Fault::ServerErrorBeforeCreate) => {
+            let reply = Reply::server_error();
+            remember(&mut ledger, key.as_deref(), &fingerprint, &reply, true);
+            Begun::Answered(reply)
         }
         Some(Fault::BalanceInsufficient) => {
             let reply = Reply::balance_insufficient();
@@ -569,15 +774,17 @@ fn execute_and_remember(
     reply
 }
 
-/// Stores the result under the key, as Stripe does once an endpoint has started executing; a
-/// request refused by validation leaves the key free.
+/// Stores the result under the key, as Stripe does once an endpoint has started executing (500s
+/// included); a request refused by validation leaves the key free. The key keeps the time it was
+/// first used, so that a held request's result ages from when it arrived.
 fn remember(ledger: &mut Ledger, key: Option<&str>, fingerprint: &str, reply: &Reply, executed: bool) {
     let Some(key) = key else { return };
     if executed {
-        let remembered = Remembered::Done {
+        let first_used = ledger.idempotency.get(key).map_or(ledger.now, |r| r.first_used);
+        let remembered = Remembered {
             fingerprint: fingerprint.to_owned(),
-            status: reply.status,
-            body: reply.body.clone(),
+            first_used,
+            outcome: Outcome::Done { status: reply.status, body: reply.body.clone() },
         };
         ledger.idempotency.insert(key.to_owned(), remembered);
     } else {
@@ -593,7 +800,7 @@ struct Request {
     params: Params,
 }
 
-/// Form parameters, each given once.
+/// Form or query parameters, each given once.
 #[derive(Debug, Default)]
 struct Params(BTreeMap<String, String>);
 
@@ -615,7 +822,16 @@ impl Params {
 
     /// Refuses any parameter outside `allowed` and `metadata[…]`, as Stripe does.
     fn only(&self, allowed: &[&str]) -> Result<(), Reply> {
-        match self.0.keys().find(|name| !allowed.contains(&name.as_str()) && metadata_key(name).is_none()) {
+        self.refuse_unknown(|name| allowed.contains(&name) || metadata_key(name).is_some())
+    }
+
+    /// Refuses any parameter outside `allowed` (a list takes no metadata).
+    fn only_exactly(&self, allowed: &[&str]) -> Result<(), Reply> {
+        self.refuse_unknown(|name| allowed.contains(&name))
+    }
+
+    fn refuse_unknown(&self, known: impl Fn(&str) -> bool) -> Result<(), Reply> {
+        match self.0.keys().find(|name| !known(name.as_str())) {
             Some(name) => {
                 Err(Reply::invalid(Some("parameter_unknown"), format!("Received unknown parameter: {name}")))
             }
@@ -630,15 +846,21 @@ impl Params {
             .collect()
     }
 
-    fn amount(&self) -> Result<Option<i64>, Reply> {
-        match self.get("amount") {
+    fn integer(&self, name: &str) -> Result<Option<i64>, Reply> {
+        match self.get(name) {
             None => Ok(None),
-            Some(raw) => match raw.parse::<i64>() {
-                Ok(amount) if amount > 0 => Ok(Some(amount)),
-                _ => {
-                    Err(Reply::invalid(Some("parameter_invalid_integer"), format!("Invalid integer: {raw}")))
-                }
-            },
+            Some(raw) => raw.parse::<i64>().map(Some).map_err(|_| {
+                Reply::invalid(Some("parameter_invalid_integer"), format!("Invalid integer: {raw}"))
+            }),
+        }
+    }
+
+    fn amount(&self) -> Result<Option<i64>, Reply> {
+        match self.integer("amount")? {
+            Some(amount) if amount <= 0 => {
+                Err(Reply::invalid(Some("parameter_invalid_integer"), format!("Invalid integer: {amount}")))
+            }
+            amount => Ok(amount),
         }
     }
 
@@ -668,6 +890,9 @@ fn execute(ledger: &mut Ledger, request: &Request) -> (Reply, bool) {
         Route::CreateReversal(transfer) => create_reversal(ledger, request, transfer),
         Route::CreatePayout => create_payout(ledger, request),
         Route::RetrieveAccount(id) => Ok(retrieve_account(ledger, id)),
+        Route::ListTransfers => list_transfers(ledger, request),
+        Route::ListReversals(transfer) => list_reversals(ledger, request, transfer),
+        Route::ListPayouts => list_payouts(ledger, request),
     };
     match result {
         Ok(reply) => (reply, true),
@@ -737,13 +962,9 @@ fn create_transfer(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refu
         transfer_group: params.get("transfer_group").map(str::to_owned),
         metadata: params.metadata(),
         amount_reversed: 0,
+        created: ledger.now,
     };
-    let body = json!({
-        "id": transfer.id, "object": "transfer", "amount": transfer.amount, "amount_reversed": 0,
-        "currency": transfer.currency, "destination": transfer.destination,
-        "source_transaction": transfer.source_transaction, "transfer_group": transfer.transfer_group,
-        "metadata": transfer.metadata, "reversed": false, "livemode": false,
-    });
+    let body = transfer.json();
     ledger.transfers.push(transfer);
     Ok(Reply::ok(body))
 }
@@ -756,14 +977,9 @@ fn create_reversal(ledger: &mut Ledger, request: &Request, transfer_id: &str) ->
     params.only(&["amount", "description"])?;
     let requested = params.amount()?;
     let Some(index) = ledger.transfers.iter().position(|t| t.id == transfer_id) else {
-        let missing = Reply::error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("resource_missing"),
-            format!("No such transfer: '{transfer_id}'"),
-        );
-        return Err(Refusal::Executed(missing));
+        return Err(Refusal::Executed(no_such_transfer(transfer_id)));
     };
+    let now = ledger.now;
     let transfer = &mut ledger.transfers[index];
     let unreversed = transfer.amount - transfer.amount_reversed;
     let amount = requested.unwrap_or(unreversed);
@@ -774,8 +990,7 @@ fn create_reversal(ledger: &mut Ledger, request: &Request, transfer_id: &str) ->
         return Err(Refusal::Executed(Reply::invalid(None, message)));
     }
     transfer.amount_reversed += amount;
-    let (currency, destination, amount_reversed) =
-        (transfer.currency.clone(), transfer.destination.clone(), transfer.amount_reversed);
+    let (currency, destination) = (transfer.currency.clone(), transfer.destination.clone());
     *ledger.platform.entry(currency.clone()).or_insert(0) += amount;
     if let Some(account) = ledger.accounts.get_mut(&destination) {
         *account.balances.entry(currency.clone()).or_insert(0) -= amount;
@@ -787,14 +1002,20 @@ fn create_reversal(ledger: &mut Ledger, request: &Request, transfer_id: &str) ->
         currency,
         destination,
         metadata: params.metadata(),
+        created: now,
     };
-    let body = json!({
-        "id": reversal.id, "object": "transfer_reversal", "amount": reversal.amount,
-        "currency": reversal.currency, "transfer": reversal.transfer, "metadata": reversal.metadata,
-        "transfer_amount_reversed": amount_reversed,
-    });
+    let body = reversal.json();
     ledger.reversals.push(reversal);
     Ok(Reply::ok(body))
+}
+
+fn no_such_transfer(transfer_id: &str) -> Reply {
+    Reply::error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        Some("resource_missing"),
+        format!("No such transfer: '{transfer_id}'"),
+    )
 }
 
 fn create_payout(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusal> {
@@ -809,6 +1030,7 @@ fn create_payout(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusa
     params.only(&["amount", "currency", "description"])?;
     let amount = params.required_amount()?;
     let currency = params.currency()?;
+    let now = ledger.now;
     let Some(account) = ledger.accounts.get_mut(&account_id) else {
         let message = format!("The account '{account_id}' in the Stripe-Account header does not exist.");
         return Err(Refusal::Executed(Reply::invalid(Some("account_invalid"), message)));
@@ -828,11 +1050,10 @@ fn create_payout(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusa
         amount,
         currency,
         metadata: params.metadata(),
+        created: now,
+        status: "pending".to_owned(),
     };
-    let body = json!({
-        "id": payout.id, "object": "payout", "amount": payout.amount, "currency": payout.currency,
-        "status": "pending", "metadata": payout.metadata, "livemode": false,
-    });
+    let body = payout.json();
     ledger.payouts.push(payout);
     Ok(Reply::ok(body))
 }
@@ -852,4 +1073,187 @@ fn retrieve_account(ledger: &Ledger, id: &str) -> Reply {
             format!("No such account: '{id}'"),
         ),
     }
+}
+
+/// The paging parameters every list takes, and the `created` range where the list has one.
+#[derive(Debug)]
+struct Paging {
+    limit: usize,
+    starting_after: Option<String>,
+    created_from: i64,
+    created_to: i64,
+}
+
+impl Paging {
+    /// Reads `limit`, `starting_after` and, when `with_created`, `created` and `created[…]`;
+    /// refuses any parameter outside those and `filters`.
+    fn parse(params: &Params, filters: &[&str], with_created: bool) -> Result<Self, Reply> {
+        const CREATED: [&str; 5] = ["created", "created[gt]", "created[gte]", "created[lt]", "created[lte]"];
+        if params.get("ending_before").is_some() {
+            return Err(Reply::invalid(None, "This stand-in pages forward only: use starting_after."));
+        }
+        let mut allowed = vec!["limit", "starting_after"];
+        allowed.extend_from_slice(filters);
+        if with_created {
+            allowed.extend_from_slice(&CREATED);
+        }
+        params.only_exactly(&allowed)?;
+        let limit = match params.integer("limit")? {
+            None => 10,
+            Some(limit @ 1..=100) => usize::try_from(limit).unwrap_or(100),
+            Some(limit) => {
+                let message = format!("Invalid limit: must be between 1 and 100, got {limit}.");
+                return Err(Reply::invalid(Some("parameter_invalid_integer"), message));
+            }
+        };
+        let (mut created_from, mut created_to) = (i64::MIN, i64::MAX);
+        if let Some(exact) = params.integer("created")? {
+            (created_from, created_to) = (exact, exact);
+        }
+        if let Some(gt) = params.integer("created[gt]")? {
+            created_from = created_from.max(gt.saturating_add(1));
+        }
+        if let Some(gte) = params.integer("created[gte]")? {
+            created_from = created_from.max(gte);
+        }
+        if let Some(lt) = params.integer("created[lt]")? {
+            created_to = created_to.min(lt.saturating_sub(1));
+        }
+        if let Some(lte) = params.integer("created[lte]")? {
+            created_to = created_to.min(lte);
+        }
+        let starting_after = params.get("starting_after").map(str::to_owned);
+        Ok(Self { limit, starting_after, created_from, created_to })
+    }
+
+    /// One page of `items` (held oldest first) as a Stripe list: newest first, after the cursor,
+    /// those that `keep` and whose `created` is in range. The cursor is looked up among all
+    /// `items`, so it may be an object the filters leave out, as at Stripe.
+    fn page<T: Listed>(&self, url: &str, items: &[T], keep: impl Fn(&T) -> bool) -> Result<Reply, Reply> {
+        let end = match &self.starting_after {
+            None => items.len(),
+            Some(cursor) => items.iter().position(|item| item.id() == cursor).ok_or_else(|| {
+                let message = format!("No such {}: '{cursor}'", T::OBJECT);
+                let mut missing = Reply::invalid(Some("resource_missing"), message);
+                missing.body["error"]["param"] = json!("starting_after");
+                missing
+            })?,
+        };
+        let mut matching = items[..end]
+            .iter()
+            .rev()
+            .filter(|item| (self.created_from..=self.created_to).contains(&item.created()) && keep(item));
+        let data: Vec<Value> = matching.by_ref().take(self.limit).map(Listed::json).collect();
+        let has_more = matching.next().is_some();
+        Ok(Reply::ok(json!({ "object": "list", "data": data, "has_more": has_more, "url": url })))
+    }
+}
+
+/// An object a list shows.
+trait Listed {
+    /// Its `object` name, for a missing cursor's message.
+    const OBJECT: &'static str;
+    fn id(&self) -> &str;
+    fn created(&self) -> i64;
+    /// The object as Stripe shows it, in a create answer and in a list alike.
+    fn json(&self) -> Value;
+}
+
+impl Listed for StubTransfer {
+    const OBJECT: &'static str = "transfer";
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn created(&self) -> i64 {
+        self.created
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id, "object": "transfer", "amount": self.amount,
+            "amount_reversed": self.amount_reversed, "created": self.created,
+            "currency": self.currency, "destination": self.destination,
+            "source_transaction": self.source_transaction, "transfer_group": self.transfer_group,
+            "metadata": self.metadata, "reversed": self.amount_reversed >= self.amount,
+            "livemode": false,
+        })
+    }
+}
+
+impl Listed for StubReversal {
+    const OBJECT: &'static str = "transfer_reversal";
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn created(&self) -> i64 {
+        self.created
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id, "object": "transfer_reversal", "amount": self.amount,
+            "created": self.created, "currency": self.currency, "transfer": self.transfer,
+            "metadata": self.metadata,
+        })
+    }
+}
+
+impl Listed for StubPayout {
+    const OBJECT: &'static str = "payout";
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn created(&self) -> i64 {
+        self.created
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id, "object": "payout", "amount": self.amount, "created": self.created,
+            "currency": self.currency, "status": self.status, "metadata": self.metadata,
+            "livemode": false,
+        })
+    }
+}
+
+fn list_transfers(ledger: &Ledger, request: &Request) -> Result<Reply, Refusal> {
+    if request.stripe_account.is_some() {
+        return Err(Reply::invalid(None, "This stand-in lists transfers of the platform only.").into());
+    }
+    let params = &request.params;
+    let paging = Paging::parse(params, &["destination", "transfer_group"], true)?;
+    let (destination, group) = (params.get("destination"), params.get("transfer_group"));
+    let keep = |t: &StubTransfer| {
+        destination.is_none_or(|d| t.destination == d)
+            && group.is_none_or(|g| t.transfer_group.as_deref() == Some(g))
+    };
+    Ok(paging.page("/v1/transfers", &ledger.transfers, keep)?)
+}
+
+fn list_reversals(ledger: &Ledger, request: &Request, transfer_id: &str) -> Result<Reply, Refusal> {
+    if request.stripe_account.is_some() {
+        return Err(Reply::invalid(None, "This stand-in lists reversals of the platform only.").into());
+    }
+    let paging = Paging::parse(&request.params, &[], false)?;
+    if !ledger.transfers.iter().any(|t| t.id == transfer_id) {
+        return Err(no_such_transfer(transfer_id).into());
+    }
+    let url = format!("/v1/transfers/{transfer_id}/reversals");
+    Ok(paging.page(&url, &ledger.reversals, |r| r.transfer == transfer_id)?)
+}
+
+fn list_payouts(ledger: &Ledger, request: &Request) -> Result<Reply, Refusal> {
+    let params = &request.params;
+    let paging = Paging::parse(params, &["status"], true)?;
+    let status = params.get("status");
+    // Without `Stripe-Account` these are the platform's own payouts, of which the stub has none.
+    let account = request.stripe_account.as_deref();
+    let keep = |p: &StubPayout| Some(p.account.as_str()) == account && status.is_none_or(|s| p.status == s);
+    Ok(paging.page("/v1/payouts", &ledger.payouts, keep)?)
 }

@@ -20,6 +20,7 @@ fn record(event_id: &str, outcome: EventOutcome) -> EventRecord {
         created: Some(NOW - 10),
         livemode: Some(false),
         outcome,
+        reason: None,
         received_at: NOW,
         expires_at: NOW + DEDUPE_RETENTION_SECS,
     }
@@ -260,6 +261,10 @@ fn transfer_step(payment: &str, destination: &str, amount: i64) -> Step {
         created_at: NOW,
         updated_at: NOW,
         version: 1,
+        livemode: Some(false),
+        netted: 0,
+        sent_at: None,
+        unresolved: None,
     }
 }
 
@@ -369,21 +374,19 @@ async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
             .await,
         applied
     );
-    let reversed = |destination: &str, steps: &[Step]| -> i64 {
-        steps
-            .iter()
-            .filter(|step| step.kind == StepKind::Reversal && step.destination.as_str() == destination)
-            .map(|step| step.amount)
-            .sum()
-    };
+    // The transfers were never sent, so the refunds take them back before they go: no reversals,
+    // and nothing left to send.
     let steps = service.store().load_payment_steps("pi_1").await.unwrap();
+    let netted: Vec<(&str, i64, i64, StepStatus)> =
+        steps.iter().map(|step| (step.step_id.as_str(), step.amount, step.netted, step.status)).collect();
     assert_eq!(
-        (reversed("acct_A", &steps), reversed("acct_B", &steps)),
-        (7000, 2000),
-        "a full refund reverses every transfer exactly"
+        netted,
+        [("tr:pi_1:acct_A", 0, 7000, StepStatus::Refused), ("tr:pi_1:acct_B", 0, 2000, StepStatus::Refused)],
+        "a full refund of unsent transfers nets every transfer out exactly"
     );
 
-    // A refund delivered before its payment is remembered and reversed when the transfers are planned.
+    // A refund delivered before its payment is remembered and netted out when the transfers are
+    // planned.
     assert_eq!(
         deliver(fund_event("evt_r3", "charge.refunded", NOW - 75, None, refund("pi_3", 1_000, 500))).await,
         applied
@@ -394,8 +397,9 @@ async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
         applied
     );
     let planned = service.store().load_payment_steps("pi_3").await.unwrap();
-    let kinds: Vec<(StepKind, i64)> = planned.iter().map(|step| (step.kind, step.amount)).collect();
-    assert_eq!(kinds, [(StepKind::Transfer, 600), (StepKind::Reversal, 300)]);
+    let kinds: Vec<(StepKind, i64, i64)> =
+        planned.iter().map(|step| (step.kind, step.amount, step.netted)).collect();
+    assert_eq!(kinds, [(StepKind::Transfer, 300, 300)]);
     assert_eq!(
         deliver(fund_event("evt_r3b", "charge.refunded", NOW - 73, None, refund("pi_3", 1_000, 500))).await,
         unchanged

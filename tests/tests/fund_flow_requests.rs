@@ -100,10 +100,10 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
     let requests = requests_for(&log, &service, &paid).await;
     check(
         &mut rows,
-        "payment_intent.succeeded, 2 known splits",
+        "payment_intent.succeeded, 2 splits",
         &requests,
-        // The payment's steps, each destination, the payment's remembered refund, then one write.
-        &["Query", "GetItem", "GetItem", "GetItem", "TransactWriteItems"],
+        // One query of the payment's partition (its guard and its steps), then one write.
+        &["Query", "TransactWriteItems"],
     );
     let requests = requests_for(&log, &service, &paid).await;
     check(&mut rows, "duplicate delivery of that payment", &requests, &["Query", "PutItem", "Query"]);

@@ -47,6 +47,10 @@ fn finished(step: &StepRef) -> Step {
         created_at: NOW,
         updated_at: NOW,
         version: 1,
+        livemode: Some(false),
+        netted: 0,
+        sent_at: Some(NOW),
+        unresolved: None,
     }
 }
 

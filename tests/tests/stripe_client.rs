@@ -1,15 +1,22 @@
 //! The Stripe client against the stand-in Stripe API: objects are created once, idempotency keys
-//! replay, faults classify as the workers need, and the key never leaks.
+//! replay (saved 500s included) until they are pruned, lookups settle what a 500 left unknown,
+//! faults and refusals classify as the workers need, and the key never leaks.
 
 use std::time::Duration;
 
-use integration_tests::stripe_stub::{Fault, STUB_API_KEY, StripeStub};
+use integration_tests::stripe_stub::{
+    Fault, IDEMPOTENCY_KEY_TTL_SECS, ReceivedRequest, STUB_API_KEY, STUB_START_TIME, StripeStub,
+};
+use serde_json::Value;
 use shared::domain::account::AccountId;
+use shared::domain::funds::STEP_METADATA;
 use shared::stripe::client::{
     ApiKey, CreateTransfer, STRIPE_VERSION, StripeClient, StripeClientConfig, StripeError, StripeObject,
 };
 
 const A: &str = "acct_1SellerA";
+const B: &str = "acct_1SellerB";
+const GROUP: &str = "pi_1Group";
 
 fn acct(id: &str) -> AccountId {
     AccountId::parse(id).unwrap()
@@ -24,10 +31,22 @@ async fn funded_stub(platform_usd: i64) -> (StripeStub, StripeClient) {
     (stub, client)
 }
 
+/// A transfer of `amount` to `destination` in [`GROUP`] for step `step-1`.
 async fn transfer(
     client: &StripeClient,
     amount: i64,
     destination: &AccountId,
+    key: &str,
+) -> Result<StripeObject, StripeError> {
+    transfer_for_step(client, amount, destination, GROUP, "step-1", key).await
+}
+
+async fn transfer_for_step(
+    client: &StripeClient,
+    amount: i64,
+    destination: &AccountId,
+    group: &str,
+    step_id: &str,
     key: &str,
 ) -> Result<StripeObject, StripeError> {
     let params = CreateTransfer {
@@ -35,10 +54,27 @@ async fn transfer(
         currency: "usd",
         destination,
         source_transaction: Some("ch_1Source"),
-        transfer_group: Some("pi_1Group"),
-        metadata: &[("step_id", "step-1")],
+        transfer_group: Some(group),
+        metadata: &[(STEP_METADATA, step_id)],
     };
     client.create_transfer(&params, key).await
+}
+
+/// The requests the stub received from index `from` on.
+fn received_since(stub: &StripeStub, from: usize) -> Vec<ReceivedRequest> {
+    stub.received().split_off(from)
+}
+
+/// A GET of `path_and_query` at the stub with the test key, and its status and JSON body.
+async fn get_raw(stub: &StripeStub, path_and_query: &str, account: Option<&str>) -> (u16, Value) {
+    let mut request =
+        reqwest::Client::new().get(format!("{}{path_and_query}", stub.base_url())).bearer_auth(STUB_API_KEY);
+    if let Some(account) = account {
+        request = request.header("Stripe-Account", account);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_str(&response.text().await.unwrap()).unwrap())
 }
 
 #[tokio::test]
@@ -59,7 +95,9 @@ async fn each_call_creates_its_object_and_moves_balances() {
     assert_eq!(recorded.destination, A);
     assert_eq!(recorded.source_transaction.as_deref(), Some("ch_1Source"));
     assert_eq!(recorded.transfer_group.as_deref(), Some("pi_1Group"));
-    assert_eq!(recorded.metadata.get("step_id").map(String::as_str), Some("step-1"));
+    assert_eq!(recorded.metadata.get(STEP_METADATA).map(String::as_str), Some("step-1"));
+    assert_eq!(recorded.created, STUB_START_TIME);
+    assert_eq!(created.raw["created"], STUB_START_TIME);
     assert_eq!((stub.platform_balance("usd"), stub.account_balance(A, "usd")), (3000, 7000));
 
     let reversal =
@@ -132,21 +170,426 @@ async fn the_same_key_with_other_parameters_is_an_idempotency_mismatch() {
 }
 
 #[tokio::test]
-async fn a_500_after_create_then_a_retry_with_the_same_key_returns_the_first_object() {
+async fn a_500_after_create_is_replayed_under_its_key_and_only_a_lookup_shows_the_transfer() {
     let (stub, client) = funded_stub(10_000).await;
     let a = acct(A);
     stub.inject("/v1/transfers", Fault::ServerErrorAfterCreate);
 
-    let error = transfer(&client, 7000, &a, "k-500").await.unwrap_err();
+    let error = transfer(&client, 4000, &a, "k-500").await.unwrap_err();
     assert!(error.is_retryable());
     assert_eq!(error.status(), Some(500));
-    assert_eq!(stub.transfers().len(), 1, "the object exists although the answer was 500");
+    let created = stub.transfers();
+    assert_eq!(created.len(), 1, "the object exists although the answer was 500");
+    assert_eq!(stub.pending_faults(), 0);
 
-    let retried = transfer(&client, 7000, &a, "k-500").await.unwrap();
+    // Stripe saved the 500 under the key: the retry replays it, and creates nothing.
+    let replayed = transfer(&client, 4000, &a, "k-500").await.unwrap_err();
+    assert_eq!(replayed, error);
+    assert_eq!(stub.transfers(), created);
+    assert_eq!(stub.platform_balance("usd"), 6000);
+
+    // The lookup settles it: the step's transfer exists, with the fields a create answer has.
+    let found = client.find_transfer(GROUP, &a, "step-1").await.unwrap().expect("the transfer exists");
+    assert_eq!(found.id, created[0].id);
+    assert_eq!(found.raw["object"], "transfer");
+    assert_eq!(found.raw["amount"], 4000);
+    assert_eq!(found.raw["currency"], "usd");
+    assert_eq!(found.raw["destination"], A);
+    assert_eq!(found.raw["transfer_group"], GROUP);
+    assert_eq!(found.raw["source_transaction"], "ch_1Source");
+    assert_eq!(found.raw["metadata"][STEP_METADATA], "step-1");
+    assert_eq!(found.raw["created"], stub.now());
+    assert_eq!(client.find_transfer(GROUP, &a, "step-2").await.unwrap(), None);
+    assert_eq!(client.find_transfer("pi_1Other", &a, "step-1").await.unwrap(), None);
+    assert_eq!(client.find_transfer(GROUP, &acct(B), "step-1").await.unwrap(), None);
+    // An empty group does not filter by group.
+    assert_eq!(
+        client.find_transfer("", &a, "step-1").await.unwrap().map(|t| t.id),
+        Some(created[0].id.clone())
+    );
+
+    // A new key, instead, pays a second time: the ledger shows both.
+    let second = transfer(&client, 4000, &a, "k-500-new").await.unwrap();
     let transfers = stub.transfers();
-    assert_eq!(transfers.len(), 1);
-    assert_eq!(retried.id, transfers[0].id);
-    assert_eq!(stub.platform_balance("usd"), 3000);
+    assert_eq!(transfers.len(), 2);
+    assert_eq!(
+        (transfers[0].id.as_str(), transfers[1].id.as_str()),
+        (created[0].id.as_str(), second.id.as_str())
+    );
+    assert_eq!((stub.platform_balance("usd"), stub.account_balance(A, "usd")), (2000, 8000));
+    // Newest first: the lookup now finds the second.
+    assert_eq!(client.find_transfer(GROUP, &a, "step-1").await.unwrap(), Some(second));
+}
+
+#[tokio::test]
+async fn a_saved_500_is_replayed_with_the_idempotent_replayed_header() {
+    let (stub, _client) = funded_stub(10_000).await;
+    stub.inject("/v1/transfers", Fault::ServerErrorAfterCreate);
+    let http = reqwest::Client::new();
+    let post = || {
+        http.post(format!("{}/v1/transfers", stub.base_url()))
+            .bearer_auth(STUB_API_KEY)
+            .header("Idempotency-Key", "k-raw")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("amount=100&currency=usd&destination={A}"))
+            .send()
+    };
+    let first = post().await.unwrap();
+    assert_eq!(first.status(), 500);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first_body = first.text().await.unwrap();
+
+    let again = post().await.unwrap();
+    assert_eq!(again.status(), 500);
+    assert_eq!(again.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
+    assert_eq!(again.text().await.unwrap(), first_body);
+    assert_eq!(stub.transfers().len(), 1);
+}
+
+#[tokio::test]
+async fn a_500_before_create_is_replayed_and_the_lookup_finds_nothing() {
+    let (stub, client) = funded_stub(10_000).await;
+    let a = acct(A);
+    stub.inject("/v1/transfers", Fault::ServerErrorBeforeCreate);
+
+    let error = transfer(&client, 4000, &a, "k-before").await.unwrap_err();
+    assert_eq!(error.status(), Some(500));
+    assert!(error.is_retryable());
+    assert_eq!(transfer(&client, 4000, &a, "k-before").await.unwrap_err(), error, "the 500 is replayed");
+    assert!(stub.transfers().is_empty());
+    assert_eq!(stub.platform_balance("usd"), 10_000);
+    assert_eq!(stub.pending_faults(), 0);
+    assert_eq!(client.find_transfer(GROUP, &a, "step-1").await.unwrap(), None);
+
+    // Proven absent, the step may go again under a new key, once.
+    let created = transfer(&client, 4000, &a, "k-before-1").await.unwrap();
+    assert_eq!(client.find_transfer(GROUP, &a, "step-1").await.unwrap(), Some(created));
+    assert_eq!(stub.transfers().len(), 1);
+    assert_eq!(stub.platform_balance("usd"), 6000);
+}
+
+#[tokio::test]
+async fn keys_are_pruned_after_24_hours_and_a_pruned_key_executes_anew() {
+    let (stub, client) = funded_stub(10_000).await;
+    let a = acct(A);
+    assert_eq!(stub.now(), STUB_START_TIME);
+
+    let first = transfer(&client, 1000, &a, "k-day").await.unwrap();
+    assert_eq!(first.raw["created"], STUB_START_TIME);
+    stub.advance(IDEMPOTENCY_KEY_TTL_SECS - 1);
+    assert_eq!(transfer(&client, 1000, &a, "k-day").await.unwrap(), first, "still remembered");
+    assert_eq!(stub.transfers().len(), 1);
+
+    stub.advance(1);
+    let anew = transfer(&client, 1000, &a, "k-day").await.unwrap();
+    assert_ne!(anew.id, first.id, "a pruned key creates a new object");
+    assert_eq!(anew.raw["created"], STUB_START_TIME + IDEMPOTENCY_KEY_TTL_SECS);
+    let transfers = stub.transfers();
+    assert_eq!(transfers.len(), 2);
+    assert_eq!(transfers[1].created, STUB_START_TIME + IDEMPOTENCY_KEY_TTL_SECS);
+    // The new result is remembered from now on.
+    assert_eq!(transfer(&client, 1000, &a, "k-day").await.unwrap(), anew);
+
+    // A saved 500 goes the same way: replayed for a day, then the request runs.
+    stub.inject("/v1/transfers", Fault::ServerErrorBeforeCreate);
+    assert_eq!(transfer(&client, 1000, &a, "k-500-day").await.unwrap_err().status(), Some(500));
+    stub.advance(IDEMPOTENCY_KEY_TTL_SECS - 1);
+    assert_eq!(transfer(&client, 1000, &a, "k-500-day").await.unwrap_err().status(), Some(500));
+    assert_eq!(stub.transfers().len(), 2);
+    stub.advance(1);
+    transfer(&client, 1000, &a, "k-500-day").await.unwrap();
+    assert_eq!(stub.transfers().len(), 3);
+    assert_eq!(stub.platform_balance("usd"), 7000);
+
+    stub.set_now(1_800_000_000);
+    let later = transfer(&client, 1000, &a, "k-later").await.unwrap();
+    assert_eq!(later.raw["created"], 1_800_000_000);
+    assert_eq!(stub.transfers()[3].created, 1_800_000_000);
+}
+
+#[tokio::test]
+async fn lookups_page_through_long_lists_newest_first() {
+    let (stub, client) = funded_stub(1_000_000).await;
+    stub.add_account(B, true, true);
+    let (a, b) = (acct(A), acct(B));
+    for i in 0..105 {
+        transfer_for_step(&client, 1, &a, GROUP, &format!("step-{i}"), &format!("k-{i}")).await.unwrap();
+    }
+    // The same step id elsewhere: another destination, another group.
+    transfer_for_step(&client, 1, &b, GROUP, "step-0", "k-b").await.unwrap();
+    transfer_for_step(&client, 1, &a, "pi_1Other", "step-0", "k-other").await.unwrap();
+    let transfers = stub.transfers();
+
+    // The oldest is on the second page of a hundred.
+    let before = stub.received().len();
+    let oldest = client.find_transfer(GROUP, &a, "step-0").await.unwrap().expect("found on page two");
+    assert_eq!(oldest.id, transfers[0].id);
+    let lookups = received_since(&stub, before);
+    assert_eq!(lookups.len(), 2, "{lookups:#?}");
+    assert!(
+        lookups.iter().all(|r| r.method == "GET" && r.path == "/v1/transfers" && r.stripe_account.is_none())
+    );
+    assert!(lookups.iter().all(|r| r.idempotency_key.is_none()));
+    assert_eq!(
+        lookups[0].query.as_deref(),
+        Some("transfer_group=pi_1Group&destination=acct_1SellerA&limit=100")
+    );
+    // Page one held the group's transfers to A from the newest down to the sixth oldest.
+    let second_page = format!(
+        "transfer_group=pi_1Group&destination=acct_1SellerA&limit=100&starting_after={}",
+        transfers[5].id
+    );
+    assert_eq!(lookups[1].query.as_deref(), Some(second_page.as_str()));
+
+    // The newest is on the first page; an absent one costs both pages.
+    let before = stub.received().len();
+    assert_eq!(
+        client.find_transfer(GROUP, &a, "step-104").await.unwrap().map(|t| t.id),
+        Some(transfers[104].id.clone())
+    );
+    assert_eq!(received_since(&stub, before).len(), 1);
+    let before = stub.received().len();
+    assert_eq!(client.find_transfer(GROUP, &a, "step-none").await.unwrap(), None);
+    assert_eq!(received_since(&stub, before).len(), 2);
+    assert_eq!(
+        client.find_transfer(GROUP, &b, "step-0").await.unwrap().map(|t| t.id),
+        Some(transfers[105].id.clone())
+    );
+}
+
+#[tokio::test]
+async fn the_transfer_list_is_stripe_shaped_and_validates_its_parameters() {
+    let (stub, client) = funded_stub(100_000).await;
+    let a = acct(A);
+    let mut created = Vec::new();
+    for i in 0..12 {
+        created.push(
+            transfer_for_step(&client, 100, &a, GROUP, &format!("s{i}"), &format!("k{i}")).await.unwrap(),
+        );
+        stub.advance(10);
+    }
+
+    let (status, list) = get_raw(&stub, "/v1/transfers?transfer_group=pi_1Group", None).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!((list["object"].as_str(), list["url"].as_str()), (Some("list"), Some("/v1/transfers")));
+    assert_eq!(list["has_more"], true);
+    let data = list["data"].as_array().unwrap();
+    assert_eq!(data.len(), 10, "the default limit");
+    // Newest first, each exactly as its create answer was.
+    assert_eq!(data[0], created[11].raw);
+    assert_eq!(data[9], created[2].raw);
+
+    let (_, rest) =
+        get_raw(&stub, &format!("/v1/transfers?limit=100&starting_after={}", created[2].id), None).await;
+    assert_eq!(rest["has_more"], false);
+    let rest: Vec<&Value> = rest["data"].as_array().unwrap().iter().collect();
+    assert_eq!(rest, [&created[1].raw, &created[0].raw]);
+
+    // created[gte] and created[lte] bound the list by the stub's clock.
+    let (_, window) = get_raw(
+        &stub,
+        &format!(
+            "/v1/transfers?created%5Bgte%5D={}&created%5Blte%5D={}",
+            STUB_START_TIME + 30,
+            STUB_START_TIME + 50
+        ),
+        None,
+    )
+    .await;
+    let ids: Vec<&str> =
+        window["data"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [created[5].id.as_str(), created[4].id.as_str(), created[3].id.as_str()]);
+
+    // A reversal shows in the listed transfer.
+    client.create_transfer_reversal(&created[11].id, 100, &[], "k-rev").await.unwrap();
+    let (_, reversed) = get_raw(&stub, "/v1/transfers?limit=1", None).await;
+    assert_eq!(
+        (reversed["data"][0]["amount_reversed"].as_i64(), reversed["data"][0]["reversed"].as_bool()),
+        (Some(100), Some(true))
+    );
+
+    for (bad, code) in [
+        ("/v1/transfers?limit=0", "parameter_invalid_integer"),
+        ("/v1/transfers?limit=101", "parameter_invalid_integer"),
+        ("/v1/transfers?limit=ten", "parameter_invalid_integer"),
+        ("/v1/transfers?starting_after=tr_1Nope", "resource_missing"),
+        ("/v1/transfers?metadata%5Bx%5D=y", "parameter_unknown"),
+        ("/v1/transfers?status=paid", "parameter_unknown"),
+        ("/v1/transfers/tr_1Nope/reversals", "resource_missing"),
+        ("/v1/transfers/tr_1Nope/reversals?created%5Bgte%5D=1", "parameter_unknown"),
+    ] {
+        let (status, body) = get_raw(&stub, bad, None).await;
+        assert!(status == 400 || status == 404, "{bad}: {status}");
+        assert_eq!(body["error"]["code"], code, "{bad}: {body}");
+    }
+    let (status, _) = get_raw(&stub, "/v1/transfers", Some(A)).await;
+    assert_eq!(status, 400, "the platform's transfers only");
+}
+
+#[tokio::test]
+async fn find_reversal_finds_each_reversal_of_a_transfer_by_its_step() {
+    let (stub, client) = funded_stub(10_000).await;
+    let a = acct(A);
+    let first = transfer_for_step(&client, 5000, &a, GROUP, "t-1", "k-t1").await.unwrap();
+    let other = transfer_for_step(&client, 1000, &a, GROUP, "t-2", "k-t2").await.unwrap();
+    let r1 =
+        client.create_transfer_reversal(&first.id, 1000, &[(STEP_METADATA, "rev-1")], "k-r1").await.unwrap();
+    // A 500 after creating the second: only the lookup shows it.
+    stub.inject("/v1/transfers/", Fault::ServerErrorAfterCreate);
+    let error = client
+        .create_transfer_reversal(&first.id, 2000, &[(STEP_METADATA, "rev-2")], "k-r2")
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(500));
+    let elsewhere =
+        client.create_transfer_reversal(&other.id, 500, &[(STEP_METADATA, "rev-3")], "k-r3").await.unwrap();
+
+    assert_eq!(client.find_reversal(&first.id, "rev-1").await.unwrap(), Some(r1));
+    let r2 = client.find_reversal(&first.id, "rev-2").await.unwrap().expect("created before the 500");
+    assert_eq!(r2.id, stub.reversals()[1].id);
+    assert_eq!(
+        (r2.raw["object"].as_str(), r2.raw["amount"].as_i64()),
+        (Some("transfer_reversal"), Some(2000))
+    );
+    assert_eq!(r2.raw["transfer"], first.id.as_str());
+    assert_eq!(client.find_reversal(&first.id, "rev-3").await.unwrap(), None, "another transfer's");
+    assert_eq!(client.find_reversal(&other.id, "rev-3").await.unwrap(), Some(elsewhere));
+
+    let missing = client.find_reversal("tr_1Missing", "rev-1").await.unwrap_err();
+    assert_eq!((missing.status(), missing.code()), (Some(404), Some("resource_missing")));
+    assert!(matches!(client.find_reversal("tr_1/../x", "rev-1").await, Err(StripeError::Config(_))));
+    assert!(matches!(client.find_reversal(&first.id, "").await, Err(StripeError::Config(_))));
+    let lookups: Vec<_> = stub.received().into_iter().filter(|r| r.method == "GET").collect();
+    assert!(lookups.iter().all(|r| r.stripe_account.is_none()));
+    assert_eq!(lookups[0].path, format!("/v1/transfers/{}/reversals", first.id));
+}
+
+#[tokio::test]
+async fn find_payout_looks_among_the_account_s_payouts_from_a_time_on() {
+    let (stub, client) = funded_stub(0).await;
+    stub.add_account(B, true, true);
+    stub.set_account_balance(A, "usd", 10_000);
+    stub.set_account_balance(B, "usd", 10_000);
+    let (a, b) = (acct(A), acct(B));
+    let t0 = stub.now();
+
+    stub.inject("/v1/payouts", Fault::ServerErrorAfterCreate);
+    let error =
+        client.create_payout(&a, 1000, "usd", &[(STEP_METADATA, "po-1")], "k-po-1").await.unwrap_err();
+    assert_eq!(error.status(), Some(500));
+    assert_eq!(
+        client.create_payout(&a, 1000, "usd", &[(STEP_METADATA, "po-1")], "k-po-1").await.unwrap_err(),
+        error
+    );
+    stub.advance(600);
+    let second = client.create_payout(&a, 2000, "usd", &[(STEP_METADATA, "po-2")], "k-po-2").await.unwrap();
+    client.create_payout(&b, 500, "usd", &[(STEP_METADATA, "po-2")], "k-po-b").await.unwrap();
+    assert_eq!(stub.payouts().len(), 3);
+    assert_eq!(stub.account_balance(A, "usd"), 7000);
+
+    let before = stub.received().len();
+    let first = client.find_payout(&a, "po-1", t0).await.unwrap().expect("created before the 500");
+    assert_eq!(first.id, stub.payouts()[0].id);
+    assert_eq!(
+        (first.raw["object"].as_str(), first.raw["status"].as_str()),
+        (Some("payout"), Some("pending"))
+    );
+    assert_eq!((first.raw["amount"].as_i64(), first.raw["created"].as_i64()), (Some(1000), Some(t0)));
+    let lookup = &received_since(&stub, before)[0];
+    assert_eq!((lookup.method.as_str(), lookup.path.as_str()), ("GET", "/v1/payouts"));
+    assert_eq!(lookup.stripe_account.as_deref(), Some(A), "a payout is looked up as its account");
+    assert_eq!(lookup.query.as_deref(), Some(format!("created%5Bgte%5D={t0}&limit=100").as_str()));
+
+    assert_eq!(client.find_payout(&a, "po-1", t0 + 1).await.unwrap(), None, "created before the window");
+    assert_eq!(client.find_payout(&a, "po-2", t0 + 600).await.unwrap(), Some(second));
+    assert_eq!(client.find_payout(&b, "po-1", t0).await.unwrap(), None, "another account's payouts");
+    assert_eq!(
+        client.find_payout(&b, "po-2", t0).await.unwrap().map(|p| p.id),
+        Some(stub.payouts()[2].id.clone())
+    );
+}
+
+#[tokio::test]
+async fn revoked_account_access_is_refused_as_stripe_does_and_told_apart_from_a_bad_key() {
+    let (stub, client) = funded_stub(10_000).await;
+    stub.add_account(B, true, true);
+    stub.set_account_balance(B, "usd", 5000);
+    let (a, b) = (acct(A), acct(B));
+    assert_eq!(client.livemode(), Some(false));
+    stub.revoke_account_access(B);
+
+    let refusals = [
+        client.create_payout(&b, 1000, "usd", &[], "k-po-b").await.unwrap_err(),
+        transfer(&client, 1000, &b, "k-tr-b").await.unwrap_err(),
+        client.retrieve_account(&b).await.unwrap_err(),
+        client.find_payout(&b, "po-1", 0).await.unwrap_err(),
+    ];
+    for error in &refusals {
+        assert_eq!((error.status(), error.code()), (Some(403), Some("account_invalid")), "{error:?}");
+        assert!(error.refused_account_access(), "{error:?}");
+        assert!(!error.refused_platform_key());
+        assert!(!error.is_retryable());
+        let message = error.to_string();
+        assert!(message.contains(&format!("does not have access to account '{B}'")), "{message}");
+        assert!(message.contains("Application access may have been revoked."), "{message}");
+        let masked = format!("'sk_test_{}stub'", "*".repeat("connect_flow_".len()));
+        assert!(message.contains(&masked), "the key is masked: {message}");
+        assert!(!message.contains(STUB_API_KEY));
+    }
+    assert!(stub.transfers().is_empty() && stub.payouts().is_empty());
+    assert_eq!((stub.platform_balance("usd"), stub.account_balance(B, "usd")), (10_000, 5000));
+    // Other accounts are unaffected.
+    transfer(&client, 1000, &a, "k-tr-a").await.unwrap();
+    assert_eq!(client.retrieve_account(&a).await.unwrap()["id"], A);
+
+    // Nothing was saved under the refused keys: once access is back, they execute.
+    stub.restore_account_access(B);
+    client.create_payout(&b, 1000, "usd", &[], "k-po-b").await.unwrap();
+    transfer(&client, 1000, &b, "k-tr-b").await.unwrap();
+    assert_eq!((stub.payouts().len(), stub.transfers().len()), (1, 2));
+
+    // A key Stripe does not accept is the platform's problem, on a create and on a lookup alike.
+    let mut config = stub.client_config();
+    config.api_key = ApiKey::new("sk_live_not_accepted_here");
+    let bad = StripeClient::new(config).unwrap();
+    assert_eq!(bad.livemode(), Some(true));
+    for error in [
+        transfer(&bad, 1000, &a, "k-bad").await.unwrap_err(),
+        bad.find_transfer(GROUP, &a, "step-1").await.unwrap_err(),
+    ] {
+        assert_eq!(error.status(), Some(401));
+        assert!(error.refused_platform_key(), "{error:?}");
+        assert!(!error.refused_account_access());
+    }
+}
+
+#[tokio::test]
+async fn a_fault_for_creates_spares_lookups_and_a_fault_for_lookups_spares_creates() {
+    let (stub, client) = funded_stub(10_000).await;
+    let a = acct(A);
+
+    stub.inject("/v1/transfers", Fault::ServerErrorBeforeCreate);
+    assert_eq!(client.find_transfer(GROUP, &a, "step-1").await.unwrap(), None);
+    assert_eq!(stub.pending_faults(), 1, "a POST fault is not spent on a GET");
+
+    stub.inject_get("/v1/transfers", Fault::RateLimited);
+    assert_eq!(transfer(&client, 1000, &a, "k-1").await.unwrap_err().status(), Some(500));
+    assert_eq!(stub.pending_faults(), 1, "a GET fault is not spent on a POST");
+    let created = transfer(&client, 1000, &a, "k-2").await.unwrap();
+
+    let limited = client.find_transfer(GROUP, &a, "step-1").await.unwrap_err();
+    assert!(limited.is_retryable());
+    assert_eq!(limited.status(), Some(429));
+    assert_eq!(stub.pending_faults(), 0);
+    assert_eq!(client.find_transfer(GROUP, &a, "step-1").await.unwrap(), Some(created));
+
+    stub.inject_get("/v1/transfers", Fault::ServerErrorBeforeCreate);
+    assert_eq!(client.find_transfer(GROUP, &a, "step-1").await.unwrap_err().status(), Some(500));
+    assert!(client.find_transfer(GROUP, &a, "step-1").await.unwrap().is_some());
+    stub.inject_get("/v1/accounts/", Fault::ServerErrorAfterCreate);
+    assert_eq!(client.retrieve_account(&a).await.unwrap_err().status(), Some(500));
+    assert_eq!(client.retrieve_account(&a).await.unwrap()["id"], A);
+    assert_eq!(stub.transfers().len(), 1);
 }
 
 #[tokio::test]

@@ -1,12 +1,19 @@
 //! `infra/template.yaml` and the workspace agree: every Lambda binary of the workspace is a function
 //! of the template, every function of the template builds a Lambda binary of the workspace, and each
-//! function is built, triggered and fed by its queue the way the workers' code relies on.
+//! function is built, triggered and fed by its queue the way the workers' code relies on. The
+//! sweeper runs on a schedule through a role that may only invoke it, with only the table and queue
+//! rights the sweep uses, on the index the store queries; and every alarm on the functions' own
+//! metrics watches a dimension set the code publishes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use serde_json::Value;
+use shared::metrics::{MemorySink, Metrics, MetricsSettings};
+use shared::store::EventOutcome;
+use shared::sweeper::SWEEPER_LAMBDA_TIMEOUT;
 use shared::worker::MAX_RECEIVES;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -80,6 +87,69 @@ fn function_property<'a>(template: &'a Yaml, function: &'a Yaml, name: &str) -> 
 /// The logical id in `X` or `X.Arn`, as `!Ref X` and `!GetAtt X.Arn` read once their tags are gone.
 fn referenced_id(value: &Yaml) -> Option<&str> {
     value.as_str().map(|reference| reference.strip_suffix(".Arn").unwrap_or(reference))
+}
+
+/// The functions an EventBridge Scheduler schedule invokes, by logical id.
+fn scheduled_functions(template: &Yaml) -> BTreeSet<&str> {
+    resources_of_type(template, "AWS::Scheduler::Schedule")
+        .into_iter()
+        .filter_map(|(_, schedule)| referenced_id(&schedule["Properties"]["Target"]["Arn"]))
+        .collect()
+}
+
+/// The function that builds `binary`: its logical id and its resource.
+fn function_building<'a>(template: &'a Yaml, binary: &str) -> (&'a str, &'a Yaml) {
+    let found: Vec<_> = resources_of_type(template, "AWS::Serverless::Function")
+        .into_iter()
+        .filter(|(_, function)| function["Metadata"]["BuildProperties"]["Binary"].as_str() == Some(binary))
+        .collect();
+    assert_eq!(found.len(), 1, "one function builds `{binary}`");
+    found[0]
+}
+
+/// A value that is one string or a list of strings (a statement's `Action` or `Resource`).
+fn strings(value: &Yaml) -> Vec<&str> {
+    match value {
+        Yaml::String(one) => vec![one.as_str()],
+        Yaml::Array(many) => many.iter().map(|item| item.as_str().expect("a list of strings")).collect(),
+        other => panic!("expected a string or a list of strings, found {other:?}"),
+    }
+}
+
+/// Every (action, resource) a list of policy statements allows, each statement checked to be a
+/// plain `Allow` without conditions, so that the pairs are the whole grant.
+fn grants(owner: &str, statements: &[Yaml]) -> BTreeSet<(String, String)> {
+    let mut granted = BTreeSet::new();
+    for statement in statements {
+        assert_eq!(statement["Effect"].as_str(), Some("Allow"), "{owner}: {statement:?}");
+        assert!(statement["Condition"].is_badvalue(), "{owner}: a condition the test does not read");
+        assert!(statement["NotAction"].is_badvalue() && statement["NotResource"].is_badvalue(), "{owner}");
+        for action in strings(&statement["Action"]) {
+            for resource in strings(&statement["Resource"]) {
+                granted.insert((action.to_owned(), resource.to_owned()));
+            }
+        }
+    }
+    granted
+}
+
+/// What a SAM function's `Policies` allow. Only inline statements are accepted: a managed policy
+/// or a SAM policy template would grant more than the test can see.
+fn function_grants(id: &str, function: &Yaml) -> BTreeSet<(String, String)> {
+    let policies =
+        function["Properties"]["Policies"].as_vec().unwrap_or_else(|| panic!("{id} has no Policies"));
+    let mut statements = Vec::new();
+    for policy in policies {
+        let policy_statements = policy["Statement"]
+            .as_vec()
+            .unwrap_or_else(|| panic!("{id}: a policy that is not inline: {policy:?}"));
+        statements.extend(policy_statements.iter().cloned());
+    }
+    grants(id, &statements)
+}
+
+fn pairs(expected: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    expected.iter().map(|(action, resource)| ((*action).to_owned(), (*resource).to_owned())).collect()
 }
 
 /// Each function of the template, by logical id, with the binary it builds.
@@ -184,11 +254,13 @@ fn the_webhook_function_serves_post_webhooks_stripe() {
 fn every_function_without_a_route_is_fed_by_a_fifo_queue_with_partial_batch_failures() {
     let template = template();
     let mappings = resources_of_type(&template, "AWS::Lambda::EventSourceMapping");
+    let scheduled = scheduled_functions(&template);
     for (id, function) in resources_of_type(&template, "AWS::Serverless::Function") {
         let events = function["Properties"]["Events"].as_hash();
         let has_route =
             events.into_iter().flatten().any(|(_, event)| event["Type"].as_str() == Some("HttpApi"));
-        if has_route {
+        // A scheduled function is checked by the_sweeper_runs_on_a_schedule_…, below.
+        if has_route || scheduled.contains(id) {
             continue;
         }
         let sam_sqs_event =
@@ -251,4 +323,347 @@ fn no_secret_value_is_in_the_template() {
     }
     let text = std::fs::read_to_string(workspace_root().join("infra/template.yaml")).expect("template");
     assert!(!text.contains("{{resolve:"), "dynamic references put the resolved secret in plain sight");
+}
+
+/// Every function logs to a log group of its own, in the template, with a retention.
+#[test]
+fn every_function_logs_to_a_log_group_of_its_own() {
+    let template = template();
+    let mut groups = BTreeSet::new();
+    for (id, function) in resources_of_type(&template, "AWS::Serverless::Function") {
+        let logging = &function["Properties"]["LoggingConfig"];
+        assert_eq!(logging["LogFormat"].as_str(), Some("JSON"), "{id}: shared::telemetry reads JSON");
+        let group = logging["LogGroup"].as_str().unwrap_or_else(|| panic!("{id} names no LogGroup"));
+        let resource = &template["Resources"][group];
+        assert_eq!(resource["Type"].as_str(), Some("AWS::Logs::LogGroup"), "{id} logs to {group}");
+        assert!(!resource["Properties"]["RetentionInDays"].is_badvalue(), "{group} keeps logs for ever");
+        assert!(groups.insert(group), "{group} is shared by two functions");
+    }
+}
+
+/// The sweeper's only trigger is one EventBridge Scheduler schedule, on the `SweepSchedule`
+/// parameter (every 15 minutes by default), whose role Scheduler alone may assume, for this stack's
+/// schedule group alone, and which may do nothing but invoke the sweeper.
+#[test]
+fn the_sweeper_runs_on_a_schedule_through_a_role_that_may_only_invoke_it() {
+    let template = template();
+    let (sweeper, function) = function_building(&template, "sweeper");
+    assert!(
+        function["Properties"]["Events"].is_badvalue(),
+        "{sweeper}: SAM events add triggers and policies"
+    );
+    let mappings = resources_of_type(&template, "AWS::Lambda::EventSourceMapping");
+    assert!(
+        !mappings
+            .iter()
+            .any(|(_, mapping)| referenced_id(&mapping["Properties"]["FunctionName"]) == Some(sweeper)),
+        "{sweeper} reads no queue"
+    );
+
+    let schedules = resources_of_type(&template, "AWS::Scheduler::Schedule");
+    assert_eq!(schedules.len(), 1, "one schedule");
+    let (schedule_id, schedule) = schedules[0];
+    let properties = &schedule["Properties"];
+    assert_eq!(
+        referenced_id(&properties["Target"]["Arn"]),
+        Some(sweeper),
+        "{schedule_id} invokes the sweeper"
+    );
+    assert_eq!(properties["State"].as_str(), Some("ENABLED"), "{schedule_id}");
+    assert_eq!(properties["FlexibleTimeWindow"]["Mode"].as_str(), Some("OFF"), "{schedule_id}");
+    let input = properties["Target"]["Input"].as_str().expect("the schedule sends an explicit payload");
+    serde_json::from_str::<Value>(input).expect("the payload is JSON, which the Lambda runtime parses");
+    let parameter = properties["ScheduleExpression"].as_str().expect("a schedule expression");
+    assert_eq!(parameter, "SweepSchedule", "{schedule_id}: the expression is the SweepSchedule parameter");
+    assert_eq!(template["Parameters"][parameter]["Default"].as_str(), Some("rate(15 minutes)"));
+
+    let group = properties["GroupName"].as_str().expect("the schedule is in a group of the stack");
+    assert_eq!(template["Resources"][group]["Type"].as_str(), Some("AWS::Scheduler::ScheduleGroup"));
+    let role_id = referenced_id(&properties["Target"]["RoleArn"]).expect("the schedule's role");
+    let role = &template["Resources"][role_id];
+    assert_eq!(role["Type"].as_str(), Some("AWS::IAM::Role"), "{schedule_id} runs as {role_id}");
+    let role = &role["Properties"];
+    let trust = role["AssumeRolePolicyDocument"]["Statement"].as_vec().expect("a trust policy");
+    assert_eq!(trust.len(), 1, "{role_id}: one trusted principal");
+    let trusted = &trust[0];
+    assert_eq!(trusted["Effect"].as_str(), Some("Allow"));
+    assert_eq!(strings(&trusted["Principal"]["Service"]), ["scheduler.amazonaws.com"], "{role_id}");
+    assert_eq!(strings(&trusted["Action"]), ["sts:AssumeRole"], "{role_id}");
+    let condition = &trusted["Condition"]["StringEquals"];
+    assert_eq!(condition["aws:SourceAccount"].as_str(), Some("AWS::AccountId"), "{role_id}: confused deputy");
+    assert_eq!(
+        condition["aws:SourceArn"].as_str(),
+        Some(format!("{group}.Arn").as_str()),
+        "{role_id}: Scheduler names the schedule group as the source"
+    );
+    assert!(role["ManagedPolicyArns"].is_badvalue(), "{role_id} has inline policies only");
+    let mut statements = Vec::new();
+    for policy in role["Policies"].as_vec().expect("the role's policies") {
+        statements
+            .extend(policy["PolicyDocument"]["Statement"].as_vec().expect("statements").iter().cloned());
+    }
+    assert_eq!(
+        grants(role_id, &statements),
+        pairs(&[("lambda:InvokeFunction", &format!("{sweeper}.Arn"))]),
+        "{role_id} may invoke the sweeper and nothing else"
+    );
+}
+
+/// The sweeper finds its store and queues under the variables the code reads, may call exactly
+/// what `shared::sweep` calls (Query on the open-steps index, GetItem on the table, SendMessage on
+/// the two queues), is not retried when a sweep fails, and has the timeout the code plans for.
+#[test]
+fn the_sweeper_may_only_read_open_steps_and_accounts_and_send_to_the_queues() {
+    let template = template();
+    let (sweeper, function) = function_building(&template, "sweeper");
+    let properties = &function["Properties"];
+    let variables = &properties["Environment"]["Variables"];
+    for (name, resource) in [
+        (shared::config::TABLE_NAME, "Table"),
+        (shared::store::sqs::TRANSFERS_QUEUE_URL, "TransfersQueue"),
+        (shared::store::sqs::PAYOUTS_QUEUE_URL, "PayoutsQueue"),
+    ] {
+        assert_eq!(variables[name].as_str(), Some(resource), "{sweeper}: {name}");
+    }
+    assert_eq!(
+        function_grants(sweeper, function),
+        pairs(&[
+            ("dynamodb:Query", "${Table.Arn}/index/open_steps"),
+            ("dynamodb:GetItem", "Table.Arn"),
+            ("sqs:SendMessage", "TransfersQueue.Arn"),
+            ("sqs:SendMessage", "PayoutsQueue.Arn"),
+        ]),
+        "{sweeper}'s policy"
+    );
+    assert_eq!(
+        function_property(&template, function, "Timeout").as_i64(),
+        i64::try_from(SWEEPER_LAMBDA_TIMEOUT.as_secs()).ok(),
+        "{sweeper}: shared::sweeper::SWEEPER_LAMBDA_TIMEOUT"
+    );
+    assert_eq!(
+        properties["EventInvokeConfig"]["MaximumRetryAttempts"].as_i64(),
+        Some(0),
+        "{sweeper}: the next scheduled run is the retry"
+    );
+    let errors_alarm =
+        resources_of_type(&template, "AWS::CloudWatch::Alarm").into_iter().any(|(_, alarm)| {
+            let alarm = &alarm["Properties"];
+            alarm["Namespace"].as_str() == Some("AWS/Lambda")
+                && alarm["MetricName"].as_str() == Some("Errors")
+                && alarm["Dimensions"].as_vec().is_some_and(|dimensions| {
+                    dimensions.iter().any(|dimension| {
+                        dimension["Name"].as_str() == Some("FunctionName")
+                            && dimension["Value"].as_str() == Some(sweeper)
+                    })
+                })
+        });
+    assert!(errors_alarm, "a failed sweep raises an alarm");
+}
+
+/// One of `shared/src/store/dynamodb.rs`'s name constants, read from its source, so that the
+/// template's index cannot drift from the one the store queries.
+fn store_constant(name: &str) -> String {
+    let path = workspace_root().join("shared/src/store/dynamodb.rs");
+    let source = std::fs::read_to_string(&path).expect("the DynamoDB store's source");
+    let declaration = format!("const {name}: &str = \"");
+    let start = source.find(&declaration).unwrap_or_else(|| panic!("{} declares no {name}", path.display()))
+        + declaration.len();
+    let length = source[start..].find('"').expect("the constant's closing quote");
+    source[start..start + length].to_owned()
+}
+
+/// The table has the sparse open-steps index the sweep queries (`open_status`, `updated_at`, as
+/// the store names them), every key attribute is defined with its type, and every index a policy
+/// names exists.
+#[test]
+fn the_table_has_the_open_steps_index_the_store_queries() {
+    let template = template();
+    let table = &template["Resources"]["Table"];
+    assert_eq!(table["Type"].as_str(), Some("AWS::DynamoDB::Table"));
+    let table = &table["Properties"];
+    let defined: BTreeMap<&str, &str> = table["AttributeDefinitions"]
+        .as_vec()
+        .expect("attribute definitions")
+        .iter()
+        .map(|attribute| {
+            (attribute["AttributeName"].as_str().unwrap(), attribute["AttributeType"].as_str().unwrap())
+        })
+        .collect();
+    let (index_name, hash, range) =
+        (store_constant("OPEN_STEPS"), store_constant("OPEN_STATUS"), store_constant("UPDATED_AT"));
+    assert_eq!(
+        (index_name.as_str(), hash.as_str(), range.as_str()),
+        ("open_steps", "open_status", "updated_at")
+    );
+    assert_eq!(defined.get(hash.as_str()), Some(&"S"), "{hash} is a string: a step's status");
+    assert_eq!(defined.get(range.as_str()), Some(&"N"), "{range} is a number: Unix seconds");
+
+    let keys = |schema: &Yaml| -> Vec<(String, String)> {
+        schema
+            .as_vec()
+            .expect("a key schema")
+            .iter()
+            .map(|key| {
+                (
+                    key["AttributeName"].as_str().unwrap().to_owned(),
+                    key["KeyType"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let indexes = table["GlobalSecondaryIndexes"].as_vec().expect("the table's indexes");
+    let mut used: BTreeSet<String> = keys(&table["KeySchema"]).into_iter().map(|(name, _)| name).collect();
+    let mut index_names = BTreeSet::new();
+    for index in indexes {
+        index_names.insert(index["IndexName"].as_str().expect("an index name").to_owned());
+        used.extend(keys(&index["KeySchema"]).into_iter().map(|(name, _)| name));
+    }
+    let defined_names: BTreeSet<String> = defined.keys().map(|name| (*name).to_owned()).collect();
+    assert_eq!(used, defined_names, "the attributes defined are exactly the key attributes");
+    let open_steps = indexes
+        .iter()
+        .find(|index| index["IndexName"].as_str() == Some(index_name.as_str()))
+        .expect("the table has the open-steps index");
+    assert_eq!(
+        keys(&open_steps["KeySchema"]),
+        [(hash, "HASH".to_owned()), (range, "RANGE".to_owned())],
+        "{index_name}'s keys"
+    );
+    assert_eq!(
+        open_steps["Projection"]["ProjectionType"].as_str(),
+        Some("ALL"),
+        "the store reads whole steps from {index_name}"
+    );
+
+    for (id, function) in resources_of_type(&template, "AWS::Serverless::Function") {
+        for (_, resource) in function_grants(id, function) {
+            if let Some(index) = resource.strip_prefix("${Table.Arn}/index/") {
+                assert!(index_names.contains(index), "{id} is granted index {index}, which the table lacks");
+            }
+        }
+    }
+}
+
+/// For each metric of `shared::metrics`, the dimension sets its EMF documents publish, read from
+/// documents the code writes.
+fn published_dimension_sets() -> BTreeMap<String, BTreeSet<BTreeSet<String>>> {
+    let sink = MemorySink::default();
+    let settings = MetricsSettings { namespace: "ConnectFlow/template".into(), function_name: "f".into() };
+    let metrics = Metrics::to_sink(settings, Arc::new(sink.clone()));
+    metrics.event_received("payment_intent.succeeded", EventOutcome::Refused.as_str());
+    metrics.signature_failure("signature_mismatch");
+    metrics.webhook_error("invalid_json");
+    metrics.steps_queued("transfer", 1);
+    metrics.step_finished("transfer", "failed");
+    metrics.stripe_call("create_transfer", Some(401), std::time::Duration::from_millis(5));
+    metrics.steps_swept("queued", 1);
+    metrics.flush();
+    let mut published: BTreeMap<String, BTreeSet<BTreeSet<String>>> = BTreeMap::new();
+    for line in sink.take() {
+        let document: Value = serde_json::from_str(&line).expect("an EMF line is JSON");
+        for directive in document["_aws"]["CloudWatchMetrics"].as_array().expect("directives") {
+            let sets: Vec<BTreeSet<String>> = directive["Dimensions"]
+                .as_array()
+                .expect("dimension sets")
+                .iter()
+                .map(|set| {
+                    set.as_array().unwrap().iter().map(|name| name.as_str().unwrap().to_owned()).collect()
+                })
+                .collect();
+            for metric in directive["Metrics"].as_array().expect("metrics") {
+                let name = metric["Name"].as_str().expect("a metric name").to_owned();
+                published.entry(name).or_default().extend(sets.iter().cloned());
+            }
+        }
+    }
+    published
+}
+
+/// Each metric an alarm watches: namespace, name and dimensions, from `Namespace`, `MetricName`
+/// and `Dimensions` or from each `Metrics[].MetricStat.Metric`.
+fn watched_metrics(alarm: &Yaml) -> Vec<&Yaml> {
+    let properties = &alarm["Properties"];
+    match properties["Metrics"].as_vec() {
+        None => vec![properties],
+        Some(queries) => {
+            queries.iter().map(|query| &query["MetricStat"]["Metric"]).filter(|m| !m.is_badvalue()).collect()
+        }
+    }
+}
+
+/// An alarm on the functions' own metrics only fires if it names the namespace they write to and
+/// exactly a dimension set their EMF documents publish (CloudWatch matches dimensions exactly), and
+/// every alarm tells the operators' topic.
+#[test]
+fn every_alarm_on_an_emf_metric_watches_a_published_dimension_set() {
+    let template = template();
+    let namespace =
+        template["Globals"]["Function"]["Environment"]["Variables"]["CONNECT_FLOW_METRICS_NAMESPACE"]
+            .as_str()
+            .expect("the functions' metrics namespace");
+    let published = published_dimension_sets();
+    let functions = functions_and_binaries(&template);
+    let mut watched = 0;
+    for (id, alarm) in resources_of_type(&template, "AWS::CloudWatch::Alarm") {
+        let properties = &alarm["Properties"];
+        assert_eq!(strings(&properties["AlarmActions"]), ["AlarmTopicArn"], "{id}");
+        assert_eq!(strings(&properties["OKActions"]), ["AlarmTopicArn"], "{id}");
+        for metric in watched_metrics(alarm) {
+            let metric_namespace = metric["Namespace"].as_str().expect("a namespace");
+            if metric_namespace.starts_with("AWS/") {
+                continue;
+            }
+            assert_eq!(
+                metric_namespace, namespace,
+                "{id} watches another namespace than the functions write"
+            );
+            let name = metric["MetricName"].as_str().expect("a metric name");
+            let sets = published.get(name).unwrap_or_else(|| panic!("{id}: no code writes {name}"));
+            let dimensions: BTreeMap<&str, &str> = metric["Dimensions"]
+                .as_vec()
+                .expect("dimensions")
+                .iter()
+                .map(|dimension| (dimension["Name"].as_str().unwrap(), dimension["Value"].as_str().unwrap()))
+                .collect();
+            let names: BTreeSet<String> = dimensions.keys().map(|name| (*name).to_owned()).collect();
+            assert!(sets.contains(&names), "{id}: {name} is published under {sets:?}, not {names:?}");
+            let function = dimensions.get("FunctionName").expect("every EMF metric has a FunctionName");
+            assert!(functions.contains_key(*function), "{id}: FunctionName {function} is not a function");
+            watched += 1;
+        }
+    }
+    assert!(watched >= 6, "only {watched} alarm metrics on EMF metrics were found");
+}
+
+/// A refused fund-flow event or settlement moves no money until an operator looks: the webhook's
+/// `EventsReceived` with `Outcome=refused` raises an alarm at the first one.
+#[test]
+fn a_refused_event_raises_an_alarm() {
+    let template = template();
+    let (webhook, _) = function_building(&template, "webhook");
+    let refused = EventOutcome::Refused.as_str();
+    let alarms: Vec<_> = resources_of_type(&template, "AWS::CloudWatch::Alarm")
+        .into_iter()
+        .filter(|(_, alarm)| {
+            let properties = &alarm["Properties"];
+            let dimensions: BTreeMap<&str, &str> = properties["Dimensions"]
+                .as_vec()
+                .into_iter()
+                .flatten()
+                .map(|dimension| {
+                    (dimension["Name"].as_str().unwrap_or(""), dimension["Value"].as_str().unwrap_or(""))
+                })
+                .collect();
+            properties["MetricName"].as_str() == Some("EventsReceived")
+                && dimensions == BTreeMap::from([("FunctionName", webhook), ("Outcome", refused)])
+        })
+        .collect();
+    assert_eq!(alarms.len(), 1, "one alarm on {webhook}'s EventsReceived with Outcome={refused}");
+    let (id, alarm) = alarms[0];
+    let properties = &alarm["Properties"];
+    assert_eq!(properties["Statistic"].as_str(), Some("Sum"), "{id}");
+    assert_eq!(properties["Threshold"].as_i64(), Some(0), "{id}");
+    assert_eq!(properties["ComparisonOperator"].as_str(), Some("GreaterThanThreshold"), "{id}");
+    assert_eq!(properties["EvaluationPeriods"].as_i64(), Some(1), "{id}");
+    assert_eq!(properties["TreatMissingData"].as_str(), Some("notBreaching"), "{id}: no events, no alarm");
 }

@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use integration_tests::fund_events::{
+    balance_available, charge_refunded, charge_succeeded, fund_event, payment_succeeded,
+};
 use integration_tests::stripe_stub::{Fault, StripeStub};
 use integration_tests::{NOW, account_updated, pipeline, signed};
 use proptest::prelude::*;
@@ -87,11 +90,17 @@ impl<S: AccountStore> AccountStore for CrashingStore<S> {
         self.inner.load_payment_steps(payment_key).await
     }
 
-    async fn load_refund(
+    async fn load_payment(&self, payment_key: &str) -> Result<shared::store::PaymentState, StoreError> {
+        self.inner.load_payment(payment_key).await
+    }
+
+    async fn list_open_steps(
         &self,
-        payment_key: &str,
-    ) -> Result<Option<shared::domain::funds::Refund>, StoreError> {
-        self.inner.load_refund(payment_key).await
+        status: StepStatus,
+        updated_before: i64,
+        limit: usize,
+    ) -> Result<Vec<Step>, StoreError> {
+        self.inner.list_open_steps(status, updated_before, limit).await
     }
 
     async fn load_payouts(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
@@ -133,52 +142,6 @@ impl<S: AccountStore> AccountStore for CrashingStore<S> {
 
 fn account_id(id: &str) -> AccountId {
     AccountId::parse(id).unwrap()
-}
-
-fn fund_event(id: &str, event_type: &str, created: i64, account: Option<&str>, object: Value) -> Value {
-    let mut event = json!({"id": id, "object": "event", "type": event_type, "created": created,
-        "livemode": false, "data": {"object": object}});
-    if let Some(account) = account {
-        event["account"] = json!(account);
-    }
-    event
-}
-
-fn splits_metadata(splits: &[(&str, i64)]) -> serde_json::Map<String, Value> {
-    splits
-        .iter()
-        .map(|(account, amount)| (format!("transfer:{account}"), json!(amount.to_string())))
-        .collect()
-}
-
-/// `payment_intent.succeeded` for `pi`, charged as `ch_{pi}`, in the transfer group `group_{pi}`.
-fn payment_succeeded(event_id: &str, pi: &str, amount: i64, splits: &[(&str, i64)]) -> Value {
-    let intent = json!({"id": pi, "object": "payment_intent", "amount": amount, "amount_received": amount,
-        "currency": "usd", "latest_charge": format!("ch_{pi}"), "metadata": splits_metadata(splits),
-        "transfer_group": format!("group_{pi}"), "status": "succeeded"});
-    fund_event(event_id, "payment_intent.succeeded", NOW - 100, None, intent)
-}
-
-/// `charge.succeeded` for the same payment: the other trigger, which must plan nothing new.
-fn charge_succeeded(event_id: &str, pi: &str, amount: i64, splits: &[(&str, i64)]) -> Value {
-    let charge = json!({"id": format!("ch_{pi}"), "object": "charge", "amount": amount,
-        "amount_captured": amount, "currency": "usd", "payment_intent": pi, "captured": true, "paid": true,
-        "transfer_group": format!("group_{pi}"), "metadata": splits_metadata(splits)});
-    fund_event(event_id, "charge.succeeded", NOW - 99, None, charge)
-}
-
-/// `charge.refunded` with `refunded` refunded so far (cumulative).
-fn charge_refunded(event_id: &str, pi: &str, amount: i64, refunded: i64, created: i64) -> Value {
-    let charge = json!({"id": format!("ch_{pi}"), "object": "charge", "amount": amount,
-        "amount_captured": amount, "amount_refunded": refunded, "currency": "usd", "payment_intent": pi,
-        "captured": true, "refunded": refunded == amount});
-    fund_event(event_id, "charge.refunded", created, None, charge)
-}
-
-fn balance_available(event_id: &str, account: &str, usd: i64) -> Value {
-    let balance =
-        json!({"object": "balance", "available": [{"amount": usd, "currency": "usd"}], "pending": []});
-    fund_event(event_id, "balance.available", NOW - 50, Some(account), balance)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,7 +240,7 @@ async fn drain<S: AccountStore>(
     for _ in 0..max_runs {
         let Some(step_ref) = queue.pop_front() else { break };
         match worker.run(&step_ref).await {
-            Ok(Disposition::Done(_)) => {}
+            Ok(Disposition::Done(_) | Disposition::Parked(_)) => {}
             Ok(Disposition::RetryLater(_)) | Err(_) => queue.push_back(step_ref),
         }
     }
@@ -902,7 +865,7 @@ async fn random_interleaving<S: AccountStore + Clone>(store: S, case: Interleavi
                 Ok(Disposition::Done(status)) => {
                     assert_eq!(status, StepStatus::Succeeded, "{} ended {status:?}", step_ref.step_id);
                 }
-                Ok(Disposition::RetryLater(reason)) => {
+                Ok(Disposition::RetryLater(reason) | Disposition::Parked(reason)) => {
                     if reason == BALANCE_INSUFFICIENT {
                         flow.stub.set_platform_balance("usd", flow.stub.platform_balance("usd") + TOP_UP);
                         top_ups += 1;

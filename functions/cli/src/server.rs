@@ -128,15 +128,27 @@ fn storage_error(store_error: &shared::store::StoreError) -> Response {
 /// How often the in-process workers look for steps that became visible again.
 const WORKER_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often `serve` sweeps for stranded and waiting steps ([`shared::sweep`]).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Runs the fund-flow workers on the embedded queues until `shutdown` completes: every second,
-/// every visible step is run until none is left.
+/// every visible step is run until none is left; every minute, the sweep re-queues what nothing
+/// else would.
 pub async fn run_workers(worker: StepWorker<SqliteStore>, shutdown: impl Future<Output = ()> + Send) {
     let mut tick = tokio::time::interval(WORKER_POLL);
+    let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
+    let settings = shared::sweep::SweepSettings::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             _ = tick.tick() => {}
+            _ = sweep_tick.tick() => {
+                let now = shared::stripe::signature::Clock::now_unix(&shared::stripe::signature::SystemClock);
+                if let Err(store_error) = shared::sweep::sweep(worker.store(), worker.store(), now, &settings).await {
+                    tracing::error!(error = %store_error, "the sweep could not run");
+                }
+            }
         }
         loop {
             match worker.drain_embedded().await {

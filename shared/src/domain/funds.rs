@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::account::{AccountId, AccountState};
@@ -21,7 +22,8 @@ pub const PAYMENT_METADATA: &str = "connect_flow_payment";
 /// What a fund-flow event asks for, read leniently.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FundEvent {
-    /// A platform payment succeeded (`payment_intent.succeeded` or `charge.succeeded`).
+    /// A platform payment succeeded (`payment_intent.succeeded`, `charge.succeeded`, or
+    /// `charge.captured` for an authorisation captured later).
     Payment(Payment),
     /// A platform charge was refunded, partly or fully (`charge.refunded`).
     Refund(Refund),
@@ -65,6 +67,70 @@ pub struct Refund {
     pub currency: String,
 }
 
+/// One payment's guard: every plan for the payment (its transfers, refunds and reversals) reads
+/// it and writes it back one version up, in the same conditional write as the steps it plans, so
+/// that two plans for one payment can never both commit from the same read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    /// The payment intent id, else the charge id.
+    pub payment_key: String,
+    /// The trigger whose splits planned the payment's transfers; a twin with other splits loses.
+    pub planned_by: Option<PlannedBy>,
+    /// The newest refund seen.
+    pub refund: Option<Refund>,
+    /// Bumped by every plan; the store writes only over `version - 1` (absent for 1).
+    pub version: u64,
+}
+
+/// The event that planned a payment's transfers, and the splits it planned them from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedBy {
+    /// `evt_…`.
+    pub event_id: String,
+    /// `payment_intent.succeeded`, `charge.succeeded` or `charge.captured`.
+    pub event_type: String,
+    /// The split metadata as it read.
+    pub splits: BTreeMap<String, String>,
+}
+
+impl PaymentRecord {
+    /// The record to write after a plan read `current` (absent for a payment never planned).
+    pub fn next(current: Option<&Self>, payment_key: &str) -> Self {
+        let mut next = current
+            .cloned()
+            .unwrap_or_else(|| Self { payment_key: payment_key.to_owned(), ..Self::default() });
+        next.version += 1;
+        next
+    }
+}
+
+/// What one fund-flow plan writes besides the event's record, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FundPlan {
+    /// What the event did: applied, unchanged, refused or stale.
+    pub outcome: crate::store::EventOutcome,
+    /// Why it was refused, when it was.
+    pub reason: Option<String>,
+    /// The payment's guard, one version up.
+    pub payment: Option<PaymentRecord>,
+    /// Steps it planned.
+    pub new_steps: Vec<Step>,
+    /// Stored steps it changed, each one version up.
+    pub step_updates: Vec<Step>,
+}
+
+impl FundPlan {
+    /// Nothing to write but the record, with this outcome.
+    pub fn nothing(outcome: crate::store::EventOutcome) -> Self {
+        Self { outcome, ..Self::default() }
+    }
+
+    /// Refused, with the reason recorded and nothing else written.
+    pub fn refused(reason: String) -> Self {
+        Self { outcome: crate::store::EventOutcome::Refused, reason: Some(reason), ..Self::default() }
+    }
+}
+
 /// A connected account's available balance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BalanceAvailable {
@@ -100,7 +166,7 @@ pub fn read_fund_event(event: &Event) -> Option<FundEvent> {
     let on_platform = event.account.is_none();
     match event.event_type.as_str() {
         "payment_intent.succeeded" if on_platform => read_intent(&object).map(FundEvent::Payment),
-        "charge.succeeded" if on_platform => read_charge(&object).map(FundEvent::Payment),
+        "charge.succeeded" | "charge.captured" if on_platform => read_charge(&object).map(FundEvent::Payment),
         "charge.refunded" if on_platform => read_refund(&object).map(FundEvent::Refund),
         "balance.available" => read_balance(event, &object).map(FundEvent::BalanceAvailable),
         "transfer.created" | "transfer.updated" | "transfer.reversed" | "payout.paid" | "payout.failed"
@@ -128,12 +194,29 @@ pub enum SettlementKind {
 /// One step's object as Stripe reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
-    /// Where the step is stored.
+    /// Where the step is stored, as the object's metadata names it.
     pub step: StepRef,
     /// The Stripe object id (`tr_…`, `trr_…`, `po_…`).
     pub stripe_id: String,
     /// What happened to it.
     pub kind: SettlementKind,
+    /// The connected account the event came from (`account`), `None` for the platform's own.
+    pub from_account: Option<String>,
+    /// The object's amount, in minor units.
+    pub amount: Option<i64>,
+    /// The object's currency, lowercase.
+    pub currency: Option<String>,
+}
+
+/// What a settlement that matches its step changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// The step's next state, when it changes.
+    pub step: Option<Step>,
+    /// A payout that failed or was canceled after Stripe created it: `(payout id, code)`.
+    pub payout_failure: Option<(String, String)>,
+    /// A payout that reached the bank.
+    pub payout_paid: Option<String>,
 }
 
 /// Reads the steps a lifecycle event speaks of; objects Connect Flow did not create are ignored.
@@ -152,6 +235,9 @@ fn read_settlements(event: &Event, object: &Value) -> Vec<Settlement> {
             },
             stripe_id: stripe_id.to_owned(),
             kind: outcome,
+            from_account: event.account.clone(),
+            amount: i64_at(object, "amount"),
+            currency: currency_at(object),
         })
     };
     let transfer_destination = id_of(object.get("destination"));
@@ -187,29 +273,83 @@ fn read_settlements(event: &Event, object: &Value) -> Vec<Settlement> {
     }
 }
 
-/// The step's next state after Stripe's report, or `None` when the report changes nothing.
-pub fn settle(step: &Step, settlement: &Settlement, now: i64) -> Option<Step> {
-    let (status, reason) = match &settlement.kind {
-        // A final step keeps its word: Stripe's creation event may trail the worker's own record,
-        // and a refused plan never created anything.
-        SettlementKind::Created | SettlementKind::PayoutPaid if step.status.is_final() => return None,
-        SettlementKind::Created | SettlementKind::PayoutPaid => (StepStatus::Succeeded, None),
-        SettlementKind::PayoutFailed(code) => (StepStatus::Failed, Some(code.clone())),
-        SettlementKind::PayoutCanceled => (StepStatus::Failed, Some("canceled".to_owned())),
-    };
-    let unchanged = step.status == status
-        && step.reason == reason
-        && step.stripe_id.as_deref() == Some(settlement.stripe_id.as_str());
-    if unchanged {
-        return None;
+/// What Stripe's report changes about the step it names, or why it may not settle that step.
+///
+/// Step ids are predictable and a connected account can put any metadata on its own objects, so a
+/// report settles a step only when it matches it completely: the right sender (the platform for
+/// transfers and reversals, the step's own account for a payout), the step's kind, destination,
+/// amount and currency, the step's Stripe object once it has one, and a step that may have been
+/// sent at all. A succeeded step is never moved back: a payout that fails after Stripe created it
+/// is the account's `payout_failure`, and its money is back on the balance for the next payout.
+pub fn settle(step: &Step, settlement: &Settlement, now: i64) -> Result<Settled, String> {
+    let object = &settlement.stripe_id;
+    if step.kind != settlement.step.kind {
+        return Err(format!(
+            "{object} is a {} but step {} is a {}",
+            settlement.step.kind.as_str(),
+            step.step_id,
+            step.kind.as_str()
+        ));
     }
-    let mut next = step.clone();
-    next.status = status;
-    next.reason = reason;
-    next.stripe_id = Some(settlement.stripe_id.clone());
-    next.updated_at = now;
-    next.version += 1;
-    Some(next)
+    let sender_ok = match step.kind {
+        StepKind::Transfer | StepKind::Reversal => settlement.from_account.is_none(),
+        StepKind::Payout => settlement.from_account.as_deref() == Some(step.destination.as_str()),
+    };
+    if !sender_ok {
+        let sender = settlement.from_account.as_deref().unwrap_or("the platform");
+        return Err(format!("{object} was reported by {sender}, which cannot settle step {}", step.step_id));
+    }
+    if settlement.step.destination != step.destination {
+        return Err(format!(
+            "{object} is for {} but step {} is for {}",
+            settlement.step.destination, step.step_id, step.destination
+        ));
+    }
+    let same_money = settlement.amount == Some(step.amount)
+        && settlement
+            .currency
+            .as_deref()
+            .is_some_and(|currency| currency.eq_ignore_ascii_case(&step.currency));
+    if !same_money {
+        return Err(format!(
+            "{object} moves {:?} {:?} but step {} moves {} {}",
+            settlement.amount, settlement.currency, step.step_id, step.amount, step.currency
+        ));
+    }
+    if step.stripe_id.as_ref().is_some_and(|id| id != object) {
+        return Err(format!(
+            "step {} was made as {}, not {object}",
+            step.step_id,
+            step.stripe_id.as_deref().unwrap_or_default()
+        ));
+    }
+    if !step.may_have_been_sent() {
+        return Err(format!(
+            "step {} is {} and was never sent, so {object} cannot be its",
+            step.step_id,
+            step.status.as_str()
+        ));
+    }
+    let mut settled = Settled::default();
+    match &settlement.kind {
+        SettlementKind::Created => {}
+        SettlementKind::PayoutPaid => settled.payout_paid = Some(object.clone()),
+        SettlementKind::PayoutFailed(code) => settled.payout_failure = Some((object.clone(), code.clone())),
+        SettlementKind::PayoutCanceled => {
+            settled.payout_failure = Some((object.clone(), "canceled".to_owned()))
+        }
+    }
+    if step.status != StepStatus::Succeeded {
+        let mut next = step.clone();
+        next.status = StepStatus::Succeeded;
+        next.reason = None;
+        next.unresolved = None;
+        next.stripe_id = Some(object.clone());
+        next.updated_at = now;
+        next.version += 1;
+        settled.step = Some(next);
+    }
+    Ok(settled)
 }
 
 fn read_intent(intent: &Value) -> Option<Payment> {
@@ -271,11 +411,10 @@ fn read_balance(event: &Event, balance: &Value) -> Option<BalanceAvailable> {
 }
 
 /// Plans one transfer step per split, or refuses the whole plan with every reason found.
-pub fn plan_transfers(
-    payment: &Payment,
-    is_known_account: impl Fn(&AccountId) -> bool,
-    now: i64,
-) -> TransferPlan {
+///
+/// A destination this deployment has not heard of yet is planned like any other: the worker
+/// retrieves it from Stripe before sending, and the step waits while it cannot receive.
+pub fn plan_transfers(payment: &Payment, now: i64) -> TransferPlan {
     if payment.splits.is_empty() {
         return TransferPlan::NoSplits;
     }
@@ -292,12 +431,7 @@ pub fn plan_transfers(
         }
         match key.strip_prefix(SPLIT_PREFIX).and_then(AccountId::parse) {
             None => problems.push(format!("{key:?} does not name a connected account (transfer:acct_…)")),
-            Some(destination) => {
-                if !is_known_account(&destination) {
-                    problems.push(format!("{destination} is not a known connected account"));
-                }
-                splits.push((destination, amount));
-            }
+            Some(destination) => splits.push((destination, amount)),
         }
     }
     if total > i128::from(payment.amount) {
@@ -351,32 +485,126 @@ fn parse_amount(raw: &str) -> Option<i64> {
     digits_only.then(|| raw.parse::<i64>().ok()).flatten().filter(|amount| *amount > 0)
 }
 
-/// Plans the reversals that bring each of a charge's transfers to its share of the cumulative
-/// refund, `floor(transfer × refunded / amount)`, counting the reversals already recorded.
+/// Plans a payment's transfers from one of its triggers, against the payment's guard.
 ///
-/// `transfers` are the payment's transfer steps and `existing_reversals` the reversal steps
-/// recorded for them. Transfers that failed or were refused, and transfers funded by another
-/// charge, are left alone. An `Err` plans nothing.
-pub fn plan_reversals(
-    refund: &Refund,
-    transfers: &[Step],
-    existing_reversals: &[Step],
+/// The first trigger with splits to commit decides: a twin with the same splits is `unchanged`,
+/// one with other splits is `refused` with the reason, since paying both would pay twice. A
+/// refund already known is netted out: a transfer is planned short by its share, and one the
+/// refund took back whole is refused, never sent to be reversed.
+pub fn plan_payment(
+    payment: &Payment,
+    record: Option<&PaymentRecord>,
+    trigger: (&str, &str),
+    livemode: Option<bool>,
     now: i64,
-) -> Result<Vec<Step>, String> {
+) -> FundPlan {
+    use crate::store::EventOutcome;
+    let (event_id, event_type) = trigger;
+    if payment.splits.is_empty() {
+        return FundPlan::nothing(EventOutcome::Unchanged);
+    }
+    if let Some(planned) = record.and_then(|record| record.planned_by.as_ref()) {
+        if planned.splits == payment.splits {
+            return FundPlan::nothing(EventOutcome::Unchanged);
+        }
+        return FundPlan::refused(format!(
+            "the splits of {event_type} {event_id} differ from those of {} {}, which planned payment {} \
+             first; the first trigger to be recorded decides",
+            planned.event_type, planned.event_id, payment.payment_key
+        ));
+    }
+    let mut next = PaymentRecord::next(record, &payment.payment_key);
+    next.planned_by = Some(PlannedBy {
+        event_id: event_id.to_owned(),
+        event_type: event_type.to_owned(),
+        splits: payment.splits.clone(),
+    });
+    let (outcome, reason, mut steps) = match plan_transfers(payment, now) {
+        TransferPlan::NoSplits => return FundPlan::nothing(EventOutcome::Unchanged),
+        TransferPlan::Planned(steps) => (EventOutcome::Applied, None, steps),
+        TransferPlan::Refused { reason, steps } => (EventOutcome::Refused, Some(reason), steps),
+    };
+    if let Some(refund) = next.refund.as_ref().filter(|_| outcome == EventOutcome::Applied) {
+        for transfer in &mut steps {
+            let share = refunded_share(transfer.amount, refund);
+            net_out(transfer, share);
+        }
+    }
+    for step in &mut steps {
+        step.livemode = livemode;
+    }
+    FundPlan { outcome, reason, payment: Some(next), new_steps: steps, step_updates: Vec::new() }
+}
+
+/// A transfer's share of a cumulative refund, `floor(split × refunded / amount)`; 0 for a refund
+/// that is not a possible one (checked by [`plan_refund`] before it is stored).
+fn refunded_share(split: i64, refund: &Refund) -> i64 {
+    if refund.amount <= 0 || !(0..=refund.amount).contains(&refund.amount_refunded) {
+        return 0;
+    }
+    let share = i128::from(split) * i128::from(refund.amount_refunded) / i128::from(refund.amount);
+    // 0 <= share <= split, so it fits.
+    i64::try_from(share).unwrap_or(0)
+}
+
+/// Takes `share` off a transfer that has not been sent; one left with nothing is refused.
+fn net_out(transfer: &mut Step, share: i64) {
+    let share = share.clamp(0, transfer.amount);
+    if share == 0 {
+        return;
+    }
+    transfer.amount -= share;
+    transfer.netted += share;
+    if transfer.amount == 0 {
+        transfer.status = StepStatus::Refused;
+        transfer.reason = Some("the payment was refunded before this transfer was sent".to_owned());
+    }
+}
+
+/// Plans what a refund takes back from a payment's transfers, against the payment's guard:
+/// each transfer is brought to its share of the cumulative refund, counting what was netted out
+/// and reversed already. A transfer not yet sent is planned short instead (a conditional update
+/// of the step, so that a worker claiming it meanwhile makes the write conflict); one that may
+/// have been sent gets a reversal step. A refund no newer than the stored one is `unchanged`.
+pub fn plan_refund(refund: &Refund, record: Option<&PaymentRecord>, steps: &[Step], now: i64) -> FundPlan {
+    use crate::store::EventOutcome;
     if refund.amount <= 0 {
-        return Err(format!(
+        return FundPlan::refused(format!(
             "charge {} has amount {}, so no share can be reversed",
             refund.charge_id, refund.amount
         ));
     }
     if refund.amount_refunded < 0 || refund.amount_refunded > refund.amount {
-        return Err(format!(
+        return FundPlan::refused(format!(
             "charge {} reports {} refunded of {}, which is not a possible refund",
             refund.charge_id, refund.amount_refunded, refund.amount
         ));
     }
+    let stored = record.and_then(|record| record.refund.as_ref());
+    if stored.is_some_and(|stored| stored.amount_refunded >= refund.amount_refunded) {
+        return FundPlan::nothing(EventOutcome::Unchanged);
+    }
+    let (reversals, step_updates) = match plan_reversals(refund, steps, now) {
+        Ok(plan) => plan,
+        Err(reason) => return FundPlan::refused(reason),
+    };
+    let mut next = PaymentRecord::next(record, &refund.payment_key);
+    next.refund = Some(refund.clone());
+    FundPlan {
+        outcome: EventOutcome::Applied,
+        reason: None,
+        payment: Some(next),
+        new_steps: reversals,
+        step_updates,
+    }
+}
+
+/// The reversals, and the reduced unsent transfers, that bring each of a charge's transfers to
+/// its share of the cumulative refund. `steps` are all the payment's steps. Transfers that failed
+/// or were refused, and transfers funded by another charge, are left alone. An `Err` plans nothing.
+pub fn plan_reversals(refund: &Refund, steps: &[Step], now: i64) -> Result<(Vec<Step>, Vec<Step>), String> {
     let counts = |step: &Step| !matches!(step.status, StepStatus::Failed | StepStatus::Refused);
-    let reversible: Vec<&Step> = transfers
+    let reversible: Vec<&Step> = steps
         .iter()
         .filter(|transfer| transfer.kind == StepKind::Transfer && counts(transfer) && transfer.amount > 0)
         .filter(|transfer| transfer.source_charge.as_deref().is_none_or(|charge| charge == refund.charge_id))
@@ -389,80 +617,111 @@ pub fn plan_reversals(
             refund.charge_id, refund.currency, transfer.step_id, transfer.currency
         ));
     }
-    let mut planned = Vec::new();
+    let mut reversals = Vec::new();
+    let mut reduced = Vec::new();
     for transfer in reversible {
-        let target =
-            i128::from(transfer.amount) * i128::from(refund.amount_refunded) / i128::from(refund.amount);
-        let already: i128 = existing_reversals
+        let Some(split) = transfer.amount.checked_add(transfer.netted) else {
+            return Err(format!("transfer {} does not fit in i64", transfer.step_id));
+        };
+        let target = refunded_share(split, refund);
+        let reversed: i64 = steps
             .iter()
             .filter(|reversal| reversal.kind == StepKind::Reversal && counts(reversal) && reversal.amount > 0)
             .filter(|reversal| reversal.reverses_step.as_deref() == Some(transfer.step_id.as_str()))
-            .map(|reversal| i128::from(reversal.amount))
-            .sum();
-        if target <= already {
+            .map(|reversal| reversal.amount)
+            .fold(0i64, i64::saturating_add);
+        let owed = target.saturating_sub(transfer.netted).saturating_sub(reversed);
+        if owed <= 0 {
             continue;
         }
-        // Both fit: 0 < target - already <= target <= transfer.amount.
-        let (Ok(target), Ok(amount)) = (i64::try_from(target), i64::try_from(target - already)) else {
-            return Err(format!("reversal of {} does not fit in i64", transfer.step_id));
-        };
-        planned.push(Step {
+        if !transfer.may_have_been_sent() {
+            let mut next = transfer.clone();
+            net_out(&mut next, owed);
+            next.updated_at = now;
+            next.version += 1;
+            reduced.push(next);
+            continue;
+        }
+        reversals.push(Step {
             source_charge: Some(refund.charge_id.clone()),
             transfer_group: transfer.transfer_group.clone(),
             payment_key: Some(refund.payment_key.clone()),
             reverses_step: Some(transfer.step_id.clone()),
+            livemode: transfer.livemode,
             ..Step::planned(
                 StepKind::Reversal,
                 format!("trr:{}:{target}", transfer.step_id),
                 transfer.destination.clone(),
-                amount,
+                owed,
                 transfer.currency.clone(),
                 now,
             )
         });
     }
-    Ok(planned)
+    Ok((reversals, reduced))
 }
 
-/// Plans a payout of each positive available currency for a known account on manual payouts,
-/// skipping currencies that already have an open (queued, in flight or waiting) payout step.
+/// Plans a payout of each positive available currency for a known account on manual payouts.
+///
+/// A currency whose payout may be moving money (in flight) is skipped. A payout planned from an
+/// older balance and not sent under its current key (queued, or waiting after a definite refusal
+/// such as `balance_insufficient`) is superseded: refused, with the reason, in the same write that
+/// plans the new one. Returns the new steps and the superseded ones.
 pub fn plan_payouts(
     balance: &BalanceAvailable,
     account: Option<&AccountState>,
-    open_payouts: &[Step],
+    payouts: &[Step],
     event_id: &str,
+    livemode: Option<bool>,
     now: i64,
-) -> Vec<Step> {
-    let Some(account) = account else { return Vec::new() };
+) -> (Vec<Step>, Vec<Step>) {
+    let Some(account) = account else { return (Vec::new(), Vec::new()) };
     if account.account_id != balance.account || account.payout_schedule_interval.as_deref() != Some("manual")
     {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
-    let open = |currency: &str| {
-        open_payouts.iter().any(|step| {
-            step.kind == StepKind::Payout
-                && step.destination == balance.account
-                && !step.status.is_final()
-                && step.currency.eq_ignore_ascii_case(currency)
-        })
-    };
     let mut seen = BTreeSet::new();
     let mut planned = Vec::new();
+    let mut superseded = Vec::new();
     for (currency, amount) in &balance.available {
         // A currency listed twice is paid out once, from its first entry.
-        if !seen.insert(currency.as_str()) || *amount <= 0 || open(currency) {
+        if !seen.insert(currency.as_str()) || *amount <= 0 {
             continue;
         }
-        planned.push(Step::planned(
-            StepKind::Payout,
-            format!("po:{}:{event_id}:{currency}", balance.account),
-            balance.account.clone(),
-            *amount,
-            currency.clone(),
-            now,
-        ));
+        let open: Vec<&Step> = payouts
+            .iter()
+            .filter(|step| {
+                step.kind == StepKind::Payout
+                    && step.destination == balance.account
+                    && !step.status.is_final()
+                    && step.currency.eq_ignore_ascii_case(currency)
+            })
+            .collect();
+        if open.iter().any(|step| step.may_have_been_sent()) {
+            continue;
+        }
+        let step_id = format!("po:{}:{event_id}:{currency}", balance.account);
+        for old in open {
+            let mut next = old.clone();
+            next.status = StepStatus::Refused;
+            next.reason = Some(format!("superseded by the newer balance of {event_id} ({step_id})"));
+            next.updated_at = now;
+            next.version += 1;
+            superseded.push(next);
+        }
+        planned.push(Step {
+            livemode,
+            ..Step::planned(
+                StepKind::Payout,
+                step_id,
+                balance.account.clone(),
+                *amount,
+                currency.clone(),
+                now,
+            )
+        });
     }
-    planned
+    (planned, superseded)
 }
 
 fn value_at<'v>(value: &'v Value, path: &[&str]) -> Option<&'v Value> {
@@ -491,13 +750,22 @@ fn currency_at(value: &Value) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
-/// The `transfer:` metadata entries. A value that is not a string (Stripe only sends strings) is
-/// kept as its JSON text, so that it is refused rather than silently dropped.
+/// Whether a metadata key is, or looks like, a split: `transfer:acct_…` exactly, or a near miss
+/// (`Transfer:`, `transfers:`, `transfer_acct_…`, a stray space) that must refuse the payment
+/// rather than be dropped while the other splits are paid.
+fn claims_a_split(key: &str) -> bool {
+    let folded = key.trim().to_ascii_lowercase();
+    key.starts_with(SPLIT_PREFIX) || (folded.starts_with("transfer") && folded.contains("acct_"))
+}
+
+/// The split metadata entries, near misses included (see [`claims_a_split`]). A value that is not
+/// a string (Stripe only sends strings) is kept as its JSON text, so that it is refused rather
+/// than silently dropped.
 fn splits_of(object: &Value) -> BTreeMap<String, String> {
     let Some(metadata) = object.get("metadata").and_then(Value::as_object) else { return BTreeMap::new() };
     metadata
         .iter()
-        .filter(|(key, _)| key.starts_with(SPLIT_PREFIX))
+        .filter(|(key, _)| claims_a_split(key))
         .map(|(key, value)| {
             let raw = match value {
                 Value::String(raw) => raw.clone(),

@@ -102,6 +102,37 @@ pub struct Step {
     /// Bumped by every stored change; the store's conditional write checks it.
     #[serde(default)]
     pub version: u64,
+    /// The livemode of the event that planned it: a worker sends it only with a key of the same
+    /// mode, and never when it is unknown.
+    #[serde(default)]
+    pub livemode: Option<bool>,
+    /// Minor units a transfer was planned short by, because its payment had already been refunded
+    /// that much: `amount + netted` is the split it was planned from.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub netted: i64,
+    /// Unix time the current attempt's idempotency key was first sent to Stripe; `None` while
+    /// nothing has been sent under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<i64>,
+    /// How the last call under the current attempt ended without a definite answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<UnresolvedCall>,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
+}
+
+/// A call whose outcome Stripe did not say, which only a lookup can settle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnresolvedCall {
+    /// Stripe answered 5xx. Stripe saves that answer under the key and replays it, so a retry
+    /// under the same key learns nothing.
+    ServerError,
+    /// No answer arrived (a timeout, a dropped connection, a crash mid-call, or 409 while the key
+    /// was still in use): the request may still be running at Stripe.
+    NoAnswer,
 }
 
 /// Where a step is stored: what a queue message carries, enough to load the step without a scan.
@@ -177,7 +208,16 @@ impl Step {
             created_at: now,
             updated_at: now,
             version: 0,
+            livemode: None,
+            netted: 0,
+            sent_at: None,
+            unresolved: None,
         }
+    }
+
+    /// Whether a call under the current attempt's key may have reached Stripe.
+    pub fn may_have_been_sent(&self) -> bool {
+        self.status == StepStatus::InFlight || self.status == StepStatus::Succeeded
     }
 
     /// Where this step is stored.

@@ -55,6 +55,7 @@ fn every_family_writes_a_valid_document() {
     metrics.steps_queued("transfer", 2);
     metrics.step_finished("payout", "succeeded");
     metrics.stripe_call("create_payout", Some(200), Duration::from_micros(12_500));
+    metrics.steps_swept("in_flight", 0);
     metrics.flush();
     let documents = documents(&sink);
     let mut names: Vec<String> = documents.iter().flat_map(assert_valid_emf).collect();
@@ -68,6 +69,7 @@ fn every_family_writes_a_valid_document() {
             "Stale",
             "StepsFinished",
             "StepsQueued",
+            "StepsSwept",
             "StripeCallLatency",
             "WebhookErrors"
         ]

@@ -20,10 +20,10 @@ use aws_sdk_dynamodb::types::{
     TransactWriteItem,
 };
 
-use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
+use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, PaymentState, StoreError};
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
-use crate::domain::funds::Refund;
-use crate::domain::step::{Step, StepRef};
+use crate::domain::funds::PaymentRecord;
+use crate::domain::step::{Step, StepRef, StepStatus};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -40,9 +40,13 @@ const STEPS_BY_DESTINATION: &str = "steps_by_destination";
 const DESTINATION: &str = "destination";
 const STEP_ID: &str = "step_id";
 const STEP: &str = "step";
-const REFUND_SK: &str = "REFUND";
-const REFUND: &str = "refund";
-const AMOUNT_REFUNDED: &str = "amount_refunded";
+const PAYMENT_SK: &str = "PAYMENT";
+const PAYMENT_RECORD: &str = "record";
+/// The sparse index of steps that are not final, for the sweep: keys `open_status` (present only
+/// while a step is queued, in flight or waiting) and `updated_at`.
+const OPEN_STEPS: &str = "open_steps";
+const OPEN_STATUS: &str = "open_status";
+const UPDATED_AT: &str = "updated_at";
 
 const VERSION: &str = "version";
 const ONBOARDING_STATUS: &str = "onboarding_status";
@@ -54,6 +58,7 @@ const CREATED: &str = "created";
 const LIVEMODE: &str = "livemode";
 const OUTCOME: &str = "outcome";
 const RECEIVED_AT: &str = "received_at";
+const REASON: &str = "reason";
 const EXPIRES_AT: &str = "expires_at";
 
 const NOT_YET_WRITTEN: &str = "attribute_not_exists(pk)";
@@ -151,6 +156,23 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .key_schema(key(SK, KeyType::Range).map_err(build_failed)?)
         .attribute_definitions(attribute(DESTINATION).map_err(build_failed)?)
         .attribute_definitions(attribute(STEP_ID).map_err(build_failed)?)
+        .attribute_definitions(attribute(OPEN_STATUS).map_err(build_failed)?)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(UPDATED_AT)
+                .attribute_type(ScalarAttributeType::N)
+                .build()
+                .map_err(build_failed)?,
+        )
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(OPEN_STEPS)
+                .key_schema(key(OPEN_STATUS, KeyType::Hash).map_err(build_failed)?)
+                .key_schema(key(UPDATED_AT, KeyType::Range).map_err(build_failed)?)
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .build()
+                .map_err(build_failed)?,
+        )
         .global_secondary_indexes(
             GlobalSecondaryIndex::builder()
                 .index_name(STEPS_BY_DESTINATION)
@@ -208,7 +230,7 @@ impl AccountStore for DynamoStore {
         let only_the_record = write.account.is_none()
             && write.new_steps.is_empty()
             && write.step_updates.is_empty()
-            && write.refund.is_none();
+            && write.payment.is_none();
         if only_the_record {
             // Nothing but the record: a plain conditional put, at half a transaction's cost.
             let put = self
@@ -243,16 +265,8 @@ impl AccountStore for DynamoStore {
         for step in write.step_updates {
             puts.push(step_update(put(step_item(step)?), step)?);
         }
-        if let Some(refund) = write.refund {
-            puts.push(
-                put(refund_item(refund)?)
-                    .condition_expression("attribute_not_exists(pk) OR #refunded < :refunded")
-                    .expression_attribute_names("#refunded", AMOUNT_REFUNDED)
-                    .expression_attribute_values(
-                        ":refunded",
-                        AttributeValue::N(refund.amount_refunded.to_string()),
-                    ),
-            );
+        if let Some(payment) = write.payment {
+            puts.push(versioned(put(payment_item(payment)?), payment.version)?);
         }
         let items = puts
             .into_iter()
@@ -274,25 +288,61 @@ impl AccountStore for DynamoStore {
         self.partition_steps(format!("{PAYMENT_PREFIX}{payment_key}")).await
     }
 
-    async fn load_refund(&self, payment_key: &str) -> Result<Option<Refund>, StoreError> {
-        let output = self
+    /// One consistent query of the payment's partition: its guard and its steps together.
+    async fn load_payment(&self, payment_key: &str) -> Result<PaymentState, StoreError> {
+        let mut items = self
             .client
-            .get_item()
+            .query()
             .table_name(&self.table)
-            .key(PK, AttributeValue::S(format!("{PAYMENT_PREFIX}{payment_key}")))
-            .key(SK, AttributeValue::S(REFUND_SK.to_owned()))
             .consistent_read(true)
-            .send()
-            .await
-            .map_err(|err| unavailable("GetItem", &err))?;
-        output
-            .item()
-            .map(|item| {
-                serde_json::from_str(string_attr(item, REFUND)?).map_err(|err| {
-                    StoreError::Corrupt(format!("refund `{REFUND}` is unreadable: {}", json_error(&err)))
-                })
-            })
-            .transpose()
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", AttributeValue::S(format!("{PAYMENT_PREFIX}{payment_key}")))
+            .into_paginator()
+            .items()
+            .send();
+        let mut payment = PaymentState::default();
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|err| unavailable("Query", &err))?;
+            match string_attr(&item, SK)? {
+                PAYMENT_SK => payment.record = Some(payment_from_item(&item)?),
+                sk if sk.starts_with(STEP_SK_PREFIX) => payment.steps.push(step_from_item(&item)?),
+                _ => {}
+            }
+        }
+        payment.steps.sort_by(|a, b| a.step_id.cmp(&b.step_id));
+        Ok(payment)
+    }
+
+    /// Reads the sparse open-steps index, which DynamoDB keeps eventually consistent: the sweep
+    /// only resumes steps, and the worker re-reads each one consistently.
+    async fn list_open_steps(
+        &self,
+        status: StepStatus,
+        updated_before: i64,
+        limit: usize,
+    ) -> Result<Vec<Step>, StoreError> {
+        let page_size = i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000);
+        let mut items = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OPEN_STEPS)
+            .key_condition_expression("#status = :status AND #updated < :before")
+            .expression_attribute_names("#status", OPEN_STATUS)
+            .expression_attribute_names("#updated", UPDATED_AT)
+            .expression_attribute_values(":status", AttributeValue::S(status.as_str().to_owned()))
+            .expression_attribute_values(":before", AttributeValue::N(updated_before.to_string()))
+            .limit(page_size)
+            .into_paginator()
+            .items()
+            .send();
+        let mut steps = Vec::new();
+        while steps.len() < limit
+            && let Some(item) = items.next().await
+        {
+            steps.push(step_from_item(&item.map_err(|err| unavailable("Query", &err))?)?);
+        }
+        Ok(steps)
     }
 
     async fn load_step(&self, step: &StepRef) -> Result<Option<Step>, StoreError> {
@@ -445,25 +495,45 @@ fn step_ref_pk(step: &StepRef) -> String {
 fn step_item(step: &Step) -> Result<Item, StoreError> {
     let json = serde_json::to_string(step)
         .map_err(|err| StoreError::Unavailable(format!("could not serialize a step: {err}")))?;
-    Ok(HashMap::from([
+    let mut item = HashMap::from([
         (PK.to_owned(), AttributeValue::S(step_pk(step))),
         (SK.to_owned(), AttributeValue::S(format!("{STEP_SK_PREFIX}{}", step.step_id))),
         (STEP_ID.to_owned(), AttributeValue::S(step.step_id.clone())),
         (DESTINATION.to_owned(), AttributeValue::S(step.destination.to_string())),
         (VERSION.to_owned(), AttributeValue::N(step.version.to_string())),
+        (UPDATED_AT.to_owned(), AttributeValue::N(step.updated_at.to_string())),
         (STEP.to_owned(), AttributeValue::S(json)),
+    ]);
+    // Only open steps are in the sweep's index, so that it never grows with history.
+    if !step.status.is_final() {
+        item.insert(OPEN_STATUS.to_owned(), AttributeValue::S(step.status.as_str().to_owned()));
+    }
+    Ok(item)
+}
+
+fn payment_item(payment: &PaymentRecord) -> Result<Item, StoreError> {
+    let json = serde_json::to_string(payment)
+        .map_err(|err| StoreError::Unavailable(format!("could not serialize a payment: {err}")))?;
+    Ok(HashMap::from([
+        (PK.to_owned(), AttributeValue::S(format!("{PAYMENT_PREFIX}{}", payment.payment_key))),
+        (SK.to_owned(), AttributeValue::S(PAYMENT_SK.to_owned())),
+        (VERSION.to_owned(), AttributeValue::N(payment.version.to_string())),
+        (PAYMENT_RECORD.to_owned(), AttributeValue::S(json)),
     ]))
 }
 
-fn refund_item(refund: &Refund) -> Result<Item, StoreError> {
-    let json = serde_json::to_string(refund)
-        .map_err(|err| StoreError::Unavailable(format!("could not serialize a refund: {err}")))?;
-    Ok(HashMap::from([
-        (PK.to_owned(), AttributeValue::S(format!("{PAYMENT_PREFIX}{}", refund.payment_key))),
-        (SK.to_owned(), AttributeValue::S(REFUND_SK.to_owned())),
-        (AMOUNT_REFUNDED.to_owned(), AttributeValue::N(refund.amount_refunded.to_string())),
-        (REFUND.to_owned(), AttributeValue::S(json)),
-    ]))
+fn payment_from_item(item: &Item) -> Result<PaymentRecord, StoreError> {
+    let record: PaymentRecord = serde_json::from_str(string_attr(item, PAYMENT_RECORD)?).map_err(|err| {
+        StoreError::Corrupt(format!("payment `{PAYMENT_RECORD}` is unreadable: {}", json_error(&err)))
+    })?;
+    let version: u64 = number_attr(item, VERSION)?;
+    if version != record.version {
+        return Err(StoreError::Corrupt(format!(
+            "payment {} has version {version} but its record says {}",
+            record.payment_key, record.version
+        )));
+    }
+    Ok(record)
 }
 
 fn step_from_item(item: &Item) -> Result<Step, StoreError> {
@@ -534,6 +604,9 @@ fn event_item(record: &EventRecord) -> Item {
     if let Some(livemode) = record.livemode {
         item.insert(LIVEMODE.to_owned(), AttributeValue::Bool(livemode));
     }
+    if let Some(reason) = &record.reason {
+        item.insert(REASON.to_owned(), AttributeValue::S(reason.clone()));
+    }
     item
 }
 
@@ -558,6 +631,7 @@ fn event_from_item(event_id: &str, item: &Item) -> Result<EventRecord, StoreErro
         outcome,
         received_at: number_attr(item, RECEIVED_AT)?,
         expires_at: number_attr(item, EXPIRES_AT)?,
+        reason: item.contains_key(REASON).then(|| string_attr(item, REASON)).transpose()?.map(str::to_owned),
     })
 }
 
@@ -599,6 +673,7 @@ mod tests {
             outcome: EventOutcome::Applied,
             received_at: 1_700_000_005,
             expires_at: 1_702_592_005,
+            reason: None,
         }
     }
 

@@ -6,8 +6,8 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
-use crate::domain::funds::Refund;
-use crate::domain::step::{Step, StepRef};
+use crate::domain::funds::PaymentRecord;
+use crate::domain::step::{Step, StepRef, StepStatus};
 
 pub mod dynamodb;
 pub mod sqlite;
@@ -91,6 +91,9 @@ pub struct EventRecord {
     pub livemode: Option<bool>,
     /// What became of it.
     pub outcome: EventOutcome,
+    /// Why it was refused, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Unix time it was recorded.
     pub received_at: i64,
     /// Unix time after which the record may be deleted (the TTL attribute on DynamoDB).
@@ -110,25 +113,35 @@ pub struct EventWrite<'a> {
     /// Steps the event settles (Stripe reporting a transfer or payout); each stored one must be at
     /// `version - 1`.
     pub step_updates: &'a [Step],
-    /// The payment's newest refund; the stored one, if any, must have refunded less.
-    pub refund: Option<&'a Refund>,
+    /// The payment's guard, one version up: the stored one must be at `version - 1` (or absent,
+    /// for 1), so that no two plans for one payment commit from the same read.
+    pub payment: Option<&'a PaymentRecord>,
 }
 
 impl<'a> EventWrite<'a> {
     /// Only the event record.
     pub fn record_only(record: &'a EventRecord) -> Self {
-        Self { record, account: None, new_steps: &[], step_updates: &[], refund: None }
+        Self { record, account: None, new_steps: &[], step_updates: &[], payment: None }
     }
 
     /// The event record and, if given, the account's next state.
     pub fn with_account(record: &'a EventRecord, account: Option<&'a AccountState>) -> Self {
-        Self { record, account, new_steps: &[], step_updates: &[], refund: None }
+        Self { record, account, new_steps: &[], step_updates: &[], payment: None }
     }
 
     /// The event record and the steps it planned.
     pub fn with_steps(record: &'a EventRecord, new_steps: &'a [Step]) -> Self {
-        Self { record, account: None, new_steps, step_updates: &[], refund: None }
+        Self { record, account: None, new_steps, step_updates: &[], payment: None }
     }
+}
+
+/// A payment as stored: its guard (absent until its first plan) and its steps, ordered by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PaymentState {
+    /// The guard every plan for the payment bumps.
+    pub record: Option<PaymentRecord>,
+    /// Its transfers and reversals.
+    pub steps: Vec<Step>,
 }
 
 /// What an attempted commit did.
@@ -179,11 +192,20 @@ pub trait AccountStore: Send + Sync + 'static {
         payment_key: &str,
     ) -> impl Future<Output = Result<Vec<Step>, StoreError>> + Send;
 
-    /// The newest refund recorded for a payment.
-    fn load_refund(
+    /// A payment's guard and all its steps, in one consistent read (one query on DynamoDB).
+    fn load_payment(
         &self,
         payment_key: &str,
-    ) -> impl Future<Output = Result<Option<Refund>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<PaymentState, StoreError>> + Send;
+
+    /// Up to `limit` steps in `status` (one that is not final) last changed before
+    /// `updated_before`, oldest first: what the sweep resumes.
+    fn list_open_steps(
+        &self,
+        status: StepStatus,
+        updated_before: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Step>, StoreError>> + Send;
 
     /// One step.
     fn load_step(&self, step: &StepRef) -> impl Future<Output = Result<Option<Step>, StoreError>> + Send;

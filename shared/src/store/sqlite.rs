@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AccountStore, BoxFuture, CommitOutcome, EventOutcome, EventRecord, EventWrite, StepQueue, StoreError,
+    AccountStore, BoxFuture, CommitOutcome, EventOutcome, EventRecord, EventWrite, PaymentState, StepQueue,
+    StoreError,
 };
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
-use crate::domain::funds::Refund;
-use crate::domain::step::{Step, StepKind, StepRef};
+use crate::domain::funds::PaymentRecord;
+use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
@@ -28,7 +29,8 @@ CREATE TABLE IF NOT EXISTS events (
     livemode INTEGER,
     outcome TEXT NOT NULL,
     received_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
+    expires_at INTEGER NOT NULL,
+    reason TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_expiry ON events (expires_at);
 CREATE TABLE IF NOT EXISTS steps (
@@ -36,14 +38,16 @@ CREATE TABLE IF NOT EXISTS steps (
     payment_key TEXT,
     destination TEXT NOT NULL,
     version INTEGER NOT NULL,
-    step TEXT NOT NULL
+    step TEXT NOT NULL,
+    status TEXT,
+    updated_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS steps_by_payment ON steps (payment_key, step_id);
 CREATE INDEX IF NOT EXISTS steps_by_destination ON steps (destination, step_id);
-CREATE TABLE IF NOT EXISTS refunds (
+CREATE TABLE IF NOT EXISTS payments (
     payment_key TEXT PRIMARY KEY,
-    amount_refunded INTEGER NOT NULL,
-    refund TEXT NOT NULL
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS queue (
     queue TEXT NOT NULL,
@@ -56,6 +60,16 @@ CREATE TABLE IF NOT EXISTS queue (
 );
 CREATE INDEX IF NOT EXISTS queue_by_visibility ON queue (queue, dead, visible_at);
 ";
+
+/// Columns added after the first release, with what fills them in on a file that predates them.
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    ("events", "reason", "NULL"),
+    ("steps", "status", "json_extract(step, '$.status')"),
+    ("steps", "updated_at", "json_extract(step, '$.updated_at')"),
+];
+
+/// The sweep's index, created once its columns exist.
+const OPEN_STEPS_INDEX: &str = "CREATE INDEX IF NOT EXISTS steps_by_status ON steps (status, updated_at);";
 
 /// A message taken from the embedded queue, invisible to others until its visibility timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +135,23 @@ impl SqliteStore {
             )
             .map_err(unavailable)?;
         connection.execute_batch(SCHEMA).map_err(unavailable)?;
+        for (table, column, backfill) in ADDED_COLUMNS {
+            let present: bool = connection
+                .query_row(
+                    "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                    params![table, column],
+                    |row| row.get(0),
+                )
+                .map_err(unavailable)?;
+            if !present {
+                connection
+                    .execute_batch(&format!(
+                        "ALTER TABLE {table} ADD COLUMN {column}; UPDATE {table} SET {column} = {backfill};"
+                    ))
+                    .map_err(unavailable)?;
+            }
+        }
+        connection.execute_batch(OPEN_STEPS_INDEX).map_err(unavailable)?;
         connection.execute("DELETE FROM events WHERE expires_at < ?1", [now]).map_err(unavailable)?;
         Ok(Self { connection: Arc::new(Mutex::new(connection)) })
     }
@@ -229,8 +260,8 @@ impl SqliteStore {
             connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
         let inserted = transaction
             .execute(
-                "INSERT INTO events (event_id, event_type, account_id, created, livemode, outcome, received_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (event_id) DO NOTHING",
+                "INSERT INTO events (event_id, event_type, account_id, created, livemode, outcome, received_at, expires_at, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (event_id) DO NOTHING",
                 params![
                     record.event_id,
                     record.event_type,
@@ -240,6 +271,7 @@ impl SqliteStore {
                     record.outcome.as_str(),
                     record.received_at,
                     record.expires_at,
+                    record.reason,
                 ],
             )
             .map_err(unavailable)?;
@@ -270,14 +302,42 @@ impl SqliteStore {
                 return Ok(CommitOutcome::Conflict);
             }
         }
+        if let Some(payment) = write.payment {
+            let json = serde_json::to_string(payment).map_err(corrupt)?;
+            let version = i64::try_from(payment.version).map_err(corrupt)?;
+            let written = if version == 1 {
+                transaction.execute(
+                    "INSERT INTO payments (payment_key, version, record) VALUES (?1, 1, ?2)
+                     ON CONFLICT (payment_key) DO NOTHING",
+                    params![payment.payment_key, json],
+                )
+            } else {
+                transaction.execute(
+                    "UPDATE payments SET version = ?2, record = ?3 WHERE payment_key = ?1 AND version = ?4",
+                    params![payment.payment_key, version, json, version - 1],
+                )
+            }
+            .map_err(unavailable)?;
+            if written == 0 {
+                return Ok(CommitOutcome::Conflict);
+            }
+        }
         for step in write.new_steps {
             let json = serde_json::to_string(step).map_err(corrupt)?;
             let version = i64::try_from(step.version).map_err(corrupt)?;
             let inserted = transaction
                 .execute(
-                    "INSERT INTO steps (step_id, payment_key, destination, version, step) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (step_id) DO NOTHING",
-                    params![step.step_id, step.payment_key, step.destination.as_str(), version, json],
+                    "INSERT INTO steps (step_id, payment_key, destination, version, step, status, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (step_id) DO NOTHING",
+                    params![
+                        step.step_id,
+                        step.payment_key,
+                        step.destination.as_str(),
+                        version,
+                        json,
+                        step.status.as_str(),
+                        step.updated_at
+                    ],
                 )
                 .map_err(unavailable)?;
             if inserted == 0 {
@@ -286,20 +346,6 @@ impl SqliteStore {
         }
         for step in write.step_updates {
             if Self::update_step_in(&transaction, step)? == CommitOutcome::Conflict {
-                return Ok(CommitOutcome::Conflict);
-            }
-        }
-        if let Some(refund) = write.refund {
-            let json = serde_json::to_string(refund).map_err(corrupt)?;
-            let written = transaction
-                .execute(
-                    "INSERT INTO refunds (payment_key, amount_refunded, refund) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (payment_key) DO UPDATE SET amount_refunded = ?2, refund = ?3
-                     WHERE refunds.amount_refunded < ?2",
-                    params![refund.payment_key, refund.amount_refunded, json],
-                )
-                .map_err(unavailable)?;
-            if written == 0 {
                 return Ok(CommitOutcome::Conflict);
             }
         }
@@ -312,15 +358,19 @@ impl SqliteStore {
         let version = i64::try_from(step.version).map_err(corrupt)?;
         let updated = connection
             .execute(
-                "UPDATE steps SET version = ?2, step = ?3 WHERE step_id = ?1 AND version = ?4",
-                params![step.step_id, version, json, version - 1],
+                "UPDATE steps SET version = ?2, step = ?3, status = ?5, updated_at = ?6
+                 WHERE step_id = ?1 AND version = ?4",
+                params![step.step_id, version, json, version - 1, step.status.as_str(), step.updated_at],
             )
             .map_err(unavailable)?;
         Ok(if updated == 1 { CommitOutcome::Committed } else { CommitOutcome::Conflict })
     }
 
     fn query_steps(&self, sql: &str, key: &str) -> Result<Vec<Step>, StoreError> {
-        let connection = self.lock()?;
+        Self::query_steps_in(&*self.lock()?, sql, key)
+    }
+
+    fn query_steps_in(connection: &Connection, sql: &str, key: &str) -> Result<Vec<Step>, StoreError> {
         let mut statement = connection.prepare_cached(sql).map_err(unavailable)?;
         let rows = statement.query_map([key], |row| row.get::<_, String>(0)).map_err(unavailable)?;
         rows.map(|json| serde_json::from_str(&json.map_err(unavailable)?).map_err(corrupt)).collect()
@@ -337,6 +387,7 @@ impl SqliteStore {
             outcome: EventOutcome::Applied,
             received_at: row.get(6)?,
             expires_at: row.get(7)?,
+            reason: row.get(8)?,
         };
         Ok((record, outcome))
     }
@@ -368,13 +419,39 @@ impl AccountStore for SqliteStore {
         self.query_steps("SELECT step FROM steps WHERE payment_key = ?1 ORDER BY step_id", payment_key)
     }
 
-    async fn load_refund(&self, payment_key: &str) -> Result<Option<Refund>, StoreError> {
-        let json: Option<String> = self
-            .lock()?
-            .query_row("SELECT refund FROM refunds WHERE payment_key = ?1", [payment_key], |row| row.get(0))
+    async fn load_payment(&self, payment_key: &str) -> Result<PaymentState, StoreError> {
+        let connection = self.lock()?;
+        let json: Option<String> = connection
+            .query_row("SELECT record FROM payments WHERE payment_key = ?1", [payment_key], |row| row.get(0))
             .optional()
             .map_err(unavailable)?;
-        json.map(|json| serde_json::from_str(&json).map_err(corrupt)).transpose()
+        let record: Option<PaymentRecord> =
+            json.map(|json| serde_json::from_str(&json).map_err(corrupt)).transpose()?;
+        let steps = Self::query_steps_in(
+            &connection,
+            "SELECT step FROM steps WHERE payment_key = ?1 ORDER BY step_id",
+            payment_key,
+        )?;
+        Ok(PaymentState { record, steps })
+    }
+
+    async fn list_open_steps(
+        &self,
+        status: StepStatus,
+        updated_before: i64,
+        limit: usize,
+    ) -> Result<Vec<Step>, StoreError> {
+        let connection = self.lock()?;
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT step FROM steps WHERE status = ?1 AND updated_at < ?2 ORDER BY updated_at, step_id LIMIT ?3",
+            )
+            .map_err(unavailable)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement
+            .query_map(params![status.as_str(), updated_before, limit], |row| row.get::<_, String>(0))
+            .map_err(unavailable)?;
+        rows.map(|json| serde_json::from_str(&json.map_err(unavailable)?).map_err(corrupt)).collect()
     }
 
     async fn load_step(&self, step: &StepRef) -> Result<Option<Step>, StoreError> {
@@ -403,7 +480,7 @@ impl AccountStore for SqliteStore {
         let row = self
             .lock()?
             .query_row(
-                "SELECT event_id, event_type, account_id, created, livemode, outcome, received_at, expires_at
+                "SELECT event_id, event_type, account_id, created, livemode, outcome, received_at, expires_at, reason
                  FROM events WHERE event_id = ?1",
                 [event_id],
                 Self::read_event,

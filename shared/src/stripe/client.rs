@@ -1,8 +1,11 @@
 //! A thin client for the only Stripe API calls the fund-flow workers make: create a transfer, a
-//! transfer reversal or a payout, and retrieve an account.
+//! transfer reversal or a payout, retrieve an account, and find the object an earlier call made.
 //!
-//! Every POST carries an `Idempotency-Key`, so that a retry after any failure either replays the
-//! object Stripe already created or creates it for the first time, never a second one.
+//! Every POST carries an `Idempotency-Key`, so that a retry after any failure either replays what
+//! Stripe answered the first time or creates the object for the first time, never a second one.
+//! Stripe replays a saved 500 too, and forgets a key after 24 hours, so a retry alone cannot always
+//! tell whether the object exists: the `find_*` lookups settle that by listing objects and matching
+//! the step id the create call put in their metadata.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -13,6 +16,7 @@ use reqwest::{Method, Url};
 use serde_json::Value;
 
 use crate::domain::account::AccountId;
+use crate::domain::funds::STEP_METADATA;
 use crate::metrics::Metrics;
 
 /// Stripe's API host.
@@ -27,6 +31,13 @@ pub const API_KEY_VAR: &str = "STRIPE_API_KEY";
 pub const API_BASE_VAR: &str = "STRIPE_API_BASE";
 /// Stripe's limit on the length of an idempotency key.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// How many objects a lookup asks for per list page: Stripe's maximum.
+const LIST_PAGE_LIMIT: &str = "100";
+/// How many list pages a lookup reads before it gives up: a thousand objects in one transfer group,
+/// on one transfer or in one payout window is far beyond any real flow.
+const MAX_LIST_PAGES: usize = 10;
+/// The phrase of Stripe's refusal when a platform key has no access to one connected account.
+const NO_ACCOUNT_ACCESS_PHRASE: &str = "does not have access to account";
 
 /// A Stripe secret key. Its `Debug` is redacted; nothing in this module logs or displays it.
 #[derive(Clone)]
@@ -36,6 +47,19 @@ impl ApiKey {
     /// Wraps a secret key (`sk_live_…`, `sk_test_…` or a restricted `rk_…`).
     pub fn new(key: impl Into<String>) -> Self {
         Self(key.into())
+    }
+
+    /// `Some(true)` for a live key (`sk_live_`, `rk_live_`), `Some(false)` for a test key
+    /// (`sk_test_`, `rk_test_`), `None` for anything else.
+    pub fn livemode(&self) -> Option<bool> {
+        let key = self.0.trim();
+        if ["sk_live_", "rk_live_"].iter().any(|prefix| key.starts_with(prefix)) {
+            Some(true)
+        } else if ["sk_test_", "rk_test_"].iter().any(|prefix| key.starts_with(prefix)) {
+            Some(false)
+        } else {
+            None
+        }
     }
 
     fn expose(&self) -> &str {
@@ -93,7 +117,8 @@ impl StripeClientConfig {
     }
 }
 
-/// A created Stripe object: its id, and the whole response for anything else a caller needs.
+/// A Stripe object, created or found: its id, and the whole object for anything else a caller
+/// needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StripeObject {
     /// `tr_…`, `trr_…` or `po_…`.
@@ -165,6 +190,29 @@ impl StripeError {
         match self {
             Self::Refused { code, .. } => code.as_deref(),
             _ => None,
+        }
+    }
+
+    /// Whether Stripe refused because the platform has no access to one connected account (its
+    /// owner revoked the application, it was disconnected, or it never was this platform's): a 403
+    /// with code `account_invalid` or Stripe's "does not have access to account" message.
+    pub fn refused_account_access(&self) -> bool {
+        match self {
+            Self::Refused { status: 403, code, message, .. } => {
+                code.as_deref() == Some("account_invalid") || message.contains(NO_ACCOUNT_ACCESS_PHRASE)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether Stripe refused the platform's key itself: a 401 (an invalid, expired or revoked
+    /// key), or a 403 that is not about one connected account (a restricted key lacking a
+    /// permission, a request from an IP address the key does not allow).
+    pub fn refused_platform_key(&self) -> bool {
+        match self {
+            Self::Refused { status: 401, .. } => true,
+            Self::Refused { status: 403, .. } => !self.refused_account_access(),
+            _ => false,
         }
     }
 
@@ -273,6 +321,37 @@ fn transfer_params(transfer: &CreateTransfer<'_>) -> Result<Vec<(String, String)
     Ok(params)
 }
 
+/// The object among a list page's `data` whose `metadata[connect_flow_step]` is `step_id`, and the
+/// cursor for the next page when there is one.
+fn search_page(page: &Value, step_id: &str) -> Result<PageSearch, StripeError> {
+    let malformed =
+        |what: &str| StripeError::Retryable { status: Some(200), message: format!("a list page {what}") };
+    let data = page.get("data").and_then(Value::as_array).ok_or_else(|| malformed("without data"))?;
+    let found = data.iter().find(|object| {
+        object.get("metadata").and_then(|m| m.get(STEP_METADATA)).and_then(Value::as_str) == Some(step_id)
+    });
+    if let Some(object) = found {
+        let id = object.get("id").and_then(Value::as_str).ok_or_else(|| malformed("object without an id"))?;
+        return Ok(PageSearch::Found(StripeObject { id: id.to_owned(), raw: object.clone() }));
+    }
+    if page.get("has_more").and_then(Value::as_bool) != Some(true) {
+        return Ok(PageSearch::Exhausted);
+    }
+    let last = data.last().and_then(|object| object.get("id")).and_then(Value::as_str);
+    last.map(|id| PageSearch::Next(id.to_owned())).ok_or_else(|| malformed("with more to come but no cursor"))
+}
+
+/// What one list page says about the object a lookup wants.
+#[derive(Debug, PartialEq)]
+enum PageSearch {
+    /// It is on this page.
+    Found(StripeObject),
+    /// It is not on this page, and no page follows: it does not exist.
+    Exhausted,
+    /// It is not on this page; the next starts after this id.
+    Next(String),
+}
+
 /// A Stripe object id that is safe to put in a URL path.
 fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str, StripeError> {
     let well_formed =
@@ -376,13 +455,113 @@ impl StripeClient {
     /// `GET /v1/accounts/{id}`: the account as the platform sees it (capabilities, payouts).
     pub async fn retrieve_account(&self, account: &AccountId) -> Result<Value, StripeError> {
         let path = format!("/v1/accounts/{}", checked_id("account id", account.as_str())?);
-        let request = self.request(Method::GET, &path, None).build().map_err(|e| self.build_error(&e))?;
+        let request =
+            self.request(Method::GET, self.url(&path)?, None).build().map_err(|e| self.build_error(&e))?;
         self.send("retrieve_account", request).await
     }
 
+    /// The transfer to `destination` in `transfer_group` (any group if empty) that `step_id` made.
+    pub async fn find_transfer(
+        &self,
+        transfer_group: &str,
+        destination: &AccountId,
+        step_id: &str,
+    ) -> Result<Option<StripeObject>, StripeError> {
+        let mut filters = vec![("destination", checked_id("account id", destination.as_str())?.to_owned())];
+        if !transfer_group.is_empty() {
+            filters.insert(0, ("transfer_group", transfer_group.to_owned()));
+        }
+        self.find("find_transfer", "/v1/transfers", &filters, None, step_id).await
+    }
+
+    /// The reversal of transfer `transfer_id` that `step_id` made.
+    pub async fn find_reversal(
+        &self,
+        transfer_id: &str,
+        step_id: &str,
+    ) -> Result<Option<StripeObject>, StripeError> {
+        let path = format!("/v1/transfers/{}/reversals", checked_id("transfer id", transfer_id)?);
+        self.find("find_reversal", &path, &[], None, step_id).await
+    }
+
+    /// The payout of `account` created at or after `created_gte` (unix seconds) that `step_id` made.
+    pub async fn find_payout(
+        &self,
+        account: &AccountId,
+        step_id: &str,
+        created_gte: i64,
+    ) -> Result<Option<StripeObject>, StripeError> {
+        checked_id("account id", account.as_str())?;
+        let filters = [("created[gte]", created_gte.to_string())];
+        self.find("find_payout", "/v1/payouts", &filters, Some(account), step_id).await
+    }
+
+    /// Whether the key is a live one (`Some(true)`), a test one (`Some(false)`), or neither.
+    pub fn livemode(&self) -> Option<bool> {
+        self.api_key.livemode()
+    }
+
+    /// Pages through a list, newest first, for the object whose metadata names `step_id`. `None`
+    /// only when the list ended without it; reading [`MAX_LIST_PAGES`] pages without reaching the
+    /// end proves nothing, and is a retryable error.
+    async fn find(
+        &self,
+        operation: &'static str,
+        path: &str,
+        filters: &[(&str, String)],
+        account: Option<&AccountId>,
+        step_id: &str,
+    ) -> Result<Option<StripeObject>, StripeError> {
+        if step_id.is_empty() {
+            return Err(StripeError::Config("a lookup needs a step id".to_owned()));
+        }
+        let mut starting_after: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let url = self.list_url(path, filters, starting_after.as_deref())?;
+            let request =
+                self.request(Method::GET, url, account).build().map_err(|e| self.build_error(&e))?;
+            match search_page(&self.send(operation, request).await?, step_id)? {
+                PageSearch::Found(object) => return Ok(Some(object)),
+                PageSearch::Exhausted => return Ok(None),
+                PageSearch::Next(cursor) => starting_after = Some(cursor),
+            }
+        }
+        Err(StripeError::Retryable {
+            status: None,
+            message: format!("{MAX_LIST_PAGES} list pages did not settle whether the step's object exists"),
+        })
+    }
+
+    /// `path` under the API base with `filters`, Stripe's page limit and the cursor in its query
+    /// string, each pair form-urlencoded.
+    fn list_url(
+        &self,
+        path: &str,
+        filters: &[(&str, String)],
+        starting_after: Option<&str>,
+    ) -> Result<Url, StripeError> {
+        let mut url = self.url(path)?;
+        {
+            let mut query = url.query_pairs_mut();
+            for (name, value) in filters {
+                query.append_pair(name, value);
+            }
+            query.append_pair("limit", LIST_PAGE_LIMIT);
+            if let Some(cursor) = starting_after {
+                query.append_pair("starting_after", cursor);
+            }
+        }
+        Ok(url)
+    }
+
+    /// `path` under the API base.
+    fn url(&self, path: &str) -> Result<Url, StripeError> {
+        Url::parse(&format!("{}{path}", self.api_base.as_str().trim_end_matches('/')))
+            .map_err(|e| StripeError::Config(format!("the request URL is invalid: {e}")))
+    }
+
     /// A request with the headers every call carries.
-    fn request(&self, method: Method, path: &str, account: Option<&AccountId>) -> reqwest::RequestBuilder {
-        let url = format!("{}{path}", self.api_base.as_str().trim_end_matches('/'));
+    fn request(&self, method: Method, url: Url, account: Option<&AccountId>) -> reqwest::RequestBuilder {
         let mut builder = self
             .http
             .request(method, url)
@@ -410,7 +589,7 @@ impl StripeClient {
                 "the idempotency key is empty, too long or not ASCII".to_owned(),
             ));
         }
-        self.request(Method::POST, path, account)
+        self.request(Method::POST, self.url(path)?, account)
             .header("Idempotency-Key", idempotency_key)
             .form(params)
             .build()
@@ -473,6 +652,7 @@ impl StripeClient {
 #[cfg(test)]
 mod tests {
     use reqwest::header::CONTENT_TYPE;
+    use serde_json::json;
 
     use super::*;
 
@@ -605,6 +785,120 @@ mod tests {
             assert!(matches!(StripeClient::new(config), Err(StripeError::Config(_))), "{base}");
         }
         assert!(StripeClient::new(StripeClientConfig::new(ApiKey::new("sk_test_x"))).is_ok());
+    }
+
+    #[test]
+    fn client_tells_a_refused_account_from_a_refused_platform_key() {
+        // What Stripe answers once a connected account's owner revoked the platform's access.
+        let revoked = br#"{"error":{"type":"invalid_request_error","code":"account_invalid",
+            "doc_url":"https://stripe.com/docs/error-codes/account-invalid",
+            "message":"The provided key 'sk_test_********1234' does not have access to account 'acct_1Gone' (or that account does not exist). Application access may have been revoked."}}"#;
+        let error = classify(403, revoked);
+        assert!(error.refused_account_access(), "{error:?}");
+        assert!(!error.refused_platform_key());
+        assert!(!error.is_retryable());
+        // The message alone is enough, should the code be missing.
+        let no_code = br#"{"error":{"type":"invalid_request_error","message":"The provided key 'sk_live_***abcd' does not have access to account 'acct_1Gone' (or that account does not exist). Application access may have been revoked."}}"#;
+        assert!(classify(403, no_code).refused_account_access());
+        // The code alone too.
+        let code_only =
+            br#"{"error":{"type":"invalid_request_error","code":"account_invalid","message":"x"}}"#;
+        assert!(classify(403, code_only).refused_account_access());
+
+        let bad_key = br#"{"error":{"type":"invalid_request_error","message":"Invalid API Key provided: sk_test_****abcd"}}"#;
+        let unauthorized = classify(401, bad_key);
+        assert!(unauthorized.refused_platform_key());
+        assert!(!unauthorized.refused_account_access());
+        // A 401 is the key's fault whatever its body says.
+        assert!(classify(401, revoked).refused_platform_key());
+        assert!(!classify(401, revoked).refused_account_access());
+
+        let restricted = br#"{"error":{"type":"invalid_request_error","message":"The provided key 'rk_live_***j4va7j' does not have the required permissions for this endpoint on account 'acct_1Plat'. Having the 'rak_transfer_write' permission would allow this request to continue."}}"#;
+        let forbidden = classify(403, restricted);
+        assert!(forbidden.refused_platform_key(), "{forbidden:?}");
+        assert!(!forbidden.refused_account_access());
+
+        // Neither: an ordinary refusal, a 400 with the same code, a retryable failure, a mismatch.
+        let insufficient =
+            br#"{"error":{"type":"invalid_request_error","code":"balance_insufficient","message":"no"}}"#;
+        for error in [
+            classify(400, insufficient),
+            classify(400, code_only),
+            classify(404, revoked),
+            classify(500, revoked),
+            StripeError::Retryable { status: None, message: "timed out".into() },
+            StripeError::IdempotencyMismatch { message: "other parameters".into() },
+            StripeError::Config("x".into()),
+        ] {
+            assert!(!error.refused_account_access(), "{error:?}");
+            assert!(!error.refused_platform_key(), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn api_key_livemode_follows_the_key_prefix() {
+        for (key, livemode) in [
+            ("sk_live_abc", Some(true)),
+            ("rk_live_abc", Some(true)),
+            ("sk_test_abc", Some(false)),
+            ("rk_test_abc", Some(false)),
+            (" sk_live_padded ", Some(true)),
+            ("pk_live_abc", None),
+            ("pk_test_abc", None),
+            ("whsec_abc", None),
+            ("sk_abc", None),
+            ("", None),
+            ("SK_LIVE_abc", None),
+        ] {
+            assert_eq!(ApiKey::new(key).livemode(), livemode, "{key:?}");
+        }
+        assert_eq!(client().livemode(), Some(false));
+        let mut live = StripeClientConfig::new(ApiKey::new("rk_live_x"));
+        live.api_base = "http://127.0.0.1:9".to_owned();
+        assert_eq!(StripeClient::new(live).unwrap().livemode(), Some(true));
+    }
+
+    #[test]
+    fn client_list_urls_encode_filters_the_page_limit_and_the_cursor() {
+        let filters =
+            [("transfer_group", "group pi_1&x=y".to_owned()), ("created[gte]", "1750000000".to_owned())];
+        let url = client().list_url("/v1/transfers", &filters, Some("tr_1Last")).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:9/v1/transfers?transfer_group=group+pi_1%26x%3Dy&created%5Bgte%5D=1750000000\
+             &limit=100&starting_after=tr_1Last"
+        );
+        let first = client().list_url("/v1/transfers/tr_1/reversals", &[], None).unwrap();
+        assert_eq!(first.as_str(), "http://127.0.0.1:9/v1/transfers/tr_1/reversals?limit=100");
+    }
+
+    #[test]
+    fn a_list_page_yields_the_step_s_object_the_next_cursor_or_the_end() {
+        let object = |id: &str, step: &str| json!({"id": id, "metadata": {STEP_METADATA: step}});
+        let page =
+            |data: Vec<Value>, has_more: bool| json!({"object": "list", "data": data, "has_more": has_more});
+
+        let found = search_page(&page(vec![object("tr_2", "b"), object("tr_1", "a")], true), "a").unwrap();
+        assert_eq!(found, PageSearch::Found(StripeObject { id: "tr_1".into(), raw: object("tr_1", "a") }));
+        let next = search_page(&page(vec![object("tr_2", "b"), object("tr_1", "c")], true), "a").unwrap();
+        assert_eq!(next, PageSearch::Next("tr_1".into()));
+        let end = search_page(&page(vec![object("tr_2", "b")], false), "a").unwrap();
+        assert_eq!(end, PageSearch::Exhausted);
+        assert_eq!(search_page(&page(vec![], false), "a").unwrap(), PageSearch::Exhausted);
+        // Other metadata keys never match, nor does a missing `has_more` mean more.
+        let other_key = json!({"data": [{"id": "tr_1", "metadata": {"step_id": "a"}}]});
+        assert_eq!(search_page(&other_key, "a").unwrap(), PageSearch::Exhausted);
+
+        // Malformed pages are retryable failures, never a "not found".
+        for malformed in [
+            json!({"object": "list"}),
+            page(vec![], true),
+            page(vec![json!({"metadata": {STEP_METADATA: "a"}})], false),
+            page(vec![json!({"metadata": {}})], true),
+        ] {
+            let error = search_page(&malformed, "a").unwrap_err();
+            assert!(error.is_retryable(), "{malformed}");
+        }
     }
 
     #[test]

@@ -1,42 +1,20 @@
 //! The fund-flow part of the pipeline: plan the steps an event asks for and record them with the
 //! event, in one conditional write.
 
-use std::collections::HashSet;
-
 use super::{Delivery, MAX_CONFLICT_RETRIES, WebhookError, WebhookService};
-use crate::domain::account::{AccountId, AccountState, PayoutFailure};
+use crate::domain::account::{AccountState, PayoutFailure};
 use crate::domain::funds::{
-    FundEvent, Refund, Settlement, SettlementKind, TransferPlan, plan_payouts, plan_reversals,
-    plan_transfers, settle,
+    FundEvent, FundPlan, Settlement, plan_payment, plan_payouts, plan_refund, settle,
 };
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::stripe::event::Event;
 use crate::stripe::signature::Clock;
 
-/// What one fund-flow event writes besides its record.
-#[derive(Default)]
-struct FundPlan {
-    outcome: EventOutcome,
-    account: Option<AccountState>,
-    steps: Vec<Step>,
-    step_updates: Vec<Step>,
-    refund: Option<Refund>,
-}
-
-impl FundPlan {
-    fn nothing(outcome: EventOutcome) -> Self {
-        Self { outcome, ..Self::default() }
-    }
-
-    fn new_steps(outcome: EventOutcome, steps: Vec<Step>) -> Self {
-        Self { outcome, steps, ..Self::default() }
-    }
-}
-
 impl<S: AccountStore, C: Clock> WebhookService<S, C> {
-    /// Records a fund-flow event with the steps it plans. A conflict (another delivery planned the
-    /// same steps, or moved the account) means deciding again on a fresh read.
+    /// Records a fund-flow event with the steps it plans. A conflict (another delivery planned for
+    /// the same payment, moved the account, or a worker claimed a step the plan changes) means
+    /// deciding again on a fresh read.
     pub(super) async fn record_fund_event(
         &self,
         mut record: EventRecord,
@@ -45,19 +23,23 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         now: i64,
     ) -> Result<Delivery, WebhookError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let plan = self.plan(fund_event, event, now).await?;
+            let (plan, account) = self.plan(fund_event, event, now).await?;
             record.outcome = plan.outcome;
+            record.reason.clone_from(&plan.reason);
             let write = EventWrite {
                 record: &record,
-                account: plan.account.as_ref(),
-                new_steps: &plan.steps,
+                account: account.as_ref(),
+                new_steps: &plan.new_steps,
                 step_updates: &plan.step_updates,
-                refund: plan.refund.as_ref(),
+                payment: plan.payment.as_ref(),
             };
             match self.store.commit(&write).await? {
                 CommitOutcome::Committed => {
-                    tracing::info!(steps = plan.steps.len(), "fund-flow steps recorded");
-                    self.send(&plan.steps).await?;
+                    if let Some(reason) = &plan.reason {
+                        tracing::warn!(reason, "fund-flow event refused; nothing will be sent for it");
+                    }
+                    tracing::info!(steps = plan.new_steps.len(), "fund-flow steps recorded");
+                    self.send(&plan.new_steps).await?;
                     return Ok(Delivery::Recorded(record.outcome));
                 }
                 CommitOutcome::Duplicate => {
@@ -73,54 +55,74 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         Err(StoreError::Unavailable("the payment kept changing concurrently".into()).into())
     }
 
-    /// Settles the steps Stripe reports on; a failed or canceled payout is also recorded on its
-    /// account.
+    /// Settles the steps Stripe reports on, each only if the report matches it completely
+    /// ([`settle`]); a payout that failed or was paid is also recorded on its account.
     async fn plan_settlements(
         &self,
         settlements: &[Settlement],
         event: &Event,
-    ) -> Result<FundPlan, StoreError> {
+    ) -> Result<(FundPlan, Option<AccountState>), StoreError> {
         let mut plan = FundPlan::nothing(EventOutcome::Unchanged);
+        let mut account = None;
+        let mut refusals = Vec::new();
         for settlement in settlements {
             let Some(step) = self.store.load_step(&settlement.step).await? else {
-                tracing::warn!(step_id = %settlement.step.step_id, "Stripe reports on a step that is not stored");
+                // Steps are stored before anything is sent, so this object is not one of ours.
+                refusals.push(format!(
+                    "{} names step {}, which is not stored",
+                    settlement.stripe_id, settlement.step.step_id
+                ));
                 continue;
             };
-            let Some(next) = settle(&step, settlement, event.created) else { continue };
-            plan.outcome = EventOutcome::Applied;
-            let failure_code = match &settlement.kind {
-                SettlementKind::PayoutFailed(code) => Some(code.as_str()),
-                SettlementKind::PayoutCanceled => Some("canceled"),
-                SettlementKind::Created | SettlementKind::PayoutPaid => None,
+            let settled = match settle(&step, settlement, event.created) {
+                Ok(settled) => settled,
+                Err(reason) => {
+                    refusals.push(reason);
+                    continue;
+                }
             };
-            if let Some(failure_code) = failure_code
-                && let Some(mut account) = self.store.load_account(&step.destination).await?
-            {
-                account.payout_failure = Some(PayoutFailure {
-                    payout_id: settlement.stripe_id.clone(),
-                    failure_code: failure_code.to_owned(),
-                    failed_at: event.created,
-                });
-                account.version += 1;
-                plan.account = Some(account);
+            if let Some(next) = settled.step {
+                plan.outcome = EventOutcome::Applied;
+                plan.step_updates.push(next);
             }
-            plan.step_updates.push(next);
+            if settled.payout_failure.is_none() && settled.payout_paid.is_none() {
+                continue;
+            }
+            let Some(mut next) = self.store.load_account(&step.destination).await? else { continue };
+            let changed = match (&settled.payout_failure, &settled.payout_paid) {
+                (Some((payout_id, failure_code)), _) => {
+                    next.payout_failure = Some(PayoutFailure {
+                        payout_id: payout_id.clone(),
+                        failure_code: failure_code.clone(),
+                        failed_at: event.created,
+                    });
+                    true
+                }
+                // A later payout reaching the bank clears an earlier one's failure; the same
+                // payout's failure stands, since Stripe can fail a payout after paying it.
+                (None, Some(paid)) => {
+                    let cleared = next.payout_failure.as_ref().is_some_and(|failure| {
+                        failure.payout_id != *paid && failure.failed_at <= event.created
+                    });
+                    if cleared {
+                        next.payout_failure = None;
+                    }
+                    cleared
+                }
+                (None, None) => false,
+            };
+            if changed {
+                next.version += 1;
+                plan.outcome = EventOutcome::Applied;
+                account = Some(next);
+            }
         }
-        Ok(plan)
-    }
-
-    /// The reversals owed by a refund recorded before the payment's transfers were planned.
-    async fn reversals_of_earlier_refund(
-        &self,
-        payment_key: &str,
-        transfers: &[Step],
-        now: i64,
-    ) -> Result<Vec<Step>, StoreError> {
-        let Some(refund) = self.store.load_refund(payment_key).await? else { return Ok(Vec::new()) };
-        Ok(plan_reversals(&refund, transfers, &[], now).unwrap_or_else(|reason| {
-            tracing::warn!(reason, "earlier refund not reversed");
-            Vec::new()
-        }))
+        if plan.outcome != EventOutcome::Applied && !refusals.is_empty() {
+            plan = FundPlan::refused(refusals.join("; "));
+        } else if !refusals.is_empty() {
+            tracing::warn!(reasons = refusals.join("; "), "some settlements refused");
+        }
+        Ok((plan, account))
     }
 
     /// Sends the steps that are still queued, after their commit.
@@ -140,93 +142,61 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             FundEvent::Payment(payment) => self.store.load_payment_steps(&payment.payment_key).await,
             FundEvent::Settlements(_) => Ok(Vec::new()),
             FundEvent::Refund(refund) => self.store.load_payment_steps(&refund.payment_key).await,
-            FundEvent::BalanceAvailable(balance) => self.store.load_account_steps(&balance.account).await,
+            FundEvent::BalanceAvailable(balance) => self.store.load_payouts(&balance.account).await,
         }
     }
 
-    async fn plan(&self, fund_event: &FundEvent, event: &Event, now: i64) -> Result<FundPlan, StoreError> {
-        match fund_event {
+    /// The plan for one event, from one read of what it depends on, and the account it changes.
+    async fn plan(
+        &self,
+        fund_event: &FundEvent,
+        event: &Event,
+        now: i64,
+    ) -> Result<(FundPlan, Option<AccountState>), StoreError> {
+        Ok(match fund_event {
             FundEvent::Payment(payment) => {
-                let existing = self.store.load_payment_steps(&payment.payment_key).await?;
-                // The other trigger of the same payment (payment_intent or charge) planned it.
-                if existing.iter().any(|step| step.kind == StepKind::Transfer) {
-                    return Ok(FundPlan::nothing(EventOutcome::Unchanged));
+                let stored = self.store.load_payment(&payment.payment_key).await?;
+                // Planned before payments had a guard: its transfers stand as they are.
+                if stored.record.is_none() && stored.steps.iter().any(|step| step.kind == StepKind::Transfer)
+                {
+                    return Ok((FundPlan::nothing(EventOutcome::Unchanged), None));
                 }
-                let mut known = HashSet::new();
-                for key in payment.splits.keys() {
-                    let Some(account_id) = key.strip_prefix("transfer:").and_then(AccountId::parse) else {
-                        continue;
-                    };
-                    if self.store.load_account(&account_id).await?.is_some() {
-                        known.insert(account_id);
-                    }
-                }
-                Ok(match plan_transfers(payment, |account_id| known.contains(account_id), now) {
-                    TransferPlan::NoSplits => FundPlan::nothing(EventOutcome::Unchanged),
-                    TransferPlan::Planned(transfers) => {
-                        let reversals =
-                            self.reversals_of_earlier_refund(&payment.payment_key, &transfers, now).await?;
-                        FundPlan::new_steps(
-                            EventOutcome::Applied,
-                            transfers.into_iter().chain(reversals).collect(),
-                        )
-                    }
-                    TransferPlan::Refused { reason, steps } => {
-                        tracing::warn!(reason, "payment split refused; nothing will be transferred");
-                        FundPlan::new_steps(EventOutcome::Refused, steps)
-                    }
-                })
+                let trigger = (event.id.as_str(), event.event_type.as_str());
+                (plan_payment(payment, stored.record.as_ref(), trigger, event.livemode, now), None)
             }
             FundEvent::Refund(refund) => {
-                let (transfers, reversals): (Vec<Step>, Vec<Step>) = self
-                    .store
-                    .load_payment_steps(&refund.payment_key)
-                    .await?
-                    .into_iter()
-                    .partition(|step| step.kind == StepKind::Transfer);
-                // Remembered so that transfers planned later (the payment's event came second)
-                // are reversed as they are planned.
-                let stored = self.store.load_refund(&refund.payment_key).await?;
-                let newer = stored.is_none_or(|stored| stored.amount_refunded < refund.amount_refunded);
-                let mut plan = match plan_reversals(refund, &transfers, &reversals, now) {
-                    Ok(steps) => FundPlan::new_steps(EventOutcome::Applied, steps),
-                    Err(reason) => {
-                        tracing::warn!(reason, "refund not reversed");
-                        return Ok(FundPlan::nothing(EventOutcome::Refused));
-                    }
-                };
-                if newer {
-                    plan.refund = Some(refund.clone());
-                } else if plan.steps.is_empty() {
-                    plan.outcome = EventOutcome::Unchanged;
-                }
-                Ok(plan)
+                let stored = self.store.load_payment(&refund.payment_key).await?;
+                (plan_refund(refund, stored.record.as_ref(), &stored.steps, now), None)
             }
-            FundEvent::Settlements(settlements) => self.plan_settlements(settlements, event).await,
+            FundEvent::Settlements(settlements) => self.plan_settlements(settlements, event).await?,
             FundEvent::BalanceAvailable(balance) => {
                 let Some(account) = self.store.load_account(&balance.account).await? else {
-                    return Ok(FundPlan::nothing(EventOutcome::Unchanged));
+                    return Ok((FundPlan::nothing(EventOutcome::Unchanged), None));
                 };
-                if account.ordering.balance.is_some_and(|newest| event.created < newest) {
-                    return Ok(FundPlan::nothing(EventOutcome::Stale));
+                // Two balance events of one second cannot be ordered, and the second may predate
+                // a payout the first planned: only a strictly newer balance plans.
+                if account.ordering.balance.is_some_and(|newest| event.created <= newest) {
+                    return Ok((FundPlan::nothing(EventOutcome::Stale), None));
                 }
-                let open: Vec<Step> = self.store.load_payouts(&balance.account).await?;
-                let steps = plan_payouts(balance, Some(&account), &open, &event.id, now);
+                let payouts = self.store.load_payouts(&balance.account).await?;
+                let (steps, superseded) =
+                    plan_payouts(balance, Some(&account), &payouts, &event.id, event.livemode, now);
                 if steps.is_empty() {
-                    return Ok(FundPlan::nothing(EventOutcome::Unchanged));
+                    return Ok((FundPlan::nothing(EventOutcome::Unchanged), None));
                 }
                 // Writing the account too makes two balance events for one account conflict, so
                 // that the second sees the first's payout as open instead of planning another.
                 let mut next = account;
                 next.ordering.balance = Some(event.created);
                 next.version += 1;
-                Ok(FundPlan {
+                let plan = FundPlan {
                     outcome: EventOutcome::Applied,
-                    account: Some(next),
-                    steps,
+                    new_steps: steps,
+                    step_updates: superseded,
                     ..FundPlan::default()
-                })
+                };
+                (plan, Some(next))
             }
-        }
+        })
     }
 }

@@ -1,0 +1,108 @@
+//! The step sweep: finds steps that nothing will move on its own and puts them back on the queue.
+//!
+//! Three kinds of step can be stranded. A step `queued` in the store but not on the queue (the
+//! send after its commit failed, or the message was dead-lettered). A step `in_flight` past its
+//! bound (Stripe was down longer than the queue's patience, or a worker died mid-call): the worker
+//! resolves it by lookup before any call. And a step `waiting` in the store whose account can now
+//! receive (waiting steps are parked rather than bounced through the queue). Re-sending is always
+//! safe: the queue deduplicates by step id, and the worker acknowledges a final step untouched.
+
+use std::collections::HashMap;
+
+use crate::domain::account::{AccountId, AccountState};
+use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
+use crate::store::{AccountStore, StepQueue, StoreError};
+
+/// How old each kind of open step must be before the sweep touches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepSettings {
+    /// A queued step older than this is sent again: its first send had ample time to arrive.
+    pub queued_after_secs: i64,
+    /// An in-flight step older than this is resumed: longer than any one worker's run of it.
+    pub in_flight_after_secs: i64,
+    /// A waiting step is looked at once it has waited this long.
+    pub waiting_after_secs: i64,
+    /// At most this many steps of each status per run, oldest first.
+    pub batch: usize,
+}
+
+impl Default for SweepSettings {
+    fn default() -> Self {
+        Self { queued_after_secs: 120, in_flight_after_secs: 900, waiting_after_secs: 60, batch: 500 }
+    }
+}
+
+/// What one sweep sent back to the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SweepReport {
+    /// Queued steps sent again.
+    pub queued: usize,
+    /// In-flight steps resumed.
+    pub in_flight: usize,
+    /// Waiting steps whose account can receive now.
+    pub waiting: usize,
+}
+
+impl SweepReport {
+    /// Every step sent back.
+    pub fn total(&self) -> usize {
+        self.queued + self.in_flight + self.waiting
+    }
+}
+
+/// Whether a waiting step's account can take it now, by what the store knows. An account the
+/// store has not heard of is the worker's to ask Stripe about.
+pub fn can_receive_now(step: &Step, account: Option<&AccountState>) -> bool {
+    let Some(account) = account else { return step.kind == StepKind::Transfer };
+    if account.deauthorized {
+        return false;
+    }
+    match step.kind {
+        StepKind::Transfer => account.capabilities.get("transfers").is_some_and(|status| status == "active"),
+        StepKind::Payout => account.payouts_enabled == Some(true),
+        StepKind::Reversal => true,
+    }
+}
+
+/// One sweep at `now`: re-sends stranded queued and in-flight steps and the waiting steps whose
+/// account can receive now.
+pub async fn sweep<S: AccountStore>(
+    store: &S,
+    queue: &dyn StepQueue,
+    now: i64,
+    settings: &SweepSettings,
+) -> Result<SweepReport, StoreError> {
+    let older_than = |secs: i64| now.saturating_sub(secs);
+    let queued = store
+        .list_open_steps(StepStatus::Queued, older_than(settings.queued_after_secs), settings.batch)
+        .await?;
+    let in_flight = store
+        .list_open_steps(StepStatus::InFlight, older_than(settings.in_flight_after_secs), settings.batch)
+        .await?;
+    let waiting = store
+        .list_open_steps(StepStatus::Waiting, older_than(settings.waiting_after_secs), settings.batch)
+        .await?;
+    let mut accounts: HashMap<AccountId, Option<AccountState>> = HashMap::new();
+    let mut ready = Vec::new();
+    for step in waiting {
+        if !accounts.contains_key(&step.destination) {
+            let account = store.load_account(&step.destination).await?;
+            accounts.insert(step.destination.clone(), account);
+        }
+        if can_receive_now(&step, accounts.get(&step.destination).and_then(Option::as_ref)) {
+            ready.push(step);
+        }
+    }
+    let report = SweepReport { queued: queued.len(), in_flight: in_flight.len(), waiting: ready.len() };
+    let refs: Vec<StepRef> = queued.iter().chain(&in_flight).chain(&ready).map(Step::reference).collect();
+    if !refs.is_empty() {
+        queue.send(&refs).await?;
+        tracing::info!(
+            queued = report.queued,
+            in_flight = report.in_flight,
+            waiting = report.waiting,
+            "sweep re-sent steps"
+        );
+    }
+    Ok(report)
+}
