@@ -66,9 +66,11 @@ pub mod dimensions {
     pub const REASON: &str = "Reason";
     /// A step's kind: `transfer`, `reversal` or `payout`.
     pub const KIND: &str = "Kind";
-    /// A Stripe call: `create_transfer`, `create_transfer_reversal`, `create_payout`, `retrieve_account`.
+    /// A Stripe call: `create_transfer`, `create_transfer_reversal`, `create_payout`, `retrieve_account`,
+    /// and the lookups `find_transfer`, `find_reversal`, `find_payout`.
     pub const OPERATION: &str = "Operation";
-    /// How a Stripe call ended: `2xx`, `4xx`, `auth_refused`, `rate_limited`, `5xx`, `no_response`.
+    /// How a Stripe call ended: `2xx`, `4xx`, `auth_refused` (the platform key), `account_refused`
+    /// (one connected account's access), `rate_limited`, `5xx`, `no_response`.
     pub const STATUS_CLASS: &str = "StatusClass";
     /// A step's status when the sweep found it: `queued`, `in_flight` or `waiting`.
     pub const STATUS: &str = "Status";
@@ -392,6 +394,12 @@ impl Metrics {
         // A sweep never nears 2^53 steps, so the conversion is exact.
         #[allow(clippy::cast_precision_loss)]
         self.add(Family::StepsSwept, &[status], &[count as f64]);
+    }
+
+    /// A Stripe call that took `elapsed` and was refused because the platform has no access to the
+    /// connected account it named.
+    pub fn stripe_call_refused_by_account(&self, operation: &str, elapsed: Duration) {
+        self.add(Family::StripeCalls, &[operation, "account_refused"], &[elapsed.as_secs_f64() * 1000.0]);
     }
 
     /// Writes everything recorded since the last flush, one line per family and dimension values.

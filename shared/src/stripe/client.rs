@@ -623,8 +623,17 @@ impl StripeClient {
         let path = request.url().path().to_owned();
         let started = Instant::now();
         let result = self.exchange(request).await.map_err(|e| e.scrubbed(self.api_key.expose()));
-        let status = result.as_ref().map_or_else(StripeError::status, |_| Some(200));
-        self.metrics.stripe_call(operation, status, started.elapsed());
+        match &result {
+            // One connected account refusing us is not the platform key failing: it must not
+            // trip the key's alarm.
+            Err(error) if error.refused_account_access() => {
+                self.metrics.stripe_call_refused_by_account(operation, started.elapsed());
+            }
+            result => {
+                let status = result.as_ref().map_or_else(StripeError::status, |_| Some(200));
+                self.metrics.stripe_call(operation, status, started.elapsed());
+            }
+        }
         match &result {
             Ok(_) => tracing::debug!(%method, path, "stripe call succeeded"),
             Err(error) => tracing::debug!(%method, path, status = error.status(), "stripe call failed"),
