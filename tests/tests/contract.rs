@@ -423,8 +423,8 @@ async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
     );
     assert_eq!(
         deliver(fund_event("evt_b2", "balance.available", NOW - 40, Some("acct_M"), balance(6_000))).await,
-        unchanged,
-        "one open payout per currency"
+        applied,
+        "a newer balance supersedes the payout not yet sent"
     );
     assert_eq!(
         deliver(fund_event("evt_b0", "balance.available", NOW - 60, Some("acct_M"), balance(1_000))).await,
@@ -432,21 +432,22 @@ async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
     );
     let payouts = service.store().load_account_steps(&account_id("acct_M")).await.unwrap();
     assert_eq!(
-        payouts.iter().map(|step| (step.kind, step.amount)).collect::<Vec<_>>(),
-        [(StepKind::Payout, 5_000)]
+        payouts.iter().map(|step| (step.kind, step.amount, step.status)).collect::<Vec<_>>(),
+        [(StepKind::Payout, 5_000, StepStatus::Refused), (StepKind::Payout, 6_000, StepStatus::Queued)]
     );
 
-    let payout = &payouts[0];
-    let failed = json!({"id": "po_1", "object": "payout", "failure_code": "account_closed",
-        "metadata": {"connect_flow_step": payout.step_id}});
+    // A report on a payout step that was never sent is not believed, whoever sends it.
+    let payout = &payouts[1];
+    let failed = json!({"id": "po_1", "object": "payout", "amount": 6_000, "currency": "usd",
+        "failure_code": "account_closed", "metadata": {"connect_flow_step": payout.step_id}});
     assert_eq!(
         deliver(fund_event("evt_pf", "payout.failed", NOW - 30, Some("acct_M"), failed)).await,
-        applied
+        Delivery::Recorded(EventOutcome::Refused)
     );
     let settled = service.store().load_step(&payout.reference()).await.unwrap().unwrap();
-    assert_eq!((settled.status, settled.reason.as_deref()), (StepStatus::Failed, Some("account_closed")));
+    assert_eq!(settled.status, StepStatus::Queued);
     let account = service.store().load_account(&account_id("acct_M")).await.unwrap().unwrap();
-    assert_eq!(account.payout_failure.map(|failure| failure.payout_id).as_deref(), Some("po_1"));
+    assert_eq!(account.payout_failure, None);
 }
 
 macro_rules! contract {
