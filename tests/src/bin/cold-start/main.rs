@@ -3,7 +3,8 @@
 //! Each run starts the function's binary as Lambda would (`AWS_LAMBDA_RUNTIME_API` and the usual
 //! Lambda variables, nothing else from this process's environment), against a stand-in Runtime API
 //! on loopback, DynamoDB and SQS (and Secrets Manager with `--secrets-manager`) on moto server, and,
-//! for the workers, the stand-in Stripe. It hands the function two invocations and records:
+//! for the workers, the stand-in Stripe. It hands the function two invocations (for the sweeper,
+//! its schedule's payload, with one stranded step in the table) and records:
 //!
 //! - **init**: from spawning the process to its first poll for an invocation;
 //! - **cold**: from spawning the process to the first answer arriving;
@@ -13,17 +14,18 @@
 //! - **peak RSS**: the process's `VmHWM` after the second answer.
 //!
 //! Every answer is checked (a webhook's 200 `applied`, a worker's empty list of failures and the
-//! transfer or payout on the stand-in Stripe), so a run that measures a failure fails loudly.
+//! transfer or payout on the stand-in Stripe, the sweeper's report of the one step it re-sent), so
+//! a run that measures a failure fails loudly.
 //!
 //! ```sh
-//! cargo build --release -p webhook -p transfer-worker -p payout-worker
+//! cargo build --release -p webhook -p transfer-worker -p payout-worker -p sweeper
 //! CONNECT_FLOW_TEST_DYNAMODB_ENDPOINT=http://127.0.0.1:PORT \
 //!   cargo run -p integration-tests --bin cold-start -- --profile release --runs 20
 //! ```
 //!
 //! Options: `--profile debug|release` (the binaries in `target/<profile>`, default release),
 //! `--bin-dir DIR` (the binaries elsewhere), `--runs N` (default 20), `--function NAME` (repeatable;
-//! default webhook, transfer-worker, payout-worker), `--secrets-manager` (the deployed set-up: the
+//! default webhook, transfer-worker, payout-worker, sweeper), `--secrets-manager` (the deployed set-up: the
 //! webhook secrets and the Stripe key are read from Secrets Manager at start), `--set NAME=VALUE`
 //! (repeatable; one more variable for the function, to try a setting).
 
@@ -42,9 +44,9 @@ use integration_tests::{
 };
 use serde_json::{Value, json};
 use shared::domain::account::AccountId;
-use shared::domain::step::{Step, StepKind};
-use shared::store::CommitOutcome;
+use shared::domain::step::{Step, StepKind, StepStatus};
 use shared::store::dynamodb::{DynamoStore, create_table};
+use shared::store::{AccountStore, CommitOutcome};
 use shared::stripe::signature::{WebhookSecret, sign};
 
 use runtime_api::{Invocation, RuntimeApi, Seen};
@@ -63,22 +65,24 @@ enum Function {
     Webhook,
     TransferWorker,
     PayoutWorker,
+    Sweeper,
 }
 
 impl Function {
-    const ALL: [Self; 3] = [Self::Webhook, Self::TransferWorker, Self::PayoutWorker];
+    const ALL: [Self; 4] = [Self::Webhook, Self::TransferWorker, Self::PayoutWorker, Self::Sweeper];
 
     fn binary(self) -> &'static str {
         match self {
             Self::Webhook => "webhook",
             Self::TransferWorker => "transfer-worker",
             Self::PayoutWorker => "payout-worker",
+            Self::Sweeper => "sweeper",
         }
     }
 
     fn parse(name: &str) -> anyhow::Result<Self> {
         Self::ALL.into_iter().find(|function| function.binary() == name).with_context(|| {
-            format!("unknown function {name:?}: expected webhook, transfer-worker or payout-worker")
+            format!("unknown function {name:?}: expected webhook, transfer-worker, payout-worker or sweeper")
         })
     }
 }
@@ -249,6 +253,16 @@ impl Bench {
         let destination =
             AccountId::parse(&format!("acct_coldstart{pid}")).context("a well-formed account id")?;
         let stripe = match function {
+            Function::Sweeper => {
+                let (transfers, payouts) = shared::store::sqs::create_queues(
+                    &sqs_client().await,
+                    &format!("cold-start-{pid}-sweep"),
+                )
+                .await?;
+                env.push((shared::store::sqs::TRANSFERS_QUEUE_URL, transfers));
+                env.push((shared::store::sqs::PAYOUTS_QUEUE_URL, payouts));
+                None
+            }
             Function::Webhook => {
                 let (transfers, payouts) =
                     shared::store::sqs::create_queues(&sqs_client().await, &format!("cold-start-{pid}"))
@@ -313,7 +327,8 @@ impl Bench {
     }
 
     /// The `k`th invocation of run `run`: a new account's event for the webhook (then an update
-    /// to it), a new queued step for the workers.
+    /// to it), a new queued step for the workers, the schedule's payload for the sweeper (with
+    /// one stranded step in the table for both of a run's sweeps).
     async fn invocation(&self, run: usize, k: usize) -> anyhow::Result<Invocation> {
         let pid = std::process::id();
         let request_id = format!("c01dc01d-{pid:08x}-{run:04x}-{k:04x}-000000000000");
@@ -324,6 +339,13 @@ impl Bench {
             Function::TransferWorker | Function::PayoutWorker => {
                 let step = self.queued_step(run, k).await?;
                 sqs_event(self.function, &step, &request_id)?
+            }
+            Function::Sweeper => {
+                if k == 0 {
+                    self.strand_one_step(run).await?;
+                }
+                let path = format!("{EVENTS}/scheduler/sweeper.json");
+                serde_json::from_str(&std::fs::read_to_string(&path).context(path)?)?
             }
         };
         Ok(Invocation { request_id, body: serde_json::to_vec(&body)? })
@@ -350,6 +372,49 @@ impl Bench {
         let committed = store_planned_steps(&self.store, &event_id, std::slice::from_ref(&step)).await?;
         ensure!(committed == CommitOutcome::Committed, "the step is stored: {committed:?}");
         Ok(step)
+    }
+
+    /// Leaves run `run`'s transfer step queued in the table, long unchanged and never sent, as a
+    /// failed send would, and settles the previous run's, so that each sweep finds exactly one.
+    async fn strand_one_step(&self, run: usize) -> anyhow::Result<()> {
+        if let Some(previous) = run.checked_sub(1) {
+            let reference = self.stranded_step(previous).reference();
+            let stored = self.store.load_step(&reference).await?.context("the previous run's step")?;
+            let settled = Step {
+                status: StepStatus::Succeeded,
+                stripe_id: Some(format!("tr_sweep{}r{previous}", std::process::id())),
+                version: stored.version + 1,
+                ..stored
+            };
+            let committed = self.store.update_step(&settled).await?;
+            ensure!(
+                committed == CommitOutcome::Committed,
+                "the previous run's step is settled: {committed:?}"
+            );
+        }
+        let event_id = format!("evt_sweepplan{}r{run}", std::process::id());
+        let step = self.stranded_step(run);
+        let committed = store_planned_steps(&self.store, &event_id, std::slice::from_ref(&step)).await?;
+        ensure!(committed == CommitOutcome::Committed, "the step is stored: {committed:?}");
+        Ok(())
+    }
+
+    /// Run `run`'s stranded step, planned at [`NOW`]: long before the sweep's now, well past the
+    /// queued steps' grace.
+    fn stranded_step(&self, run: usize) -> Step {
+        let payment = format!("pi_sweep{}r{run}", std::process::id());
+        let step_id = format!("tr:{payment}:{}", self.destination);
+        Step {
+            payment_key: Some(payment),
+            ..Step::planned(
+                StepKind::Transfer,
+                step_id,
+                self.destination.clone(),
+                1_000,
+                "usd".to_owned(),
+                NOW,
+            )
+        }
     }
 
     fn stripe_objects(&self) -> usize {
@@ -380,6 +445,10 @@ impl Bench {
             }
             Function::TransferWorker | Function::PayoutWorker => {
                 ensure!(answer == json!({ "batchItemFailures": [] }), "the worker answered {answer}");
+            }
+            Function::Sweeper => {
+                let resent = json!({ "queued": 1, "in_flight": 0, "waiting": 0 });
+                ensure!(answer == resent, "the sweeper answered {answer}, not {resent}");
             }
         }
         Ok(())
