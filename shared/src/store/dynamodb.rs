@@ -1,7 +1,10 @@
 //! The DynamoDB store: one table holding account states and event dedupe records.
 //!
 //! Items: an account is `pk = ACCT#<account_id>`, `sk = STATE`; an event record is
-//! `pk = EVT#<event_id>`, `sk = EVENT`, expired by the TTL attribute `expires_at`.
+//! `pk = EVT#<event_id>`, `sk = EVENT`, expired by the TTL attribute `expires_at`; a payment's
+//! guard is `pk = PAY#<payment_key>`, `sk = PAYMENT`, beside its steps (`sk = STEP#<step_id>`); a
+//! payout step lives under its account. Two indexes: `steps_by_destination` (an account's steps)
+//! and the sparse `open_steps` (steps not yet final, for the sweep).
 
 use std::collections::HashMap;
 use std::time::Duration;
