@@ -106,14 +106,34 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
         &["Query", "TransactWriteItems"],
     );
     let requests = requests_for(&log, &service, &paid).await;
-    check(&mut rows, "duplicate delivery of that payment", &requests, &["Query", "PutItem", "Query"]);
+    check(
+        &mut rows,
+        "duplicate delivery of that payment",
+        &requests,
+        // The partition query plans nothing new, the record's conditional put finds the event
+        // already written (a duplicate), and a second query finds the steps to send again in case
+        // the first delivery committed but failed to queue them.
+        &["Query", "PutItem", "Query"],
+    );
     let charged = event("evt_ch", "charge.succeeded", NOW - 99, None, charge(0));
     let requests = requests_for(&log, &service, &charged).await;
-    check(&mut rows, "charge.succeeded of the same payment", &requests, &["Query", "PutItem"]);
+    check(
+        &mut rows,
+        "charge.succeeded of the same payment",
+        &requests,
+        // The partition query finds the payment already planned; only the event record is put.
+        &["Query", "PutItem"],
+    );
 
     let transfer = payment_step(&store, StepKind::Transfer, "acct_A").await;
     let requests = requests_to_run(&log, &worker, &transfer).await;
-    check(&mut rows, "worker: transfer step", &requests, &["GetItem", "GetItem", "PutItem", "PutItem"]);
+    check(
+        &mut rows,
+        "worker: transfer step",
+        &requests,
+        // The step, its destination account, the step claimed in_flight, the step succeeded.
+        &["GetItem", "GetItem", "PutItem", "PutItem"],
+    );
     let other = payment_step(&store, StepKind::Transfer, "acct_B").await;
     requests_to_run(&log, &worker, &other).await;
     // Stripe's own word on a transfer the worker has already recorded: nothing to settle.
@@ -122,18 +142,43 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
         "destination": "acct_A", "metadata": made.metadata});
     let created = event("evt_tr", "transfer.created", NOW - 95, None, object.clone());
     let requests = requests_for(&log, &service, &created).await;
-    check(&mut rows, "transfer.created, step already recorded", &requests, &["GetItem", "PutItem"]);
+    check(
+        &mut rows,
+        "transfer.created, step already recorded",
+        &requests,
+        // The step the transfer's metadata names, then the event record alone.
+        &["GetItem", "PutItem"],
+    );
 
     let refunded = event("evt_r1", "charge.refunded", NOW - 90, None, charge(2_500));
     let requests = requests_for(&log, &service, &refunded).await;
-    check(&mut rows, "charge.refunded, partial", &requests, &["Query", "GetItem", "TransactWriteItems"]);
+    check(
+        &mut rows,
+        "charge.refunded, partial",
+        &requests,
+        // One query of the payment's partition (its guard and every step, so no GetItem per
+        // transfer), then the record, the reversals and the guard one version up in one write.
+        &["Query", "TransactWriteItems"],
+    );
     let again = event("evt_r1b", "charge.refunded", NOW - 89, None, charge(2_500));
     let requests = requests_for(&log, &service, &again).await;
-    check(&mut rows, "charge.refunded, same amount again", &requests, &["Query", "GetItem", "PutItem"]);
+    check(
+        &mut rows,
+        "charge.refunded, same amount again",
+        &requests,
+        // The partition query shows the refund already planned: only the event record is put.
+        &["Query", "PutItem"],
+    );
 
     let reversal = payment_step(&store, StepKind::Reversal, "acct_A").await;
     let requests = requests_to_run(&log, &worker, &reversal).await;
-    check(&mut rows, "worker: reversal step", &requests, &["GetItem", "GetItem", "PutItem", "PutItem"]);
+    check(
+        &mut rows,
+        "worker: reversal step",
+        &requests,
+        // The step, its account, the step claimed in_flight, the step succeeded.
+        &["GetItem", "GetItem", "PutItem", "PutItem"],
+    );
 
     let undone = stub.reversals().remove(0);
     let mut reversed = object;
@@ -145,6 +190,7 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
         &mut rows,
         "transfer.reversed (1 reversal listed), step already recorded",
         &requests,
+        // The step the reversal's metadata names, then the event record alone.
         &["GetItem", "PutItem"],
     );
 
@@ -156,13 +202,20 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
         &mut rows,
         "balance.available, manual payouts",
         &requests,
+        // The account, its open payouts, then record + payout step + account one version up.
         &["GetItem", "Query", "TransactWriteItems"],
     );
 
     let manual = AccountId::parse("acct_M").unwrap();
     let payout_step = store.load_account_steps(&manual).await.unwrap().remove(0);
     let requests = requests_to_run(&log, &worker, &payout_step).await;
-    check(&mut rows, "worker: payout step", &requests, &["GetItem", "GetItem", "PutItem", "PutItem"]);
+    check(
+        &mut rows,
+        "worker: payout step",
+        &requests,
+        // The step, its account, the step claimed in_flight, the step succeeded.
+        &["GetItem", "GetItem", "PutItem", "PutItem"],
+    );
 
     let payout = stub.payouts().remove(0);
     let paid_out = json!({"id": payout.id, "object": "payout", "amount": payout.amount, "currency": "usd",
@@ -170,7 +223,14 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
     let requests =
         requests_for(&log, &service, &event("evt_pp", "payout.paid", NOW - 75, Some("acct_M"), paid_out))
             .await;
-    check(&mut rows, "payout.paid, step already recorded", &requests, &["GetItem", "PutItem"]);
+    check(
+        &mut rows,
+        "payout.paid, step already recorded",
+        &requests,
+        // The step, the account (a paid payout clears an earlier payout's failure; here there is
+        // none, so the account is not written), then the event record alone.
+        &["GetItem", "GetItem", "PutItem"],
+    );
     // A paid payout can still fail later, when the bank returns the funds.
     let failed = json!({"id": payout.id, "object": "payout", "amount": payout.amount, "currency": "usd",
         "status": "failed", "failure_code": "account_closed", "metadata": payout.metadata});
@@ -179,8 +239,9 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
             .await;
     check(
         &mut rows,
-        "payout.failed (step + account settled)",
+        "payout.failed (record + account; the step stays succeeded)",
         &requests,
+        // The step, the account, then the record and the account's payout_failure in one write.
         &["GetItem", "GetItem", "TransactWriteItems"],
     );
 
@@ -193,6 +254,13 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
     let step_bytes: Vec<usize> =
         steps.iter().map(|step| serde_json::to_string(step).unwrap().len()).collect();
     let account = store.load_account(&manual).await.unwrap().unwrap();
+    // The failure is on the account and the payout's step, which really ran, stays succeeded.
+    assert_eq!(
+        account.payout_failure.as_ref().map(|failure| failure.payout_id.as_str()),
+        Some(payout.id.as_str())
+    );
+    let settled = store.load_step(&payout_step.reference()).await.unwrap().expect("the payout step");
+    assert_eq!(settled.status, StepStatus::Succeeded);
     println!("step JSON bytes: {step_bytes:?}");
     println!(
         "acct_M state JSON bytes (with its payout failure): {}",

@@ -216,11 +216,33 @@ async fn stripes_lifecycle_events_settle_steps_and_a_failed_payout_shows_on_the_
     );
     deliver(&service, &paid).await;
 
-    // Stripe's transfer.created can arrive before the worker records its own result (a crash
-    // between the call and the write): the event settles the step with the same transfer id.
+    // A step never sent (still queued) cannot be settled by any event: whoever reports it, it
+    // has not moved money, and settling it would lose the transfer.
     let planned = store.load_payment_steps("pi_5").await.unwrap().remove(0);
+    assert_eq!(planned.status, StepStatus::Queued);
     let transfer = json!({"id": "tr_from_stripe", "object": "transfer", "amount": 600, "currency": "usd",
         "destination": "acct_A", "metadata": {"connect_flow_step": planned.step_id, "connect_flow_payment": "pi_5"}});
+    let early = event("evt_tr0", "transfer.created", NOW - 91, None, transfer.clone());
+    assert_eq!(deliver(&service, &early).await, (200, "refused".into()));
+    let record = store.load_event("evt_tr0").await.unwrap().expect("the refused event is recorded");
+    assert!(record.reason.is_some(), "the refusal says why");
+    let still = store.load_step(&planned.reference()).await.unwrap().unwrap();
+    assert_eq!((still.status, still.stripe_id.as_deref()), (StepStatus::Queued, None));
+
+    // Stripe's transfer.created can arrive before the worker records its own result (a crash
+    // between the call and the write, the step left in flight): the event settles the step with
+    // the same transfer id.
+    let claimed = shared::domain::step::Step {
+        status: StepStatus::InFlight,
+        version: planned.version + 1,
+        ..planned.clone()
+    };
+    assert_eq!(store.update_step(&claimed).await.unwrap(), shared::store::CommitOutcome::Committed);
+    // A report with the wrong amount is not this step's transfer.
+    let mut wrong = transfer.clone();
+    wrong["amount"] = json!(6_000);
+    let wrong = event("evt_tr1", "transfer.created", NOW - 90, None, wrong);
+    assert_eq!(deliver(&service, &wrong).await, (200, "refused".into()));
     let created = event("evt_tr", "transfer.created", NOW - 90, None, transfer);
     assert_eq!(deliver(&service, &created).await, (200, "applied".into()));
     let settled = store.load_step(&planned.reference()).await.unwrap().unwrap();
@@ -240,7 +262,7 @@ async fn stripes_lifecycle_events_settle_steps_and_a_failed_payout_shows_on_the_
     deliver(&service, &event("evt_bal", "balance.available", NOW - 80, Some("acct_M"), balance)).await;
     drain(&worker).await;
     let payout = stub.payouts().remove(0);
-    let failed = json!({"id": payout.id, "object": "payout", "amount": 800, "currency": "usd", "status": "failed",
+    let failed = json!({"id": payout.id, "object": "payout", "amount": payout.amount, "currency": "usd", "status": "failed",
         "failure_code": "account_closed", "metadata": payout.metadata});
     assert_eq!(
         deliver(&service, &event("evt_po", "payout.failed", NOW - 70, Some("acct_M"), failed.clone()))
@@ -252,8 +274,14 @@ async fn stripes_lifecycle_events_settle_steps_and_a_failed_payout_shows_on_the_
         deliver(&service, &event("evt_po", "payout.failed", NOW - 70, Some("acct_M"), failed)).await.1,
         "duplicate"
     );
+    // The payout was made, so its step stays succeeded (moving it back could pay it out again);
+    // the failure goes on the account.
+    assert_eq!(stub.payouts().len(), 1);
     let steps = store.load_account_steps(&AccountId::parse("acct_M").unwrap()).await.unwrap();
-    assert_eq!((steps[0].status, steps[0].reason.as_deref()), (StepStatus::Failed, Some("account_closed")));
+    assert_eq!(
+        (steps.len(), steps[0].status, steps[0].stripe_id.as_deref()),
+        (1, StepStatus::Succeeded, Some(payout.id.as_str()))
+    );
     let account = store.load_account(&AccountId::parse("acct_M").unwrap()).await.unwrap().unwrap();
     let failure = account.payout_failure.expect("the failure is visible on the account");
     assert_eq!(
@@ -282,16 +310,15 @@ async fn a_transfer_waits_for_its_destination_and_goes_when_the_capability_is_ac
     let step = store.load_payment_steps("pi_w").await.unwrap().remove(0);
     assert_eq!(step.status, StepStatus::Waiting);
     assert!(stub.transfers().is_empty(), "nothing is sent to a destination that cannot receive");
-    // Past the receive limit the message is dead-lettered, like SQS past maxReceiveCount.
-    store.dead_letter("transfers", &step.step_id).unwrap();
-    assert_eq!(store.dead_letters("transfers").unwrap(), std::slice::from_ref(&step.step_id));
+    // The waiting step is parked in the store and its message acknowledged: nothing is left to
+    // be redelivered (and dead-lettered) while the destination cannot receive.
+    assert_eq!(store.receive("transfers", NOW + 3_600, 30, 10).unwrap(), [], "the message was acknowledged");
+    assert_eq!(store.dead_letters("transfers").unwrap(), Vec::<String>::new());
+    drain(&worker_for(&store, &stub)).await;
+    assert!(stub.transfers().is_empty(), "still nothing sent");
 
     deliver(&service, &account_updated("evt_w2", "acct_W", NOW - 50, true, &[])).await;
-    assert_eq!(
-        store.dead_letters("transfers").unwrap(),
-        Vec::<String>::new(),
-        "the account's change re-queued it"
-    );
+    // The account's change re-queued it, and the worker sends it.
     drain(&worker_for(&store, &stub)).await;
     assert_eq!(stub.transfers().iter().map(|t| t.amount).collect::<Vec<_>>(), [400]);
     let sent = store.load_step(&step.reference()).await.unwrap().unwrap();
@@ -318,19 +345,27 @@ async fn a_rejected_api_key_leaves_steps_to_retry_instead_of_failing_them() {
     )
     .await;
     let mut config = stub.client_config();
-    config.api_key = shared::stripe::client::ApiKey::new("sk_live_revoked");
+    // A test-mode key (so the step's mode matches) that Stripe rejects with 401: a revoked
+    // restricted key. The stand-in Stripe accepts only `sk_test_…` keys.
+    config.api_key = shared::stripe::client::ApiKey::new("rk_test_revoked");
     let worker = StepWorker::with_clock(store.clone(), StripeClient::new(config).unwrap(), FixedClock(NOW));
     let step = store.load_payment_steps("pi_k").await.unwrap().remove(0);
     assert!(matches!(
         worker.run(&step.reference()).await.unwrap(),
         shared::worker::Disposition::RetryLater(_)
     ));
+    assert!(stub.transfers().is_empty(), "nothing was made with the rejected key");
     let after = store.load_step(&step.reference()).await.unwrap().unwrap();
-    assert!(!after.status.is_final(), "a bad key must not fail the step: {:?}", after.status);
+    assert_eq!(after.status, StepStatus::InFlight, "a bad key must not fail the step");
     let fixed = worker_for(&store, &stub);
     assert_eq!(
         fixed.run(&step.reference()).await.unwrap(),
         shared::worker::Disposition::Done(StepStatus::Succeeded)
     );
     assert_eq!(stub.transfers().len(), 1);
+    assert_eq!(
+        fixed.run(&step.reference()).await.unwrap(),
+        shared::worker::Disposition::Done(StepStatus::Succeeded)
+    );
+    assert_eq!(stub.transfers().len(), 1, "a rerun makes no second transfer");
 }

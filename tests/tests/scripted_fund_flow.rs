@@ -7,7 +7,7 @@ use integration_tests::{NOW, account_updated, manual_payout_account_updated, pip
 use serde_json::{Value, json};
 use shared::domain::account::AccountId;
 use shared::domain::step::{Step, StepStatus};
-use shared::store::AccountStore;
+use shared::store::{AccountStore, EventOutcome};
 use shared::stripe::client::StripeClient;
 use shared::stripe::signature::FixedClock;
 use shared::webhook::WebhookService;
@@ -110,14 +110,18 @@ impl<S: AccountStore + Clone> Script<S> {
         self.deliver(&event("evt_bal", "balance.available", NOW - 200, Some("acct_M"), balance)).await;
         self.run_steps(self.payout_steps().await).await;
         let payout = self.stub.payouts().remove(0);
-        let settled = json!({"id": payout.id, "object": "payout", "status": payout_outcome.trim_start_matches("payout."),
+        // Settlement must match the step completely, so the event carries the payout's real
+        // amount and currency.
+        let settled = json!({"id": payout.id, "object": "payout", "amount": payout.amount,
+            "currency": payout.currency, "status": payout_outcome.trim_start_matches("payout."),
             "failure_code": if payout_outcome == "payout.failed" { json!("account_closed") } else { Value::Null },
             "metadata": payout.metadata});
         self.deliver(&event("evt_settle", payout_outcome, NOW - 100, Some("acct_M"), settled)).await;
     }
 
-    /// The ledger every run must end with.
-    async fn assert_ledger(&self, payout_status: StepStatus) {
+    /// The ledger every run must end with. The payout was made either way, so its step is
+    /// succeeded either way; a failed payout shows as the account's `payout_failure`.
+    async fn assert_ledger(&self, payout_failed: bool) {
         let mut transfers: Vec<(String, i64, i64)> = self
             .stub
             .transfers()
@@ -136,29 +140,51 @@ impl<S: AccountStore + Clone> Script<S> {
             "the refunded payment costs the platform nothing"
         );
         assert!(self.payment_steps().await.iter().all(|step| step.status == StepStatus::Succeeded));
-        let payout = self.payout_steps().await.remove(0);
-        assert_eq!(payout.status, payout_status);
+        let payouts = self.payout_steps().await;
+        assert_eq!(payouts.len(), 1, "one payout step");
+        let made = self.stub.payouts().remove(0);
+        assert_eq!(
+            (payouts[0].status, payouts[0].stripe_id.as_deref()),
+            (StepStatus::Succeeded, Some(made.id.as_str()))
+        );
+        let settle =
+            self.store().load_event("evt_settle").await.unwrap().expect("the settlement is recorded");
+        assert_ne!(
+            settle.outcome,
+            EventOutcome::Refused,
+            "the settlement matches its step: {:?}",
+            settle.reason
+        );
+        if payout_failed {
+            assert_eq!(settle.outcome, EventOutcome::Applied);
+        }
         let account = self.store().load_account(&AccountId::parse("acct_M").unwrap()).await.unwrap().unwrap();
-        assert_eq!(account.payout_failure.is_some(), payout_status == StepStatus::Failed);
+        assert_eq!(account.payout_failure.is_some(), payout_failed);
+        if let Some(failure) = &account.payout_failure {
+            assert_eq!(
+                (failure.payout_id.as_str(), failure.failure_code.as_str()),
+                (made.id.as_str(), "account_closed")
+            );
+        }
     }
 }
 
 async fn payout_paid<S: AccountStore + Clone>(store: S) {
     let script = Script::start(store, false).await;
     script.run("payout.paid").await;
-    script.assert_ledger(StepStatus::Succeeded).await;
+    script.assert_ledger(false).await;
 }
 
 async fn payout_failed<S: AccountStore + Clone>(store: S) {
     let script = Script::start(store, false).await;
     script.run("payout.failed").await;
-    script.assert_ledger(StepStatus::Failed).await;
+    script.assert_ledger(true).await;
 }
 
 async fn every_fault_on<S: AccountStore + Clone>(store: S) {
     let script = Script::start(store, true).await;
     script.run("payout.paid").await;
-    script.assert_ledger(StepStatus::Succeeded).await;
+    script.assert_ledger(false).await;
     assert_eq!(script.stub.pending_faults(), 0, "every injected fault was hit");
 }
 

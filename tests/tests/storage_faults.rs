@@ -15,14 +15,16 @@ use std::time::{Duration, Instant};
 
 use integration_tests::fault_proxy::{Fault, FaultProxy};
 use integration_tests::stripe_stub::StripeStub;
-use integration_tests::{NOW, account_updated, dynamodb_client, pipeline, signed, sqs_client};
+use integration_tests::{
+    NOW, account_updated, dynamodb_client, pipeline, signed, sqs_client, store_planned_steps,
+};
 use serde_json::{Value, json};
 use shared::aws::{WEBHOOK, WEBHOOK_DEADLINE, WEBHOOK_LAMBDA_TIMEOUT, WORKER, WORKER_LAMBDA_TIMEOUT};
 use shared::domain::account::AccountId;
-use shared::domain::step::{StepKind, StepStatus};
+use shared::domain::step::{Step, StepKind, StepStatus};
 use shared::store::dynamodb::{DynamoStore, create_table};
 use shared::store::sqs::{SqsQueue, create_queues};
-use shared::store::{AccountStore, EventOutcome};
+use shared::store::{AccountStore, CommitOutcome, EventOutcome};
 use shared::stripe::client::StripeClient;
 use shared::stripe::signature::FixedClock;
 use shared::webhook::{Reply, WebhookService};
@@ -126,8 +128,8 @@ fn outcome(reply: &Reply) -> String {
 enum Scenario {
     /// `account.updated` for a new account: GetItem, then TransactWriteItems (record and state).
     AccountApplied,
-    /// `payment_intent.succeeded` with two splits: Query, GetItem ×3, TransactWriteItems (record
-    /// and two transfer steps), SendMessageBatch.
+    /// `payment_intent.succeeded` with two splits: one Query of the payment's partition (its guard
+    /// and steps), TransactWriteItems (record, two transfer steps and the guard), SendMessageBatch.
     PaymentWithSplits,
     /// An event type that touches nothing: one conditional PutItem of its record.
     RecordOnly,
@@ -140,7 +142,7 @@ impl Scenario {
     fn operations(self) -> &'static [&'static str] {
         match self {
             Self::AccountApplied => &["GetItem", "TransactWriteItems"],
-            Self::PaymentWithSplits => &["Query", "GetItem", "TransactWriteItems", "SendMessageBatch"],
+            Self::PaymentWithSplits => &["Query", "TransactWriteItems", "SendMessageBatch"],
             Self::RecordOnly => &["PutItem"],
         }
     }
@@ -206,7 +208,16 @@ impl Scenario {
                 }
             }
             Self::PaymentWithSplits => {
-                let steps = store.load_payment_steps("pi_1").await.unwrap();
+                let payment = store.load_payment("pi_1").await.unwrap();
+                assert_eq!(
+                    payment.record.is_some(),
+                    recorded,
+                    "{case}: the record and the payment's guard are written together"
+                );
+                if let Some(guard) = &payment.record {
+                    assert_eq!(guard.version, 1, "{case}: the guard is written once");
+                }
+                let steps = payment.steps;
                 let planned: Vec<(StepKind, &str, i64)> =
                     steps.iter().map(|step| (step.kind, step.destination.as_str(), step.amount)).collect();
                 let expected = if recorded {
@@ -386,11 +397,12 @@ async fn without_faults_the_proxy_only_counts() {
     let deployment = scenario.deployment().await;
     let (reply, _) = deployment.deliver(&scenario.event()).await;
     assert_eq!((reply.status, outcome(&reply)), (200, "applied".to_owned()), "{}", reply.body);
+    // One query of the payment's partition (no read per seller), one write, one send.
     let seen: Vec<usize> = ["Query", "GetItem", "TransactWriteItems", "SendMessageBatch"]
         .iter()
         .map(|operation| deployment.proxy.seen(operation))
         .collect();
-    assert_eq!(seen, [1, 3, 1, 1]);
+    assert_eq!(seen, [1, 0, 1, 1]);
     assert_eq!(deployment.proxy.injected_total(), 0);
     let record = deployment.direct.load_event(EVENT_ID).await.unwrap().unwrap();
     assert_eq!(record.outcome, EventOutcome::Applied);
@@ -399,20 +411,60 @@ async fn without_faults_the_proxy_only_counts() {
 
 /// Storage that answers every read, but slowly: each call is within its bounds, yet together they
 /// would outlast the deadline, so the answer is a 500 at the deadline, with nothing written.
+///
+/// A payment now costs one read (its partition's Query), so the event here is one that reads per
+/// object: a `transfer.reversed` listing nine reversals, each a GetItem of the in-flight reversal
+/// step it settles.
 #[tokio::test]
 async fn slow_but_answering_storage_is_cut_off_at_the_deadline() {
-    let deployment = Scenario::PaymentWithSplits.deployment().await;
-    let sellers: Vec<String> = (0..8).map(|n| format!("acct_S{n}")).collect();
-    let direct = pipeline(deployment.direct.clone());
-    for seller in &sellers {
-        let (header, body) =
-            signed(&account_updated(&format!("evt_{seller}"), seller, NOW - 500, true, &[]), NOW);
-        assert_eq!(direct.handle(Some(&header), &body).await.status, 200);
-    }
-    let mut event = Scenario::PaymentWithSplits.event();
-    event["data"]["object"]["metadata"] =
-        sellers.iter().map(|seller| (format!("transfer:{seller}"), json!("1000"))).collect();
-    // Nine reads (eight sellers and the refund) at 600 ms each: 5.4 s, each under its 750 ms attempt.
+    let deployment = Deployment::new().await;
+    let destination = AccountId::parse("acct_A").unwrap();
+    let steps: Vec<Step> = (0..9)
+        .map(|n| Step {
+            step_id: format!("rv:pi_1:acct_A:{n}"),
+            kind: StepKind::Reversal,
+            destination: destination.clone(),
+            amount: 100 + n,
+            currency: "usd".to_owned(),
+            source_charge: Some("ch_1".to_owned()),
+            transfer_group: Some("pi_1".to_owned()),
+            payment_key: Some("pi_1".to_owned()),
+            reverses_step: Some("tr:pi_1:acct_A".to_owned()),
+            // Claimed and sent, their results not yet recorded: what a settlement may settle.
+            status: StepStatus::InFlight,
+            reason: None,
+            stripe_id: None,
+            attempt: 0,
+            created_at: NOW - 100,
+            updated_at: NOW - 60,
+            version: 1,
+            livemode: Some(false),
+            netted: 0,
+            sent_at: Some(NOW - 60),
+            unresolved: None,
+        })
+        .collect();
+    assert_eq!(
+        store_planned_steps(&deployment.direct, "evt_planned", &steps).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    let reversals: Vec<Value> = steps
+        .iter()
+        .enumerate()
+        .map(|(n, step)| {
+            json!({"id": format!("trr_{n}"), "object": "transfer_reversal", "amount": step.amount,
+                "currency": "usd", "transfer": "tr_1",
+                "metadata": {"connect_flow_step": step.step_id, "connect_flow_payment": "pi_1"}})
+        })
+        .collect();
+    let event = json!({
+        "id": EVENT_ID, "object": "event", "type": "transfer.reversed", "created": NOW - 10,
+        "livemode": false, "api_version": "2024-06-20",
+        "data": {"object": {"id": "tr_1", "object": "transfer", "amount": 10_000, "currency": "usd",
+            "destination": "acct_A", "metadata": {},
+            "reversals": {"object": "list", "data": reversals}}}
+    });
+    // Nine reads (one per reversal) at 600 ms each: 5.4 s, each under its 750 ms attempt.
     let slow = Duration::from_millis(600);
     assert!(slow < WEBHOOK.attempt_timeout && slow * 9 > WEBHOOK_DEADLINE);
     deployment.proxy.fail_every(Some("GetItem"), Fault::Slow(slow));
@@ -420,15 +472,29 @@ async fn slow_but_answering_storage_is_cut_off_at_the_deadline() {
     assert_eq!(reply.status, 500, "{}", reply.body);
     assert!(reply.body.contains("deadline_exceeded"), "{}", reply.body);
     assert!(elapsed >= WEBHOOK_DEADLINE && elapsed < WEBHOOK_DEADLINE + SLACK, "took {elapsed:?}");
+    assert!(deployment.proxy.injected("GetItem") >= 8, "the reads really were slowed");
     assert_eq!(deployment.proxy.seen("TransactWriteItems"), 0, "cut off before the write");
     assert_eq!(deployment.direct.load_event(EVENT_ID).await.unwrap(), None);
-    assert!(deployment.direct.load_payment_steps("pi_1").await.unwrap().is_empty());
+    let stored = deployment.direct.load_payment_steps("pi_1").await.unwrap();
+    assert!(stored.iter().all(|step| step.status == StepStatus::InFlight && step.stripe_id.is_none()));
     deployment.proxy.heal();
     let (reply, _) = deployment.deliver(&event).await;
     assert_eq!((reply.status, outcome(&reply)), (200, "applied".to_owned()), "{}", reply.body);
-    let stored = deployment.direct.load_payment_steps("pi_1").await.unwrap();
-    assert_eq!(stored.len(), sellers.len());
-    assert_eq!(deployment.queued_step_ids().await.len(), sellers.len());
+    let mut settled: Vec<(String, StepStatus, Option<String>)> = deployment
+        .direct
+        .load_payment_steps("pi_1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|step| (step.step_id, step.status, step.stripe_id))
+        .collect();
+    settled.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: Vec<(String, StepStatus, Option<String>)> = (0..9)
+        .map(|n| (format!("rv:pi_1:acct_A:{n}"), StepStatus::Succeeded, Some(format!("trr_{n}"))))
+        .collect();
+    assert_eq!(settled, expected, "each reversal settled once, by its own object");
+    let (reply, _) = deployment.deliver(&event).await;
+    assert_eq!((reply.status, outcome(&reply)), (200, "duplicate".to_owned()), "{}", reply.body);
     println!("slow storage: 500 deadline_exceeded in {elapsed:?}");
 }
 
