@@ -215,7 +215,8 @@ pub struct MixEvent {
 pub enum SplitKind {
     /// Every split names an account the mix creates: transfers are planned.
     Valid,
-    /// One split names an account never seen: the plan is refused whole.
+    /// One split names an account this deployment never saw: planned all the same, for the
+    /// worker to check with Stripe.
     UnknownDestination,
     /// No `transfer:` metadata: nothing is planned.
     None,
