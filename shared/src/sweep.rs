@@ -51,16 +51,18 @@ impl SweepReport {
 }
 
 /// Whether a waiting step's account can take it now, by what the store knows. An account the
-/// store has not heard of is the worker's to ask Stripe about.
+/// store has not heard of is the worker's to ask Stripe about; a reversal waits on its transfer,
+/// which only the worker reads.
 pub fn can_receive_now(step: &Step, account: Option<&AccountState>) -> bool {
-    let Some(account) = account else { return step.kind == StepKind::Transfer };
-    if account.deauthorized {
-        return false;
-    }
-    match step.kind {
-        StepKind::Transfer => account.capabilities.get("transfers").is_some_and(|status| status == "active"),
-        StepKind::Payout => account.payouts_enabled == Some(true),
-        StepKind::Reversal => true,
+    match (step.kind, account) {
+        (StepKind::Reversal, _) => true,
+        (_, Some(account)) if account.deauthorized => false,
+        (StepKind::Transfer, Some(account)) => {
+            account.capabilities.get("transfers").is_some_and(|status| status == "active")
+        }
+        (StepKind::Transfer, None) => true,
+        (StepKind::Payout, Some(account)) => account.payouts_enabled == Some(true),
+        (StepKind::Payout, None) => false,
     }
 }
 

@@ -384,6 +384,11 @@ impl StripeStub {
         self.shared.ledger().faults.push_back(injected);
     }
 
+    /// Drops every injected fault that has not fired yet: Stripe healed.
+    pub fn clear_faults(&self) {
+        self.shared.ledger().faults.clear();
+    }
+
     /// How many injected faults have not fired yet.
     pub fn pending_faults(&self) -> usize {
         self.shared.ledger().faults.len()

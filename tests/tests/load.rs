@@ -207,7 +207,9 @@ async fn load_on_the_emulator(tag: &str, seed: u64, deliveries: usize) {
     let sent = count_ids(queued.iter().map(|step| step.step_id.as_str()));
     assert_eq!(check_queued(&expected, &sent), Vec::<String>::new());
     let queued_steps = expected.steps.values().filter(|step| step.status == StepStatus::Queued).count();
-    assert!(queued_steps > 0 && sent.len() == queued_steps);
+    // check_queued holds each queued step to one message and a refused one (a refund took it back
+    // whole, perhaps after it was queued) to at most one.
+    assert!(queued_steps > 0 && sent.len() >= queued_steps);
 
     println!(
         "moto, concurrency {CONCURRENCY}: {} deliveries of {} unique events in {:.2} s = {:.1} events/s; \
