@@ -223,3 +223,27 @@ pub async fn sqs_client_logged(log: RequestLog) -> aws_sdk_sqs::Client {
         .build();
     aws_sdk_sqs::Client::from_conf(config)
 }
+
+/// Runs each named `async fn name(store)` on both stores, as `sqlite::name` on a fresh in-memory
+/// SQLite store and `dynamodb::name` on a fresh table of the emulator.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test($crate::sqlite_store()).await;
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test($crate::dynamo_store().await).await;
+                }
+            )*
+        }
+    };
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use integration_tests::fund_events::{
     balance_available_at, charge_refunded, charge_succeeded, fund_event, payment_succeeded, payout_event,
     splits_metadata,
@@ -689,28 +690,7 @@ async fn a_test_mode_step_is_never_sent_with_a_live_key<S: AccountStore + Clone>
     assert!(step.reason.unwrap_or_default().contains("test mode but this worker's key is in live mode"));
 }
 
-macro_rules! on_both_stores {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(integration_tests::sqlite_store()).await;
-                }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(integration_tests::dynamo_store().await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+integration_tests::on_both_stores!(
     a_payment_and_its_full_refund_together_leave_the_sellers_nothing,
     twin_triggers_with_different_splits_pay_one_set,
     two_partial_refunds_together_reverse_the_larger_share,
@@ -730,3 +710,63 @@ on_both_stores!(
     an_event_from_the_future_is_refused,
     a_test_mode_step_is_never_sent_with_a_live_key,
 );
+
+// Upgrading: a refund an earlier version recorded before its payment arrived is still netted out.
+
+/// A `Refund` as the version before the payment guard stored it.
+fn legacy_refund_json(payment: &str, refunded: i64) -> String {
+    json!({"charge_id": format!("ch_{payment}"), "payment_key": payment, "amount": 10_000,
+        "amount_refunded": refunded, "currency": "usd"})
+    .to_string()
+}
+
+/// Checks that `store`, holding an earlier version's 50 % refund of pi_1, nets pi_1's transfers.
+async fn nets_the_earlier_versions_refund<S: AccountStore + Clone>(store: S) {
+    let flow = Flow::start(store).await;
+    flow.onboard("acct_A", true).await;
+    flow.stub.set_platform_balance("usd", 10_000);
+    flow.deliver(&payment_succeeded("evt_pi", "pi_1", 10_000, &[("acct_A", 7000)])).await;
+    flow.settle_payment("pi_1").await;
+    assert_eq!(flow.net_to("acct_A"), 3500, "{:#?}", flow.steps("pi_1").await);
+    assert!(flow.stub.reversals().is_empty());
+}
+
+#[tokio::test]
+async fn an_sqlite_file_from_before_the_guard_keeps_its_refunds() {
+    let dir = std::env::temp_dir().join(format!("connect-flow-legacy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("legacy.db");
+    let _ = std::fs::remove_file(&path);
+    {
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        connection
+            .execute_batch(
+                "CREATE TABLE refunds (payment_key TEXT PRIMARY KEY, amount_refunded INTEGER NOT NULL, refund TEXT NOT NULL);",
+            )
+            .unwrap();
+        connection
+            .execute("INSERT INTO refunds VALUES ('pi_1', 5000, ?1)", [legacy_refund_json("pi_1", 5000)])
+            .unwrap();
+    }
+    let store = shared::store::sqlite::SqliteStore::open(&path, NOW).unwrap();
+    nets_the_earlier_versions_refund(store).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_dynamodb_table_from_before_the_guard_keeps_its_refunds() {
+    let client = integration_tests::dynamodb_client().await;
+    let table = format!("connect-flow-legacy-{}", std::process::id());
+    shared::store::dynamodb::create_table(&client, &table).await.unwrap();
+    client
+        .put_item()
+        .table_name(&table)
+        .item("pk", AttributeValue::S("PAY#pi_1".into()))
+        .item("sk", AttributeValue::S("REFUND".into()))
+        .item("amount_refunded", AttributeValue::N("5000".into()))
+        .item("refund", AttributeValue::S(legacy_refund_json("pi_1", 5000)))
+        .send()
+        .await
+        .unwrap();
+    nets_the_earlier_versions_refund(shared::store::dynamodb::DynamoStore::new(client, table)).await;
+}

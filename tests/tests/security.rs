@@ -34,8 +34,9 @@ use shared::worker::StepWorker;
 const SECRET_UNDER_TEST: &str = "whsec_sec_check_5b1e9d0a";
 /// Marks body content that must never reach a log line.
 const BODY_MARKER: &str = "body_marker_never_logged";
-/// A Stripe secret key that Stripe (the stub) refuses; its 401 repeats it.
-const REJECTED_KEY: &str = "sk_live_rejected_key_never_logged";
+/// A Stripe key that Stripe (the stub) refuses; its 401 repeats it. A test-mode one, so that the
+/// worker sends the test-mode step and Stripe, not the livemode check, refuses it.
+const REJECTED_KEY: &str = "rk_test_rejected_key_never_logged";
 
 fn lookup(vars: &[(&'static str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
     let vars: Vec<(&'static str, String)> =

@@ -818,28 +818,7 @@ async fn a_manual_payout_account_is_paid_out_once<S: AccountStore + Clone>(store
     assert_eq!(flow.stripe_calls(), calls);
 }
 
-macro_rules! on_both_stores {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(integration_tests::sqlite_store()).await;
-                }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(integration_tests::dynamo_store().await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+integration_tests::on_both_stores!(
     a_payment_transfers_each_split_exactly_once,
     refunds_reverse_each_share_exactly_once,
     a_refund_nets_unsent_transfers_and_reverses_only_after_the_transfer,

@@ -44,6 +44,9 @@ const DESTINATION: &str = "destination";
 const STEP_ID: &str = "step_id";
 const STEP: &str = "step";
 const PAYMENT_SK: &str = "PAYMENT";
+/// Where a payment's newest refund was kept before payments had a guard; read until rewritten.
+const LEGACY_REFUND_SK: &str = "REFUND";
+const LEGACY_REFUND: &str = "refund";
 const PAYMENT_RECORD: &str = "record";
 /// The sparse index of steps that are not final, for the sweep: keys `open_status` (present only
 /// while a step is queued, in flight or waiting) and `updated_at`.
@@ -304,13 +307,26 @@ impl AccountStore for DynamoStore {
             .items()
             .send();
         let mut payment = PaymentState::default();
+        let mut legacy_refund = None;
         while let Some(item) = items.next().await {
             let item = item.map_err(|err| unavailable("Query", &err))?;
             match string_attr(&item, SK)? {
                 PAYMENT_SK => payment.record = Some(payment_from_item(&item)?),
+                LEGACY_REFUND_SK => legacy_refund = Some(legacy_refund_from_item(&item)?),
                 sk if sk.starts_with(STEP_SK_PREFIX) => payment.steps.push(step_from_item(&item)?),
                 _ => {}
             }
+        }
+        // A refund recorded by an earlier version, and no guard yet: the guard starts from it, at
+        // version 0, so that its first write is conditioned on no guard existing.
+        if payment.record.is_none()
+            && let Some(refund) = legacy_refund
+        {
+            payment.record = Some(PaymentRecord {
+                payment_key: payment_key.to_owned(),
+                refund: Some(refund),
+                ..PaymentRecord::default()
+            });
         }
         payment.steps.sort_by(|a, b| a.step_id.cmp(&b.step_id));
         Ok(payment)
@@ -523,6 +539,12 @@ fn payment_item(payment: &PaymentRecord) -> Result<Item, StoreError> {
         (VERSION.to_owned(), AttributeValue::N(payment.version.to_string())),
         (PAYMENT_RECORD.to_owned(), AttributeValue::S(json)),
     ]))
+}
+
+fn legacy_refund_from_item(item: &Item) -> Result<crate::domain::funds::Refund, StoreError> {
+    serde_json::from_str(string_attr(item, LEGACY_REFUND)?).map_err(|err| {
+        StoreError::Corrupt(format!("refund `{LEGACY_REFUND}` is unreadable: {}", json_error(&err)))
+    })
 }
 
 fn payment_from_item(item: &Item) -> Result<PaymentRecord, StoreError> {

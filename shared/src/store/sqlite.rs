@@ -152,8 +152,45 @@ impl SqliteStore {
             }
         }
         connection.execute_batch(OPEN_STEPS_INDEX).map_err(unavailable)?;
+        Self::migrate_legacy_refunds(&connection)?;
         connection.execute("DELETE FROM events WHERE expires_at < ?1", [now]).map_err(unavailable)?;
         Ok(Self { connection: Arc::new(Mutex::new(connection)) })
+    }
+
+    /// Moves the refunds an earlier version kept in their own table into each payment's guard
+    /// (at version 0: no plan has read it yet), once.
+    fn migrate_legacy_refunds(connection: &Connection) -> Result<(), StoreError> {
+        let present: bool = connection
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'refunds'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(unavailable)?;
+        if !present {
+            return Ok(());
+        }
+        let refunds: Vec<String> = {
+            let mut statement = connection.prepare("SELECT refund FROM refunds").map_err(unavailable)?;
+            let rows = statement.query_map([], |row| row.get(0)).map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)?
+        };
+        for json in refunds {
+            let refund: crate::domain::funds::Refund = serde_json::from_str(&json).map_err(corrupt)?;
+            let record = PaymentRecord {
+                payment_key: refund.payment_key.clone(),
+                refund: Some(refund),
+                ..PaymentRecord::default()
+            };
+            connection
+                .execute(
+                    "INSERT INTO payments (payment_key, version, record) VALUES (?1, 0, ?2)
+                     ON CONFLICT (payment_key) DO NOTHING",
+                    params![record.payment_key, serde_json::to_string(&record).map_err(corrupt)?],
+                )
+                .map_err(unavailable)?;
+        }
+        connection.execute_batch("DROP TABLE refunds").map_err(unavailable)
     }
 
     /// Checks that the database answers.
@@ -306,9 +343,10 @@ impl SqliteStore {
             let json = serde_json::to_string(payment).map_err(corrupt)?;
             let version = i64::try_from(payment.version).map_err(corrupt)?;
             let written = if version == 1 {
+                // Absent, or migrated from an earlier version's refund at version 0.
                 transaction.execute(
                     "INSERT INTO payments (payment_key, version, record) VALUES (?1, 1, ?2)
-                     ON CONFLICT (payment_key) DO NOTHING",
+                     ON CONFLICT (payment_key) DO UPDATE SET version = 1, record = ?2 WHERE payments.version = 0",
                     params![payment.payment_key, json],
                 )
             } else {

@@ -157,8 +157,8 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             FundEvent::Payment(payment) => {
                 let stored = self.store.load_payment(&payment.payment_key).await?;
                 // Planned before payments had a guard: its transfers stand as they are.
-                if stored.record.is_none() && stored.steps.iter().any(|step| step.kind == StepKind::Transfer)
-                {
+                let unguarded = stored.record.as_ref().is_none_or(|record| record.planned_by.is_none());
+                if unguarded && stored.steps.iter().any(|step| step.kind == StepKind::Transfer) {
                     return Ok((FundPlan::nothing(EventOutcome::Unchanged), None));
                 }
                 let trigger = (event.id.as_str(), event.event_type.as_str());
