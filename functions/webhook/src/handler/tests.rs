@@ -103,13 +103,18 @@ async fn active_account_update_leaves_the_account_active_through_either_front_do
 }
 
 #[tokio::test]
-async fn base64_payment_intent_to_an_unknown_seller_is_refused_and_its_replay_is_a_duplicate() {
+async fn base64_payment_intent_to_an_unseen_seller_is_planned_and_its_replay_is_a_duplicate() {
     let envelope = envelope("apigw-v2.payment_intent.succeeded.json");
     assert_eq!(envelope["isBase64Encoded"], true);
     let service = service();
-    // The split names the demo account, which this fresh store has never heard of: never guessed.
+    // The split names the demo account, which this fresh store has never heard of: the transfer
+    // is planned, and the worker asks Stripe whether the account can receive before sending.
     let (status, body) = send(&service, &envelope).await;
-    assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("refused")));
+    assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("applied")));
+    let account = AccountId::parse(DEMO_ACCOUNT).unwrap();
+    let steps = service.store().load_account_steps(&account).await.unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].status, shared::domain::step::StepStatus::Queued);
     let (status, body) = send(&service, &envelope).await;
     assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("duplicate")));
     let record = service.store().load_event(&event_id(&envelope)).await.unwrap().expect("event recorded");
