@@ -247,3 +247,46 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// A clock a test moves: every pipeline and worker given a clone reads the same time.
+#[derive(Debug, Clone)]
+pub struct TestClock(Arc<std::sync::atomic::AtomicI64>);
+
+impl TestClock {
+    /// A clock that reads `now`.
+    pub fn at(now: i64) -> Self {
+        Self(Arc::new(std::sync::atomic::AtomicI64::new(now)))
+    }
+
+    /// Moves the clock `secs` forward.
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl shared::stripe::signature::Clock for TestClock {
+    fn now_unix(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A queue that keeps what is sent to it, for a test to run or inspect.
+#[derive(Debug, Default)]
+pub struct RecordingQueue(pub Mutex<Vec<shared::domain::step::StepRef>>);
+
+impl RecordingQueue {
+    /// Takes everything sent so far.
+    pub fn take(&self) -> Vec<shared::domain::step::StepRef> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl shared::store::StepQueue for RecordingQueue {
+    fn send<'a>(
+        &'a self,
+        steps: &'a [shared::domain::step::StepRef],
+    ) -> shared::store::BoxFuture<'a, Result<(), StoreError>> {
+        self.0.lock().unwrap().extend_from_slice(steps);
+        Box::pin(async { Ok(()) })
+    }
+}

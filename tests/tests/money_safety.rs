@@ -4,8 +4,8 @@
 //! spoofed by a seller's own objects, decisions made too early, Stripe's replayed 500s and pruned
 //! keys, long outages, and the smaller money cases.
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -14,13 +14,14 @@ use integration_tests::fund_events::{
     splits_metadata,
 };
 use integration_tests::stripe_stub::{Fault, StripeStub};
-use integration_tests::{NOW, account_updated, manual_payout_account_updated, settings, signed};
+use integration_tests::{
+    NOW, RecordingQueue, TestClock, account_updated, manual_payout_account_updated, settings, signed,
+};
 use serde_json::{Value, json};
 use shared::domain::account::{AccountId, AccountState, OnboardingStatus};
 use shared::domain::step::{Step, StepKind, StepRef, StepStatus, UnresolvedCall};
 use shared::store::{
-    AccountStore, BoxFuture, CommitOutcome, EventOutcome, EventRecord, EventWrite, PaymentState, StepQueue,
-    StoreError,
+    AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, PaymentState, StoreError,
 };
 use shared::stripe::client::{ApiKey, StripeClient, StripeClientConfig};
 use shared::stripe::signature::Clock;
@@ -30,16 +31,6 @@ use shared::worker::{Disposition, StepWorker};
 use tokio::sync::Barrier;
 
 const DAY: i64 = 24 * 60 * 60;
-
-/// A clock the test moves.
-#[derive(Clone)]
-struct TestClock(Arc<AtomicI64>);
-
-impl Clock for TestClock {
-    fn now_unix(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// A store that holds the first `held` payment reads at a barrier until all of them have read:
 /// the widest possible race between two plans for one payment, every time.
@@ -117,17 +108,6 @@ impl<S: AccountStore> AccountStore for RacingStore<S> {
     }
 }
 
-/// A queue that remembers what was sent to it.
-#[derive(Default)]
-struct RecordingQueue(Mutex<Vec<StepRef>>);
-
-impl StepQueue for RecordingQueue {
-    fn send<'a>(&'a self, steps: &'a [StepRef]) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.lock().unwrap().extend_from_slice(steps);
-        Box::pin(async { Ok(()) })
-    }
-}
-
 struct Flow<S: AccountStore + Clone> {
     stub: StripeStub,
     store: RacingStore<S>,
@@ -146,7 +126,7 @@ impl<S: AccountStore + Clone> Flow<S> {
         stub.set_now(NOW);
         let mut config = stub.client_config();
         configure(&mut config);
-        let clock = TestClock(Arc::new(AtomicI64::new(NOW)));
+        let clock = TestClock::at(NOW);
         let store = RacingStore::new(store);
         let client = StripeClient::new(config).expect("the client accepts the loopback stub");
         Self {
@@ -160,7 +140,7 @@ impl<S: AccountStore + Clone> Flow<S> {
 
     /// Moves the worker's, the pipeline's and Stripe's clocks forward together.
     fn advance(&self, secs: i64) {
-        self.clock.0.fetch_add(secs, Ordering::SeqCst);
+        self.clock.advance(secs);
         self.stub.advance(secs);
     }
 
@@ -538,7 +518,7 @@ async fn the_sweep_resumes_what_an_outage_stranded<S: AccountStore + Clone>(stor
     flow.advance(3600);
     let report = sweep(&flow.store, &queue, flow.clock.now_unix(), &SweepSettings::default()).await.unwrap();
     assert_eq!((report.in_flight, report.waiting), (1, 1));
-    let resent: Vec<StepRef> = queue.0.lock().unwrap().clone();
+    let resent = queue.take();
     for step_ref in &resent {
         flow.worker.run(step_ref).await.unwrap();
     }

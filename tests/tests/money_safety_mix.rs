@@ -10,17 +10,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use integration_tests::fund_events::{
     charge_refunded, charge_succeeded, fund_event, payment_succeeded, payout_event,
 };
 use integration_tests::stripe_stub::{Fault, StripeStub};
-use integration_tests::{NOW, account_updated, settings, signed};
+use integration_tests::{NOW, RecordingQueue, TestClock, account_updated, settings, signed};
 use serde_json::{Value, json};
-use shared::domain::step::StepRef;
-use shared::store::{AccountStore, BoxFuture, StepQueue, StoreError};
+use shared::store::AccountStore;
 use shared::stripe::signature::Clock;
 use shared::sweep::{SweepSettings, sweep};
 use shared::webhook::WebhookService;
@@ -32,26 +30,6 @@ const AMOUNT: i64 = 10_000;
 /// deauthorizes the platform now and then.
 const PAYMENTS: [&str; 2] = ["pi_1", "pi_2"];
 const SPLITS: [(&str, i64); 3] = [("acct_Known", 5000), ("acct_Unseen", 2000), ("acct_Flaky", 1500)];
-
-#[derive(Clone)]
-struct TestClock(Arc<AtomicI64>);
-
-impl Clock for TestClock {
-    fn now_unix(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// The queue: whatever is sent waits here until the schedule runs it.
-#[derive(Default)]
-struct Queue(std::sync::Mutex<Vec<StepRef>>);
-
-impl StepQueue for Queue {
-    fn send<'a>(&'a self, steps: &'a [StepRef]) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.lock().unwrap().extend_from_slice(steps);
-        Box::pin(async { Ok(()) })
-    }
-}
 
 /// A small deterministic generator, so that a failing seed replays exactly.
 struct Rng(u64);
@@ -69,7 +47,7 @@ struct World<S: AccountStore + Clone> {
     stub: StripeStub,
     store: S,
     clock: TestClock,
-    queue: Arc<Queue>,
+    queue: Arc<RecordingQueue>,
     service: WebhookService<S, TestClock>,
     worker: StepWorker<S, TestClock>,
     next_event: usize,
@@ -81,8 +59,8 @@ impl<S: AccountStore + Clone> World<S> {
         stub.set_now(NOW);
         let mut config = stub.client_config();
         config.timeout = Duration::from_millis(200);
-        let clock = TestClock(Arc::new(AtomicI64::new(NOW)));
-        let queue = Arc::new(Queue::default());
+        let clock = TestClock::at(NOW);
+        let queue = Arc::new(RecordingQueue::default());
         let service =
             WebhookService::with_clock(store.clone(), &settings(), clock.clone()).with_queue(queue.clone());
         let worker = StepWorker::with_clock(
@@ -98,7 +76,7 @@ impl<S: AccountStore + Clone> World<S> {
     }
 
     fn advance(&self, secs: i64) {
-        self.clock.0.fetch_add(secs, Ordering::SeqCst);
+        self.clock.advance(secs);
         self.stub.advance(secs);
     }
 

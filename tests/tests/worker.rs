@@ -26,9 +26,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use shared::domain::account::{AccountId, AccountState, OnboardingStatus};
 use shared::domain::step::{Step, StepKind, StepRef, StepStatus, UnresolvedCall};
-use shared::store::{
-    AccountStore, BoxFuture, CommitOutcome, EventOutcome, EventRecord, EventWrite, StepQueue, StoreError,
-};
+use shared::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use shared::stripe::client::{STRIPE_VERSION, StripeClient, StripeClientConfig};
 use shared::stripe::signature::FixedClock;
 use shared::sweep::{SweepSettings, sweep};
@@ -893,17 +891,6 @@ fn interleavings() -> impl Strategy<Value = Interleaving> {
         })
 }
 
-/// What the sweep sends back to the queue, collected for the simulated queue.
-#[derive(Default)]
-struct SweptQueue(Mutex<Vec<StepRef>>);
-
-impl StepQueue for SweptQueue {
-    fn send<'a>(&'a self, steps: &'a [StepRef]) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.lock().unwrap().extend_from_slice(steps);
-        Box::pin(async { Ok(()) })
-    }
-}
-
 /// The sweep with no age thresholds: every open step is old enough.
 const SWEEP_EVERYTHING: SweepSettings =
     SweepSettings { queued_after_secs: 0, in_flight_after_secs: 0, waiting_after_secs: 0, batch: 500 };
@@ -994,13 +981,13 @@ async fn random_interleaving<S: AccountStore + Clone>(store: S, case: Interleavi
         }
         if queue.is_empty() && delivered == events.len() {
             // The queue ran dry: the sweep sends back whatever waits or was stranded.
-            let swept = SweptQueue::default();
+            let swept = integration_tests::RecordingQueue::default();
             let report = sweep(&flow.store, &swept, NOW + 1, &SWEEP_EVERYTHING).await.unwrap();
             sweeps += 1;
             if report.total() == 0 {
                 break;
             }
-            queue.extend(swept.0.into_inner().unwrap());
+            queue.extend(swept.take());
             continue;
         }
         let Some(step_ref) = (!queue.is_empty()).then(|| queue.remove(rng.below(queue.len()))) else { break };
