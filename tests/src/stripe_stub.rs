@@ -226,10 +226,17 @@ impl Ledger {
         Some(fault)
     }
 
-    /// Forgets every key at least [`IDEMPOTENCY_KEY_TTL_SECS`] old.
-    fn prune_keys(&mut self) {
+    /// Forgets `key` if it is at least [`IDEMPOTENCY_KEY_TTL_SECS`] old. Only the key a request
+    /// names is looked at: an expired key that nobody sends again makes no difference.
+    fn prune_key(&mut self, key: &str) {
         let now = self.now;
-        self.idempotency.retain(|_, remembered| now - remembered.first_used < IDEMPOTENCY_KEY_TTL_SECS);
+        if self
+            .idempotency
+            .get(key)
+            .is_some_and(|remembered| now - remembered.first_used >= IDEMPOTENCY_KEY_TTL_SECS)
+        {
+            self.idempotency.remove(key);
+        }
     }
 }
 
@@ -696,7 +703,7 @@ fn begin(shared: &Shared, call: Call) -> Begun {
     let fingerprint =
         format!("{} {} account={:?} {:?}", call.method, call.path, call.stripe_account, params.0);
     if let Some(key) = &key {
-        ledger.prune_keys();
+        ledger.prune_key(key);
         match ledger.idempotency.get(key) {
             Some(Remembered { fingerprint: first, outcome: Outcome::Done { status, body }, .. })
                 if *first == fingerprint =>
