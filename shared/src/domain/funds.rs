@@ -754,8 +754,10 @@ fn currency_at(value: &Value) -> Option<String> {
 /// (`Transfer:`, `transfers:`, `transfer_acct_…`, a stray space) that must refuse the payment
 /// rather than be dropped while the other splits are paid.
 fn claims_a_split(key: &str) -> bool {
-    let folded = key.trim().to_ascii_lowercase();
-    key.starts_with(SPLIT_PREFIX) || (folded.starts_with("transfer") && folded.contains("acct_"))
+    let trimmed = key.trim().as_bytes();
+    let looks_like_transfer = trimmed.get(..8).is_some_and(|head| head.eq_ignore_ascii_case(b"transfer"));
+    let names_an_account = trimmed.windows(5).any(|window| window.eq_ignore_ascii_case(b"acct_"));
+    key.starts_with(SPLIT_PREFIX) || (looks_like_transfer && names_an_account)
 }
 
 /// The split metadata entries, near misses included (see [`claims_a_split`]). A value that is not
