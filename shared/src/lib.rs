@@ -4,6 +4,8 @@ pub mod aws;
 pub mod config;
 pub mod domain;
 pub mod metrics;
+pub mod notifier;
+pub mod platform;
 pub mod secrets;
 pub mod sqs_worker;
 pub mod store;

@@ -230,6 +230,7 @@ mod tests {
             netted: 0,
             sent_at: None,
             unresolved: None,
+            requested: None,
         }
     }
 

@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use crate::config::WebhookSettings;
 use crate::domain::account::{AccountDecision, AccountEvent, AccountId, AccountState, NoAccount, decide};
+use crate::domain::change::account_changes;
 use crate::domain::funds::read_fund_event;
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::metrics::Metrics;
@@ -340,9 +341,13 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                     None
                 }
             };
+            let changes =
+                next.as_deref().map(|next| account_changes(current.as_ref(), next, now)).unwrap_or_default();
+            let write =
+                EventWrite { changes: &changes, ..EventWrite::with_account(&record, next.as_deref()) };
             // A stale or unreadable event needs no version check: guards only move forward, so
             // what was stale against this read is stale against any later one.
-            match self.store.commit(&EventWrite::with_account(&record, next.as_deref())).await? {
+            match self.store.commit(&write).await? {
                 CommitOutcome::Committed => {
                     if let Some(next) = &next
                         && became_able_to_receive(current.as_ref(), next)

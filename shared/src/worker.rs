@@ -8,6 +8,7 @@
 use tracing::Instrument;
 
 use crate::domain::account::AccountId;
+use crate::domain::change::step_changes;
 use crate::domain::funds::{PAYMENT_METADATA, STEP_METADATA};
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus, UnresolvedCall};
 use crate::metrics::Metrics;
@@ -450,6 +451,7 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
                     destination: &step.destination,
                     source_transaction: step.source_charge.as_deref(),
                     transfer_group: step.transfer_group.as_deref(),
+                    description: step.requested.as_ref().and_then(|request| request.description.as_deref()),
                     metadata: &metadata,
                 };
                 self.stripe.create_transfer(&transfer, &key).await
@@ -461,8 +463,9 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
                 Err(StripeError::Config("a reversal needs its transfer's id".into()))
             }
             (StepKind::Payout, _) => {
+                let method = step.requested.as_ref().and_then(|request| request.method.as_deref());
                 self.stripe
-                    .create_payout(&step.destination, step.amount, &step.currency, &metadata, &key)
+                    .create_payout_by(&step.destination, step.amount, &step.currency, method, &metadata, &key)
                     .await
             }
         }
@@ -489,7 +492,8 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
         next.reason = reason;
         next.updated_at = self.clock.now_unix();
         next.version += 1;
-        Ok(match self.store.update_step(&next).await? {
+        let changes = step_changes(Some(step), &next, next.updated_at);
+        Ok(match self.store.update_step(&next, &changes).await? {
             CommitOutcome::Conflict => None,
             _ => Some(next),
         })

@@ -1,6 +1,8 @@
 //! A stand-in for the Stripe API on loopback, for tests: transfers, transfer reversals, payouts and
 //! account retrieval, the list endpoints that settle an ambiguous outcome, Stripe's idempotency-key
 //! semantics, balances, a clock, a ledger of what was created, and faults it can be told to inject.
+//! It also onboards: connected accounts created with controller properties (`POST /v1/accounts`,
+//! listed by `GET /v1/accounts`), Account Links, Account Sessions and Express login links.
 //!
 //! As at Stripe (v1), the status and body of the first request under an idempotency key are saved
 //! once the endpoint has begun executing, 500s included, and a retry under the same key replays
@@ -8,10 +10,21 @@
 //! once it is 24 hours old by the stub's clock ([`StripeStub::advance`]), and a request under a
 //! pruned key executes anew. Every created object's `created` is the stub's clock.
 //!
-//! Lists (`GET /v1/transfers`, `GET /v1/transfers/{id}/reversals`, `GET /v1/payouts`) are
-//! Stripe-shaped: `{"object": "list", "data", "has_more", "url"}`, newest first, `limit` 1 to 100
-//! (default 10), `starting_after` by id, and `created[gt|gte|lt|lte]` (or `created=`) where Stripe
-//! has it (transfers, payouts). Their parameters are read from the query string.
+//! Lists (`GET /v1/transfers`, `GET /v1/transfers/{id}/reversals`, `GET /v1/payouts`,
+//! `GET /v1/accounts`) are Stripe-shaped: `{"object": "list", "data", "has_more", "url"}`, newest
+//! first, `limit` 1 to 100 (default 10), `starting_after` by id, and `created[gt|gte|lt|lte]` (or
+//! `created=`) where Stripe has it (transfers, payouts, accounts). Their parameters are read from
+//! the query string.
+//!
+//! Onboarding follows Stripe's API reference (2024-06-20): a created account has each requested
+//! capability `inactive`, `details_submitted`, `charges_enabled` and `payouts_enabled` false and
+//! requirements currently due, until [`StripeStub::add_account`] enables it; the controller's
+//! defaults are Stripe's (`full` dashboard, fees paid by the `account`, losses on `stripe`,
+//! requirements collected by `stripe`) and the country defaults to the platform's (`US`). An
+//! `account_update` link is refused unless the platform collects requirements and the account has
+//! no Stripe-hosted dashboard, with the message Stripe answered such a request with; a login link
+//! is refused for any dashboard but `express`, with Stripe's "Cannot create an edit link for the
+//! account …, which is not an Express account." (no `code`, as at Stripe).
 //!
 //! [`StripeStub::revoke_account_access`] makes the stub answer as Stripe does once a platform has
 //! lost access to a connected account: 403, `invalid_request_error`, code `account_invalid`, "The
@@ -26,9 +39,16 @@
 //! account the stub never heard of gets 400 `account_invalid` rather than the 403; access checks run
 //! before the idempotency layer, so a 403 is never saved under a key; lists do not take
 //! `ending_before`, and the platform's own payouts list is always empty; objects carry only the
-//! fields this project reads; the clock only moves when a test moves it.
+//! fields this project reads; the clock only moves when a test moves it. `GET /v1/accounts` lists
+//! only the accounts created through `POST /v1/accounts`; an account only added by
+//! [`StripeStub::add_account`] onboards as if its dashboard were `express` and Stripe collected its
+//! requirements. An account's `type` is derived from its controller (`express` dashboard →
+//! `express`, `full` → `standard`, `none` with the platform collecting → `custom`, else `none`):
+//! Stripe's reference lists those values but not that rule.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -139,6 +159,72 @@ pub struct StubPayout {
     pub status: String,
 }
 
+/// A connected account the stub created through `POST /v1/accounts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StubCreatedAccount {
+    /// `acct_…`.
+    pub id: String,
+    /// ISO country code.
+    pub country: String,
+    /// The email given, if any.
+    pub email: Option<String>,
+    /// `controller.stripe_dashboard.type`: `express`, `full` or `none`.
+    pub dashboard: String,
+    /// `controller.fees.payer`: `account` or `application`.
+    pub fees_payer: String,
+    /// `controller.losses.payments`: `application` or `stripe`.
+    pub losses_payments: String,
+    /// `controller.requirement_collection`: `application` or `stripe`.
+    pub requirement_collection: String,
+    /// The capabilities requested, in name order.
+    pub capabilities: Vec<String>,
+    /// `metadata[…]` as sent.
+    pub metadata: BTreeMap<String, String>,
+    /// The stub's clock when it was created (unix seconds).
+    pub created: i64,
+}
+
+/// An Account Link the stub handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StubAccountLink {
+    /// The account it onboards.
+    pub account: String,
+    /// `account_onboarding` or `account_update`.
+    pub link_type: String,
+    /// `return_url` as sent.
+    pub return_url: String,
+    /// `refresh_url` as sent.
+    pub refresh_url: String,
+    /// `collection_options[fields]`, if sent.
+    pub collect: Option<String>,
+    /// The link's URL.
+    pub url: String,
+    /// Unix seconds: five minutes after it was created.
+    pub expires_at: i64,
+}
+
+/// An Account Session the stub handed out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StubAccountSession {
+    /// The account it grants access to.
+    pub account: String,
+    /// The client secret.
+    pub client_secret: String,
+    /// `components[…]` as sent, rebuilt into JSON.
+    pub components: Value,
+    /// Unix seconds: thirty minutes after it was created.
+    pub expires_at: i64,
+}
+
+/// An Express Dashboard login link the stub handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StubLoginLink {
+    /// The account it logs into.
+    pub account: String,
+    /// The link's URL.
+    pub url: String,
+}
+
 /// One request as the stub received it (headers of interest only; never the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedRequest {
@@ -154,6 +240,10 @@ pub struct ReceivedRequest {
     pub stripe_account: Option<String>,
     /// The `Stripe-Version` header.
     pub stripe_version: Option<String>,
+    /// The `Content-Type` header.
+    pub content_type: Option<String>,
+    /// The form body's pairs in the order sent (empty for a GET, or a body that is not a form).
+    pub form: Vec<(String, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -200,6 +290,10 @@ struct Ledger {
     transfers: Vec<StubTransfer>,
     reversals: Vec<StubReversal>,
     payouts: Vec<StubPayout>,
+    created_accounts: Vec<StubCreatedAccount>,
+    account_links: Vec<StubAccountLink>,
+    account_sessions: Vec<StubAccountSession>,
+    login_links: Vec<StubLoginLink>,
     idempotency: HashMap<String, Remembered>,
     faults: VecDeque<Injected>,
     received: Vec<ReceivedRequest>,
@@ -372,6 +466,26 @@ impl StripeStub {
         self.shared.ledger().payouts.clone()
     }
 
+    /// Every connected account created through `POST /v1/accounts`, in order.
+    pub fn created_accounts(&self) -> Vec<StubCreatedAccount> {
+        self.shared.ledger().created_accounts.clone()
+    }
+
+    /// Every Account Link handed out, in order.
+    pub fn account_links(&self) -> Vec<StubAccountLink> {
+        self.shared.ledger().account_links.clone()
+    }
+
+    /// Every Account Session handed out, in order.
+    pub fn account_sessions(&self) -> Vec<StubAccountSession> {
+        self.shared.ledger().account_sessions.clone()
+    }
+
+    /// Every login link handed out, in order.
+    pub fn login_links(&self) -> Vec<StubLoginLink> {
+        self.shared.ledger().login_links.clone()
+    }
+
     /// Queues a one-shot fault for the next POST (a create) on a path starting with `path_prefix`
     /// that would execute. GETs never consume it.
     pub fn inject(&self, path_prefix: &str, fault: Fault) {
@@ -448,6 +562,7 @@ struct Call {
     idempotency_key: Option<String>,
     stripe_account: Option<String>,
     stripe_version: Option<String>,
+    content_type: Option<String>,
     /// The parameters: the query string of a GET, the form body of anything else.
     params: Result<Vec<(String, String)>, String>,
 }
@@ -475,6 +590,30 @@ impl Reply {
 
     fn invalid(code: Option<&str>, message: impl Into<String>) -> Self {
         Self::error(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
+    }
+
+    /// A refusal that names the parameter at fault, as Stripe's `error.param` does.
+    fn invalid_param(code: Option<&str>, param: &str, message: impl Into<String>) -> Self {
+        let mut reply = Self::invalid(code, message);
+        reply.body["error"]["param"] = json!(param);
+        reply
+    }
+
+    fn missing_param(param: &str) -> Self {
+        Self::invalid_param(Some("parameter_missing"), param, format!("Missing required param: {param}."))
+    }
+
+    fn no_such_account(status: StatusCode, param: Option<&str>, id: &str) -> Self {
+        let mut reply = Self::error(
+            status,
+            "invalid_request_error",
+            Some("resource_missing"),
+            format!("No such account: '{id}'"),
+        );
+        if let Some(param) = param {
+            reply.body["error"]["param"] = json!(param);
+        }
+        reply
     }
 
     fn balance_insufficient() -> Self {
@@ -554,6 +693,7 @@ async fn handle(
         idempotency_key: header("idempotency-key"),
         stripe_account: header("stripe-account"),
         stripe_version: header("stripe-version"),
+        content_type: header("content-type"),
         params,
     };
     tokio::spawn(process(shared, call)).await.unwrap_or_else(|_| {
@@ -571,13 +711,22 @@ enum Route {
     ListTransfers,
     ListReversals(String),
     ListPayouts,
+    CreateAccount,
+    ListAccounts,
+    CreateAccountLink,
+    CreateAccountSession,
+    CreateLoginLink(String),
 }
 
 impl Route {
     fn is_read(&self) -> bool {
         matches!(
             self,
-            Self::RetrieveAccount(_) | Self::ListTransfers | Self::ListReversals(_) | Self::ListPayouts
+            Self::RetrieveAccount(_)
+                | Self::ListTransfers
+                | Self::ListReversals(_)
+                | Self::ListPayouts
+                | Self::ListAccounts
         )
     }
 }
@@ -596,6 +745,13 @@ fn route(method: &Method, path: &str) -> Option<Route> {
             Some(Route::ListReversals((*id).to_owned()))
         }
         ("GET", ["v1", "payouts"]) => Some(Route::ListPayouts),
+        ("POST", ["v1", "accounts"]) => Some(Route::CreateAccount),
+        ("GET", ["v1", "accounts"]) => Some(Route::ListAccounts),
+        ("POST", ["v1", "account_links"]) => Some(Route::CreateAccountLink),
+        ("POST", ["v1", "account_sessions"]) => Some(Route::CreateAccountSession),
+        ("POST", ["v1", "accounts", id, "login_links"]) if !id.is_empty() => {
+            Some(Route::CreateLoginLink((*id).to_owned()))
+        }
         _ => None,
     }
 }
@@ -639,6 +795,11 @@ fn begin(shared: &Shared, call: Call) -> Begun {
         idempotency_key: call.idempotency_key.clone(),
         stripe_account: call.stripe_account.clone(),
         stripe_version: call.stripe_version.clone(),
+        content_type: call.content_type.clone(),
+        form: match (&call.method, &call.params) {
+            (&Method::GET, _) | (_, Err(_)) => Vec::new(),
+            (_, Ok(pairs)) => pairs.clone(),
+        },
     });
     let presented = call.authorization.as_deref().and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
     if !presented.starts_with("sk_test_") {
@@ -678,8 +839,9 @@ fn begin(shared: &Shared, call: Call) -> Begun {
     // Access to a connected account is decided before anything runs, so it is never saved under
     // the key: once access is restored, a retry under the same key executes.
     let named_account = match &route {
-        Route::RetrieveAccount(id) => Some(id.as_str()),
+        Route::RetrieveAccount(id) | Route::CreateLoginLink(id) => Some(id.as_str()),
         Route::CreateTransfer => params.get("destination"),
+        Route::CreateAccountLink | Route::CreateAccountSession => params.get("account"),
         _ => None,
     };
     let refused = [call.stripe_account.as_deref(), named_account]
@@ -905,6 +1067,11 @@ fn execute(ledger: &mut Ledger, request: &Request) -> (Reply, bool) {
         Route::ListTransfers => list_transfers(ledger, request),
         Route::ListReversals(transfer) => list_reversals(ledger, request, transfer),
         Route::ListPayouts => list_payouts(ledger, request),
+        Route::CreateAccount => create_account(ledger, request),
+        Route::ListAccounts => list_accounts(ledger, request),
+        Route::CreateAccountLink => create_account_link(ledger, request),
+        Route::CreateAccountSession => create_account_session(ledger, request),
+        Route::CreateLoginLink(id) => create_login_link(ledger, request, id),
     };
     match result {
         Ok(reply) => (reply, true),
@@ -1039,7 +1206,18 @@ fn create_payout(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusa
         )
         .into());
     };
-    params.only(&["amount", "currency", "description"])?;
+    params.only(&["amount", "currency", "description", "method"])?;
+    if let Some(method) = params.get("method")
+        && method != "standard"
+        && method != "instant"
+    {
+        return Err(Reply::invalid_param(
+            None,
+            "method",
+            "Invalid method: must be one of standard or instant",
+        )
+        .into());
+    }
     let amount = params.required_amount()?;
     let currency = params.currency()?;
     let now = ledger.now;
@@ -1071,6 +1249,9 @@ fn create_payout(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusa
 }
 
 fn retrieve_account(ledger: &Ledger, id: &str) -> Reply {
+    if let Some(created) = ledger.created_accounts.iter().find(|a| a.id == id) {
+        return Reply::ok(AccountView { account: created, state: ledger.accounts.get(id) }.json());
+    }
     match ledger.accounts.get(id) {
         Some(account) => Reply::ok(json!({
             "id": id, "object": "account",
@@ -1268,4 +1449,383 @@ fn list_payouts(ledger: &Ledger, request: &Request) -> Result<Reply, Refusal> {
     let account = request.stripe_account.as_deref();
     let keep = |p: &StubPayout| Some(p.account.as_str()) == account && status.is_none_or(|s| p.status == s);
     Ok(paging.page("/v1/payouts", &ledger.payouts, keep)?)
+}
+
+/// Capabilities a `POST /v1/accounts` may request: those of Stripe's reference this project could
+/// plausibly ask for.
+const CAPABILITIES: &[&str] = &[
+    "acss_debit_payments",
+    "affirm_payments",
+    "afterpay_clearpay_payments",
+    "bancontact_payments",
+    "card_issuing",
+    "card_payments",
+    "eps_payments",
+    "ideal_payments",
+    "klarna_payments",
+    "link_payments",
+    "sepa_debit_payments",
+    "tax_reporting_us_1099_k",
+    "tax_reporting_us_1099_misc",
+    "transfers",
+    "treasury",
+    "us_bank_account_ach_payments",
+];
+
+/// Connect embedded components an Account Session may enable (Stripe's reference, 2024-06-20).
+const COMPONENTS: &[&str] = &[
+    "account_management",
+    "account_onboarding",
+    "balances",
+    "documents",
+    "notification_banner",
+    "payment_details",
+    "payments",
+    "payouts",
+    "payouts_list",
+    "tax_registrations",
+    "tax_settings",
+];
+
+/// What a created account still owes before it is enabled, as in Stripe's reference example.
+const ONBOARDING_REQUIREMENTS: &[&str] = &[
+    "business_profile.mcc",
+    "business_profile.url",
+    "business_type",
+    "external_account",
+    "tos_acceptance.date",
+    "tos_acceptance.ip",
+];
+
+/// How long an Account Link lives, as in Stripe's reference example.
+const ACCOUNT_LINK_TTL_SECS: i64 = 300;
+
+/// How long an Account Session lives.
+const ACCOUNT_SESSION_TTL_SECS: i64 = 30 * 60;
+
+/// `len` random letters and digits, for URLs and secrets nobody may guess.
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut token = String::with_capacity(len);
+    while token.len() < len {
+        // Each `RandomState` is keyed afresh, so each hash is a new random word.
+        let mut bits = RandomState::new().build_hasher().finish();
+        for _ in 0..10 {
+            if token.len() == len {
+                break;
+            }
+            let index = usize::try_from(bits % 62).unwrap_or(0);
+            token.push(char::from(ALPHABET[index]));
+            bits /= 62;
+        }
+    }
+    token
+}
+
+/// The name inside `capabilities[<name>][requested]`.
+fn capability_key(name: &str) -> Option<&str> {
+    name.strip_prefix("capabilities[")?.strip_suffix("][requested]").filter(|key| !key.is_empty())
+}
+
+impl Params {
+    /// `name` as one of `allowed`, or `default` when absent; any other value is refused as Stripe
+    /// refuses a bad enum value: 400, the parameter named, no code.
+    fn one_of(&self, name: &str, allowed: &[&str], default: Option<&str>) -> Result<Option<String>, Reply> {
+        match self.get(name) {
+            None => Ok(default.map(str::to_owned)),
+            Some(value) if allowed.contains(&value) => Ok(Some(value.to_owned())),
+            Some(value) => {
+                let message =
+                    format!("Invalid {name}: must be one of {}, got {value:?}.", allowed.join(", "));
+                Err(Reply::invalid_param(None, name, message))
+            }
+        }
+    }
+
+    fn boolean(name: &str, value: &str) -> Result<bool, Reply> {
+        match value {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(Reply::invalid_param(None, name, format!("Invalid boolean: {other}"))),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<&str, Reply> {
+        self.get(name).filter(|value| !value.is_empty()).ok_or_else(|| Reply::missing_param(name))
+    }
+}
+
+/// How a known account onboards: its dashboard and who collects its requirements.
+fn onboarding_controller(ledger: &Ledger, id: &str) -> Option<(String, String)> {
+    if let Some(created) = ledger.created_accounts.iter().find(|a| a.id == id) {
+        return Some((created.dashboard.clone(), created.requirement_collection.clone()));
+    }
+    ledger.accounts.contains_key(id).then(|| ("express".to_owned(), "stripe".to_owned()))
+}
+
+fn create_account(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusal> {
+    let params = &request.params;
+    if request.stripe_account.is_some() {
+        return Err(Reply::invalid(None, "This stand-in creates accounts from the platform only.").into());
+    }
+    const NAMES: [&str; 6] = [
+        "country",
+        "email",
+        "controller[stripe_dashboard][type]",
+        "controller[fees][payer]",
+        "controller[losses][payments]",
+        "controller[requirement_collection]",
+    ];
+    params.refuse_unknown(|name| {
+        NAMES.contains(&name)
+            || metadata_key(name).is_some()
+            || capability_key(name).is_some_and(|c| CAPABILITIES.contains(&c))
+    })?;
+    // Stripe's default is the platform's own country.
+    let country = params.get("country").unwrap_or("US").to_owned();
+    if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+        let message = format!(
+            "Country '{country}' is unknown. Try using a 2-character alphanumeric country code instead, \
+             such as 'US', 'EG', or 'GB'."
+        );
+        return Err(Reply::invalid_param(None, "country", message).into());
+    }
+    let enum_param = |name: &str, allowed: &[&str], default: &str| {
+        params.one_of(name, allowed, Some(default)).map(Option::unwrap_or_default)
+    };
+    let dashboard = enum_param("controller[stripe_dashboard][type]", &["express", "full", "none"], "full")?;
+    let fees_payer = enum_param("controller[fees][payer]", &["account", "application"], "account")?;
+    let losses_payments = enum_param("controller[losses][payments]", &["application", "stripe"], "stripe")?;
+    let requirement_collection =
+        enum_param("controller[requirement_collection]", &["application", "stripe"], "stripe")?;
+    let mut capabilities = Vec::new();
+    for (name, value) in &params.0 {
+        if let Some(capability) = capability_key(name) {
+            if Params::boolean(name, value)? {
+                capabilities.push(capability.to_owned());
+            }
+        }
+    }
+    // Stripe's reference: capabilities are required when the account has no Stripe-hosted dashboard.
+    if dashboard == "none" && capabilities.is_empty() {
+        return Err(Reply::missing_param("capabilities").into());
+    }
+    let id = ledger.next_id("acct");
+    let account = StubCreatedAccount {
+        id: id.clone(),
+        country,
+        email: params.get("email").map(str::to_owned),
+        dashboard,
+        fees_payer,
+        losses_payments,
+        requirement_collection,
+        capabilities,
+        metadata: params.metadata(),
+        created: ledger.now,
+    };
+    ledger.accounts.entry(id.clone()).or_default();
+    let body = AccountView { account: &account, state: ledger.accounts.get(&id) }.json();
+    ledger.created_accounts.push(account);
+    Ok(Reply::ok(body))
+}
+
+fn list_accounts(ledger: &Ledger, request: &Request) -> Result<Reply, Refusal> {
+    if request.stripe_account.is_some() {
+        return Err(
+            Reply::invalid(None, "This stand-in lists the platform's connected accounts only.").into()
+        );
+    }
+    let paging = Paging::parse(&request.params, &[], true)?;
+    let views: Vec<AccountView<'_>> = ledger
+        .created_accounts
+        .iter()
+        .map(|account| AccountView { account, state: ledger.accounts.get(&account.id) })
+        .collect();
+    Ok(paging.page("/v1/accounts", &views, |_| true)?)
+}
+
+fn create_account_link(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusal> {
+    let params = &request.params;
+    params.only_exactly(&[
+        "account",
+        "type",
+        "return_url",
+        "refresh_url",
+        "collection_options[fields]",
+        "collection_options[future_requirements]",
+    ])?;
+    let account = params.required("account")?.to_owned();
+    let link_type = params.one_of("type", &["account_onboarding", "account_update"], None)?;
+    let link_type = link_type.ok_or_else(|| Reply::missing_param("type"))?;
+    let url_param = |name: &str| match params.required(name)? {
+        url if url.starts_with("https://") || url.starts_with("http://") => Ok(url.to_owned()),
+        _ => Err(Reply::invalid_param(Some("url_invalid"), name, "Not a valid URL")),
+    };
+    let return_url = url_param("return_url")?;
+    let refresh_url = url_param("refresh_url")?;
+    let collect = params.one_of("collection_options[fields]", &["currently_due", "eventually_due"], None)?;
+    params.one_of("collection_options[future_requirements]", &["include", "omit"], None)?;
+    let Some((dashboard, requirement_collection)) = onboarding_controller(ledger, &account) else {
+        let missing = Reply::no_such_account(StatusCode::BAD_REQUEST, Some("account"), &account);
+        return Err(Refusal::Executed(missing));
+    };
+    // Stripe's reference: `account_update` only where the platform collects requirements and the
+    // account has no Stripe-hosted dashboard. The message is the one Stripe answered such a request
+    // with (stripe/stripe-node#1047).
+    if link_type == "account_update" && (requirement_collection != "application" || dashboard != "none") {
+        let refusal =
+            Reply::invalid_param(None, "type", r#"Invalid type: must be one of ["account_onboarding"]"#);
+        return Err(Refusal::Executed(refusal));
+    }
+    let url = format!("https://connect.stripe.com/setup/s/{account}/{}", random_token(12));
+    let (created, expires_at) = (ledger.now, ledger.now + ACCOUNT_LINK_TTL_SECS);
+    ledger.account_links.push(StubAccountLink {
+        account,
+        link_type,
+        return_url,
+        refresh_url,
+        collect,
+        url: url.clone(),
+        expires_at,
+    });
+    Ok(Reply::ok(json!({
+        "object": "account_link", "url": url, "created": created, "expires_at": expires_at,
+    })))
+}
+
+/// Rebuilds `components[<name>][enabled]` and `components[<name>][features][<feature>]` into
+/// Stripe's components object, refusing unknown components, other keys and non-booleans.
+fn session_components(params: &Params) -> Result<Value, Reply> {
+    let mut components = serde_json::Map::new();
+    for (name, value) in &params.0 {
+        let Some(path) = name.strip_prefix("components[") else { continue };
+        let unknown =
+            || Reply::invalid(Some("parameter_unknown"), format!("Received unknown parameter: {name}"));
+        let segments: Vec<&str> = path.trim_end_matches(']').split("][").collect();
+        let (component, rest) = segments.split_first().ok_or_else(unknown)?;
+        if !COMPONENTS.contains(component) || !path.ends_with(']') {
+            return Err(unknown());
+        }
+        let entry = components.entry((*component).to_owned()).or_insert_with(|| json!({}));
+        let flag = json!(Params::boolean(name, value)?);
+        match rest {
+            ["enabled"] => entry["enabled"] = flag,
+            ["features", feature] if !feature.is_empty() => {
+                if entry.get("features").is_none() {
+                    entry["features"] = json!({});
+                }
+                entry["features"][*feature] = flag;
+            }
+            _ => return Err(unknown()),
+        }
+    }
+    if components.is_empty() {
+        return Err(Reply::missing_param("components"));
+    }
+    if let Some(name) = components.iter().find(|(_, c)| c.get("enabled").is_none()).map(|(n, _)| n) {
+        return Err(Reply::missing_param(&format!("components[{name}][enabled]")));
+    }
+    Ok(Value::Object(components))
+}
+
+fn create_account_session(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusal> {
+    let params = &request.params;
+    params.refuse_unknown(|name| name == "account" || name.starts_with("components["))?;
+    let account = params.required("account")?.to_owned();
+    let components = session_components(params)?;
+    if onboarding_controller(ledger, &account).is_none() {
+        let missing = Reply::no_such_account(StatusCode::BAD_REQUEST, Some("account"), &account);
+        return Err(Refusal::Executed(missing));
+    }
+    let client_secret = format!("{account}_secret_{}", random_token(24));
+    let expires_at = ledger.now + ACCOUNT_SESSION_TTL_SECS;
+    ledger.account_sessions.push(StubAccountSession {
+        account: account.clone(),
+        client_secret: client_secret.clone(),
+        components: components.clone(),
+        expires_at,
+    });
+    Ok(Reply::ok(json!({
+        "object": "account_session", "account": account, "client_secret": client_secret,
+        "expires_at": expires_at, "livemode": false, "components": components,
+    })))
+}
+
+fn create_login_link(ledger: &mut Ledger, request: &Request, id: &str) -> Result<Reply, Refusal> {
+    request.params.only_exactly(&[])?;
+    let Some((dashboard, _)) = onboarding_controller(ledger, id) else {
+        return Err(Refusal::Executed(Reply::no_such_account(StatusCode::NOT_FOUND, None, id)));
+    };
+    if dashboard != "express" {
+        // Stripe's answer, quoted on insiders.stripe.dev ("Will Express Dashboards be supported for
+        // all connected accounts?", API version 2024-04-10): no code.
+        let message =
+            format!("Cannot create an edit link for the account {id}, which is not an Express account.");
+        return Err(Refusal::Executed(Reply::invalid(None, message)));
+    }
+    let url = format!("https://connect.stripe.com/express/{id}/{}", random_token(12));
+    ledger.login_links.push(StubLoginLink { account: id.to_owned(), url: url.clone() });
+    Ok(Reply::ok(json!({ "object": "login_link", "url": url, "created": ledger.now })))
+}
+
+/// A created account as Stripe shows it, with what [`StripeStub::add_account`] has since enabled.
+struct AccountView<'a> {
+    account: &'a StubCreatedAccount,
+    state: Option<&'a StubAccount>,
+}
+
+impl AccountView<'_> {
+    /// The legacy account type the controller amounts to.
+    fn legacy_type(&self) -> &'static str {
+        match (self.account.dashboard.as_str(), self.account.requirement_collection.as_str()) {
+            ("express", "stripe") => "express",
+            ("full", _) => "standard",
+            ("none", "application") => "custom",
+            _ => "none",
+        }
+    }
+}
+
+impl Listed for AccountView<'_> {
+    const OBJECT: &'static str = "account";
+
+    fn id(&self) -> &str {
+        &self.account.id
+    }
+
+    fn created(&self) -> i64 {
+        self.account.created
+    }
+
+    fn json(&self) -> Value {
+        let account = self.account;
+        let enabled = self.state.is_some_and(|s| s.can_receive_transfers);
+        let payouts_enabled = self.state.is_some_and(|s| s.payouts_enabled);
+        let status = if enabled { "active" } else { "inactive" };
+        let capabilities: serde_json::Map<String, Value> =
+            account.capabilities.iter().map(|name| (name.clone(), json!(status))).collect();
+        let due: Vec<&str> = if enabled { Vec::new() } else { ONBOARDING_REQUIREMENTS.to_vec() };
+        json!({
+            "id": account.id, "object": "account", "type": self.legacy_type(),
+            "country": account.country, "email": account.email, "created": account.created,
+            "metadata": account.metadata, "livemode": false,
+            "controller": {
+                "type": "application", "is_controller": true,
+                "stripe_dashboard": { "type": account.dashboard },
+                "fees": { "payer": account.fees_payer },
+                "losses": { "payments": account.losses_payments },
+                "requirement_collection": account.requirement_collection,
+            },
+            "capabilities": capabilities,
+            "charges_enabled": enabled,
+            "payouts_enabled": payouts_enabled,
+            "details_submitted": enabled || payouts_enabled,
+            "requirements": {
+                "currently_due": due, "eventually_due": due, "past_due": due,
+                "pending_verification": [], "current_deadline": null, "errors": [],
+                "disabled_reason": if enabled { Value::Null } else { json!("requirements.past_due") },
+            },
+            "settings": { "payouts": { "schedule": { "interval": "daily", "delay_days": 2 } } },
+        })
+    }
 }

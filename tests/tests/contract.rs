@@ -7,6 +7,7 @@ use integration_tests::{NOW, account_updated, manual_payout_account_updated, pip
 use serde_json::{Value, json};
 use shared::domain::account::{AccountId, OnboardingStatus};
 use shared::domain::step::{Step, StepKind, StepStatus};
+use shared::store::AccountQuery;
 use shared::store::{
     AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite,
 };
@@ -100,13 +101,29 @@ async fn accounts_are_listed_by_status<S: AccountStore + Clone>(store: S) {
     seed_state(store.clone(), &account_updated("evt_2", "acct_1", NOW - 60, true, &[])).await;
     seed_state(store.clone(), &account_updated("evt_3", "acct_3", NOW - 60, true, &["external_account"]))
         .await;
-    let ids = |accounts: Vec<shared::domain::account::AccountState>| {
-        accounts.into_iter().map(|account| account.account_id.to_string()).collect::<Vec<_>>()
+    let list = |status: Option<OnboardingStatus>, limit: usize, after: Option<&'static str>| {
+        let store = store.clone();
+        async move {
+            let after = after.map(|id| account_id(id));
+            let query = AccountQuery { status, limit, starting_after: after.as_ref() };
+            let page = store.list_accounts(&query).await.unwrap();
+            let ids: Vec<String> =
+                page.accounts.into_iter().map(|account| account.account_id.to_string()).collect();
+            (ids, page.has_more)
+        }
     };
-    assert_eq!(ids(store.list_accounts(None).await.unwrap()), ["acct_1", "acct_2", "acct_3"]);
-    assert_eq!(ids(store.list_accounts(Some(OnboardingStatus::Active)).await.unwrap()), ["acct_1", "acct_2"]);
-    let action_required = store.list_accounts(Some(OnboardingStatus::ActionRequired)).await.unwrap();
-    assert_eq!(ids(action_required), ["acct_3"]);
+    assert_eq!(list(None, 50, None).await, (vec!["acct_1".into(), "acct_2".into(), "acct_3".into()], false));
+    assert_eq!(
+        list(Some(OnboardingStatus::Active), 50, None).await,
+        (vec!["acct_1".into(), "acct_2".into()], false)
+    );
+    assert_eq!(list(Some(OnboardingStatus::ActionRequired), 50, None).await, (vec!["acct_3".into()], false));
+    // Pages, with or without a status, follow `starting_after` and say whether more follow.
+    assert_eq!(list(None, 2, None).await, (vec!["acct_1".into(), "acct_2".into()], true));
+    assert_eq!(list(None, 2, Some("acct_2")).await, (vec!["acct_3".into()], false));
+    assert_eq!(list(Some(OnboardingStatus::Active), 1, None).await, (vec!["acct_1".into()], true));
+    assert_eq!(list(Some(OnboardingStatus::Active), 1, Some("acct_1")).await, (vec!["acct_2".into()], false));
+    assert_eq!(list(Some(OnboardingStatus::Active), 1, Some("acct_2")).await, (vec![], false));
 }
 
 async fn a_duplicate_delivered_three_times_concurrently_applies_once<S: AccountStore>(store: S) {
@@ -265,6 +282,7 @@ fn transfer_step(payment: &str, destination: &str, amount: i64) -> Step {
         netted: 0,
         sent_at: None,
         unresolved: None,
+        requested: None,
     }
 }
 
@@ -298,11 +316,15 @@ async fn a_step_moves_only_from_the_version_it_was_read_at<S: AccountStore>(stor
     let mut in_flight = store.load_step(&queued.reference()).await.unwrap().unwrap();
     in_flight.status = StepStatus::InFlight;
     in_flight.version += 1;
-    assert_eq!(store.update_step(&in_flight).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(store.update_step(&in_flight, &[]).await.unwrap(), CommitOutcome::Committed);
     let mut racing = queued.clone();
     racing.status = StepStatus::Failed;
     racing.version += 1;
-    assert_eq!(store.update_step(&racing).await.unwrap(), CommitOutcome::Conflict, "decided on a stale read");
+    assert_eq!(
+        store.update_step(&racing, &[]).await.unwrap(),
+        CommitOutcome::Conflict,
+        "decided on a stale read"
+    );
     assert_eq!(store.load_step(&queued.reference()).await.unwrap(), Some(in_flight));
     let mut payout = transfer_step("unused", "acct_P", 100);
     payout.step_id = "po:acct_P:evt_1:usd".into();

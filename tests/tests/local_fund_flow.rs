@@ -237,7 +237,7 @@ async fn stripes_lifecycle_events_settle_steps_and_a_failed_payout_shows_on_the_
         version: planned.version + 1,
         ..planned.clone()
     };
-    assert_eq!(store.update_step(&claimed).await.unwrap(), shared::store::CommitOutcome::Committed);
+    assert_eq!(store.update_step(&claimed, &[]).await.unwrap(), shared::store::CommitOutcome::Committed);
     // A report with the wrong amount is not this step's transfer.
     let mut wrong = transfer.clone();
     wrong["amount"] = json!(6_000);

@@ -325,11 +325,23 @@ async fn cross_deployment<S: AccountStore + Clone>(a: S, b: S) {
     }
     assert_eq!(b.load_event("evt_for_a").await.unwrap(), None);
     assert_eq!(b.load_account(&AccountId::parse("acct_A").unwrap()).await.unwrap(), None);
-    assert!(b.list_accounts(None).await.unwrap().is_empty());
+    assert!(
+        b.list_accounts(&shared::store::AccountQuery { limit: 100, ..Default::default() })
+            .await
+            .unwrap()
+            .accounts
+            .is_empty()
+    );
     assert_eq!(service_a.handle(Some(&headers[0]), &body).await.status, 200);
     assert!(a.load_account(&AccountId::parse("acct_A").unwrap()).await.unwrap().is_some());
     // A's data now exists; B still sees none of it.
-    assert!(b.list_accounts(None).await.unwrap().is_empty());
+    assert!(
+        b.list_accounts(&shared::store::AccountQuery { limit: 100, ..Default::default() })
+            .await
+            .unwrap()
+            .accounts
+            .is_empty()
+    );
     assert_eq!(b.load_event("evt_for_a").await.unwrap(), None);
 }
 
@@ -433,7 +445,14 @@ async fn a_live_deployment_ignores_test_events_and_an_unset_one_takes_both() {
     let service = WebhookService::with_clock(store.clone(), &live_only, FixedClock(NOW));
     let (header, body) = signed(&account_updated("evt_test", "acct_A", NOW - 5, true, &[]), NOW);
     assert!(service.handle(Some(&header), &body).await.body.contains("livemode_mismatch"));
-    assert!(store.list_accounts(None).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_accounts(&shared::store::AccountQuery { limit: 100, ..Default::default() })
+            .await
+            .unwrap()
+            .accounts
+            .is_empty()
+    );
     let either = pipeline(sqlite_store());
     let mut live = account_updated("evt_live", "acct_B", NOW - 5, true, &[]);
     live["livemode"] = json!(true);
@@ -520,7 +539,14 @@ async fn a_chunked_body_streaming_past_the_limit_is_cut_off_with_413() {
     // buffers beyond it, never send the whole gibibyte.
     let bound = MAX_BODY_BYTES + socket_buffers_max();
     assert!(streamed.written < bound, "{} bytes sent, bound {bound}", streamed.written);
-    assert!(store.list_accounts(None).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_accounts(&shared::store::AccountQuery { limit: 100, ..Default::default() })
+            .await
+            .unwrap()
+            .accounts
+            .is_empty()
+    );
     println!("chunked: 413 after the client sent {} bytes of {TOTAL} (bound {bound})", streamed.written);
 }
 
@@ -571,7 +597,14 @@ async fn a_declared_length_under_the_limit_reads_only_that_much() {
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("signature_mismatch"), "{answer}");
-    assert!(store.list_accounts(None).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_accounts(&shared::store::AccountQuery { limit: 100, ..Default::default() })
+            .await
+            .unwrap()
+            .accounts
+            .is_empty()
+    );
 }
 
 /// The Lambda front door gets the body already read by API Gateway (at most 10 MB) and Lambda (at
@@ -589,5 +622,12 @@ async fn the_pipeline_refuses_an_oversized_body_even_when_correctly_signed() {
     assert_eq!(reply.status, 413, "{}", reply.body);
     assert!(reply.body.contains("body_too_large"));
     assert_eq!(store.load_event("evt_big").await.unwrap(), None);
-    assert!(store.list_accounts(None).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_accounts(&shared::store::AccountQuery { limit: 100, ..Default::default() })
+            .await
+            .unwrap()
+            .accounts
+            .is_empty()
+    );
 }

@@ -51,6 +51,7 @@ fn finished(step: &StepRef) -> Step {
         netted: 0,
         sent_at: Some(NOW),
         unresolved: None,
+        requested: None,
     }
 }
 

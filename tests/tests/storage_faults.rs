@@ -442,6 +442,7 @@ async fn slow_but_answering_storage_is_cut_off_at_the_deadline() {
             netted: 0,
             sent_at: Some(NOW - 60),
             unresolved: None,
+            requested: None,
         })
         .collect();
     assert_eq!(

@@ -55,6 +55,7 @@ async fn transfer_for_step(
         destination,
         source_transaction: Some("ch_1Source"),
         transfer_group: Some(group),
+        description: None,
         metadata: &[(STEP_METADATA, step_id)],
     };
     client.create_transfer(&params, key).await
@@ -772,4 +773,549 @@ async fn the_api_key_never_appears_in_debug_or_in_any_error() {
         assert!(!error.to_string().contains(SECRET), "{error}");
         assert!(!format!("{error:?}").contains(SECRET));
     }
+}
+
+// Onboarding: accounts with controller properties, Account Links, Account Sessions, login links.
+
+use serde_json::json;
+use shared::stripe::onboarding::{
+    AccountLink, CreateAccount, CreateAccountLink, REFERENCE_METADATA, form_params,
+};
+
+const RETURN_URL: &str = "https://platform.example/onboarded";
+const REFRESH_URL: &str = "https://platform.example/onboarding/refresh?token=t1";
+
+async fn onboarding_stub() -> (StripeStub, StripeClient) {
+    let stub = StripeStub::start().await;
+    let client = StripeClient::new(stub.client_config()).unwrap();
+    (stub, client)
+}
+
+/// An Express account for `reference`: the platform pays fees and bears losses, Stripe collects
+/// requirements.
+fn express<'a>(metadata: &'a [(&'a str, &'a str)]) -> CreateAccount<'a> {
+    CreateAccount {
+        country: "US",
+        email: Some("seller@example.com"),
+        dashboard: "express",
+        fees_payer: Some("application"),
+        losses_payer: Some("application"),
+        requirement_collection: Some("stripe"),
+        capabilities: &["card_payments", "transfers"],
+        metadata,
+    }
+}
+
+/// An account without a Stripe-hosted dashboard whose requirements the platform collects.
+fn platform_collected<'a>(metadata: &'a [(&'a str, &'a str)]) -> CreateAccount<'a> {
+    CreateAccount {
+        dashboard: "none",
+        requirement_collection: Some("application"),
+        capabilities: &["transfers"],
+        ..express(metadata)
+    }
+}
+
+/// Creates `account` and parses its id.
+async fn created(client: &StripeClient, account: &CreateAccount<'_>, key: &str) -> AccountId {
+    let raw = client.create_account(account, key).await.unwrap();
+    acct(raw["id"].as_str().unwrap())
+}
+
+fn link<'a>(account: &'a AccountId, link_type: &'a str, collect: Option<&'a str>) -> CreateAccountLink<'a> {
+    CreateAccountLink { account, link_type, return_url: RETURN_URL, refresh_url: REFRESH_URL, collect }
+}
+
+/// A form POST of `body` to `path` at the stub with the test key, and its status and JSON body.
+async fn post_raw(stub: &StripeStub, path: &str, body: &str, key: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", stub.base_url()))
+        .bearer_auth(STUB_API_KEY)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("Idempotency-Key", key)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_str(&response.text().await.unwrap()).unwrap())
+}
+
+fn pairs(request: &ReceivedRequest) -> Vec<(&str, &str)> {
+    request.form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// The refusal's status, code and message, or a panic naming what came back instead.
+fn refusal(error: &StripeError) -> (u16, Option<&str>, &str) {
+    match error {
+        StripeError::Refused { status, code, message, .. } => (*status, code.as_deref(), message.as_str()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn create_account_sends_controller_properties_and_gets_an_account_still_to_onboard() {
+    let (stub, client) = onboarding_stub().await;
+    let metadata = [(REFERENCE_METADATA, "seller-1")];
+    let raw = client.create_account(&express(&metadata), "k-acct-1").await.unwrap();
+
+    let received = stub.received();
+    assert_eq!(received.len(), 1);
+    let request = &received[0];
+    assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", "/v1/accounts"));
+    assert_eq!(request.idempotency_key.as_deref(), Some("k-acct-1"));
+    assert_eq!(request.stripe_version.as_deref(), Some(STRIPE_VERSION));
+    assert_eq!(request.stripe_account, None);
+    assert_eq!(request.content_type.as_deref(), Some("application/x-www-form-urlencoded"));
+    assert_eq!(
+        pairs(request),
+        [
+            ("country", "US"),
+            ("email", "seller@example.com"),
+            ("controller[stripe_dashboard][type]", "express"),
+            ("controller[fees][payer]", "application"),
+            ("controller[losses][payments]", "application"),
+            ("controller[requirement_collection]", "stripe"),
+            ("capabilities[card_payments][requested]", "true"),
+            ("capabilities[transfers][requested]", "true"),
+            ("metadata[connect_flow_reference]", "seller-1"),
+        ]
+    );
+
+    let id = raw["id"].as_str().unwrap();
+    assert!(AccountId::parse(id).is_some(), "{id}");
+    assert_eq!(raw["object"], "account");
+    assert_eq!(raw["type"], "express");
+    assert_eq!(raw["country"], "US");
+    assert_eq!(raw["email"], "seller@example.com");
+    assert_eq!(raw["created"], STUB_START_TIME);
+    assert_eq!(raw["metadata"][REFERENCE_METADATA], "seller-1");
+    assert_eq!(raw["controller"]["stripe_dashboard"]["type"], "express");
+    assert_eq!(raw["controller"]["fees"]["payer"], "application");
+    assert_eq!(raw["controller"]["losses"]["payments"], "application");
+    assert_eq!(raw["controller"]["requirement_collection"], "stripe");
+    assert_eq!(raw["capabilities"], json!({"card_payments": "inactive", "transfers": "inactive"}));
+    assert_eq!(
+        (&raw["details_submitted"], &raw["charges_enabled"], &raw["payouts_enabled"]),
+        (&json!(false), &json!(false), &json!(false))
+    );
+    assert!(raw["requirements"]["currently_due"].as_array().is_some_and(|due| !due.is_empty()));
+
+    let accounts = stub.created_accounts();
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(accounts[0].id, id);
+    assert_eq!(accounts[0].capabilities, ["card_payments", "transfers"]);
+
+    // Retrieval shows the same account; once onboarded (the stub's `add_account`), it is enabled.
+    let a = acct(id);
+    assert_eq!(client.retrieve_account(&a).await.unwrap(), raw);
+    stub.add_account(id, true, true);
+    let onboarded = client.retrieve_account(&a).await.unwrap();
+    assert_eq!(onboarded["capabilities"]["transfers"], "active");
+    assert_eq!((&onboarded["charges_enabled"], &onboarded["payouts_enabled"]), (&json!(true), &json!(true)));
+    assert_eq!(onboarded["requirements"]["currently_due"], json!([]));
+}
+
+#[tokio::test]
+async fn create_account_leaves_out_what_is_not_given_and_stripe_applies_its_defaults() {
+    let (stub, client) = onboarding_stub().await;
+    let account = CreateAccount {
+        country: "FR",
+        email: None,
+        dashboard: "full",
+        fees_payer: None,
+        losses_payer: None,
+        requirement_collection: None,
+        capabilities: &[],
+        metadata: &[],
+    };
+    let raw = client.create_account(&account, "k-defaults").await.unwrap();
+    assert_eq!(
+        pairs(&stub.received()[0]),
+        [("country", "FR"), ("controller[stripe_dashboard][type]", "full")]
+    );
+    assert_eq!(raw["controller"]["fees"]["payer"], "account");
+    assert_eq!(raw["controller"]["losses"]["payments"], "stripe");
+    assert_eq!(raw["controller"]["requirement_collection"], "stripe");
+    assert_eq!(raw["type"], "standard");
+    assert_eq!(raw["email"], Value::Null);
+    assert_eq!(raw["capabilities"], json!({}));
+
+    let custom = client.create_account(&platform_collected(&[]), "k-custom").await.unwrap();
+    assert_eq!(custom["type"], "custom");
+}
+
+#[tokio::test]
+async fn the_same_account_key_replays_the_same_account_and_other_parameters_are_a_mismatch() {
+    let (stub, client) = onboarding_stub().await;
+    let metadata = [(REFERENCE_METADATA, "seller-1")];
+    let first = client.create_account(&express(&metadata), "k-acct").await.unwrap();
+    let again = client.create_account(&express(&metadata), "k-acct").await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(stub.created_accounts().len(), 1);
+
+    let other = CreateAccount { country: "GB", ..express(&metadata) };
+    let error = client.create_account(&other, "k-acct").await.unwrap_err();
+    assert!(matches!(error, StripeError::IdempotencyMismatch { .. }), "{error:?}");
+    assert_eq!(stub.created_accounts().len(), 1);
+
+    let second = client.create_account(&express(&metadata), "k-acct-2").await.unwrap();
+    assert_ne!(second["id"], first["id"]);
+    assert_eq!(stub.created_accounts().len(), 2);
+}
+
+#[tokio::test]
+async fn an_account_create_answered_500_is_replayed_and_found_by_its_reference() {
+    let (stub, client) = onboarding_stub().await;
+    let metadata = [(REFERENCE_METADATA, "seller-500")];
+    stub.inject("/v1/accounts", Fault::ServerErrorAfterCreate);
+    let error = client.create_account(&express(&metadata), "k-500").await.unwrap_err();
+    assert_eq!((error.is_retryable(), error.status()), (true, Some(500)));
+    let accounts = stub.created_accounts();
+    assert_eq!(accounts.len(), 1, "the account exists although the answer was 500");
+
+    // The same key replays the 500, so only the lookup settles it.
+    let replayed = client.create_account(&express(&metadata), "k-500").await.unwrap_err();
+    assert_eq!(replayed, error);
+    assert_eq!(stub.created_accounts(), accounts);
+    let before = stub.received().len();
+    let found = client.find_account_by_reference("seller-500", STUB_START_TIME).await.unwrap();
+    let found = found.expect("the account the 500 hid exists");
+    assert_eq!(found["id"], accounts[0].id.as_str());
+    assert_eq!(found["controller"]["stripe_dashboard"]["type"], "express");
+    let lookup = received_since(&stub, before);
+    assert_eq!(lookup.len(), 1);
+    assert_eq!((lookup[0].method.as_str(), lookup[0].path.as_str()), ("GET", "/v1/accounts"));
+    assert_eq!(lookup[0].query.as_deref(), Some("created%5Bgte%5D=1750000000&limit=100"));
+    assert_eq!(lookup[0].idempotency_key, None);
+
+    assert_eq!(client.find_account_by_reference("seller-other", STUB_START_TIME).await.unwrap(), None);
+    // An account created before the window is not looked at.
+    assert_eq!(client.find_account_by_reference("seller-500", STUB_START_TIME + 1).await.unwrap(), None);
+
+    // A 500 before anything was created leaves nothing to find.
+    stub.inject("/v1/accounts", Fault::ServerErrorBeforeCreate);
+    let metadata = [(REFERENCE_METADATA, "seller-never")];
+    assert!(client.create_account(&express(&metadata), "k-500-b").await.unwrap_err().is_retryable());
+    assert_eq!(stub.created_accounts().len(), 1);
+    assert_eq!(client.find_account_by_reference("seller-never", STUB_START_TIME).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn find_account_by_reference_pages_newest_first_and_gives_up_after_ten_pages() {
+    let (stub, client) = onboarding_stub().await;
+    let mut ids = Vec::new();
+    for i in 0..1001 {
+        let reference = format!("seller-{i}");
+        let metadata = [(REFERENCE_METADATA, reference.as_str())];
+        let account = CreateAccount { capabilities: &[], ..express(&metadata) };
+        ids.push(created(&client, &account, &format!("k-{i}")).await);
+    }
+    // The 901st newest is on page ten: found; the oldest would be on page eleven.
+    let before = stub.received().len();
+    let found = client.find_account_by_reference("seller-100", STUB_START_TIME).await.unwrap();
+    assert_eq!(found.map(|a| a["id"].clone()), Some(json!(ids[100].as_str())));
+    let pages = received_since(&stub, before);
+    assert_eq!(pages.len(), 10);
+    let second = format!("created%5Bgte%5D={STUB_START_TIME}&limit=100&starting_after={}", ids[901].as_str());
+    assert_eq!(pages[1].query.as_deref(), Some(second.as_str()));
+
+    let error = client.find_account_by_reference("seller-0", STUB_START_TIME).await.unwrap_err();
+    assert!(error.is_retryable(), "{error:?}");
+    assert!(matches!(
+        client.find_account_by_reference("", STUB_START_TIME).await,
+        Err(StripeError::Config(_))
+    ));
+}
+
+#[tokio::test]
+async fn account_validation_refusals_are_stripe_s_and_leave_the_key_free() {
+    let (stub, client) = onboarding_stub().await;
+    let metadata = [(REFERENCE_METADATA, "seller-1")];
+    let bad_dashboard = CreateAccount { dashboard: "mobile", ..express(&metadata) };
+    let error = client.create_account(&bad_dashboard, "k-bad").await.unwrap_err();
+    let (status, code, message) = refusal(&error);
+    assert_eq!((status, code), (400, None));
+    assert!(message.contains("controller[stripe_dashboard][type]"), "{message}");
+    // A refused create saved nothing under its key: the corrected request creates the account.
+    client.create_account(&express(&metadata), "k-bad").await.unwrap();
+    assert_eq!(stub.created_accounts().len(), 1);
+
+    let no_capabilities = CreateAccount { capabilities: &[], ..platform_collected(&[]) };
+    let error = client.create_account(&no_capabilities, "k-nocap").await.unwrap_err();
+    assert_eq!(refusal(&error).0, 400);
+    assert_eq!(error.code(), Some("parameter_missing"));
+    let unknown = CreateAccount { capabilities: &["telepathy_payments"], ..express(&[]) };
+    let error = client.create_account(&unknown, "k-unknown").await.unwrap_err();
+    assert_eq!(error.code(), Some("parameter_unknown"));
+    let bad_fees = CreateAccount { fees_payer: Some("nobody"), ..express(&[]) };
+    assert_eq!(refusal(&client.create_account(&bad_fees, "k-fees").await.unwrap_err()).0, 400);
+    assert_eq!(stub.created_accounts().len(), 1);
+
+    // Stripe's error names the parameter; a missing country is the platform's own.
+    let (status, body) = post_raw(&stub, "/v1/accounts", "country=usa", "k-raw-1").await;
+    assert_eq!(
+        (status, &body["error"]["type"], &body["error"]["param"]),
+        (400, &json!("invalid_request_error"), &json!("country"))
+    );
+    let (status, body) =
+        post_raw(&stub, "/v1/accounts", "controller%5Bstripe_dashboard%5D%5Btype%5D=mobile", "k-raw-2").await;
+    assert_eq!((status, &body["error"]["param"]), (400, &json!("controller[stripe_dashboard][type]")));
+    let (status, body) = post_raw(&stub, "/v1/accounts", "", "k-raw-3").await;
+    assert_eq!((status, &body["country"], &body["type"]), (200, &json!("US"), &json!("standard")));
+}
+
+#[tokio::test]
+async fn account_links_carry_their_parameters_and_expire_in_five_minutes() {
+    let (stub, client) = onboarding_stub().await;
+    let a = created(&client, &express(&[]), "k-acct").await;
+    stub.advance(60);
+    let before = stub.received().len();
+    let AccountLink { url, expires_at } = client
+        .create_account_link(&link(&a, "account_onboarding", Some("eventually_due")), "k-link")
+        .await
+        .unwrap();
+
+    let request = &received_since(&stub, before)[0];
+    assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", "/v1/account_links"));
+    assert_eq!(request.idempotency_key.as_deref(), Some("k-link"));
+    assert_eq!(
+        pairs(request),
+        [
+            ("account", a.as_str()),
+            ("type", "account_onboarding"),
+            ("return_url", RETURN_URL),
+            ("refresh_url", REFRESH_URL),
+            ("collection_options[fields]", "eventually_due"),
+        ]
+    );
+    assert!(url.starts_with("https://connect.stripe.com/setup/s/"), "{url}");
+    assert_eq!(expires_at, STUB_START_TIME + 60 + 300);
+    let links = stub.account_links();
+    assert_eq!(links.len(), 1);
+    assert_eq!((links[0].url.as_str(), links[0].collect.as_deref()), (url.as_str(), Some("eventually_due")));
+    assert_eq!((links[0].return_url.as_str(), links[0].refresh_url.as_str()), (RETURN_URL, REFRESH_URL));
+
+    // The same key replays the same link; a new key is a new, different link.
+    let same = link(&a, "account_onboarding", Some("eventually_due"));
+    assert_eq!(client.create_account_link(&same, "k-link").await.unwrap().url, url);
+    assert_eq!(stub.account_links().len(), 1);
+    let fresh = client.create_account_link(&link(&a, "account_onboarding", None), "k-link-2").await.unwrap();
+    assert_ne!(fresh.url, url);
+    assert!(!pairs(stub.received().last().unwrap()).iter().any(|(k, _)| k.starts_with("collection_options")));
+
+    // The platform collects this one's requirements and it has no dashboard: it may be updated.
+    let custom = created(&client, &platform_collected(&[]), "k-custom").await;
+    client.create_account_link(&link(&custom, "account_update", None), "k-update").await.unwrap();
+    assert_eq!(stub.account_links().len(), 3);
+}
+
+#[tokio::test]
+async fn account_link_refusals_come_back_as_stripe_answers_them() {
+    let (stub, client) = onboarding_stub().await;
+    let a = created(&client, &express(&[]), "k-acct").await;
+
+    // Stripe collects this account's requirements: it refuses `account_update`.
+    let error = client.create_account_link(&link(&a, "account_update", None), "k-update").await.unwrap_err();
+    let (status, code, message) = refusal(&error);
+    assert_eq!((status, code), (400, None));
+    assert_eq!(message, r#"Invalid type: must be one of ["account_onboarding"]"#);
+    let standard = CreateAccount { dashboard: "full", fees_payer: None, losses_payer: None, ..express(&[]) };
+    let full = created(&client, &standard, "k-full").await;
+    assert!(client.create_account_link(&link(&full, "account_update", None), "k-update-2").await.is_err());
+
+    let ghost = acct("acct_1Ghost");
+    let error =
+        client.create_account_link(&link(&ghost, "account_onboarding", None), "k-ghost").await.unwrap_err();
+    assert_eq!((refusal(&error).0, error.code()), (400, Some("resource_missing")));
+    assert_eq!(refusal(&error).2, "No such account: 'acct_1Ghost'");
+    let error = client.create_account_link(&link(&a, "account_renewal", None), "k-type").await.unwrap_err();
+    assert_eq!(refusal(&error).0, 400);
+    let error = client.create_account_link(&link(&a, "account_onboarding", Some("all")), "k-collect").await;
+    assert_eq!(refusal(&error.unwrap_err()).0, 400);
+    let bad_url =
+        CreateAccountLink { return_url: "platform.example", ..link(&a, "account_onboarding", None) };
+    let error = client.create_account_link(&bad_url, "k-url").await.unwrap_err();
+    assert_eq!(error.code(), Some("url_invalid"));
+
+    for (missing, body) in [
+        ("return_url", format!("account={a}&type=account_onboarding&refresh_url=https%3A%2F%2Fx")),
+        ("refresh_url", format!("account={a}&type=account_onboarding&return_url=https%3A%2F%2Fx")),
+        (
+            "account",
+            "type=account_onboarding&return_url=https%3A%2F%2Fx&refresh_url=https%3A%2F%2Fx".to_owned(),
+        ),
+    ] {
+        let (status, reply) = post_raw(&stub, "/v1/account_links", &body, &format!("k-{missing}")).await;
+        assert_eq!(status, 400, "{missing}");
+        assert_eq!(reply["error"]["code"], "parameter_missing", "{missing}");
+        assert_eq!(reply["error"]["param"], missing);
+    }
+    assert!(stub.account_links().is_empty());
+
+    // A revoked account is refused before anything runs, as for every other call.
+    stub.revoke_account_access(a.as_str());
+    let error =
+        client.create_account_link(&link(&a, "account_onboarding", None), "k-revoked").await.unwrap_err();
+    assert!(error.refused_account_access(), "{error:?}");
+}
+
+#[tokio::test]
+async fn account_sessions_flatten_components_and_keep_the_secret_out_of_debug() {
+    let (stub, client) = onboarding_stub().await;
+    let a = created(&client, &express(&[]), "k-acct").await;
+    let components = json!({
+        "payments": {"enabled": true, "features": {"refund_management": true, "dispute_management": false}},
+        "account_onboarding": {"enabled": true},
+    });
+    let before = stub.received().len();
+    let session = client.create_account_session(&a, &components, "k-session").await.unwrap();
+
+    let request = &received_since(&stub, before)[0];
+    assert_eq!(request.path, "/v1/account_sessions");
+    assert_eq!(request.idempotency_key.as_deref(), Some("k-session"));
+    let mut form = pairs(request);
+    form.sort_unstable();
+    assert_eq!(
+        form,
+        [
+            ("account", a.as_str()),
+            ("components[account_onboarding][enabled]", "true"),
+            ("components[payments][enabled]", "true"),
+            ("components[payments][features][dispute_management]", "false"),
+            ("components[payments][features][refund_management]", "true"),
+        ]
+    );
+    let sessions = stub.account_sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].components, components, "the stub rebuilt the same components");
+    assert_eq!(session.client_secret.expose(), sessions[0].client_secret);
+    assert!(session.client_secret.expose().starts_with(&format!("{a}_secret_")));
+    assert_eq!(session.expires_at, STUB_START_TIME + 1800);
+    let debug = format!("{session:?}");
+    assert!(!debug.contains(session.client_secret.expose()), "{debug}");
+    assert!(debug.contains("ClientSecret(<redacted>)"), "{debug}");
+
+    // Replayed under its key: the same secret; a new key, a new one.
+    let replayed = client.create_account_session(&a, &components, "k-session").await.unwrap();
+    assert_eq!(replayed, session);
+    let fresh = client.create_account_session(&a, &components, "k-session-2").await.unwrap();
+    assert_ne!(fresh.client_secret, session.client_secret);
+
+    let error =
+        client.create_account_session(&acct("acct_1Ghost"), &components, "k-ghost").await.unwrap_err();
+    assert_eq!((refusal(&error).0, error.code()), (400, Some("resource_missing")));
+    let unknown = json!({"crystal_ball": {"enabled": true}});
+    let error = client.create_account_session(&a, &unknown, "k-unknown").await.unwrap_err();
+    assert_eq!(error.code(), Some("parameter_unknown"));
+    let error = client
+        .create_account_session(
+            &a,
+            &json!({"payments": {"features": {"refund_management": true}}}),
+            "k-no-enabled",
+        )
+        .await;
+    assert_eq!(error.unwrap_err().code(), Some("parameter_missing"));
+    assert_eq!(stub.account_sessions().len(), 2);
+}
+
+#[tokio::test]
+async fn calls_the_client_refuses_never_reach_stripe() {
+    let (stub, client) = onboarding_stub().await;
+    let a = acct("acct_1Anyone");
+    for components in [json!({"payments": {"enabled": null}}), json!(["payments"]), json!({"a[b]": true})] {
+        let error = client.create_account_session(&a, &components, "k").await.unwrap_err();
+        assert!(matches!(error, StripeError::Config(_)), "{components}: {error:?}");
+    }
+    let bracketed = CreateAccount { capabilities: &["transfers][x"], ..express(&[]) };
+    assert!(matches!(client.create_account(&bracketed, "k").await, Err(StripeError::Config(_))));
+    let bad_key = CreateAccount { metadata: &[("a]", "b")], ..express(&[]) };
+    assert!(matches!(client.create_account(&bad_key, "k").await, Err(StripeError::Config(_))));
+    assert!(matches!(client.create_login_link(&a, "").await, Err(StripeError::Config(_))));
+    let onboarding = link(&a, "account_onboarding", None);
+    assert!(matches!(client.create_account_link(&onboarding, "bad\nkey").await, Err(StripeError::Config(_))));
+    assert!(stub.received().is_empty(), "{:#?}", stub.received());
+}
+
+#[test]
+fn form_params_flatten_nested_objects_arrays_and_scalars() {
+    let value = json!({
+        "payments": {"enabled": true, "features": {"refund_management": true}},
+        "payouts": {"enabled": false, "limit": 25, "ratio": 0.5, "label": "a b&c"},
+        "list": [1, {"x": "y"}],
+    });
+    let mut params = form_params("components", &value).unwrap();
+    params.sort_unstable();
+    let expected = [
+        ("components[list][0]", "1"),
+        ("components[list][1][x]", "y"),
+        ("components[payments][enabled]", "true"),
+        ("components[payments][features][refund_management]", "true"),
+        ("components[payouts][enabled]", "false"),
+        ("components[payouts][label]", "a b&c"),
+        ("components[payouts][limit]", "25"),
+        ("components[payouts][ratio]", "0.5"),
+    ];
+    assert_eq!(params, expected.map(|(k, v)| (k.to_owned(), v.to_owned())));
+    assert!(form_params("components", &json!({})).unwrap().is_empty());
+    assert!(matches!(form_params("components", &json!({"a": [null]})), Err(StripeError::Config(_))));
+}
+
+#[tokio::test]
+async fn login_links_are_for_express_dashboards_only() {
+    let (stub, client) = onboarding_stub().await;
+    let a = created(&client, &express(&[]), "k-acct").await;
+    let before = stub.received().len();
+    let login = client.create_login_link(&a, "k-login").await.unwrap();
+    assert!(login.url.starts_with(&format!("https://connect.stripe.com/express/{a}/")), "{}", login.url);
+    let request = &received_since(&stub, before)[0];
+    assert_eq!(request.path, format!("/v1/accounts/{a}/login_links"));
+    assert_eq!((request.idempotency_key.as_deref(), request.form.is_empty()), (Some("k-login"), true));
+    assert_eq!(stub.login_links().len(), 1);
+    assert_eq!(stub.login_links()[0].account, a.as_str());
+
+    for dashboard in ["full", "none"] {
+        let account = CreateAccount { dashboard, ..platform_collected(&[]) };
+        let other = created(&client, &account, &format!("k-{dashboard}")).await;
+        let error = client.create_login_link(&other, &format!("k-login-{dashboard}")).await.unwrap_err();
+        let (status, code, message) = refusal(&error);
+        assert_eq!((status, code), (400, None), "{dashboard}");
+        assert_eq!(
+            message,
+            format!("Cannot create an edit link for the account {other}, which is not an Express account.")
+        );
+    }
+    let error = client.create_login_link(&acct("acct_1Ghost"), "k-ghost").await.unwrap_err();
+    assert_eq!((refusal(&error).0, error.code()), (404, Some("resource_missing")));
+    assert_eq!(stub.login_links().len(), 1);
+}
+
+#[tokio::test]
+async fn the_account_list_is_stripe_shaped() {
+    let (stub, client) = onboarding_stub().await;
+    let first = created(&client, &express(&[]), "k-1").await;
+    stub.advance(10);
+    let second = created(&client, &express(&[]), "k-2").await;
+    stub.advance(10);
+    let third = created(&client, &express(&[]), "k-3").await;
+
+    let (status, page) = get_raw(&stub, "/v1/accounts?limit=2", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&page["object"], &page["url"], &page["has_more"]),
+        (&json!("list"), &json!("/v1/accounts"), &json!(true))
+    );
+    let ids =
+        |page: &Value| page["data"].as_array().unwrap().iter().map(|a| a["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&page), [json!(third.as_str()), json!(second.as_str())]);
+    let (_, next) = get_raw(&stub, &format!("/v1/accounts?limit=2&starting_after={second}"), None).await;
+    assert_eq!((ids(&next), &next["has_more"]), (vec![json!(first.as_str())], &json!(false)));
+    let from = STUB_START_TIME + 10;
+    let (_, recent) = get_raw(&stub, &format!("/v1/accounts?created%5Bgte%5D={from}"), None).await;
+    assert_eq!(ids(&recent), [json!(third.as_str()), json!(second.as_str())]);
+    let (status, refused) = get_raw(&stub, "/v1/accounts?email=x", None).await;
+    assert_eq!((status, &refused["error"]["code"]), (400, &json!("parameter_unknown")));
+    // Retrieval of one still answers for accounts only added to the stub.
+    stub.add_account(A, true, false);
+    assert_eq!(client.retrieve_account(&acct(A)).await.unwrap()["capabilities"]["transfers"], "active");
 }

@@ -3,7 +3,10 @@
 //! function is built, triggered and fed by its queue the way the workers' code relies on. The
 //! sweeper runs on a schedule through a role that may only invoke it, with only the table and queue
 //! rights the sweep uses, on the index the store queries; and every alarm on the functions' own
-//! metrics watches a dimension set the code publishes.
+//! metrics watches a dimension set the code publishes. Every route of the HTTP API but the webhook
+//! and the onboarding refresh link needs SigV4; the platform API may use only its table, its two
+//! step queues and its two secrets; the notifier reads only inserted change items from the table's
+//! stream and may put events only on the stack's change bus.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -34,8 +37,13 @@ fn template() -> Yaml {
     documents.remove(0)
 }
 
+/// This package: its binaries (the cold-start benchmark) run the functions' bootstraps, whatever
+/// its dependencies, and are never functions themselves.
+const TESTS_PACKAGE: &str = "integration-tests";
+
 /// Every binary of the workspace, each with whether its package depends on a Lambda runtime crate
-/// (a plain dependency: the CLI uses `lambda_http` only in its tests, and is not a function).
+/// (a plain dependency: the CLI uses `lambda_http` only in its tests, and is not a function). The
+/// binaries of this test package are left out.
 fn workspace_binaries() -> BTreeMap<String, bool> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
@@ -47,6 +55,9 @@ fn workspace_binaries() -> BTreeMap<String, bool> {
     let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
     let mut binaries = BTreeMap::new();
     for package in metadata["packages"].as_array().expect("metadata lists packages") {
+        if package["name"] == TESTS_PACKAGE {
+            continue;
+        }
         let is_lambda = package["dependencies"]
             .as_array()
             .expect("a package lists its dependencies")
@@ -255,12 +266,14 @@ fn every_function_without_a_route_is_fed_by_a_fifo_queue_with_partial_batch_fail
     let template = template();
     let mappings = resources_of_type(&template, "AWS::Lambda::EventSourceMapping");
     let scheduled = scheduled_functions(&template);
+    let (notifier, _) = function_building(&template, "notifier");
     for (id, function) in resources_of_type(&template, "AWS::Serverless::Function") {
         let events = function["Properties"]["Events"].as_hash();
         let has_route =
             events.into_iter().flatten().any(|(_, event)| event["Type"].as_str() == Some("HttpApi"));
-        // A scheduled function is checked by the_sweeper_runs_on_a_schedule_…, below.
-        if has_route || scheduled.contains(id) {
+        // A scheduled function is checked by the_sweeper_runs_on_a_schedule_…, the stream-fed
+        // notifier by the_notifier_reads_inserted_change_items_…, below.
+        if has_route || scheduled.contains(id) || id == notifier {
             continue;
         }
         let sam_sqs_event =
@@ -316,7 +329,7 @@ fn no_secret_value_is_in_the_template() {
         for (name, _) in variables {
             let name = name.as_str().unwrap_or_default();
             assert!(
-                !["STRIPE_WEBHOOK_SECRETS", "STRIPE_API_KEY"].contains(&name),
+                !["STRIPE_WEBHOOK_SECRETS", "STRIPE_API_KEY", "CONNECT_FLOW_LINK_SECRET"].contains(&name),
                 "{id} sets {name}: pass the secret's ARN and let the code read it"
             );
         }
@@ -666,4 +679,453 @@ fn a_refused_event_raises_an_alarm() {
     assert_eq!(properties["ComparisonOperator"].as_str(), Some("GreaterThanThreshold"), "{id}");
     assert_eq!(properties["EvaluationPeriods"].as_i64(), Some(1), "{id}");
     assert_eq!(properties["TreatMissingData"].as_str(), Some("notBreaching"), "{id}: no events, no alarm");
+}
+
+/// One route of the HTTP API, as a SAM `HttpApi` event of a function declares it.
+struct Route<'a> {
+    function: &'a str,
+    /// `METHOD /path`, as API Gateway names the route.
+    key: String,
+    properties: &'a Yaml,
+}
+
+/// Every route the template's functions declare.
+fn http_routes(template: &Yaml) -> Vec<Route<'_>> {
+    let mut routes = Vec::new();
+    for (id, function) in resources_of_type(template, "AWS::Serverless::Function") {
+        for (_, event) in function["Properties"]["Events"].as_hash().into_iter().flatten() {
+            if event["Type"].as_str() != Some("HttpApi") {
+                continue;
+            }
+            let properties = &event["Properties"];
+            let method =
+                properties["Method"].as_str().unwrap_or_else(|| panic!("{id}: a route without a Method"));
+            let path = properties["Path"].as_str().unwrap_or_else(|| panic!("{id}: a route without a Path"));
+            routes.push(Route {
+                function: id,
+                key: format!("{} {path}", method.to_ascii_uppercase()),
+                properties,
+            });
+        }
+    }
+    routes
+}
+
+/// The routes anyone may call without SigV4: Stripe's webhook deliveries (Stripe signs them, the
+/// webhook checks the signature) and the onboarding refresh link a seller's browser follows (it
+/// carries an HMAC token the platform API checks). Every other route needs `execute-api:Invoke`.
+const UNAUTHENTICATED_ROUTES: [&str; 2] = ["POST /webhooks/stripe", "GET /onboarding/refresh"];
+
+/// The platform API's routes (DESIGN.md, "Platform API").
+const PLATFORM_API_ROUTES: [&str; 12] = [
+    "POST /accounts",
+    "GET /accounts",
+    "GET /accounts/{id}",
+    "GET /accounts/{id}/steps",
+    "POST /accounts/{id}/onboarding_link",
+    "POST /accounts/{id}/session",
+    "POST /accounts/{id}/login_link",
+    "POST /transfers",
+    "POST /payouts",
+    "GET /changes",
+    "GET /healthz",
+    "GET /onboarding/refresh",
+];
+
+/// Every route states its authorizer: `AWS_IAM`, or `NONE` for exactly the two routes that must be
+/// open, so a new route added without a thought for its auth fails here. The API's default is
+/// `AWS_IAM` too, so such a route would deploy closed rather than open; and there is no other way
+/// into a function (another API, a function URL, routes in an OpenAPI body) that this test would
+/// not see.
+#[test]
+fn every_route_but_the_webhook_and_the_refresh_link_needs_sigv4() {
+    let template = template();
+    let api = &template["Resources"]["HttpApi"];
+    assert_eq!(api["Type"].as_str(), Some("AWS::Serverless::HttpApi"));
+    let auth = &api["Properties"]["Auth"];
+    assert_eq!(
+        auth["EnableIamAuthorizer"].as_bool(),
+        Some(true),
+        "HttpApi: SAM's built-in AWS_IAM authorizer"
+    );
+    assert_eq!(
+        auth["DefaultAuthorizer"].as_str(),
+        Some("AWS_IAM"),
+        "HttpApi: a route that names no authorizer is closed, not open"
+    );
+    assert!(auth["Authorizers"].is_badvalue(), "HttpApi: an authorizer this test does not check");
+    assert!(
+        api["Properties"]["DefinitionBody"].is_badvalue() && api["Properties"]["DefinitionUri"].is_badvalue(),
+        "HttpApi: routes come from the functions' events alone, which this test reads"
+    );
+    for other in [
+        "AWS::Serverless::Api",
+        "AWS::ApiGateway::RestApi",
+        "AWS::ApiGatewayV2::Api",
+        "AWS::ApiGatewayV2::Route",
+        "AWS::Lambda::Url",
+    ] {
+        let found: Vec<&str> = resources_of_type(&template, other).into_iter().map(|(id, _)| id).collect();
+        assert!(found.is_empty(), "{other}: a way in this test does not check: {found:?}");
+    }
+    for (id, function) in resources_of_type(&template, "AWS::Serverless::Function") {
+        assert!(
+            function["Properties"]["FunctionUrlConfig"].is_badvalue(),
+            "{id}: a function URL skips the API"
+        );
+        for (name, event) in function["Properties"]["Events"].as_hash().into_iter().flatten() {
+            assert_eq!(
+                event["Type"].as_str(),
+                Some("HttpApi"),
+                "{id}: event {name:?} is not a route of the HttpApi"
+            );
+        }
+    }
+
+    let routes = http_routes(&template);
+    assert!(routes.len() > UNAUTHENTICATED_ROUTES.len(), "the template declares {} routes", routes.len());
+    let mut keys = BTreeSet::new();
+    let mut open = BTreeSet::new();
+    for route in &routes {
+        let key = route.key.as_str();
+        let function = route.function;
+        assert!(keys.insert(key), "{key} is declared twice");
+        assert_eq!(
+            route.properties["ApiId"].as_str(),
+            Some("HttpApi"),
+            "{key} ({function}): on the stack's HttpApi, not on an implicit API SAM would create"
+        );
+        let authorizer = route.properties["Auth"]["Authorizer"].as_str().unwrap_or_else(|| {
+            panic!(
+                "{key} ({function}) states no Auth.Authorizer: AWS_IAM, or NONE for a route anyone may call"
+            )
+        });
+        match authorizer {
+            "AWS_IAM" => {}
+            "NONE" => {
+                open.insert(key);
+            }
+            other => panic!("{key} ({function}): authorizer {other}"),
+        }
+    }
+    assert_eq!(open, BTreeSet::from(UNAUTHENTICATED_ROUTES), "the routes callable without SigV4");
+}
+
+/// The platform API serves exactly its routes, on the settings the code reads: the table and step
+/// queues every function shares, the livemode the webhook acts on, the two secrets by ARN, and the
+/// optional public URL and accounts API version from parameters (never the API's own URL, which
+/// would make the function and its routes depend on each other).
+#[test]
+fn the_platform_api_serves_its_routes_and_finds_its_settings() {
+    let template = template();
+    let (platform, function) = function_building(&template, "platform-api");
+    let routes = http_routes(&template);
+    let served: BTreeSet<&str> =
+        routes.iter().filter(|route| route.function == platform).map(|route| route.key.as_str()).collect();
+    assert_eq!(served, BTreeSet::from(PLATFORM_API_ROUTES), "{platform}'s routes");
+    for route in routes.iter().filter(|route| route.function == platform) {
+        assert_eq!(route.properties["PayloadFormatVersion"].as_str(), Some("2.0"), "{}", route.key);
+    }
+
+    let variables = &function["Properties"]["Environment"]["Variables"];
+    for (name, value) in [
+        (shared::config::TABLE_NAME, "Table"),
+        (shared::store::sqs::TRANSFERS_QUEUE_URL, "TransfersQueue"),
+        (shared::store::sqs::PAYOUTS_QUEUE_URL, "PayoutsQueue"),
+        (shared::config::API_KEY_SECRET_ARN, "StripeApiKeySecretArn"),
+        ("CONNECT_FLOW_LINK_SECRET_ARN", "LinkSecretArn"),
+        ("CONNECT_FLOW_PUBLIC_URL", "PublicUrl"),
+        ("CONNECT_FLOW_ACCOUNTS_API", "AccountsApi"),
+    ] {
+        assert_eq!(variables[name].as_str(), Some(value), "{platform}: {name}");
+    }
+    let (_, webhook) = function_building(&template, "webhook");
+    let livemode = &variables[shared::config::LIVEMODE];
+    assert!(!livemode.is_badvalue(), "{platform} sets {}", shared::config::LIVEMODE);
+    assert_eq!(
+        livemode,
+        &webhook["Properties"]["Environment"]["Variables"][shared::config::LIVEMODE],
+        "{platform} acts on the livemode the webhook acts on"
+    );
+    for (name, value) in variables.as_hash().expect("the platform API's variables") {
+        assert!(
+            !format!("{value:?}").contains("HttpApi"),
+            "{platform}: {name:?} refers to the HttpApi: a cycle"
+        );
+    }
+
+    let parameters = &template["Parameters"];
+    assert_eq!(
+        parameters["LinkSecretArn"]["AllowedPattern"], parameters["StripeApiKeySecretArn"]["AllowedPattern"],
+        "LinkSecretArn is a Secrets Manager ARN"
+    );
+    assert!(parameters["LinkSecretArn"]["Default"].is_badvalue(), "LinkSecretArn: no default key");
+    assert_eq!(parameters["PublicUrl"]["Default"].as_str(), Some(""), "PublicUrl is optional");
+    assert_eq!(parameters["AccountsApi"]["Default"].as_str(), Some("v1"));
+    assert_eq!(strings(&parameters["AccountsApi"]["AllowedValues"]), ["v1", "v2"]);
+    assert_eq!(function_property(&template, function, "Timeout").as_i64(), Some(10), "{platform}: Timeout");
+}
+
+/// The platform API may call exactly what its routes need on the table (items, the change feed)
+/// and on the two indexes it queries, send to the two step queues, and read its two secrets.
+#[test]
+fn the_platform_api_may_only_use_the_table_its_step_queues_and_its_two_secrets() {
+    let template = template();
+    let (platform, function) = function_building(&template, "platform-api");
+    assert_eq!(
+        function_grants(platform, function),
+        pairs(&[
+            ("dynamodb:GetItem", "Table.Arn"),
+            ("dynamodb:PutItem", "Table.Arn"),
+            ("dynamodb:UpdateItem", "Table.Arn"),
+            ("dynamodb:Query", "Table.Arn"),
+            ("dynamodb:Query", "${Table.Arn}/index/steps_by_destination"),
+            ("dynamodb:Query", "${Table.Arn}/index/accounts_by_status"),
+            ("sqs:SendMessage", "TransfersQueue.Arn"),
+            ("sqs:SendMessage", "PayoutsQueue.Arn"),
+            ("secretsmanager:GetSecretValue", "StripeApiKeySecretArn"),
+            ("secretsmanager:GetSecretValue", "LinkSecretArn"),
+        ]),
+        "{platform}'s policy"
+    );
+}
+
+/// No function may use a wildcard action or resource, but for the one the stream poller needs:
+/// `dynamodb:ListStreams`, which has no resource-level permissions, granted to the notifier alone.
+#[test]
+fn no_function_is_granted_a_wildcard() {
+    let template = template();
+    let (notifier, _) = function_building(&template, "notifier");
+    for (id, function) in resources_of_type(&template, "AWS::Serverless::Function") {
+        for (action, resource) in function_grants(id, function) {
+            assert!(!action.contains('*'), "{id}: {action}");
+            let list_streams = id == notifier && action == "dynamodb:ListStreams" && resource == "*";
+            assert!(list_streams || !resource.contains('*'), "{id}: {action} on {resource}");
+        }
+    }
+}
+
+/// The notifier may read the table's stream (what Lambda's poller calls), put events on the
+/// stack's own change bus, and send failed batches to its dead-letter queue: nothing else. It
+/// finds the bus by name, and has no SAM event (a `DynamoDB` event would attach a managed policy
+/// that reads every stream in the account).
+#[test]
+fn the_notifier_may_only_read_the_stream_and_put_events_on_its_own_bus() {
+    let template = template();
+    let (notifier, function) = function_building(&template, "notifier");
+    assert_eq!(
+        function_grants(notifier, function),
+        pairs(&[
+            ("dynamodb:DescribeStream", "Table.StreamArn"),
+            ("dynamodb:GetRecords", "Table.StreamArn"),
+            ("dynamodb:GetShardIterator", "Table.StreamArn"),
+            ("dynamodb:ListStreams", "*"),
+            ("events:PutEvents", "ChangesBus.Arn"),
+            ("sqs:SendMessage", "NotifierDeadLetterQueue.Arn"),
+        ]),
+        "{notifier}'s policy"
+    );
+    assert!(
+        function["Properties"]["Events"].is_badvalue(),
+        "{notifier}: SAM events add triggers and policies"
+    );
+    let bus = &template["Resources"]["ChangesBus"];
+    assert_eq!(bus["Type"].as_str(), Some("AWS::Events::EventBus"));
+    assert_eq!(
+        bus["Properties"]["Name"].as_str(),
+        Some("${AWS::StackName}-changes"),
+        "the bus is the stack's"
+    );
+    assert_eq!(
+        function["Properties"]["Environment"]["Variables"]["CONNECT_FLOW_EVENT_BUS"].as_str(),
+        Some("ChangesBus"),
+        "{notifier}: CONNECT_FLOW_EVENT_BUS is the bus's name"
+    );
+}
+
+/// The notifier is fed by the table's stream, which carries the new image of each item, through
+/// one event source mapping that lets only inserted change items (`pk` starting `FEED#`) through,
+/// reports partial batch failures, splits a failing batch, and gives up on a record after ten
+/// retries or a day into an encrypted standard queue kept 14 days.
+#[test]
+fn the_notifier_reads_inserted_change_items_from_the_table_stream() {
+    let template = template();
+    let (notifier, _) = function_building(&template, "notifier");
+    let table = &template["Resources"]["Table"]["Properties"];
+    assert_eq!(
+        table["StreamSpecification"]["StreamViewType"].as_str(),
+        Some("NEW_IMAGE"),
+        "the notifier publishes the change item as written"
+    );
+    let mappings: Vec<_> = resources_of_type(&template, "AWS::Lambda::EventSourceMapping")
+        .into_iter()
+        .filter(|(_, mapping)| referenced_id(&mapping["Properties"]["FunctionName"]) == Some(notifier))
+        .collect();
+    assert_eq!(mappings.len(), 1, "{notifier} has one event source mapping");
+    let (mapping_id, mapping) = mappings[0];
+    let properties = &mapping["Properties"];
+    assert_eq!(properties["EventSourceArn"].as_str(), Some("Table.StreamArn"), "{mapping_id}");
+    assert_eq!(properties["StartingPosition"].as_str(), Some("TRIM_HORIZON"), "{mapping_id}");
+    assert_eq!(properties["BatchSize"].as_i64(), Some(100), "{mapping_id}");
+    assert_eq!(properties["MaximumBatchingWindowInSeconds"].as_i64(), Some(1), "{mapping_id}");
+    assert_eq!(
+        properties["FunctionResponseTypes"].as_vec().map(Vec::as_slice),
+        Some(&[Yaml::String("ReportBatchItemFailures".into())][..]),
+        "{mapping_id}: without ReportBatchItemFailures Lambda retries a batch whatever the notifier answers"
+    );
+    assert_eq!(properties["BisectBatchOnFunctionError"].as_bool(), Some(true), "{mapping_id}");
+    assert_eq!(properties["MaximumRetryAttempts"].as_i64(), Some(10), "{mapping_id}");
+    assert_eq!(properties["MaximumRecordAgeInSeconds"].as_i64(), Some(86400), "{mapping_id}");
+
+    let filters = properties["FilterCriteria"]["Filters"].as_vec().expect("the mapping filters the stream");
+    assert_eq!(filters.len(), 1, "{mapping_id}: one filter (filters are OR-ed)");
+    let pattern: Value = serde_json::from_str(filters[0]["Pattern"].as_str().expect("a filter pattern"))
+        .expect("the pattern is JSON");
+    assert_eq!(
+        pattern,
+        serde_json::json!({"eventName": ["INSERT"], "dynamodb": {"Keys": {"pk": {"S": [{"prefix": "FEED#"}]}}}}),
+        "{mapping_id}: inserted change items only"
+    );
+
+    let queue_id = referenced_id(&properties["DestinationConfig"]["OnFailure"]["Destination"])
+        .expect("failed batches go to a queue of the template");
+    assert_eq!(queue_id, "NotifierDeadLetterQueue", "{mapping_id}'s on-failure destination");
+    let queue = &template["Resources"][queue_id];
+    assert_eq!(queue["Type"].as_str(), Some("AWS::SQS::Queue"), "{queue_id}");
+    let queue = &queue["Properties"];
+    assert!(
+        queue["FifoQueue"].as_bool() != Some(true),
+        "{queue_id}: a stream's on-failure destination is a standard queue"
+    );
+    assert_eq!(queue["MessageRetentionPeriod"].as_i64(), Some(1_209_600), "{queue_id}: 14 days");
+    assert_eq!(queue["SqsManagedSseEnabled"].as_bool(), Some(true), "{queue_id} is encrypted");
+}
+
+/// Every dead-letter queue (a queue's redrive target, or an event source mapping's on-failure
+/// destination) raises an alarm at its first message, and every function no caller waits on (fed
+/// by a queue, a stream or a schedule) raises one when an invocation fails.
+#[test]
+fn every_dead_letter_queue_and_every_background_function_raises_an_alarm() {
+    let template = template();
+    let alarms = resources_of_type(&template, "AWS::CloudWatch::Alarm");
+    let alarmed = |namespace: &str, metric: &str, dimension: &str, value: &str| {
+        alarms.iter().any(|(_, alarm)| {
+            let properties = &alarm["Properties"];
+            properties["Namespace"].as_str() == Some(namespace)
+                && properties["MetricName"].as_str() == Some(metric)
+                && properties["Threshold"].as_i64() == Some(0)
+                && properties["ComparisonOperator"].as_str() == Some("GreaterThanThreshold")
+                && properties["Dimensions"].as_vec().is_some_and(|dimensions| {
+                    dimensions.len() == 1
+                        && dimensions[0]["Name"].as_str() == Some(dimension)
+                        && dimensions[0]["Value"].as_str() == Some(value)
+                })
+        })
+    };
+
+    let mut dead_letter_queues = BTreeSet::new();
+    for (_, queue) in resources_of_type(&template, "AWS::SQS::Queue") {
+        dead_letter_queues
+            .extend(referenced_id(&queue["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]));
+    }
+    for (_, mapping) in resources_of_type(&template, "AWS::Lambda::EventSourceMapping") {
+        dead_letter_queues
+            .extend(referenced_id(&mapping["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]));
+    }
+    assert_eq!(
+        dead_letter_queues,
+        BTreeSet::from(["TransfersDeadLetterQueue", "PayoutsDeadLetterQueue", "NotifierDeadLetterQueue"]),
+        "the dead-letter queues"
+    );
+    for queue in dead_letter_queues {
+        assert!(
+            alarmed(
+                "AWS/SQS",
+                "ApproximateNumberOfMessagesVisible",
+                "QueueName",
+                &format!("{queue}.QueueName")
+            ),
+            "no alarm on a message in {queue}"
+        );
+    }
+
+    let routed: BTreeSet<&str> = http_routes(&template).into_iter().map(|route| route.function).collect();
+    for (id, _) in resources_of_type(&template, "AWS::Serverless::Function") {
+        if !routed.contains(id) {
+            assert!(alarmed("AWS/Lambda", "Errors", "FunctionName", id), "no alarm on {id}'s Errors");
+        }
+    }
+}
+
+/// A key schema, as (attribute, key type) pairs.
+fn key_schema(schema: &Yaml) -> Vec<(String, String)> {
+    schema
+        .as_vec()
+        .expect("a key schema")
+        .iter()
+        .map(|key| {
+            (key["AttributeName"].as_str().unwrap().to_owned(), key["KeyType"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// GET /accounts?status=S queries the `accounts_by_status` index, keyed by the attributes the store
+/// writes on an account (`onboarding_status`, `account_id`, both strings) with whole items
+/// projected, next to the indexes the table had already.
+#[test]
+fn the_table_has_the_accounts_by_status_index() {
+    let template = template();
+    let table = &template["Resources"]["Table"]["Properties"];
+    let (hash, range) = (store_constant("ONBOARDING_STATUS"), store_constant("ACCOUNT_ID"));
+    assert_eq!((hash.as_str(), range.as_str()), ("onboarding_status", "account_id"));
+    let defined: BTreeMap<&str, &str> = table["AttributeDefinitions"]
+        .as_vec()
+        .expect("attribute definitions")
+        .iter()
+        .map(|attribute| {
+            (attribute["AttributeName"].as_str().unwrap(), attribute["AttributeType"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(defined.get(hash.as_str()), Some(&"S"), "{hash} is a string: the onboarding status");
+    assert_eq!(defined.get(range.as_str()), Some(&"S"), "{range} is a string: acct_…");
+
+    let indexes = table["GlobalSecondaryIndexes"].as_vec().expect("the table's indexes");
+    let names: BTreeSet<&str> =
+        indexes.iter().map(|index| index["IndexName"].as_str().expect("a name")).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["steps_by_destination", "open_steps", "accounts_by_status"]),
+        "the indexes"
+    );
+    let index = indexes
+        .iter()
+        .find(|index| index["IndexName"].as_str() == Some("accounts_by_status"))
+        .expect("the accounts_by_status index");
+    assert_eq!(
+        key_schema(&index["KeySchema"]),
+        [(hash, "HASH".to_owned()), (range, "RANGE".to_owned())],
+        "accounts_by_status's keys"
+    );
+    assert_eq!(index["Projection"]["ProjectionType"].as_str(), Some("ALL"), "the store reads whole accounts");
+}
+
+/// The stack tells its operators where the platform API is (and that it wants SigV4) and which
+/// bus the change feed is on.
+#[test]
+fn the_outputs_give_the_platform_api_url_and_the_change_bus() {
+    let template = template();
+    let outputs = &template["Outputs"];
+    let url = &outputs["PlatformApiUrl"];
+    assert_eq!(
+        url["Value"].as_str(),
+        Some("https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}"),
+        "PlatformApiUrl is the HttpApi's base URL"
+    );
+    let description = url["Description"].as_str().expect("PlatformApiUrl has a description");
+    assert!(
+        description.contains("SigV4") && description.contains("execute-api:Invoke"),
+        "PlatformApiUrl's description says how to call it: {description}"
+    );
+    assert_eq!(outputs["ChangesBusArn"]["Value"].as_str(), Some("ChangesBus.Arn"));
+    assert_eq!(outputs["ChangesBusName"]["Value"].as_str(), Some("ChangesBus"));
 }

@@ -24,8 +24,11 @@ use integration_tests::stripe_stub::{Fault, StripeStub};
 use integration_tests::{NOW, account_updated, pipeline, signed};
 use proptest::prelude::*;
 use serde_json::Value;
-use shared::domain::account::{AccountId, AccountState, OnboardingStatus};
+use shared::domain::account::{AccountId, AccountState};
+use shared::domain::change::Change;
+use shared::domain::reference::{ReferenceKind, ReferenceRecord};
 use shared::domain::step::{Step, StepKind, StepRef, StepStatus, UnresolvedCall};
+use shared::store::{AccountPage, AccountQuery, ChangePage, PlatformWrite};
 use shared::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use shared::stripe::client::{STRIPE_VERSION, StripeClient, StripeClientConfig};
 use shared::stripe::signature::FixedClock;
@@ -118,13 +121,13 @@ impl<S: AccountStore> AccountStore for CrashingStore<S> {
         self.inner.load_step(step).await
     }
 
-    async fn update_step(&self, step: &Step) -> Result<CommitOutcome, StoreError> {
+    async fn update_step(&self, step: &Step, changes: &[Change]) -> Result<CommitOutcome, StoreError> {
         let crash = self.schedule.lock().unwrap().pop_front().unwrap_or(Crash::No);
         match crash {
-            Crash::No => self.inner.update_step(step).await,
+            Crash::No => self.inner.update_step(step, changes).await,
             Crash::BeforeWrite => Err(self.crash("before")),
             Crash::AfterWrite => {
-                self.inner.update_step(step).await?;
+                self.inner.update_step(step, changes).await?;
                 Err(self.crash("after"))
             }
         }
@@ -138,8 +141,29 @@ impl<S: AccountStore> AccountStore for CrashingStore<S> {
         self.inner.load_event(event_id).await
     }
 
-    async fn list_accounts(&self, status: Option<OnboardingStatus>) -> Result<Vec<AccountState>, StoreError> {
-        self.inner.list_accounts(status).await
+    async fn list_accounts(&self, query: &AccountQuery<'_>) -> Result<AccountPage, StoreError> {
+        self.inner.list_accounts(query).await
+    }
+
+    async fn commit_platform(&self, write: &PlatformWrite<'_>) -> Result<CommitOutcome, StoreError> {
+        self.inner.commit_platform(write).await
+    }
+
+    async fn load_reference(
+        &self,
+        kind: ReferenceKind,
+        reference: &str,
+    ) -> Result<Option<ReferenceRecord>, StoreError> {
+        self.inner.load_reference(kind, reference).await
+    }
+
+    async fn list_changes(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        now: i64,
+    ) -> Result<Option<ChangePage>, StoreError> {
+        self.inner.list_changes(after, limit, now).await
     }
 }
 

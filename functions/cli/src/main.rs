@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use connect_flow::envelope::{EnvelopeKind, lambda_envelope};
 use connect_flow::{bench, commands, server};
 use shared::config::{WEBHOOK_SECRETS, WebhookSettings};
+use shared::platform::{PlatformApi, PlatformSettings};
 use shared::store::StepQueue;
 use shared::store::sqlite::SqliteStore;
 use shared::stripe::client::{API_KEY_VAR, StripeClient, StripeClientConfig};
@@ -105,20 +106,28 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 .with_context(|| format!("opening {}", db.display()))?;
             let listener =
                 tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
-            tracing::info!(addr = %listener.local_addr()?, db = %db.display(), "serving POST /webhooks/stripe");
+            tracing::info!(addr = %listener.local_addr()?, db = %db.display(), "serving POST /webhooks/stripe and the platform API");
             let queue: Arc<dyn StepQueue> = Arc::new(store.clone());
-            match std::env::var(API_KEY_VAR) {
+            let stripe = match std::env::var(API_KEY_VAR) {
                 Ok(_) => {
                     let stripe = StripeClient::new(StripeClientConfig::from_env()?)?;
-                    let worker = StepWorker::new(store.clone(), stripe);
+                    let worker = StepWorker::new(store.clone(), stripe.clone());
                     tokio::spawn(server::run_workers(worker, async {
                         let _ = tokio::signal::ctrl_c().await;
                     }));
+                    Some(stripe)
                 }
-                Err(_) => tracing::warn!("{API_KEY_VAR} is not set: planned steps stay queued until it is"),
-            }
+                Err(_) => {
+                    tracing::warn!("{API_KEY_VAR} is not set: planned steps stay queued until it is");
+                    None
+                }
+            };
+            let platform_settings = PlatformSettings::from_lookup(|name| std::env::var(name).ok());
+            let platform =
+                PlatformApi::new(store.clone(), stripe, platform_settings).with_queue(Arc::clone(&queue));
             let service = Arc::new(WebhookService::new(store, &settings).with_queue(queue));
-            server::serve(listener, service, async {
+            let app = server::App::new(service, platform, std::env::var(shared::platform::API_TOKEN).ok());
+            server::serve_app(listener, app, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;

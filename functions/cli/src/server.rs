@@ -1,43 +1,94 @@
-//! `connect-flow serve`: the webhook and the read API over HTTP, on the embedded store.
+//! `connect-flow serve`: the webhook and the platform API over HTTP, on the embedded store.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::json;
-use shared::domain::account::{AccountId, OnboardingStatus};
-use shared::store::AccountStore;
+use axum::routing::post;
+use shared::platform::{
+    ApiError, ApiReply, ApiRequest, MAX_BODY_BYTES as API_BODY_BYTES, PlatformApi, PlatformSettings,
+    is_public_route,
+};
 use shared::store::sqlite::SqliteStore;
 use shared::webhook::{MAX_BODY_BYTES, Reply, WebhookService};
 use shared::worker::StepWorker;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 type Service = Arc<WebhookService<SqliteStore>>;
 
-/// The HTTP routes of DESIGN.md over one pipeline.
-pub fn router(service: Service) -> Router {
-    Router::new()
-        .route("/webhooks/stripe", post(receive_webhook))
-        .route("/accounts", get(list_accounts))
-        .route("/accounts/{id}", get(get_account))
-        .route("/accounts/{id}/steps", get(get_steps))
-        .route("/healthz", get(health))
-        .with_state(service)
+/// Everything `serve` answers: the webhook pipeline and the platform API, on one store.
+#[derive(Clone)]
+pub struct App {
+    webhook: Service,
+    platform: Arc<PlatformApi<SqliteStore>>,
+    api_token: Option<String>,
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+impl App {
+    /// The webhook and the platform API, the latter behind `api_token` when one is given.
+    pub fn new(webhook: Service, platform: PlatformApi<SqliteStore>, api_token: Option<String>) -> Self {
+        let api_token = api_token.map(|token| token.trim().to_owned()).filter(|token| !token.is_empty());
+        Self { webhook, platform: Arc::new(platform), api_token }
+    }
+
+    /// The webhook, and the platform API's read routes without Stripe or a token: for tests and
+    /// local reads on loopback.
+    pub fn read_only(webhook: Service) -> Self {
+        let platform = PlatformApi::new(webhook.store().clone(), None, PlatformSettings::default());
+        Self::new(webhook, platform, None)
+    }
+}
+
+#[derive(Clone)]
+struct Routes {
+    app: App,
+    /// Whether platform calls without a token are answered: only when no token is configured
+    /// and the listener is on a loopback address.
+    open_without_token: bool,
+    base_url: String,
+}
+
+/// The HTTP routes of DESIGN.md over one pipeline.
+fn router(app: App, local: SocketAddr) -> Router {
+    let open_without_token = app.api_token.is_none() && local.ip().is_loopback();
+    let routes = Routes { app, open_without_token, base_url: format!("http://{local}") };
+    Router::new().route("/webhooks/stripe", post(receive_webhook)).fallback(platform_call).with_state(routes)
+}
+
+/// Serves the webhook and the read-only platform API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     service: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service)).with_graceful_shutdown(shutdown).await
+    serve_app(listener, App::read_only(service), shutdown).await
+}
+
+/// Serves `app` on `listener` until `shutdown` completes.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    if app.api_token.is_none() {
+        if local.ip().is_loopback() {
+            tracing::warn!(
+                "CONNECT_FLOW_API_TOKEN is not set: the platform API answers without a token, on loopback only"
+            );
+        } else {
+            tracing::warn!(
+                "CONNECT_FLOW_API_TOKEN is not set and {local} is not loopback: platform routes answer 401"
+            );
+        }
+    }
+    axum::serve(listener, router(app, local)).with_graceful_shutdown(shutdown).await
 }
 
 fn reply(reply: Reply) -> Response {
@@ -45,84 +96,74 @@ fn reply(reply: Reply) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], reply.body).into_response()
 }
 
-fn error(status: StatusCode, kind: &str, message: &str) -> Response {
-    (status, axum::Json(json!({ "error": kind, "message": message }))).into_response()
+fn api_reply(reply: ApiReply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, [(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response();
+    if let Some(location) = reply.location.and_then(|location| location.parse().ok()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
-async fn receive_webhook(State(service): State<Service>, headers: HeaderMap, body: Body) -> Response {
-    let declared_length = headers
+/// The declared length is over `limit`: refused before anything is read.
+fn declared_over(headers: &HeaderMap, limit: usize) -> bool {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<usize>().ok());
-    if declared_length.is_some_and(|length| length > MAX_BODY_BYTES) {
+        .and_then(|value| value.parse::<usize>().ok())
+        .is_some_and(|length| length > limit)
+}
+
+async fn receive_webhook(State(routes): State<Routes>, headers: HeaderMap, body: Body) -> Response {
+    if declared_over(&headers, MAX_BODY_BYTES) {
         return reply(Reply::body_too_large());
     }
     // Reading stops at the limit, so a body without a truthful length is never buffered whole.
     let Ok(body) = to_bytes(body, MAX_BODY_BYTES).await else { return reply(Reply::body_too_large()) };
     let signature = headers.get("stripe-signature").and_then(|value| value.to_str().ok());
-    reply(service.handle(signature, &body).await)
+    reply(routes.app.webhook.handle(signature, &body).await)
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    status: Option<String>,
+/// Whether the request carries `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
 }
 
-async fn list_accounts(State(service): State<Service>, Query(query): Query<ListQuery>) -> Response {
-    let status = match query.status.as_deref() {
-        None => None,
-        Some(name) => match OnboardingStatus::parse(name) {
-            Some(status) => Some(status),
-            None => return error(StatusCode::BAD_REQUEST, "unknown_status", "no such onboarding status"),
-        },
+/// Every route but the webhook: authenticated before anything else, then the platform API.
+async fn platform_call(
+    State(routes): State<Routes>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let path = uri.path();
+    let authenticated = match &routes.app.api_token {
+        Some(token) => bearer_matches(&headers, token),
+        None => routes.open_without_token,
     };
-    match service.store().list_accounts(status).await {
-        Ok(accounts) => axum::Json(accounts).into_response(),
-        Err(store_error) => storage_error(&store_error),
+    if !authenticated && !is_public_route(method.as_str(), path) {
+        return api_reply(ApiError::Unauthenticated.reply());
     }
-}
-
-async fn get_account(State(service): State<Service>, Path(id): Path<String>) -> Response {
-    let Some(account_id) = AccountId::parse(&id) else { return account_not_found() };
-    match service.store().load_account(&account_id).await {
-        Ok(Some(account)) => axum::Json(account).into_response(),
-        Ok(None) => account_not_found(),
-        Err(store_error) => storage_error(&store_error),
+    if declared_over(&headers, API_BODY_BYTES) {
+        return api_reply(ApiError::BodyTooLarge.reply());
     }
-}
-
-/// An account's fund-flow steps; 404 for an account never seen, as for `GET /accounts/{id}`.
-async fn get_steps(State(service): State<Service>, Path(id): Path<String>) -> Response {
-    let Some(account_id) = AccountId::parse(&id) else { return account_not_found() };
-    let store = service.store();
-    let steps = match store.load_account_steps(&account_id).await {
-        Ok(steps) => steps,
-        Err(store_error) => return storage_error(&store_error),
+    let Ok(body) = to_bytes(body, API_BODY_BYTES).await else {
+        return api_reply(ApiError::BodyTooLarge.reply());
     };
-    if steps.is_empty() {
-        match store.load_account(&account_id).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return account_not_found(),
-            Err(store_error) => return storage_error(&store_error),
-        }
-    }
-    axum::Json(steps).into_response()
-}
-
-async fn health(State(service): State<Service>) -> Response {
-    match service.store().ping() {
-        Ok(()) => axum::Json(json!({ "status": "ok" })).into_response(),
-        Err(store_error) => storage_error(&store_error),
-    }
-}
-
-fn account_not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "account_not_found", "no events have been received for this account")
-}
-
-fn storage_error(store_error: &shared::store::StoreError) -> Response {
-    tracing::error!(error = %store_error, "read failed");
-    error(StatusCode::INTERNAL_SERVER_ERROR, "storage_unavailable", "the store could not be read")
+    let request = ApiRequest {
+        method: method.as_str(),
+        path,
+        query: uri.query().unwrap_or_default(),
+        body: &body,
+        base_url: &routes.base_url,
+    };
+    api_reply(routes.app.platform.handle(&request).await)
 }
 
 /// How often the in-process workers look for steps that became visible again.

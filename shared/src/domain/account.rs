@@ -149,6 +149,9 @@ pub struct PayoutFailure {
     pub failure_code: String,
     /// The event's `created`.
     pub failed_at: i64,
+    /// The payout step Connect Flow planned it as, when it was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
 }
 
 /// The `created` time of the newest event applied to each independently ordered part of an
@@ -211,12 +214,20 @@ pub struct AccountState {
     pub last_event_created: i64,
     /// Per-part ordering guards.
     pub ordering: OrderingGuards,
+    /// The platform's reference, for an account created through `POST /accounts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     /// Bumped by every stored change; the store's conditional write checks it.
     #[serde(default)]
     pub version: u64,
 }
 
 impl AccountState {
+    /// An account nothing is known about yet.
+    pub fn new(account_id: AccountId) -> Self {
+        Self::empty(account_id)
+    }
+
     fn empty(account_id: AccountId) -> Self {
         Self {
             account_id,
@@ -236,6 +247,7 @@ impl AccountState {
             last_event_id: String::new(),
             last_event_created: i64::MIN,
             ordering: OrderingGuards::default(),
+            reference: None,
             version: 0,
         }
     }

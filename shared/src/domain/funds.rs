@@ -697,7 +697,9 @@ pub fn plan_payouts(
                     && step.currency.eq_ignore_ascii_case(currency)
             })
             .collect();
-        if open.iter().any(|step| step.may_have_been_sent()) {
+        // A payout the platform asked for is the platform's to decide: a balance neither
+        // supersedes it nor pays out beside it, which would spend the same balance twice.
+        if open.iter().any(|step| step.may_have_been_sent() || step.requested.is_some()) {
             continue;
         }
         let step_id = format!("po:{}:{event_id}:{currency}", balance.account);

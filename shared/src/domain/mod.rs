@@ -1,5 +1,7 @@
 //! Pure domain logic: no I/O.
 
 pub mod account;
+pub mod change;
 pub mod funds;
+pub mod reference;
 pub mod step;

@@ -117,6 +117,23 @@ pub struct Step {
     /// How the last call under the current attempt ended without a definite answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unresolved: Option<UnresolvedCall>,
+    /// The platform's request, for a step asked for through the platform API rather than planned
+    /// from an event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<PlatformRequest>,
+}
+
+/// A step the platform asked for (`POST /transfers`, `POST /payouts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformRequest {
+    /// The caller's reference.
+    pub reference: String,
+    /// A transfer's `description`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A payout's `method`: `standard` or `instant`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 fn is_zero(value: &i64) -> bool {
@@ -212,6 +229,7 @@ impl Step {
             netted: 0,
             sent_at: None,
             unresolved: None,
+            requested: None,
         }
     }
 

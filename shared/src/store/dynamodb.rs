@@ -3,8 +3,10 @@
 //! Items: an account is `pk = ACCT#<account_id>`, `sk = STATE`; an event record is
 //! `pk = EVT#<event_id>`, `sk = EVENT`, expired by the TTL attribute `expires_at`; a payment's
 //! guard is `pk = PAY#<payment_key>`, `sk = PAYMENT`, beside its steps (`sk = STEP#<step_id>`); a
-//! payout step lives under its account. Two indexes: `steps_by_destination` (an account's steps)
-//! and the sparse `open_steps` (steps not yet final, for the sweep).
+//! payout step lives under its account. A platform reference is `pk = REF#<kind>#<reference>`,
+//! `sk = REF`. A change is `pk = FEED#<yyyy-mm-dd>`, `sk = <cursor>`, which the table's stream
+//! hands to the notifier. Three indexes: `steps_by_destination` (an account's steps), the sparse
+//! `open_steps` (steps not yet final, for the sweep) and `accounts_by_status` (the listing).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,13 +21,18 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::builders::PutBuilder;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CancellationReason, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TimeToLiveSpecification,
-    TransactWriteItem,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, StreamSpecification,
+    StreamViewType, TimeToLiveSpecification, TransactWriteItem,
 };
 
-use super::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, PaymentState, StoreError};
+use super::{
+    AccountPage, AccountQuery, AccountStore, CHANGE_RETENTION_SECS, ChangePage, CommitOutcome, EventOutcome,
+    EventRecord, EventWrite, MAX_PAGE, PaymentState, PlatformWrite, StoreError,
+};
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+use crate::domain::change::Change;
 use crate::domain::funds::PaymentRecord;
+use crate::domain::reference::{ReferenceKind, ReferenceRecord};
 use crate::domain::step::{Step, StepRef, StepStatus};
 
 type Item = HashMap<String, AttributeValue>;
@@ -53,6 +60,20 @@ const PAYMENT_RECORD: &str = "record";
 const OPEN_STEPS: &str = "open_steps";
 const OPEN_STATUS: &str = "open_status";
 const UPDATED_AT: &str = "updated_at";
+
+/// The listing index: keys `onboarding_status` and `account_id`, on account items only.
+const ACCOUNTS_BY_STATUS: &str = "accounts_by_status";
+const REFERENCE_PREFIX: &str = "REF#";
+const REFERENCE_SK: &str = "REF";
+const REFERENCE_RECORD: &str = "record";
+const FEED_PREFIX: &str = "FEED#";
+const CHANGE: &str = "change";
+
+/// How long after its `at` a change may still be committing: the longest any writer's DynamoDB
+/// operation can take after it stamps the change (the webhook's 5 s deadline, a worker's 5 s
+/// operation timeout), with margin. The feed lists a change only once this has passed, so that a
+/// consumer's cursor never moves past a change still being written with an earlier cursor.
+pub const FEED_SETTLE_SECS: i64 = 15;
 
 const VERSION: &str = "version";
 const ONBOARDING_STATUS: &str = "onboarding_status";
@@ -179,6 +200,24 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
                 .build()
                 .map_err(build_failed)?,
         )
+        .attribute_definitions(attribute(ONBOARDING_STATUS).map_err(build_failed)?)
+        .attribute_definitions(attribute(ACCOUNT_ID).map_err(build_failed)?)
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(ACCOUNTS_BY_STATUS)
+                .key_schema(key(ONBOARDING_STATUS, KeyType::Hash).map_err(build_failed)?)
+                .key_schema(key(ACCOUNT_ID, KeyType::Range).map_err(build_failed)?)
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .build()
+                .map_err(build_failed)?,
+        )
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewImage)
+                .build()
+                .map_err(build_failed)?,
+        )
         .global_secondary_indexes(
             GlobalSecondaryIndex::builder()
                 .index_name(STEPS_BY_DESTINATION)
@@ -236,7 +275,8 @@ impl AccountStore for DynamoStore {
         let only_the_record = write.account.is_none()
             && write.new_steps.is_empty()
             && write.step_updates.is_empty()
-            && write.payment.is_none();
+            && write.payment.is_none()
+            && write.changes.is_empty();
         if only_the_record {
             // Nothing but the record: a plain conditional put, at half a transaction's cost.
             let put = self
@@ -274,19 +314,12 @@ impl AccountStore for DynamoStore {
         if let Some(payment) = write.payment {
             puts.push(versioned(put(payment_item(payment)?), payment.version)?);
         }
-        let items = puts
-            .into_iter()
-            .map(|put| Ok(TransactWriteItem::builder().put(put.build().map_err(build_failed)?).build()))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let written = self.client.transact_write_items().set_transact_items(Some(items)).send().await;
-        match written {
-            Ok(_) => Ok(CommitOutcome::Committed),
-            Err(err) => match err.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
-                    self.cancelled_outcome(record, cancelled.cancellation_reasons()).await
-                }
-                _ => Err(unavailable("TransactWriteItems", &err)),
-            },
+        for change in write.changes {
+            puts.push(change_put(put(change_item(change)?)));
+        }
+        match self.transact(puts).await? {
+            None => Ok(CommitOutcome::Committed),
+            Some(reasons) => self.cancelled_outcome(record, &reasons).await,
         }
     }
 
@@ -378,7 +411,18 @@ impl AccountStore for DynamoStore {
         output.item().map(step_from_item).transpose()
     }
 
-    async fn update_step(&self, step: &Step) -> Result<CommitOutcome, StoreError> {
+    async fn update_step(&self, step: &Step, changes: &[Change]) -> Result<CommitOutcome, StoreError> {
+        if !changes.is_empty() {
+            let put = |item: Item| Put::builder().table_name(&self.table).set_item(Some(item));
+            let mut puts = vec![step_update(put(step_item(step)?), step)?];
+            for change in changes {
+                puts.push(change_put(put(change_item(change)?)));
+            }
+            return Ok(match self.transact(puts).await? {
+                None => CommitOutcome::Committed,
+                Some(_) => CommitOutcome::Conflict,
+            });
+        }
         let put = self
             .client
             .put_item()
@@ -433,31 +477,273 @@ impl AccountStore for DynamoStore {
         output.item().map(|item| event_from_item(event_id, item)).transpose()
     }
 
-    /// Scans the whole table: fine locally and in tests, too slow for a large table.
-    async fn list_accounts(&self, status: Option<OnboardingStatus>) -> Result<Vec<AccountState>, StoreError> {
-        let mut filter = "begins_with(pk, :acct) AND sk = :state".to_owned();
-        let mut scan = self
-            .client
-            .scan()
-            .table_name(&self.table)
-            .consistent_read(true)
-            .expression_attribute_values(":acct", AttributeValue::S(ACCOUNT_PREFIX.to_owned()))
-            .expression_attribute_values(":state", AttributeValue::S(ACCOUNT_SK.to_owned()));
-        if let Some(status) = status {
-            filter.push_str(" AND #status = :status");
-            scan = scan
-                .expression_attribute_names("#status", ONBOARDING_STATUS)
-                .expression_attribute_values(":status", AttributeValue::S(status.as_str().to_owned()));
-        }
-        let mut items = scan.filter_expression(filter).into_paginator().items().send();
+    /// Reads the listing index, which DynamoDB keeps eventually consistent: fine for listing. With
+    /// no status, one query per status, merged.
+    async fn list_accounts(&self, query: &AccountQuery<'_>) -> Result<AccountPage, StoreError> {
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let statuses = match query.status {
+            Some(status) => vec![status],
+            None => OnboardingStatus::ALL.to_vec(),
+        };
         let mut accounts = Vec::new();
-        while let Some(item) = items.next().await {
-            let item = item.map_err(|err| unavailable("Scan", &err))?;
-            accounts.push(account_from_item(&item)?);
+        for status in statuses {
+            accounts.extend(self.accounts_in_status(status, query.starting_after, limit + 1).await?);
         }
         accounts.sort_by(|a, b| a.account_id.cmp(&b.account_id));
-        Ok(accounts)
+        let has_more = accounts.len() > limit;
+        accounts.truncate(limit);
+        Ok(AccountPage { accounts, has_more })
     }
+
+    async fn commit_platform(&self, write: &PlatformWrite<'_>) -> Result<CommitOutcome, StoreError> {
+        let put = |item: Item| Put::builder().table_name(&self.table).set_item(Some(item));
+        let reference = write.reference;
+        let mut puts = vec![versioned(put(reference_item(reference)?), reference.version)?];
+        if let Some(state) = write.account {
+            puts.push(versioned(put(account_item(state)?), state.version)?);
+        }
+        for step in write.new_steps {
+            puts.push(put(step_item(step)?).condition_expression(NOT_YET_WRITTEN));
+        }
+        for change in write.changes {
+            puts.push(change_put(put(change_item(change)?)));
+        }
+        if puts.len() == 1 {
+            // Only the reference: a plain conditional put, at half a transaction's cost.
+            return self.put_versioned(reference_item(reference)?, reference.version).await;
+        }
+        Ok(match self.transact(puts).await? {
+            None => CommitOutcome::Committed,
+            Some(_) => CommitOutcome::Conflict,
+        })
+    }
+
+    async fn load_reference(
+        &self,
+        kind: ReferenceKind,
+        reference: &str,
+    ) -> Result<Option<ReferenceRecord>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(reference_pk(kind, reference)))
+            .key(SK, AttributeValue::S(REFERENCE_SK.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| unavailable("GetItem", &err))?;
+        output
+            .item()
+            .map(|item| {
+                serde_json::from_str(string_attr(item, REFERENCE_RECORD)?).map_err(|err| {
+                    StoreError::Corrupt(format!(
+                        "reference `{REFERENCE_RECORD}` is unreadable: {}",
+                        json_error(&err)
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// Walks the day partitions from the cursor's day to the horizon's, one consistent query each,
+    /// and lists only changes at least [`FEED_SETTLE_SECS`] old.
+    async fn list_changes(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        now: i64,
+    ) -> Result<Option<ChangePage>, StoreError> {
+        let after_at = match after {
+            None => None,
+            Some(cursor) => match feed_cursor_at(cursor) {
+                Some(at) => Some(at),
+                None => return Ok(None),
+            },
+        };
+        let limit = limit.clamp(1, MAX_PAGE);
+        let horizon = now - FEED_SETTLE_SECS;
+        let first_day = after_at.unwrap_or(now - CHANGE_RETENTION_SECS).div_euclid(DAY_SECS);
+        let last_day = horizon.div_euclid(DAY_SECS);
+        // Every cursor of a change at or before the horizon sorts below this.
+        let upper = format!("{:012}/", horizon);
+        let mut page = ChangePage { changes: Vec::new(), next: after.unwrap_or_default().to_owned() };
+        for day in first_day..=last_day {
+            let remaining = limit - page.changes.len();
+            if remaining == 0 {
+                break;
+            }
+            let lower = match after {
+                Some(cursor) if day == first_day => cursor.to_owned(),
+                _ => String::new(),
+            };
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :lower AND :upper")
+                .expression_attribute_values(":pk", AttributeValue::S(feed_pk(day)))
+                .expression_attribute_values(":lower", AttributeValue::S(format!("{lower}\u{1}")))
+                .expression_attribute_values(":upper", AttributeValue::S(upper.clone()))
+                .limit(i32::try_from(remaining).unwrap_or(1))
+                .send()
+                .await
+                .map_err(|err| unavailable("Query", &err))?;
+            for item in output.items() {
+                let change = change_from_item(item)?;
+                page.next.clone_from(&change.cursor);
+                page.changes.push(change);
+            }
+        }
+        Ok(Some(page))
+    }
+}
+
+impl DynamoStore {
+    /// Puts `item` if the stored one is at `version - 1` (or absent, for 1).
+    async fn put_versioned(&self, item: Item, version: u64) -> Result<CommitOutcome, StoreError> {
+        let put = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        let put = match version {
+            0 => return Err(StoreError::Unavailable("refusing to store an item at version 0".to_owned())),
+            1 => put.condition_expression(NOT_YET_WRITTEN),
+            version => put
+                .condition_expression("#version = :expected")
+                .expression_attribute_names("#version", VERSION)
+                .expression_attribute_values(":expected", AttributeValue::N((version - 1).to_string())),
+        };
+        match put.send().await {
+            Ok(_) => Ok(CommitOutcome::Committed),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(PutItemError::is_conditional_check_failed_exception) =>
+            {
+                Ok(CommitOutcome::Conflict)
+            }
+            Err(err) => Err(unavailable("PutItem", &err)),
+        }
+    }
+
+    /// Runs one transaction: `None` when it committed, or the cancellation reasons.
+    async fn transact(&self, puts: Vec<PutBuilder>) -> Result<Option<Vec<CancellationReason>>, StoreError> {
+        let items = puts
+            .into_iter()
+            .map(|put| Ok(TransactWriteItem::builder().put(put.build().map_err(build_failed)?).build()))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let written = self.client.transact_write_items().set_transact_items(Some(items)).send().await;
+        match written {
+            Ok(_) => Ok(None),
+            Err(err) => match err.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+                    Ok(Some(cancelled.cancellation_reasons().to_vec()))
+                }
+                _ => Err(unavailable("TransactWriteItems", &err)),
+            },
+        }
+    }
+
+    async fn accounts_in_status(
+        &self,
+        status: OnboardingStatus,
+        starting_after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<AccountState>, StoreError> {
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(ACCOUNTS_BY_STATUS)
+            .expression_attribute_names("#status", ONBOARDING_STATUS)
+            .expression_attribute_values(":status", AttributeValue::S(status.as_str().to_owned()))
+            .limit(i32::try_from(limit).unwrap_or(1));
+        query = match starting_after {
+            Some(after) => query
+                .key_condition_expression("#status = :status AND #id > :after")
+                .expression_attribute_names("#id", ACCOUNT_ID)
+                .expression_attribute_values(":after", AttributeValue::S(after.to_string())),
+            None => query.key_condition_expression("#status = :status"),
+        };
+        let output = query.send().await.map_err(|err| unavailable("Query", &err))?;
+        output.items().iter().map(account_from_item).collect()
+    }
+}
+
+const DAY_SECS: i64 = 24 * 60 * 60;
+
+/// The day partition a change at unix time `at` is stored in.
+fn feed_pk(day: i64) -> String {
+    let (year, month, day) = civil_from_days(day);
+    format!("{FEED_PREFIX}{year:04}-{month:02}-{day:02}")
+}
+
+/// Howard Hinnant's `civil_from_days`: the proleptic Gregorian date of a day count since 1970.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let month = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (era * 400 + yoe + i64::from(month <= 2), month, day)
+}
+
+/// A change's cursor: its time, zero-padded so that cursors sort by time, then its id, which is
+/// unique, so that two changes of one second are still strictly ordered.
+fn feed_cursor(change: &Change) -> String {
+    format!("{:012}.{}", change.at, change.id)
+}
+
+fn feed_cursor_at(cursor: &str) -> Option<i64> {
+    let (at, id) = cursor.split_once('.')?;
+    if at.len() != 12 || !at.bytes().all(|byte| byte.is_ascii_digit()) || id.is_empty() {
+        return None;
+    }
+    at.parse().ok()
+}
+
+fn change_item(change: &Change) -> Result<Item, StoreError> {
+    let mut change = change.clone();
+    change.cursor = feed_cursor(&change);
+    let json = serde_json::to_string(&change)
+        .map_err(|err| StoreError::Unavailable(format!("could not serialize a change: {err}")))?;
+    Ok(HashMap::from([
+        (PK.to_owned(), AttributeValue::S(feed_pk(change.at.div_euclid(DAY_SECS)))),
+        (SK.to_owned(), AttributeValue::S(change.cursor)),
+        (CHANGE.to_owned(), AttributeValue::S(json)),
+        (
+            EXPIRES_AT.to_owned(),
+            AttributeValue::N(change.at.saturating_add(CHANGE_RETENTION_SECS).to_string()),
+        ),
+    ]))
+}
+
+/// A change is written once: its id and time fix its cursor, so a second write of the same
+/// change (a retried commit of the same version) would only fail the write it belongs to.
+fn change_put(put: PutBuilder) -> PutBuilder {
+    put.condition_expression(NOT_YET_WRITTEN)
+}
+
+fn change_from_item(item: &Item) -> Result<Change, StoreError> {
+    serde_json::from_str(string_attr(item, CHANGE)?)
+        .map_err(|err| StoreError::Corrupt(format!("change `{CHANGE}` is unreadable: {}", json_error(&err))))
+}
+
+fn reference_pk(kind: ReferenceKind, reference: &str) -> String {
+    format!("{REFERENCE_PREFIX}{}#{reference}", kind.as_str())
+}
+
+fn reference_item(reference: &ReferenceRecord) -> Result<Item, StoreError> {
+    let json = serde_json::to_string(reference)
+        .map_err(|err| StoreError::Unavailable(format!("could not serialize a reference: {err}")))?;
+    Ok(HashMap::from([
+        (PK.to_owned(), AttributeValue::S(reference_pk(reference.kind, &reference.reference))),
+        (SK.to_owned(), AttributeValue::S(REFERENCE_SK.to_owned())),
+        (VERSION.to_owned(), AttributeValue::N(reference.version.to_string())),
+        (REFERENCE_RECORD.to_owned(), AttributeValue::S(json)),
+    ]))
 }
 
 /// A step update is conditional on the stored step being at the version it was read at (steps
@@ -591,6 +877,7 @@ fn account_item(state: &AccountState) -> Result<Item, StoreError> {
         (SK.to_owned(), AttributeValue::S(ACCOUNT_SK.to_owned())),
         (VERSION.to_owned(), AttributeValue::N(state.version.to_string())),
         (ONBOARDING_STATUS.to_owned(), AttributeValue::S(state.onboarding_status.as_str().to_owned())),
+        (ACCOUNT_ID.to_owned(), AttributeValue::S(state.account_id.to_string())),
         (STATE.to_owned(), AttributeValue::S(json)),
     ]))
 }

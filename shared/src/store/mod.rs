@@ -6,7 +6,9 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+use crate::domain::change::Change;
 use crate::domain::funds::PaymentRecord;
+use crate::domain::reference::{ReferenceKind, ReferenceRecord};
 use crate::domain::step::{Step, StepRef, StepStatus};
 
 pub mod dynamodb;
@@ -116,24 +118,75 @@ pub struct EventWrite<'a> {
     /// The payment's guard, one version up: the stored one must be at `version - 1` (or absent,
     /// for 1), so that no two plans for one payment commit from the same read.
     pub payment: Option<&'a PaymentRecord>,
+    /// What the write changes, for the change feed: written with it, or not at all.
+    pub changes: &'a [Change],
 }
 
 impl<'a> EventWrite<'a> {
     /// Only the event record.
     pub fn record_only(record: &'a EventRecord) -> Self {
-        Self { record, account: None, new_steps: &[], step_updates: &[], payment: None }
+        Self { record, account: None, new_steps: &[], step_updates: &[], payment: None, changes: &[] }
     }
 
     /// The event record and, if given, the account's next state.
     pub fn with_account(record: &'a EventRecord, account: Option<&'a AccountState>) -> Self {
-        Self { record, account, new_steps: &[], step_updates: &[], payment: None }
+        Self { record, account, new_steps: &[], step_updates: &[], payment: None, changes: &[] }
     }
 
     /// The event record and the steps it planned.
     pub fn with_steps(record: &'a EventRecord, new_steps: &'a [Step]) -> Self {
-        Self { record, account: None, new_steps, step_updates: &[], payment: None }
+        Self { record, account: None, new_steps, step_updates: &[], payment: None, changes: &[] }
     }
 }
+
+/// Everything one platform call writes, atomically: its reference (conditional on its version),
+/// and the account or steps it creates, with their changes.
+#[derive(Debug, Clone, Copy)]
+pub struct PlatformWrite<'a> {
+    /// The reference, one version up: the stored one must be at `version - 1` (or absent, for 1).
+    pub reference: &'a ReferenceRecord,
+    /// The account's next state, conditional on its version as in [`EventWrite::account`].
+    pub account: Option<&'a AccountState>,
+    /// New steps; none of them may exist yet.
+    pub new_steps: &'a [Step],
+    /// What the write changes, for the change feed.
+    pub changes: &'a [Change],
+}
+
+/// Which accounts [`AccountStore::list_accounts`] lists.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccountQuery<'a> {
+    /// Only accounts in this status.
+    pub status: Option<OnboardingStatus>,
+    /// At most this many (the store caps it at [`MAX_PAGE`]).
+    pub limit: usize,
+    /// Only accounts whose id sorts after this one.
+    pub starting_after: Option<&'a AccountId>,
+}
+
+/// The most items one page holds.
+pub const MAX_PAGE: usize = 100;
+
+/// One page of accounts, ordered by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountPage {
+    /// The accounts.
+    pub accounts: Vec<AccountState>,
+    /// Whether more follow the last one.
+    pub has_more: bool,
+}
+
+/// One page of the change feed, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangePage {
+    /// The changes, each with its cursor.
+    pub changes: Vec<Change>,
+    /// Where the next page starts: the last change's cursor, or the cursor asked after.
+    pub next: String,
+}
+
+/// How long a change item is kept: a consumer further behind than this must re-read the accounts.
+pub const CHANGE_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;
 
 /// A payment as stored: its guard (absent until its first plan) and its steps, ordered by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -210,9 +263,13 @@ pub trait AccountStore: Send + Sync + 'static {
     /// One step.
     fn load_step(&self, step: &StepRef) -> impl Future<Output = Result<Option<Step>, StoreError>> + Send;
 
-    /// Writes a step's next state if the stored one is at `step.version - 1`: `Committed`, or
-    /// `Conflict` when another writer moved it first.
-    fn update_step(&self, step: &Step) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+    /// Writes a step's next state if the stored one is at `step.version - 1`, with its changes:
+    /// `Committed`, or `Conflict` when another writer moved it first.
+    fn update_step(
+        &self,
+        step: &Step,
+        changes: &[Change],
+    ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
 
     /// The payout steps of one account, ordered by id: a strongly consistent read of its own
     /// partition, not of its whole step history.
@@ -233,11 +290,35 @@ pub trait AccountStore: Send + Sync + 'static {
         event_id: &str,
     ) -> impl Future<Output = Result<Option<EventRecord>, StoreError>> + Send;
 
-    /// Every stored account, optionally only those with one status, ordered by id.
+    /// One page of accounts, ordered by id, read from an index (never a scan of the table).
     fn list_accounts(
         &self,
-        status: Option<OnboardingStatus>,
-    ) -> impl Future<Output = Result<Vec<AccountState>, StoreError>> + Send;
+        query: &AccountQuery<'_>,
+    ) -> impl Future<Output = Result<AccountPage, StoreError>> + Send;
+
+    /// Writes a platform call's reference and what it creates in one conditional write:
+    /// `Committed`, or `Conflict` when the reference, the account or a step moved first.
+    fn commit_platform(
+        &self,
+        write: &PlatformWrite<'_>,
+    ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+
+    /// One reference.
+    fn load_reference(
+        &self,
+        kind: ReferenceKind,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<ReferenceRecord>, StoreError>> + Send;
+
+    /// Up to `limit` changes after `after` (from the start when `None`), oldest first, as of `now`;
+    /// `None` when `after` is not a cursor this store wrote. A change is listed only once every
+    /// change before it is visible, so that a consumer following `next` never skips one.
+    fn list_changes(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<ChangePage>, StoreError>> + Send;
 }
 
 /// A boxed future, so that [`StepQueue`] can be used as a trait object.

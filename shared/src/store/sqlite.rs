@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AccountStore, BoxFuture, CommitOutcome, EventOutcome, EventRecord, EventWrite, PaymentState, StepQueue,
-    StoreError,
+    AccountPage, AccountQuery, AccountStore, BoxFuture, CHANGE_RETENTION_SECS, ChangePage, CommitOutcome,
+    EventOutcome, EventRecord, EventWrite, MAX_PAGE, PaymentState, PlatformWrite, StepQueue, StoreError,
 };
-use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+use crate::domain::account::{AccountId, AccountState};
+use crate::domain::change::Change;
 use crate::domain::funds::PaymentRecord;
+use crate::domain::reference::{ReferenceKind, ReferenceRecord};
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 
 const SCHEMA: &str = "
@@ -49,6 +51,20 @@ CREATE TABLE IF NOT EXISTS payments (
     version INTEGER NOT NULL,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS refs (
+    kind TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (kind, reference)
+);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    change_id TEXT NOT NULL UNIQUE,
+    change TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_by_expiry ON changes (expires_at);
 CREATE TABLE IF NOT EXISTS queue (
     queue TEXT NOT NULL,
     message_id TEXT NOT NULL,
@@ -154,6 +170,7 @@ impl SqliteStore {
         connection.execute_batch(OPEN_STEPS_INDEX).map_err(unavailable)?;
         Self::migrate_legacy_refunds(&connection)?;
         connection.execute("DELETE FROM events WHERE expires_at < ?1", [now]).map_err(unavailable)?;
+        connection.execute("DELETE FROM changes WHERE expires_at < ?1", [now]).map_err(unavailable)?;
         Ok(Self { connection: Arc::new(Mutex::new(connection)) })
     }
 
@@ -315,29 +332,11 @@ impl SqliteStore {
         if inserted == 0 {
             return Ok(CommitOutcome::Duplicate);
         }
-        if let Some(state) = write.account {
-            let json = serde_json::to_string(state).map_err(corrupt)?;
-            let id = state.account_id.as_str();
-            let status = state.onboarding_status.as_str();
-            let version = i64::try_from(state.version).map_err(corrupt)?;
-            let written = if version == 1 {
-                transaction.execute(
-                    "INSERT INTO accounts (account_id, version, onboarding_status, state) VALUES (?1, 1, ?2, ?3)
-                     ON CONFLICT (account_id) DO NOTHING",
-                    params![id, status, json],
-                )
-            } else {
-                transaction.execute(
-                    "UPDATE accounts SET version = ?2, onboarding_status = ?3, state = ?4
-                     WHERE account_id = ?1 AND version = ?5",
-                    params![id, version, status, json, version - 1],
-                )
-            }
-            .map_err(unavailable)?;
-            if written == 0 {
-                // Dropping the transaction rolls the event record back with it.
-                return Ok(CommitOutcome::Conflict);
-            }
+        if let Some(state) = write.account
+            && Self::write_account_in(&transaction, state)? == CommitOutcome::Conflict
+        {
+            // Dropping the transaction rolls the event record back with it.
+            return Ok(CommitOutcome::Conflict);
         }
         if let Some(payment) = write.payment {
             let json = serde_json::to_string(payment).map_err(corrupt)?;
@@ -360,10 +359,85 @@ impl SqliteStore {
                 return Ok(CommitOutcome::Conflict);
             }
         }
-        for step in write.new_steps {
+        if Self::insert_steps_in(&transaction, write.new_steps)? == CommitOutcome::Conflict {
+            return Ok(CommitOutcome::Conflict);
+        }
+        for step in write.step_updates {
+            if Self::update_step_in(&transaction, step)? == CommitOutcome::Conflict {
+                return Ok(CommitOutcome::Conflict);
+            }
+        }
+        Self::insert_changes_in(&transaction, write.changes)?;
+        transaction.commit().map_err(unavailable)?;
+        Ok(CommitOutcome::Committed)
+    }
+
+    fn commit_platform_now(&self, write: &PlatformWrite<'_>) -> Result<CommitOutcome, StoreError> {
+        let mut connection = self.lock()?;
+        let transaction =
+            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+        let reference = write.reference;
+        let json = serde_json::to_string(reference).map_err(corrupt)?;
+        let version = i64::try_from(reference.version).map_err(corrupt)?;
+        let kind = reference.kind.as_str();
+        let written = if version == 1 {
+            transaction.execute(
+                "INSERT INTO refs (kind, reference, version, record) VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT (kind, reference) DO NOTHING",
+                params![kind, reference.reference, json],
+            )
+        } else {
+            transaction.execute(
+                "UPDATE refs SET version = ?3, record = ?4 WHERE kind = ?1 AND reference = ?2 AND version = ?5",
+                params![kind, reference.reference, version, json, version - 1],
+            )
+        }
+        .map_err(unavailable)?;
+        if written == 0 {
+            return Ok(CommitOutcome::Conflict);
+        }
+        if let Some(state) = write.account
+            && Self::write_account_in(&transaction, state)? == CommitOutcome::Conflict
+        {
+            return Ok(CommitOutcome::Conflict);
+        }
+        if Self::insert_steps_in(&transaction, write.new_steps)? == CommitOutcome::Conflict {
+            return Ok(CommitOutcome::Conflict);
+        }
+        Self::insert_changes_in(&transaction, write.changes)?;
+        transaction.commit().map_err(unavailable)?;
+        Ok(CommitOutcome::Committed)
+    }
+
+    /// Writes an account's state if the stored one is at `version - 1` (or absent, for 1).
+    fn write_account_in(connection: &Connection, state: &AccountState) -> Result<CommitOutcome, StoreError> {
+        let json = serde_json::to_string(state).map_err(corrupt)?;
+        let id = state.account_id.as_str();
+        let status = state.onboarding_status.as_str();
+        let version = i64::try_from(state.version).map_err(corrupt)?;
+        let written = if version == 1 {
+            connection.execute(
+                "INSERT INTO accounts (account_id, version, onboarding_status, state) VALUES (?1, 1, ?2, ?3)
+                 ON CONFLICT (account_id) DO NOTHING",
+                params![id, status, json],
+            )
+        } else {
+            connection.execute(
+                "UPDATE accounts SET version = ?2, onboarding_status = ?3, state = ?4
+                 WHERE account_id = ?1 AND version = ?5",
+                params![id, version, status, json, version - 1],
+            )
+        }
+        .map_err(unavailable)?;
+        Ok(if written == 0 { CommitOutcome::Conflict } else { CommitOutcome::Committed })
+    }
+
+    /// Inserts new steps; `Conflict` if any of them exists.
+    fn insert_steps_in(connection: &Connection, steps: &[Step]) -> Result<CommitOutcome, StoreError> {
+        for step in steps {
             let json = serde_json::to_string(step).map_err(corrupt)?;
             let version = i64::try_from(step.version).map_err(corrupt)?;
-            let inserted = transaction
+            let inserted = connection
                 .execute(
                     "INSERT INTO steps (step_id, payment_key, destination, version, step, status, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (step_id) DO NOTHING",
@@ -382,13 +456,24 @@ impl SqliteStore {
                 return Ok(CommitOutcome::Conflict);
             }
         }
-        for step in write.step_updates {
-            if Self::update_step_in(&transaction, step)? == CommitOutcome::Conflict {
-                return Ok(CommitOutcome::Conflict);
-            }
-        }
-        transaction.commit().map_err(unavailable)?;
         Ok(CommitOutcome::Committed)
+    }
+
+    /// Appends changes to the feed. The sequence is assigned inside the writer's transaction, so
+    /// the feed's order is the commit order and no later commit can slip in before a listed one.
+    /// A change id already in the feed (the same version's change) is kept as first written.
+    fn insert_changes_in(connection: &Connection, changes: &[Change]) -> Result<(), StoreError> {
+        for change in changes {
+            let json = serde_json::to_string(change).map_err(corrupt)?;
+            connection
+                .execute(
+                    "INSERT INTO changes (change_id, change, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (change_id) DO NOTHING",
+                    params![change.id, json, change.at.saturating_add(CHANGE_RETENTION_SECS)],
+                )
+                .map_err(unavailable)?;
+        }
+        Ok(())
     }
 
     fn update_step_in(connection: &Connection, step: &Step) -> Result<CommitOutcome, StoreError> {
@@ -496,8 +581,19 @@ impl AccountStore for SqliteStore {
         Ok(self.query_steps("SELECT step FROM steps WHERE step_id = ?1", &step.step_id)?.pop())
     }
 
-    async fn update_step(&self, step: &Step) -> Result<CommitOutcome, StoreError> {
-        Self::update_step_in(&*self.lock()?, step)
+    async fn update_step(&self, step: &Step, changes: &[Change]) -> Result<CommitOutcome, StoreError> {
+        if changes.is_empty() {
+            return Self::update_step_in(&*self.lock()?, step);
+        }
+        let mut connection = self.lock()?;
+        let transaction =
+            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+        if Self::update_step_in(&transaction, step)? == CommitOutcome::Conflict {
+            return Ok(CommitOutcome::Conflict);
+        }
+        Self::insert_changes_in(&transaction, changes)?;
+        transaction.commit().map_err(unavailable)?;
+        Ok(CommitOutcome::Committed)
     }
 
     async fn load_payouts(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
@@ -532,16 +628,92 @@ impl AccountStore for SqliteStore {
         .transpose()
     }
 
-    async fn list_accounts(&self, status: Option<OnboardingStatus>) -> Result<Vec<AccountState>, StoreError> {
+    async fn list_accounts(&self, query: &AccountQuery<'_>) -> Result<AccountPage, StoreError> {
+        let limit = query.limit.clamp(1, MAX_PAGE);
         let connection = self.lock()?;
         let mut statement = connection
             .prepare_cached(
-                "SELECT state FROM accounts WHERE ?1 IS NULL OR onboarding_status = ?1 ORDER BY account_id",
+                "SELECT state FROM accounts WHERE (?1 IS NULL OR onboarding_status = ?1) AND account_id > ?2
+                 ORDER BY account_id LIMIT ?3",
             )
             .map_err(unavailable)?;
+        let after = query.starting_after.map_or("", AccountId::as_str);
+        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
         let rows = statement
-            .query_map([status.map(OnboardingStatus::as_str)], |row| row.get::<_, String>(0))
+            .query_map(params![query.status.map(|status| status.as_str()), after, fetch], |row| {
+                row.get::<_, String>(0)
+            })
             .map_err(unavailable)?;
-        rows.map(|json| serde_json::from_str(&json.map_err(unavailable)?).map_err(corrupt)).collect()
+        let mut accounts = rows
+            .map(|json| serde_json::from_str(&json.map_err(unavailable)?).map_err(corrupt))
+            .collect::<Result<Vec<AccountState>, StoreError>>()?;
+        let has_more = accounts.len() > limit;
+        accounts.truncate(limit);
+        Ok(AccountPage { accounts, has_more })
     }
+
+    async fn commit_platform(&self, write: &PlatformWrite<'_>) -> Result<CommitOutcome, StoreError> {
+        self.commit_platform_now(write)
+    }
+
+    async fn load_reference(
+        &self,
+        kind: ReferenceKind,
+        reference: &str,
+    ) -> Result<Option<ReferenceRecord>, StoreError> {
+        let json: Option<String> = self
+            .lock()?
+            .query_row(
+                "SELECT record FROM refs WHERE kind = ?1 AND reference = ?2",
+                params![kind.as_str(), reference],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(unavailable)?;
+        json.map(|json| serde_json::from_str(&json).map_err(corrupt)).transpose()
+    }
+
+    /// Cursors are the feed's sequence numbers, zero-padded so that they also sort as text.
+    async fn list_changes(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        _now: i64,
+    ) -> Result<Option<ChangePage>, StoreError> {
+        let after_seq = match after {
+            None => 0,
+            Some(cursor) => match parse_sequence_cursor(cursor) {
+                Some(seq) => seq,
+                None => return Ok(None),
+            },
+        };
+        let limit = i64::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(1);
+        let connection = self.lock()?;
+        let mut statement = connection
+            .prepare_cached("SELECT seq, change FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(unavailable)?;
+        let rows = statement
+            .query_map(params![after_seq, limit], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
+            .map_err(unavailable)?;
+        let mut page = ChangePage { changes: Vec::new(), next: after.unwrap_or_default().to_owned() };
+        for row in rows {
+            let (seq, json) = row.map_err(unavailable)?;
+            let mut change: Change = serde_json::from_str(&json).map_err(corrupt)?;
+            change.cursor = sequence_cursor(seq);
+            page.next.clone_from(&change.cursor);
+            page.changes.push(change);
+        }
+        Ok(Some(page))
+    }
+}
+
+fn sequence_cursor(seq: i64) -> String {
+    format!("{seq:020}")
+}
+
+fn parse_sequence_cursor(cursor: &str) -> Option<i64> {
+    if cursor.len() != 20 || !cursor.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    cursor.parse().ok()
 }

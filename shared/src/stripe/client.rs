@@ -35,7 +35,7 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const LIST_PAGE_LIMIT: &str = "100";
 /// How many list pages a lookup reads before it gives up: a thousand objects in one transfer group,
 /// on one transfer or in one payout window is far beyond any real flow.
-const MAX_LIST_PAGES: usize = 10;
+pub(super) const MAX_LIST_PAGES: usize = 10;
 /// The phrase of Stripe's refusal when a platform key has no access to one connected account.
 const NO_ACCOUNT_ACCESS_PHRASE: &str = "does not have access to account";
 
@@ -140,6 +140,8 @@ pub struct CreateTransfer<'a> {
     pub source_transaction: Option<&'a str>,
     /// The payment's transfer group.
     pub transfer_group: Option<&'a str>,
+    /// Shown on the transfer in the Dashboard.
+    pub description: Option<&'a str>,
     /// Sent as `metadata[key]=value`.
     pub metadata: &'a [(&'a str, &'a str)],
 }
@@ -294,7 +296,10 @@ fn transport_error(error: &reqwest::Error) -> StripeError {
 }
 
 /// Appends `metadata[key]=value` pairs, Stripe's encoding of a hash in a form body.
-fn push_metadata(params: &mut Vec<(String, String)>, metadata: &[(&str, &str)]) -> Result<(), StripeError> {
+pub(super) fn push_metadata(
+    params: &mut Vec<(String, String)>,
+    metadata: &[(&str, &str)],
+) -> Result<(), StripeError> {
     for (key, value) in metadata {
         if key.is_empty() || key.contains(['[', ']']) {
             return Err(StripeError::Config(format!("metadata key {key:?} is empty or contains brackets")));
@@ -316,6 +321,9 @@ fn transfer_params(transfer: &CreateTransfer<'_>) -> Result<Vec<(String, String)
     }
     if let Some(group) = transfer.transfer_group {
         params.push(("transfer_group".to_owned(), group.to_owned()));
+    }
+    if let Some(description) = transfer.description {
+        params.push(("description".to_owned(), description.to_owned()));
     }
     push_metadata(&mut params, transfer.metadata)?;
     Ok(params)
@@ -353,7 +361,7 @@ enum PageSearch {
 }
 
 /// A Stripe object id that is safe to put in a URL path.
-fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str, StripeError> {
+pub(super) fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str, StripeError> {
     let well_formed =
         !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if well_formed { Ok(id) } else { Err(StripeError::Config(format!("{what} {id:?} is not a Stripe id"))) }
@@ -445,8 +453,24 @@ impl StripeClient {
         metadata: &[(&str, &str)],
         idempotency_key: &str,
     ) -> Result<StripeObject, StripeError> {
+        self.create_payout_by(account, amount, currency, None, metadata, idempotency_key).await
+    }
+
+    /// [`Self::create_payout`] with a `method` (`standard` or `instant`) when one is given.
+    pub async fn create_payout_by(
+        &self,
+        account: &AccountId,
+        amount: i64,
+        currency: &str,
+        method: Option<&str>,
+        metadata: &[(&str, &str)],
+        idempotency_key: &str,
+    ) -> Result<StripeObject, StripeError> {
         let mut params =
             vec![("amount".to_owned(), amount.to_string()), ("currency".to_owned(), currency.to_owned())];
+        if let Some(method) = method {
+            params.push(("method".to_owned(), method.to_owned()));
+        }
         push_metadata(&mut params, metadata)?;
         let request = self.post("/v1/payouts", &params, Some(account), idempotency_key)?;
         self.send_create("create_payout", request).await
@@ -534,7 +558,7 @@ impl StripeClient {
 
     /// `path` under the API base with `filters`, Stripe's page limit and the cursor in its query
     /// string, each pair form-urlencoded.
-    fn list_url(
+    pub(super) fn list_url(
         &self,
         path: &str,
         filters: &[(&str, String)],
@@ -561,7 +585,12 @@ impl StripeClient {
     }
 
     /// A request with the headers every call carries.
-    fn request(&self, method: Method, url: Url, account: Option<&AccountId>) -> reqwest::RequestBuilder {
+    pub(super) fn request(
+        &self,
+        method: Method,
+        url: Url,
+        account: Option<&AccountId>,
+    ) -> reqwest::RequestBuilder {
         let mut builder = self
             .http
             .request(method, url)
@@ -574,7 +603,7 @@ impl StripeClient {
     }
 
     /// A form-encoded POST. The idempotency key is required: no POST leaves without one.
-    fn post(
+    pub(super) fn post(
         &self,
         path: &str,
         params: &[(String, String)],
@@ -596,13 +625,13 @@ impl StripeClient {
             .map_err(|e| self.build_error(&e))
     }
 
-    fn build_error(&self, error: &reqwest::Error) -> StripeError {
+    pub(super) fn build_error(&self, error: &reqwest::Error) -> StripeError {
         StripeError::Config(format!("the request could not be built: {error}"))
             .scrubbed(self.api_key.expose())
     }
 
     /// Sends a create call and takes the new object's id.
-    async fn send_create(
+    pub(super) async fn send_create(
         &self,
         operation: &'static str,
         request: reqwest::Request,
@@ -618,7 +647,11 @@ impl StripeClient {
     }
 
     /// Sends one request, classifies the answer and records how long `operation` took.
-    async fn send(&self, operation: &'static str, request: reqwest::Request) -> Result<Value, StripeError> {
+    pub(super) async fn send(
+        &self,
+        operation: &'static str,
+        request: reqwest::Request,
+    ) -> Result<Value, StripeError> {
         let method = request.method().clone();
         let path = request.url().path().to_owned();
         let started = Instant::now();
@@ -688,6 +721,7 @@ mod tests {
             destination: &destination,
             source_transaction: Some("ch_1Src"),
             transfer_group: Some("group pi_1"),
+            description: None,
             metadata: &[("step_id", "st_1"), ("note", "a&b=c")],
         };
         let params = transfer_params(&transfer).unwrap();

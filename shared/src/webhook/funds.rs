@@ -3,6 +3,7 @@
 
 use super::{Delivery, MAX_CONFLICT_RETRIES, WebhookError, WebhookService};
 use crate::domain::account::{AccountState, PayoutFailure};
+use crate::domain::change::{account_changes, steps_changes};
 use crate::domain::funds::{
     FundEvent, FundPlan, Settlement, plan_payment, plan_payouts, plan_refund, settle,
 };
@@ -10,6 +11,27 @@ use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::stripe::event::Event;
 use crate::stripe::signature::Clock;
+
+/// What a plan was decided on: the stored steps and account it read, so that the write can say
+/// what it changed.
+#[derive(Default)]
+struct Read {
+    steps: Vec<Step>,
+    account: Option<AccountState>,
+}
+
+/// A plan, the account state it writes, and what it was decided on.
+struct Planned {
+    plan: FundPlan,
+    account: Option<AccountState>,
+    read: Read,
+}
+
+impl Planned {
+    fn nothing(outcome: EventOutcome) -> Self {
+        Self { plan: FundPlan::nothing(outcome), account: None, read: Read::default() }
+    }
+}
 
 impl<S: AccountStore, C: Clock> WebhookService<S, C> {
     /// Records a fund-flow event with the steps it plans. A conflict (another delivery planned for
@@ -23,15 +45,20 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         now: i64,
     ) -> Result<Delivery, WebhookError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let (plan, account) = self.plan(fund_event, event, now).await?;
+            let Planned { plan, account, read } = self.plan(fund_event, event, now).await?;
             record.outcome = plan.outcome;
             record.reason.clone_from(&plan.reason);
+            let mut changes = steps_changes(&read.steps, &plan.new_steps, &plan.step_updates, now);
+            if let Some(next) = &account {
+                changes.extend(account_changes(read.account.as_ref(), next, now));
+            }
             let write = EventWrite {
                 record: &record,
                 account: account.as_ref(),
                 new_steps: &plan.new_steps,
                 step_updates: &plan.step_updates,
                 payment: plan.payment.as_ref(),
+                changes: &changes,
             };
             match self.store.commit(&write).await? {
                 CommitOutcome::Committed => {
@@ -61,9 +88,10 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         &self,
         settlements: &[Settlement],
         event: &Event,
-    ) -> Result<(FundPlan, Option<AccountState>), StoreError> {
+    ) -> Result<Planned, StoreError> {
         let mut plan = FundPlan::nothing(EventOutcome::Unchanged);
         let mut account = None;
+        let mut read = Read::default();
         let mut refusals = Vec::new();
         for settlement in settlements {
             let Some(step) = self.store.load_step(&settlement.step).await? else {
@@ -74,6 +102,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                 ));
                 continue;
             };
+            read.steps.push(step.clone());
             let settled = match settle(&step, settlement, event.created) {
                 Ok(settled) => settled,
                 Err(reason) => {
@@ -89,12 +118,14 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                 continue;
             }
             let Some(mut next) = self.store.load_account(&step.destination).await? else { continue };
+            read.account = Some(next.clone());
             let changed = match (&settled.payout_failure, &settled.payout_paid) {
                 (Some((payout_id, failure_code)), _) => {
                     next.payout_failure = Some(PayoutFailure {
                         payout_id: payout_id.clone(),
                         failure_code: failure_code.clone(),
                         failed_at: event.created,
+                        step_id: Some(step.step_id.clone()),
                     });
                     true
                 }
@@ -122,7 +153,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         } else if !refusals.is_empty() {
             tracing::warn!(reasons = refusals.join("; "), "some settlements refused");
         }
-        Ok((plan, account))
+        Ok(Planned { plan, account, read })
     }
 
     /// Sends the steps that are still queued, after their commit.
@@ -147,46 +178,43 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
     }
 
     /// The plan for one event, from one read of what it depends on, and the account it changes.
-    async fn plan(
-        &self,
-        fund_event: &FundEvent,
-        event: &Event,
-        now: i64,
-    ) -> Result<(FundPlan, Option<AccountState>), StoreError> {
+    async fn plan(&self, fund_event: &FundEvent, event: &Event, now: i64) -> Result<Planned, StoreError> {
         Ok(match fund_event {
             FundEvent::Payment(payment) => {
                 let stored = self.store.load_payment(&payment.payment_key).await?;
                 // Planned before payments had a guard: its transfers stand as they are.
                 let unguarded = stored.record.as_ref().is_none_or(|record| record.planned_by.is_none());
                 if unguarded && stored.steps.iter().any(|step| step.kind == StepKind::Transfer) {
-                    return Ok((FundPlan::nothing(EventOutcome::Unchanged), None));
+                    return Ok(Planned::nothing(EventOutcome::Unchanged));
                 }
                 let trigger = (event.id.as_str(), event.event_type.as_str());
-                (plan_payment(payment, stored.record.as_ref(), trigger, event.livemode, now), None)
+                let plan = plan_payment(payment, stored.record.as_ref(), trigger, event.livemode, now);
+                Planned { plan, account: None, read: Read { steps: stored.steps, account: None } }
             }
             FundEvent::Refund(refund) => {
                 let stored = self.store.load_payment(&refund.payment_key).await?;
-                (plan_refund(refund, stored.record.as_ref(), &stored.steps, now), None)
+                let plan = plan_refund(refund, stored.record.as_ref(), &stored.steps, now);
+                Planned { plan, account: None, read: Read { steps: stored.steps, account: None } }
             }
             FundEvent::Settlements(settlements) => self.plan_settlements(settlements, event).await?,
             FundEvent::BalanceAvailable(balance) => {
                 let Some(account) = self.store.load_account(&balance.account).await? else {
-                    return Ok((FundPlan::nothing(EventOutcome::Unchanged), None));
+                    return Ok(Planned::nothing(EventOutcome::Unchanged));
                 };
                 // Two balance events of one second cannot be ordered, and the second may predate
                 // a payout the first planned: only a strictly newer balance plans.
                 if account.ordering.balance.is_some_and(|newest| event.created <= newest) {
-                    return Ok((FundPlan::nothing(EventOutcome::Stale), None));
+                    return Ok(Planned::nothing(EventOutcome::Stale));
                 }
                 let payouts = self.store.load_payouts(&balance.account).await?;
                 let (steps, superseded) =
                     plan_payouts(balance, Some(&account), &payouts, &event.id, event.livemode, now);
                 if steps.is_empty() {
-                    return Ok((FundPlan::nothing(EventOutcome::Unchanged), None));
+                    return Ok(Planned::nothing(EventOutcome::Unchanged));
                 }
                 // Writing the account too makes two balance events for one account conflict, so
                 // that the second sees the first's payout as open instead of planning another.
-                let mut next = account;
+                let mut next = account.clone();
                 next.ordering.balance = Some(event.created);
                 next.version += 1;
                 let plan = FundPlan {
@@ -195,7 +223,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                     step_updates: superseded,
                     ..FundPlan::default()
                 };
-                (plan, Some(next))
+                Planned { plan, account: Some(next), read: Read { steps: payouts, account: Some(account) } }
             }
         })
     }

@@ -103,6 +103,7 @@ fn transfer_step(destination: &str, amount: i64) -> Step {
         netted: 0,
         sent_at: None,
         unresolved: None,
+        requested: None,
     }
 }
 
@@ -136,6 +137,7 @@ fn state(id: &str, interval: Option<&str>) -> AccountState {
         last_event_created: NOW - 60,
         ordering: OrderingGuards::default(),
         version: 1,
+        reference: None,
     }
 }
 
@@ -803,4 +805,28 @@ proptest! {
             }
         }
     }
+}
+
+/// A payout the platform asked for (`POST /payouts`) is left alone by a newer balance, which
+/// neither refuses it nor plans a second payout of the same currency beside it.
+#[test]
+fn a_balance_leaves_a_payout_the_platform_asked_for_alone() {
+    let manual = state(A, Some("manual"));
+    let mut asked = plan_payouts(&balance(&[("usd", 7000)]), Some(&manual), &[], "evt_8", Some(false), NOW).0;
+    asked[0].requested = Some(crate::domain::step::PlatformRequest {
+        reference: "payout-1".into(),
+        description: None,
+        method: None,
+    });
+    let (steps, superseded) = plan_payouts(
+        &balance(&[("usd", 9000), ("eur", 5)]),
+        Some(&manual),
+        &asked,
+        "evt_9",
+        Some(false),
+        NOW,
+    );
+    let currencies: Vec<&str> = steps.iter().map(|step| step.currency.as_str()).collect();
+    assert_eq!(currencies, ["eur"]);
+    assert_eq!(superseded, []);
 }

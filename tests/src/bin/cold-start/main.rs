@@ -386,7 +386,7 @@ impl Bench {
                 version: stored.version + 1,
                 ..stored
             };
-            let committed = self.store.update_step(&settled).await?;
+            let committed = self.store.update_step(&settled, &[]).await?;
             ensure!(
                 committed == CommitOutcome::Committed,
                 "the previous run's step is settled: {committed:?}"

@@ -1,0 +1,281 @@
+//! The platform API: the routes the platform's own back end calls to onboard sellers, manage
+//! their accounts, pay them and follow every change (DESIGN.md, "Platform API"). Independent of
+//! how the request arrived: `connect-flow serve` and the `platform-api` Lambda function
+//! authenticate it, then hand it to [`PlatformApi::handle`].
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+use crate::domain::step::{Step, StepRef, StepStatus};
+use crate::store::{AccountQuery, AccountStore, MAX_PAGE, StepQueue};
+use crate::stripe::client::StripeClient;
+use crate::stripe::signature::{Clock, SystemClock};
+
+mod accounts;
+pub mod error;
+pub mod lambda;
+mod links;
+mod money;
+mod request;
+pub mod token;
+
+pub use error::ApiError;
+use token::LinkSecret;
+
+/// The largest body a platform route accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The HMAC key for onboarding refresh tokens.
+pub const LINK_SECRET: &str = "CONNECT_FLOW_LINK_SECRET";
+/// Its Secrets Manager ARN, deployed.
+pub const LINK_SECRET_ARN: &str = "CONNECT_FLOW_LINK_SECRET_ARN";
+/// The public base URL of this deployment, for the refresh links it hands Stripe.
+pub const PUBLIC_URL: &str = "CONNECT_FLOW_PUBLIC_URL";
+/// The bearer token `serve` requires on the platform routes.
+pub const API_TOKEN: &str = "CONNECT_FLOW_API_TOKEN";
+
+/// An HTTP answer: status, content type, body, and a redirect target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiReply {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
+    /// The `Location` of a redirect.
+    pub location: Option<String>,
+}
+
+impl ApiReply {
+    /// A JSON answer.
+    pub fn json(status: u16, body: String) -> Self {
+        Self { status, content_type: "application/json", body, location: None }
+    }
+
+    fn of(status: u16, value: &impl serde::Serialize) -> Self {
+        Self::json(status, serde_json::to_string(value).unwrap_or_default())
+    }
+}
+
+/// One authenticated (or refresh-route) request, as either front end read it.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiRequest<'a> {
+    /// `GET` or `POST`.
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The raw query string, without `?`.
+    pub query: &'a str,
+    /// The raw body.
+    pub body: &'a [u8],
+    /// This deployment's public base URL as the request reached it (`https://host`), used when
+    /// [`PUBLIC_URL`] is not configured.
+    pub base_url: &'a str,
+}
+
+/// Whether a route is the one platform route without the API's authentication: the refresh link,
+/// which carries its own signed token.
+pub fn is_public_route(method: &str, path: &str) -> bool {
+    method == "GET" && path.trim_end_matches('/') == "/onboarding/refresh"
+}
+
+/// What the platform API needs besides its store.
+#[derive(Debug, Clone, Default)]
+pub struct PlatformSettings {
+    /// The key refresh tokens are signed with; without it, onboarding links are refused.
+    pub link_secret: Option<LinkSecret>,
+    /// [`PUBLIC_URL`], when set.
+    pub public_url: Option<String>,
+    /// The only livemode the deployment acts on (`CONNECT_FLOW_LIVEMODE`).
+    pub expected_livemode: Option<bool>,
+}
+
+impl PlatformSettings {
+    /// Reads the settings through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let set = |name| lookup(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
+        Self {
+            link_secret: set(LINK_SECRET).and_then(|value| LinkSecret::new(&value)),
+            public_url: set(PUBLIC_URL).map(|url| url.trim_end_matches('/').to_owned()),
+            expected_livemode: match set(crate::config::LIVEMODE).as_deref() {
+                Some("true") => Some(true),
+                Some("false") => Some(false),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The platform API over a store.
+pub struct PlatformApi<S, C = SystemClock> {
+    store: S,
+    stripe: Option<StripeClient>,
+    queue: Option<Arc<dyn StepQueue>>,
+    settings: PlatformSettings,
+    clock: C,
+}
+
+impl<S: AccountStore> PlatformApi<S> {
+    /// The API on the system clock.
+    pub fn new(store: S, stripe: Option<StripeClient>, settings: PlatformSettings) -> Self {
+        Self::with_clock(store, stripe, settings, SystemClock)
+    }
+}
+
+impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
+    /// The API on the given clock.
+    pub fn with_clock(store: S, stripe: Option<StripeClient>, settings: PlatformSettings, clock: C) -> Self {
+        Self { store, stripe, queue: None, settings, clock }
+    }
+
+    /// Sends the steps it stores to `queue`; without one they wait in the store for a sweep.
+    pub fn with_queue(mut self, queue: Arc<dyn StepQueue>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Answers one request. Never panics on input.
+    pub async fn handle(&self, request: &ApiRequest<'_>) -> ApiReply {
+        let span = tracing::info_span!("platform", method = request.method, route = tracing::field::Empty);
+        let _entered = span.enter();
+        match self.route(request).await {
+            Ok(reply) => reply,
+            Err(error) => error.reply(),
+        }
+    }
+
+    async fn route(&self, request: &ApiRequest<'_>) -> Result<ApiReply, ApiError> {
+        if request.body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::BodyTooLarge);
+        }
+        let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
+        let post = request.method == "POST";
+        let get = request.method == "GET";
+        let wrong_method = || Err(ApiError::MethodNotAllowed(request.method.to_owned()));
+        match segments.as_slice() {
+            ["accounts"] if post => self.create_account(request.body).await,
+            ["accounts"] if get => self.list_accounts(request.query).await,
+            ["accounts", id] if get => self.get_account(id).await,
+            ["accounts", id, "steps"] if get => self.get_steps(id).await,
+            ["accounts", id, "onboarding_link"] if post => self.onboarding_link(id, request).await,
+            ["accounts", id, "session"] if post => self.account_session(id, request.body).await,
+            ["accounts", id, "login_link"] if post => self.login_link(id).await,
+            ["transfers"] if post => self.request_transfer(request.body).await,
+            ["payouts"] if post => self.request_payout(request.body).await,
+            ["changes"] if get => self.list_changes(request.query).await,
+            ["onboarding", "refresh"] if get => self.refresh_link(request).await,
+            ["healthz"] if get => {
+                self.store.load_event("healthz").await?;
+                Ok(ApiReply::json(200, json!({ "status": "ok" }).to_string()))
+            }
+            ["accounts"] | ["accounts", _] | ["accounts", _, "steps"] | ["changes"] | ["healthz"] => {
+                wrong_method()
+            }
+            ["accounts", _, "onboarding_link" | "session" | "login_link"] | ["transfers"] | ["payouts"] => {
+                wrong_method()
+            }
+            _ => Err(ApiError::NotFound("no such route".to_owned())),
+        }
+    }
+
+    /// The stored account `id` names, or 404.
+    async fn known_account(&self, id: &str) -> Result<AccountState, ApiError> {
+        let account_id = AccountId::parse(id).ok_or_else(|| ApiError::NotFound("no such account".into()))?;
+        self.store
+            .load_account(&account_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("no such account".into()))
+    }
+
+    async fn get_account(&self, id: &str) -> Result<ApiReply, ApiError> {
+        Ok(ApiReply::of(200, &self.known_account(id).await?))
+    }
+
+    async fn get_steps(&self, id: &str) -> Result<ApiReply, ApiError> {
+        let account_id = AccountId::parse(id).ok_or_else(|| ApiError::NotFound("no such account".into()))?;
+        let steps = self.store.load_account_steps(&account_id).await?;
+        if steps.is_empty() && self.store.load_account(&account_id).await?.is_none() {
+            return Err(ApiError::NotFound("no such account".into()));
+        }
+        Ok(ApiReply::of(200, &steps))
+    }
+
+    async fn list_accounts(&self, query: &str) -> Result<ApiReply, ApiError> {
+        let params = request::Query::parse(query);
+        let status = match params.get("status") {
+            None => None,
+            Some(name) => Some(
+                OnboardingStatus::parse(name)
+                    .ok_or_else(|| ApiError::invalid("status", "not an onboarding status"))?,
+            ),
+        };
+        let limit = params.limit(50)?;
+        let starting_after = match params.get("starting_after") {
+            None => None,
+            Some(id) => Some(
+                AccountId::parse(id)
+                    .ok_or_else(|| ApiError::invalid("starting_after", "not an account id"))?,
+            ),
+        };
+        let page = self
+            .store
+            .list_accounts(&AccountQuery { status, limit, starting_after: starting_after.as_ref() })
+            .await?;
+        Ok(ApiReply::of(200, &json!({ "data": page.accounts, "has_more": page.has_more })))
+    }
+
+    async fn list_changes(&self, query: &str) -> Result<ApiReply, ApiError> {
+        let params = request::Query::parse(query);
+        let limit = params.limit(MAX_PAGE)?;
+        let page = self
+            .store
+            .list_changes(params.get("after"), limit, self.clock.now_unix())
+            .await?
+            .ok_or_else(|| ApiError::invalid("after", "not a cursor from this feed"))?;
+        Ok(ApiReply::of(200, &json!({ "data": page.changes, "next": page.next })))
+    }
+
+    /// Sends a stored step to its queue. The step is committed first: a send that fails leaves it
+    /// queued in the store, where the sweep finds it, so the caller's request still stands.
+    async fn send(&self, step: &Step) {
+        if step.status != StepStatus::Queued {
+            return;
+        }
+        let Some(queue) = &self.queue else { return };
+        let reference: StepRef = step.reference();
+        if let Err(error) = queue.send(std::slice::from_ref(&reference)).await {
+            tracing::warn!(%error, step_id = step.step_id, "step stored but not queued; the sweep will send it");
+        }
+    }
+
+    fn stripe(&self) -> Result<&StripeClient, ApiError> {
+        self.stripe
+            .as_ref()
+            .ok_or(ApiError::NotConfigured("no Stripe API key is configured (STRIPE_API_KEY)"))
+    }
+
+    /// The public base URL refresh links point at.
+    fn public_url<'a>(&'a self, request: &ApiRequest<'a>) -> &'a str {
+        self.settings.public_url.as_deref().unwrap_or(request.base_url).trim_end_matches('/')
+    }
+}
+
+/// A JSON body as an object, or 400.
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ApiError::invalid("body", "the body must be a JSON object")),
+        Err(_) => Err(ApiError::invalid("body", "the body is not JSON")),
+    }
+}
+
+#[cfg(test)]
+mod tests;
