@@ -26,8 +26,8 @@
 //!
 //! # Budget
 //!
-//! No call starts unless [`CALL_WORST_CASE`] (plus its backoff) is left before the invocation's
-//! deadline; the records not reached are handed back to Lambda instead, so that the function
+//! No call starts unless [`CALL_WORST_CASE`] plus its backoff and [`DEADLINE_MARGIN`] is left
+//! before the invocation's deadline; the records not reached are handed back to Lambda instead, so that the function
 //! answers rather than times out (a timeout would fail the whole batch, published records
 //! included).
 
@@ -57,11 +57,13 @@ pub const CHANGE_ATTRIBUTE: &str = "change";
 pub const MAX_ENTRIES_PER_CALL: usize = 10;
 /// `PutEvents` takes at most 256 KB a call, counted as [`entry_size`] counts.
 pub const MAX_CALL_BYTES: usize = 256 * 1024;
-/// The notifier's `Timeout` for infra/template.yaml: a batch of 100 records is ten calls, each
-/// bounded by [`CALL_WORST_CASE`], and the deadline guard answers before it in any case.
-pub const NOTIFIER_LAMBDA_TIMEOUT: Duration = Duration::from_secs(60);
+/// The notifier's `Timeout` in infra/template.yaml. A batch of 100 records is ten calls of tens
+/// of milliseconds; when EventBridge is slow, the deadline guard answers before the timeout.
+pub const NOTIFIER_LAMBDA_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest one `PutEvents` call takes, the SDK's retries included: the workers' bounds.
 pub const CALL_WORST_CASE: Duration = crate::aws::WORKER.operation_timeout;
+/// What is kept back from the deadline besides the call itself: time to log and answer.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Entry error codes that fail again however often they are sent (EventBridge's API reference
 /// lists only `InternalFailure` and `ThrottlingException` as retryable); anything else is retried.
@@ -269,11 +271,8 @@ impl Notifier {
                 break;
             }
         }
-        let retry_at = match (failed_at, unreadable_at) {
-            (Some(failed), Some(unreadable)) => Some(failed.min(unreadable)),
-            (failed, unreadable) => failed.or(unreadable),
-        };
-        outcome.retry_from = retry_at.map(|index| {
+        // Every pending change comes before the unreadable record, so a failed call is earlier.
+        outcome.retry_from = failed_at.or(unreadable_at).map(|index| {
             records.get(index).and_then(|record| record.change.sequence_number.clone()).unwrap_or_default()
         });
         outcome
@@ -393,10 +392,10 @@ fn call_length(pending: &[Pending]) -> usize {
     count.max(1)
 }
 
-/// Whether a call, after `backoff`, still ends before `deadline`.
+/// Whether a call, after `backoff`, still ends [`DEADLINE_MARGIN`] before `deadline`.
 fn time_for_a_call(deadline: Option<Instant>, backoff: Duration) -> bool {
     deadline.is_none_or(|deadline| {
-        deadline.saturating_duration_since(Instant::now()) >= CALL_WORST_CASE + backoff
+        deadline.saturating_duration_since(Instant::now()) >= CALL_WORST_CASE + backoff + DEADLINE_MARGIN
     })
 }
 
@@ -512,16 +511,79 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_of_retries_fits_well_inside_the_lambda_timeout() {
+    fn a_call_and_all_its_retries_fit_inside_the_lambda_timeout() {
         let policy = RetryPolicy::DEFAULT;
         let waits: Duration = (1..policy.attempts).map(|retry| policy.ceiling(retry)).sum();
-        // The deadline guard stops before the timeout whatever the batch; this is the budget of
-        // one call's entries when EventBridge keeps refusing some.
         let one_call = CALL_WORST_CASE * policy.attempts + waits;
-        assert!(one_call * 3 < NOTIFIER_LAMBDA_TIMEOUT, "{one_call:?}");
-        assert!(!time_for_a_call(Some(Instant::now() + CALL_WORST_CASE / 2), Duration::ZERO));
-        assert!(time_for_a_call(Some(Instant::now() + CALL_WORST_CASE * 2), Duration::ZERO));
+        assert!(one_call + DEADLINE_MARGIN < NOTIFIER_LAMBDA_TIMEOUT, "{one_call:?}");
+        // Later calls are the deadline guard's business: none starts that could end past it.
+        let enough = CALL_WORST_CASE + DEADLINE_MARGIN + Duration::from_millis(100);
+        assert!(time_for_a_call(Some(Instant::now() + enough), Duration::ZERO));
+        assert!(!time_for_a_call(Some(Instant::now() + enough), Duration::from_millis(200)));
+        assert!(!time_for_a_call(Some(Instant::now() + CALL_WORST_CASE), Duration::ZERO));
         assert!(time_for_a_call(None, Duration::from_secs(3600)));
+    }
+
+    fn record(sequence_number: &str, change: Option<&str>) -> EventRecord {
+        let image = change.map_or_else(|| json!({}), |change| json!({ "change": { "S": change } }));
+        serde_json::from_value(json!({
+            "eventID": sequence_number, "eventName": "INSERT", "awsRegion": "us-east-1",
+            "dynamodb": { "NewImage": image, "SequenceNumber": sequence_number, "SizeBytes": 10 },
+        }))
+        .unwrap()
+    }
+
+    fn change_json(id: &str) -> String {
+        json!({ "id": id, "cursor": "1", "type": "account.deauthorized", "account_id": "acct_1", "at": 1, "data": {} })
+            .to_string()
+    }
+
+    /// A client for a port nothing listens on: any call it made would fail.
+    fn unreachable_client() -> aws_sdk_eventbridge::Client {
+        let config = aws_sdk_eventbridge::Config::builder()
+            .behavior_version(aws_sdk_eventbridge::config::BehaviorVersion::latest())
+            .region(aws_sdk_eventbridge::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_eventbridge::config::Credentials::new(
+                "t", "t", None, None, "tests",
+            ))
+            .endpoint_url("http://127.0.0.1:9")
+            .build();
+        aws_sdk_eventbridge::Client::from_conf(config)
+    }
+
+    #[tokio::test]
+    async fn a_batch_too_close_to_its_deadline_is_handed_back_without_a_call() {
+        let notifier = Notifier::new(unreachable_client(), "bus");
+        let records = [
+            record("7", None),
+            record("8", Some(&change_json("chg_1"))),
+            record("9", Some(&change_json("chg_2"))),
+        ];
+        let outcome = notifier.publish_before(&records, Some(Instant::now() + Duration::from_secs(1))).await;
+        assert_eq!(
+            outcome,
+            BatchOutcome {
+                published: 0,
+                skipped: 1,
+                failed: 2,
+                put_events_calls: 0,
+                retry_from: Some("8".to_owned())
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_change_stops_the_batch_before_any_call() {
+        let notifier = Notifier::new(unreachable_client(), "bus");
+        for bad in ["", "null", "{\"id\": 3}", "[1]"] {
+            let records = [record("1", Some(bad)), record("2", Some(&change_json("chg_1")))];
+            let outcome = notifier.publish(&records).await;
+            assert_eq!(
+                outcome,
+                BatchOutcome { failed: 1, retry_from: Some("1".to_owned()), ..BatchOutcome::default() },
+                "{bad}"
+            );
+        }
     }
 
     fn pending(size: usize) -> Pending {

@@ -104,7 +104,7 @@ async fn accounts_are_listed_by_status<S: AccountStore + Clone>(store: S) {
     let list = |status: Option<OnboardingStatus>, limit: usize, after: Option<&'static str>| {
         let store = store.clone();
         async move {
-            let after = after.map(|id| account_id(id));
+            let after = after.map(account_id);
             let query = AccountQuery { status, limit, starting_after: after.as_ref() };
             let page = store.list_accounts(&query).await.unwrap();
             let ids: Vec<String> =

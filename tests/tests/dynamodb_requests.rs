@@ -29,3 +29,80 @@ async fn each_event_costs_the_fewest_requests_its_guarantees_allow() {
         assert_eq!(requests, expected, "{case}");
     }
 }
+
+/// What each platform API call costs on DynamoDB. A reference costs one consistent read to find a
+/// repeat and rides in the write that creates its object.
+#[tokio::test]
+async fn each_platform_call_costs_the_requests_pinned_here() {
+    use integration_tests::stripe_stub::StripeStub;
+    use shared::platform::{ApiRequest, PlatformApi, PlatformSettings};
+    use shared::stripe::client::StripeClient;
+
+    let log = RequestLog::default();
+    let store = dynamo_store_logged(log.clone()).await;
+    let stub = StripeStub::start().await;
+    let clock = integration_tests::TestClock::at(stub.now());
+    let settings = PlatformSettings {
+        link_secret: shared::platform::token::LinkSecret::new("a-link-secret-for-counting"),
+        public_url: Some("https://flow.example".into()),
+        expected_livemode: Some(false),
+    };
+    let api = PlatformApi::with_clock(
+        store,
+        Some(StripeClient::new(stub.client_config()).unwrap()),
+        settings,
+        clock.clone(),
+    );
+    let call = |method: &'static str, target: String, body: serde_json::Value| {
+        let api = &api;
+        let log = log.clone();
+        async move {
+            log.take();
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let body = body.to_string();
+            let request = ApiRequest { method, path, query, body: body.as_bytes(), base_url: "" };
+            let reply = api.handle(&request).await;
+            assert!(reply.status < 300, "{method} {target}: {}", reply.body);
+            (serde_json::from_str::<serde_json::Value>(&reply.body).unwrap_or_default(), log.take())
+        }
+    };
+    let account = json!({"reference": "seller-1", "country": "US", "dashboard": "express", "capabilities": ["transfers"]});
+    let (created, new_account) = call("POST", "/accounts".into(), account.clone()).await;
+    let id = created["account_id"].as_str().unwrap().to_owned();
+    let (_, repeated_account) = call("POST", "/accounts".into(), account).await;
+    let transfer = json!({"reference": "t-1", "destination": id, "amount": 100, "currency": "usd"});
+    let (_, new_transfer) = call("POST", "/transfers".into(), transfer.clone()).await;
+    let (_, repeated_transfer) = call("POST", "/transfers".into(), transfer).await;
+    let (_, get_account) = call("GET", format!("/accounts/{id}"), json!(null)).await;
+    let (_, get_steps) = call("GET", format!("/accounts/{id}/steps"), json!(null)).await;
+    let (_, by_status) = call("GET", "/accounts?status=onboarding".into(), json!(null)).await;
+    let (_, all) = call("GET", "/accounts".into(), json!(null)).await;
+    let link = json!({"return_url": "https://platform.example/back"});
+    let (_, onboarding_link) = call("POST", format!("/accounts/{id}/onboarding_link"), link).await;
+    clock.advance(60);
+    let (page, changes_from_start) = call("GET", "/changes?limit=100".into(), json!(null)).await;
+    let cursor = page["next"].as_str().unwrap().to_owned();
+    let (_, changes_after) = call("GET", format!("/changes?after={cursor}"), json!(null)).await;
+
+    let query_per_day = vec!["Query"; 31];
+    let cases: [(&str, Vec<String>, Vec<&str>); 11] = [
+        ("POST /accounts, new", new_account, vec!["GetItem", "PutItem", "GetItem", "TransactWriteItems"]),
+        ("POST /accounts, repeated", repeated_account, vec!["GetItem", "GetItem"]),
+        ("POST /transfers, new", new_transfer, vec!["GetItem", "GetItem", "TransactWriteItems"]),
+        ("POST /transfers, repeated", repeated_transfer, vec!["GetItem", "GetItem"]),
+        ("GET /accounts/{id}", get_account, vec!["GetItem"]),
+        ("GET /accounts/{id}/steps", get_steps, vec!["Query"]),
+        ("GET /accounts?status=S", by_status, vec!["Query"]),
+        ("GET /accounts (one query per status)", all, vec!["Query"; 7]),
+        ("POST /accounts/{id}/onboarding_link", onboarding_link, vec!["GetItem"]),
+        ("GET /changes from the start (one query per day kept)", changes_from_start, query_per_day),
+        ("GET /changes after a cursor of today", changes_after, vec!["Query"]),
+    ];
+    println!("\n| platform call | DynamoDB requests |\n|---|---|");
+    for (case, requests, _) in &cases {
+        println!("| {case} | `{}` |", requests.join(" + "));
+    }
+    for (case, requests, expected) in cases {
+        assert_eq!(requests, expected, "{case}");
+    }
+}

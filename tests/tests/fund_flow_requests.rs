@@ -131,8 +131,9 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
         &mut rows,
         "worker: transfer step",
         &requests,
-        // The step, its destination account, the step claimed in_flight, the step succeeded.
-        &["GetItem", "GetItem", "PutItem", "PutItem"],
+        // The step, its destination account, the step claimed in_flight, then the step succeeded
+        // with its change for the feed, in one write.
+        &["GetItem", "GetItem", "PutItem", "TransactWriteItems"],
     );
     let other = payment_step(&store, StepKind::Transfer, "acct_B").await;
     requests_to_run(&log, &worker, &other).await;
@@ -176,8 +177,9 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
         &mut rows,
         "worker: reversal step",
         &requests,
-        // The step, its account, the step claimed in_flight, the step succeeded.
-        &["GetItem", "GetItem", "PutItem", "PutItem"],
+        // The step, its account, the step claimed in_flight, then the step succeeded with its
+        // change for the feed, in one write.
+        &["GetItem", "GetItem", "PutItem", "TransactWriteItems"],
     );
 
     let undone = stub.reversals().remove(0);
@@ -213,8 +215,9 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
         &mut rows,
         "worker: payout step",
         &requests,
-        // The step, its account, the step claimed in_flight, the step succeeded.
-        &["GetItem", "GetItem", "PutItem", "PutItem"],
+        // The step, its account, the step claimed in_flight, then the step succeeded with its
+        // change for the feed, in one write.
+        &["GetItem", "GetItem", "PutItem", "TransactWriteItems"],
     );
 
     let payout = stub.payouts().remove(0);

@@ -372,7 +372,7 @@ async fn a_signature_for_one_deployment_never_reaches_another_on_sqlite_files() 
         assert_eq!(steps.status().as_u16(), expected);
         let list = reqwest::get(format!("{base}/accounts")).await.unwrap().text().await.unwrap();
         let list: Value = serde_json::from_str(&list).unwrap();
-        assert_eq!(list.as_array().unwrap().len(), usize::from(expected == 200), "{list}");
+        assert_eq!(list["data"].as_array().unwrap().len(), usize::from(expected == 200), "{list}");
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
     }

@@ -99,10 +99,10 @@ async fn webhooks_update_accounts_that_the_read_api_serves_and_a_restart_keeps()
     assert_eq!(account["capabilities"]["transfers"], "pending");
 
     let (_, all) = server.get("/accounts").await;
-    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert_eq!((all["data"].as_array().unwrap().len(), &all["has_more"]), (2, &Value::Bool(false)));
     let (_, active) = server.get("/accounts?status=active").await;
-    assert_eq!(active[0]["account_id"], "acct_2Serve");
-    assert_eq!(active.as_array().unwrap().len(), 1);
+    assert_eq!(active["data"][0]["account_id"], "acct_2Serve");
+    assert_eq!(active["data"].as_array().unwrap().len(), 1);
     assert_eq!(server.get("/accounts?status=sleeping").await.0, 400);
     assert_eq!(server.get("/accounts/acct_never").await.0, 404);
     assert_eq!(server.get("/accounts/not-an-account").await.0, 404);
@@ -154,4 +154,74 @@ async fn send_signs_sample_files_and_posts_them() {
         "a wrong secret is refused"
     );
     server.stop().await;
+}
+
+/// `serve` with `CONNECT_FLOW_API_TOKEN`: every platform route wants the token before it does
+/// anything; the webhook and the signed refresh route do not.
+#[tokio::test]
+async fn platform_routes_need_the_bearer_token_and_the_webhook_does_not() {
+    let store = SqliteStore::open(temp_db("token"), SystemClock.now_unix()).unwrap();
+    let webhook = Arc::new(WebhookService::new(store.clone(), &settings()));
+    let platform =
+        shared::platform::PlatformApi::new(store, None, shared::platform::PlatformSettings::default());
+    let app = connect_flow::server::App::new(webhook, platform, Some("s3cret-token".to_owned()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(connect_flow::server::serve_app(listener, app, std::future::pending()));
+    let client = reqwest::Client::new();
+    for (method, path) in [
+        ("GET", "/accounts"),
+        ("GET", "/accounts/acct_1Token"),
+        ("GET", "/changes"),
+        ("POST", "/accounts"),
+        ("POST", "/transfers"),
+        ("POST", "/accounts/acct_1Token/session"),
+        ("GET", "/healthz"),
+        ("GET", "/no/such/route"),
+    ] {
+        for authorization in
+            [None, Some("Bearer wrong-token"), Some("s3cret-token"), Some("Bearer s3cret-token2")]
+        {
+            let mut request = client.request(method.parse().unwrap(), format!("{base}{path}")).body("{}");
+            if let Some(authorization) = authorization {
+                request = request.header("Authorization", authorization);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 401, "{method} {path} with {authorization:?}");
+            let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            assert_eq!(body["error"], "unauthenticated");
+        }
+    }
+    let authorized = |path: &str| client.get(format!("{base}{path}")).bearer_auth("s3cret-token");
+    assert_eq!(authorized("/accounts").send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(authorized("/accounts/acct_1Token").send().await.unwrap().status().as_u16(), 404);
+    // Over 64 KiB on a platform route: 413, once authenticated.
+    let big =
+        client.post(format!("{base}/transfers")).bearer_auth("s3cret-token").body(vec![b' '; 64 * 1024 + 1]);
+    assert_eq!(big.send().await.unwrap().status().as_u16(), 413);
+    // The refresh route answers a browser without the token: a plain 403 for a bad link.
+    let refresh = client.get(format!("{base}/onboarding/refresh?token=forged")).send().await.unwrap();
+    assert_eq!(refresh.status().as_u16(), 403);
+    // The webhook needs no token: only Stripe's signature.
+    let unsigned = client.post(format!("{base}/webhooks/stripe")).body("{}").send().await.unwrap();
+    assert_eq!(unsigned.status().as_u16(), 400);
+}
+
+/// Without a token `serve` answers the platform routes only when it listens on loopback.
+#[test]
+fn without_a_token_the_platform_api_is_closed_off_loopback() {
+    use connect_flow::server::answers_without_token;
+    for (addr, open) in [
+        ("127.0.0.1:8787", true),
+        ("[::1]:8787", true),
+        ("0.0.0.0:8787", false),
+        ("10.0.0.5:8787", false),
+        ("[::]:8787", false),
+    ] {
+        assert_eq!(answers_without_token(None, addr.parse().unwrap()), open, "{addr}");
+        assert!(
+            !answers_without_token(Some("token"), addr.parse().unwrap()),
+            "a token is always required once set"
+        );
+    }
 }

@@ -48,15 +48,20 @@ impl App {
 #[derive(Clone)]
 struct Routes {
     app: App,
-    /// Whether platform calls without a token are answered: only when no token is configured
-    /// and the listener is on a loopback address.
+    /// [`answers_without_token`] for this listener.
     open_without_token: bool,
     base_url: String,
 }
 
+/// Whether platform calls without a token are answered: only when no token is configured and the
+/// listener is on a loopback address.
+pub fn answers_without_token(api_token: Option<&str>, local: SocketAddr) -> bool {
+    api_token.is_none() && local.ip().is_loopback()
+}
+
 /// The HTTP routes of DESIGN.md over one pipeline.
 fn router(app: App, local: SocketAddr) -> Router {
-    let open_without_token = app.api_token.is_none() && local.ip().is_loopback();
+    let open_without_token = answers_without_token(app.api_token.as_deref(), local);
     let routes = Routes { app, open_without_token, base_url: format!("http://{local}") };
     Router::new().route("/webhooks/stripe", post(receive_webhook)).fallback(platform_call).with_state(routes)
 }

@@ -111,6 +111,10 @@ fn a_step_reports_each_status_it_moves_to_and_nothing_else() {
     );
     let retried = Step { attempt: 1, version: 2, ..failed.clone() };
     assert_eq!(step_changes(Some(&failed), &retried, 30), []);
+    let claimed = step(StepStatus::InFlight, 1);
+    assert_eq!(step_changes(Some(&queued), &claimed, 15), [], "a claim is not news");
+    let succeeded = step(StepStatus::Succeeded, 2);
+    assert_eq!(step_changes(Some(&claimed), &succeeded, 16)[0].data["from"], "in_flight");
     assert_ne!(created[0].id, changes[0].id);
 }
 
