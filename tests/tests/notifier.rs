@@ -1008,3 +1008,93 @@ async fn a_thousand_changes_take_a_hundred_put_events_calls() {
     assert_eq!(delivered.len(), 1_000);
     assert!(delivered.values().all(|count| *count == 1));
 }
+
+// (e) End to end: the changes the store itself writes, with the state they describe, reach the bus.
+
+/// Platform calls and webhook deliveries on the DynamoDB store write their changes in their own
+/// transactions; the stream, filtered as the deployed mapping filters it, carries exactly those
+/// items; and the bus receives every change `GET /changes` lists, once, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_changes_the_store_commits_are_the_ones_the_bus_receives() {
+    use integration_tests::TestClock;
+    use integration_tests::stripe_stub::StripeStub;
+    use shared::platform::{ApiRequest, PlatformApi, PlatformSettings};
+    use shared::store::dynamodb::{DynamoStore, FEED_SETTLE_SECS, create_table};
+
+    let client = dynamodb_client().await;
+    let table = unique("e2e");
+    create_table(&client, &table).await.expect("the emulator creates the table");
+    let store = DynamoStore::new(client.clone(), &table);
+    let stub = StripeStub::start().await;
+    let clock = TestClock::at(stub.now());
+    let settings = PlatformSettings { expected_livemode: Some(false), ..PlatformSettings::default() };
+    let stripe = shared::stripe::client::StripeClient::new(stub.client_config()).unwrap();
+    let api = PlatformApi::with_clock(store.clone(), Some(stripe), settings, clock.clone());
+    let call = |path: &'static str, body: Value| {
+        let api = &api;
+        async move {
+            let body = body.to_string();
+            let request = ApiRequest { method: "POST", path, query: "", body: body.as_bytes(), base_url: "" };
+            let reply = api.handle(&request).await;
+            assert!(reply.status < 300, "{path}: {}", reply.body);
+            serde_json::from_str::<Value>(&reply.body).unwrap()
+        }
+    };
+    let mut sellers = Vec::new();
+    for n in 0..3 {
+        let body = json!({"reference": format!("seller-{n}"), "country": "US", "dashboard": "express",
+                          "capabilities": ["transfers"]});
+        sellers.push(call("/accounts", body).await["account_id"].as_str().unwrap().to_owned());
+    }
+    for (n, seller) in sellers.iter().enumerate() {
+        let body = json!({"reference": format!("t-{n}"), "destination": seller, "amount": 100 + n, "currency": "usd"});
+        call("/transfers", body).await;
+    }
+    // A webhook delivery activates one seller: its status and capability changes ride in its write.
+    let webhook = shared::webhook::WebhookService::with_clock(
+        store.clone(),
+        &integration_tests::settings(),
+        clock.clone(),
+    );
+    let event = integration_tests::account_updated("evt_e2e", &sellers[0], stub.now() + 1, true, &[]);
+    let (header, body) = integration_tests::signed(&event, stub.now());
+    assert_eq!(webhook.handle(Some(&header), &body).await.status, 200);
+
+    clock.advance(FEED_SETTLE_SECS + 1);
+    let now = shared::stripe::signature::Clock::now_unix(&clock);
+    let listed =
+        shared::store::AccountStore::list_changes(&store, None, 100, now).await.unwrap().unwrap().changes;
+    // Per seller its status and its one capability; per transfer its step; the activation two more.
+    assert_eq!(listed.len(), 3 * 2 + 3 + 2, "{listed:?}");
+
+    let described = client.describe_table().table_name(&table).send().await.unwrap();
+    let stream_arn =
+        described.table().and_then(|table| table.latest_stream_arn()).expect("the table has a stream");
+    let feed = Feed {
+        dynamodb: client.clone(),
+        streams: streams_client().await,
+        table,
+        stream_arn: stream_arn.to_owned(),
+    };
+    let records = feed.lambda_records().await;
+    assert_eq!(records.len(), listed.len(), "the filter passes the change items and nothing else");
+
+    let bus = Bus::create().await;
+    let notifier = Notifier::new(eventbridge_client(&moto_endpoint(), RequestLog::default()), &bus.name)
+        .with_retry(TEST_RETRY);
+    let response = notifier.handle(event_of(&records), deadline()).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let delivered: BTreeMap<String, Value> = bus
+        .deliveries()
+        .await
+        .into_iter()
+        .map(|event| (event["detail"]["id"].as_str().unwrap().to_owned(), event["detail"].clone()))
+        .collect();
+    let expected: BTreeMap<String, Value> =
+        listed.iter().map(|change| (change.id.clone(), serde_json::to_value(change).unwrap())).collect();
+    assert_eq!(delivered, expected, "the bus gets exactly what the feed lists, cursors included");
+}
+
+fn event_of(records: &[EventRecord]) -> Event {
+    event(records)
+}
