@@ -290,3 +290,41 @@ impl shared::store::StepQueue for RecordingQueue {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// The platform API's store methods, passed through to `self.inner`: for the test wrappers that
+/// intercept the webhook's and the worker's calls, not these.
+#[macro_export]
+macro_rules! pass_platform_methods_through {
+    () => {
+        async fn list_accounts(
+            &self,
+            query: &shared::store::AccountQuery<'_>,
+        ) -> Result<shared::store::AccountPage, StoreError> {
+            self.inner.list_accounts(query).await
+        }
+
+        async fn commit_platform(
+            &self,
+            write: &shared::store::PlatformWrite<'_>,
+        ) -> Result<CommitOutcome, StoreError> {
+            self.inner.commit_platform(write).await
+        }
+
+        async fn load_reference(
+            &self,
+            kind: shared::domain::reference::ReferenceKind,
+            reference: &str,
+        ) -> Result<Option<shared::domain::reference::ReferenceRecord>, StoreError> {
+            self.inner.load_reference(kind, reference).await
+        }
+
+        async fn list_changes(
+            &self,
+            after: Option<&str>,
+            limit: usize,
+            now: i64,
+        ) -> Result<Option<shared::store::ChangePage>, StoreError> {
+            self.inner.list_changes(after, limit, now).await
+        }
+    };
+}

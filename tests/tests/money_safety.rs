@@ -20,9 +20,7 @@ use integration_tests::{
 use serde_json::{Value, json};
 use shared::domain::account::{AccountId, AccountState, OnboardingStatus};
 use shared::domain::change::Change;
-use shared::domain::reference::{ReferenceKind, ReferenceRecord};
 use shared::domain::step::{Step, StepKind, StepRef, StepStatus, UnresolvedCall};
-use shared::store::{AccountPage, AccountQuery, ChangePage, PlatformWrite};
 use shared::store::{
     AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, PaymentState, StoreError,
 };
@@ -106,30 +104,7 @@ impl<S: AccountStore> AccountStore for RacingStore<S> {
         self.inner.load_event(event_id).await
     }
 
-    async fn list_accounts(&self, query: &AccountQuery<'_>) -> Result<AccountPage, StoreError> {
-        self.inner.list_accounts(query).await
-    }
-
-    async fn commit_platform(&self, write: &PlatformWrite<'_>) -> Result<CommitOutcome, StoreError> {
-        self.inner.commit_platform(write).await
-    }
-
-    async fn load_reference(
-        &self,
-        kind: ReferenceKind,
-        reference: &str,
-    ) -> Result<Option<ReferenceRecord>, StoreError> {
-        self.inner.load_reference(kind, reference).await
-    }
-
-    async fn list_changes(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-        now: i64,
-    ) -> Result<Option<ChangePage>, StoreError> {
-        self.inner.list_changes(after, limit, now).await
-    }
+    integration_tests::pass_platform_methods_through!();
 }
 
 struct Flow<S: AccountStore + Clone> {

@@ -26,9 +26,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use shared::domain::account::{AccountId, AccountState};
 use shared::domain::change::Change;
-use shared::domain::reference::{ReferenceKind, ReferenceRecord};
 use shared::domain::step::{Step, StepKind, StepRef, StepStatus, UnresolvedCall};
-use shared::store::{AccountPage, AccountQuery, ChangePage, PlatformWrite};
 use shared::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use shared::stripe::client::{STRIPE_VERSION, StripeClient, StripeClientConfig};
 use shared::stripe::signature::FixedClock;
@@ -141,30 +139,7 @@ impl<S: AccountStore> AccountStore for CrashingStore<S> {
         self.inner.load_event(event_id).await
     }
 
-    async fn list_accounts(&self, query: &AccountQuery<'_>) -> Result<AccountPage, StoreError> {
-        self.inner.list_accounts(query).await
-    }
-
-    async fn commit_platform(&self, write: &PlatformWrite<'_>) -> Result<CommitOutcome, StoreError> {
-        self.inner.commit_platform(write).await
-    }
-
-    async fn load_reference(
-        &self,
-        kind: ReferenceKind,
-        reference: &str,
-    ) -> Result<Option<ReferenceRecord>, StoreError> {
-        self.inner.load_reference(kind, reference).await
-    }
-
-    async fn list_changes(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-        now: i64,
-    ) -> Result<Option<ChangePage>, StoreError> {
-        self.inner.list_changes(after, limit, now).await
-    }
+    integration_tests::pass_platform_methods_through!();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -287,17 +287,7 @@ impl AccountStore for DynamoStore {
                 .condition_expression(NOT_YET_WRITTEN)
                 .send()
                 .await;
-            return match put {
-                Ok(_) => Ok(CommitOutcome::Committed),
-                Err(err)
-                    if err
-                        .as_service_error()
-                        .is_some_and(PutItemError::is_conditional_check_failed_exception) =>
-                {
-                    Ok(CommitOutcome::Duplicate)
-                }
-                Err(err) => Err(unavailable("PutItem", &err)),
-            };
+            return put_outcome(put, CommitOutcome::Duplicate);
         }
         let put = |item: Item| Put::builder().table_name(&self.table).set_item(Some(item));
         let event_put = put(event_item(record)).condition_expression(NOT_YET_WRITTEN);
@@ -433,17 +423,7 @@ impl AccountStore for DynamoStore {
             .expression_attribute_values(":expected", AttributeValue::N(previous_version(step)?.to_string()))
             .send()
             .await;
-        match put {
-            Ok(_) => Ok(CommitOutcome::Committed),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(PutItemError::is_conditional_check_failed_exception) =>
-            {
-                Ok(CommitOutcome::Conflict)
-            }
-            Err(err) => Err(unavailable("PutItem", &err)),
-        }
+        put_outcome(put, CommitOutcome::Conflict)
     }
 
     async fn load_payouts(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
@@ -612,17 +592,7 @@ impl DynamoStore {
                 .expression_attribute_names("#version", VERSION)
                 .expression_attribute_values(":expected", AttributeValue::N((version - 1).to_string())),
         };
-        match put.send().await {
-            Ok(_) => Ok(CommitOutcome::Committed),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(PutItemError::is_conditional_check_failed_exception) =>
-            {
-                Ok(CommitOutcome::Conflict)
-            }
-            Err(err) => Err(unavailable("PutItem", &err)),
-        }
+        put_outcome(put.send().await, CommitOutcome::Conflict)
     }
 
     /// Runs one transaction: `None` when it committed, or the cancellation reasons.
@@ -744,6 +714,25 @@ fn reference_item(reference: &ReferenceRecord) -> Result<Item, StoreError> {
         (VERSION.to_owned(), AttributeValue::N(reference.version.to_string())),
         (REFERENCE_RECORD.to_owned(), AttributeValue::S(json)),
     ]))
+}
+
+/// What a conditional `PutItem` did: written, or `on_condition_failed` when its condition failed.
+fn put_outcome<R>(
+    put: Result<
+        R,
+        aws_sdk_dynamodb::error::SdkError<PutItemError, aws_sdk_dynamodb::config::http::HttpResponse>,
+    >,
+    on_condition_failed: CommitOutcome,
+) -> Result<CommitOutcome, StoreError> {
+    match put {
+        Ok(_) => Ok(CommitOutcome::Committed),
+        Err(err)
+            if err.as_service_error().is_some_and(PutItemError::is_conditional_check_failed_exception) =>
+        {
+            Ok(on_condition_failed)
+        }
+        Err(err) => Err(unavailable("PutItem", &err)),
+    }
 }
 
 /// A step update is conditional on the stored step being at the version it was read at (steps
