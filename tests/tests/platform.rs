@@ -177,8 +177,15 @@ async fn onboarding_links_refresh_only_for_their_account<S: AccountStore + Clone
     let seller_a = api.seller("seller-a", "express").await;
     let seller_b = api.seller("seller-b", "express").await;
     let body = json!({"return_url": "https://platform.example/back", "collect": "eventually_due"});
-    let (status, link) = api.call("POST", &format!("/accounts/{seller_a}/onboarding_link"), Some(body)).await;
+    let (status, link) =
+        api.call("POST", &format!("/accounts/{seller_a}/onboarding_link"), Some(body.clone())).await;
     assert_eq!(status, 200, "{link}");
+    // Asked again a second later (a new token in the refresh URL), within the same minute.
+    api.clock.advance(1);
+    let (status, again) =
+        api.call("POST", &format!("/accounts/{seller_a}/onboarding_link"), Some(body)).await;
+    assert_eq!(status, 200, "{again}");
+    api.clock.advance(-1);
     assert!(link["url"].as_str().unwrap().starts_with("https://connect.stripe.com/"));
     assert!(link["expires_at"].as_i64().unwrap() > START);
     let sent = api.stub.account_links();
@@ -195,10 +202,10 @@ async fn onboarding_links_refresh_only_for_their_account<S: AccountStore + Clone
     let reply = api.raw("GET", target, None).await;
     assert_eq!(reply.status, 302, "{}", reply.body);
     let links = api.stub.account_links();
-    assert_eq!(links.len(), 2);
-    assert_eq!(reply.location.as_deref(), Some(links[1].url.as_str()));
+    assert_eq!(links.len(), 3);
+    assert_eq!(reply.location.as_deref(), Some(links[2].url.as_str()));
     assert_eq!(
-        (links[1].account.as_str(), links[1].return_url.as_str()),
+        (links[2].account.as_str(), links[2].return_url.as_str()),
         (seller_a.as_str(), "https://platform.example/back")
     );
 
@@ -521,4 +528,70 @@ async fn the_dynamodb_feed_waits_out_writers_still_committing() {
     api.clock.advance(shared::store::dynamodb::FEED_SETTLE_SECS + 1);
     let (_, settled) = api.call("GET", "/changes", None).await;
     assert_eq!(settled["data"].as_array().unwrap().len(), 1 + 2, "status and two capabilities");
+}
+
+/// Every platform route through the `platform-api` Lambda function's handler, from the envelopes
+/// in `events/lambda/`, against the stand-in Stripe: what API Gateway hands the deployed function.
+#[tokio::test]
+async fn every_route_answers_through_the_lambda_function_from_its_envelope() {
+    let store = integration_tests::sqlite_store();
+    let api = Api::new(store.clone()).await;
+    let invoke = |name: &'static str| {
+        let api = &api;
+        async move {
+            let path =
+                format!("{}/../events/lambda/apigw-v2.platform.{name}.json", env!("CARGO_MANIFEST_DIR"));
+            let request = lambda_http::request::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let response = shared::platform::lambda::handle(&api.api, request).await.unwrap();
+            let body = match response.body() {
+                lambda_http::Body::Text(text) => text.clone(),
+                _ => String::new(),
+            };
+            (response.status().as_u16(), serde_json::from_str::<Value>(&body).unwrap_or(Value::String(body)))
+        }
+    };
+    let (status, account) = invoke("create-account").await;
+    assert_eq!((status, account["account_id"].as_str()), (201, Some("acct_stub0000000001")), "{account}");
+    assert_eq!(invoke("create-account").await.0, 200, "the same reference again");
+    let (status, link) = invoke("onboarding-link").await;
+    assert_eq!(status, 200, "{link}");
+    // No public URL configured for the deployed function: the refresh link is on the API's own
+    // domain, from the request's context.
+    let api_without_public_url = PlatformApi::with_clock(
+        store.clone(),
+        Some(StripeClient::new(api.stub.client_config()).unwrap()),
+        PlatformSettings {
+            public_url: None,
+            link_secret: LinkSecret::new("another-link-secret-1234"),
+            expected_livemode: Some(false),
+        },
+        api.clock.clone(),
+    );
+    let path =
+        format!("{}/../events/lambda/apigw-v2.platform.onboarding-link.json", env!("CARGO_MANIFEST_DIR"));
+    let request = lambda_http::request::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        shared::platform::lambda::handle(&api_without_public_url, request).await.unwrap().status(),
+        200
+    );
+    let refresh = api.stub.account_links().last().unwrap().refresh_url.clone();
+    assert!(
+        refresh
+            .starts_with("https://c0nf10wapi.execute-api.us-east-1.amazonaws.com/onboarding/refresh?token="),
+        "{refresh}"
+    );
+
+    let (status, session) = invoke("account-session").await;
+    assert_eq!(status, 200, "{session}");
+    assert!(session["client_secret"].as_str().unwrap().contains("_secret_"));
+    let (status, login) = invoke("login-link").await;
+    assert_eq!((status, login["url"].as_str().is_some()), (200, true), "{login}");
+    let (status, steps) = invoke("get-steps").await;
+    assert_eq!((status, steps), (200, json!([])));
+    api.activate(&store, "acct_stub0000000001", "evt_lambda_manual").await;
+    let (status, payout) = invoke("create-payout").await;
+    assert_eq!((status, payout["kind"].as_str()), (202, Some("payout")), "{payout}");
+    assert_eq!(invoke("healthz").await, (200, json!({"status": "ok"})));
+    let (status, denied) = invoke("no-iam-identity").await;
+    assert_eq!((status, denied["error"].as_str()), (401, Some("unauthenticated")));
 }

@@ -75,8 +75,10 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             refresh_url,
             collect: grant.collect.as_deref(),
         };
+        // Every parameter is in the key: the same key with other parameters (a refresh URL whose
+        // token was signed a second later) would be Stripe's idempotency_error.
         let call = format!(
-            "{}|{}|{}|{}",
+            "{}|{}|{}|{}|{refresh_url}",
             grant.account,
             grant.link_type,
             grant.return_url,
