@@ -595,3 +595,66 @@ async fn every_route_answers_through_the_lambda_function_from_its_envelope() {
     let (status, denied) = invoke("no-iam-identity").await;
     assert_eq!((status, denied["error"].as_str()), (401, Some("unauthenticated")));
 }
+
+/// A burst of the same call: however the calls interleave at the store and at Stripe, one account
+/// is created, and every call that answers success names it.
+async fn a_burst_of_one_account_call_creates_one_account<S: AccountStore + Clone>(store: S) {
+    let api = Arc::new(Api::new(store).await);
+    let calls = (0..8).map(|_| {
+        let api = Arc::clone(&api);
+        tokio::spawn(
+            async move { api.call("POST", "/accounts", Some(account_body("burst", "express"))).await },
+        )
+    });
+    let answers: Vec<(u16, Value)> = futures_join(calls).await;
+    let created = api.stub.created_accounts();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    for (status, body) in &answers {
+        match status {
+            200 | 201 => assert_eq!(body["account_id"].as_str(), Some(created[0].id.as_str())),
+            // Stripe's "key in use" while the first call was still at Stripe: retried later.
+            503 => assert_eq!(body["error"], "stripe_unavailable"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    // Whatever each call answered, the next one names the one account.
+    let (status, body) = api.call("POST", "/accounts", Some(account_body("burst", "express"))).await;
+    assert_eq!((status, body["account_id"].as_str()), (200, Some(created[0].id.as_str())));
+    assert_eq!(api.stub.created_accounts().len(), 1);
+}
+
+/// The same for money: one step, however many identical requests race.
+async fn a_burst_of_one_transfer_call_stores_one_step<S: AccountStore + Clone>(store: S) {
+    let api = Arc::new(Api::new(store.clone()).await);
+    let seller = api.seller("seller-burst", "express").await;
+    let body = json!({"reference": "burst-t", "destination": seller, "amount": 300, "currency": "usd"});
+    let calls = (0..8).map(|_| {
+        let (api, body) = (Arc::clone(&api), body.clone());
+        tokio::spawn(async move { api.call("POST", "/transfers", Some(body)).await })
+    });
+    let answers = futures_join(calls).await;
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(statuses.iter().filter(|status| **status == 202).count(), 1, "{answers:?}");
+    assert!(statuses.iter().all(|status| *status == 202 || *status == 200), "{answers:?}");
+    let ids: std::collections::BTreeSet<&str> =
+        answers.iter().map(|(_, step)| step["step_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1);
+    let steps = store.load_account_steps(&AccountId::parse(&seller).unwrap()).await.unwrap();
+    assert_eq!(steps.len(), 1);
+}
+
+async fn futures_join<T: Send + 'static>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut answers = Vec::new();
+    for task in tasks.collect::<Vec<_>>() {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+mod bursts {
+    use super::*;
+    on_both_stores!(
+        a_burst_of_one_account_call_creates_one_account,
+        a_burst_of_one_transfer_call_stores_one_step
+    );
+}

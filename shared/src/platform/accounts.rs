@@ -223,11 +223,14 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
         let account_id = object.get("id").and_then(Value::as_str).and_then(AccountId::parse).ok_or(
             ApiError::StripeRefused { code: None, message: "Stripe answered without an account id".into() },
         )?;
-        let bound = record.next(|record| {
-            record.state = ReferenceState::Bound;
-            record.object_id = Some(account_id.to_string());
-            record.unresolved = None;
-        });
+        let bind_to = |record: &ReferenceRecord| {
+            record.next(|record| {
+                record.state = ReferenceState::Bound;
+                record.object_id = Some(account_id.to_string());
+                record.unresolved = None;
+            })
+        };
+        let mut bound = bind_to(record);
         let created = object.get("created").and_then(Value::as_i64).unwrap_or_else(|| self.clock.now_unix());
         for _ in 0..MAX_CONFLICT_RETRIES {
             let current = self.store.load_account(&account_id).await?;
@@ -252,14 +255,15 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             match self.store.commit_platform(&write).await? {
                 CommitOutcome::Committed => return Ok(ApiReply::of(201, &next)),
                 _ => {
-                    // The account moved (a webhook), or the reference did (a concurrent retry
-                    // that already bound it): read both again.
-                    if let Some(stored) =
-                        self.store.load_reference(ReferenceKind::Account, &record.reference).await?
-                        && stored.state == ReferenceState::Bound
-                    {
-                        let id = stored.object_id.as_deref().unwrap_or_default();
-                        return Ok(ApiReply::of(200, &self.known_account(id).await?));
+                    // The account moved (a webhook), or the reference did: a concurrent call bound
+                    // it, or marked it sent again while this one was at Stripe. Read both again.
+                    match self.store.load_reference(ReferenceKind::Account, &record.reference).await? {
+                        Some(stored) if stored.state == ReferenceState::Bound => {
+                            let id = stored.object_id.as_deref().unwrap_or_default();
+                            return Ok(ApiReply::of(200, &self.known_account(id).await?));
+                        }
+                        Some(stored) if stored.fingerprint == record.fingerprint => bound = bind_to(&stored),
+                        _ => {}
                     }
                 }
             }
