@@ -301,3 +301,50 @@ async fn the_webhook_on_dynamodb_queues_to_sqs_and_the_batch_handler_moves_each_
     assert_eq!(stub.transfers().len(), 2, "still exactly the planned transfers");
     assert!(receive(&client, &payouts_url).await.is_empty(), "nothing was paid out");
 }
+
+/// The platform API on DynamoDB with the SQS queues, as deployed: `POST /transfers` and
+/// `POST /payouts` each put their one step on its FIFO queue, a repeat adds nothing, and the
+/// transfer worker's batch handler makes the transfer once.
+#[tokio::test]
+async fn platform_requests_reach_their_fifo_queues_once_and_the_worker_pays_once() {
+    use shared::platform::{ApiRequest, PlatformApi, PlatformSettings};
+
+    let stub = StripeStub::start().await;
+    stub.set_platform_balance("usd", 100_000);
+    stub.add_account("acct_P", true, true);
+    let store = dynamo_store().await;
+    let client = sqs_client().await;
+    let (transfers_url, payouts_url) = create_queues(&client, &prefix()).await.unwrap();
+    let queue = Arc::new(SqsQueue::new(client.clone(), &transfers_url, &payouts_url));
+    let service = pipeline(store.clone());
+    deliver(&service, &integration_tests::manual_payout_account_updated("evt_p", "acct_P", NOW - 500)).await;
+    let settings = PlatformSettings { expected_livemode: Some(false), ..PlatformSettings::default() };
+    let api = PlatformApi::with_clock(store.clone(), None, settings, FixedClock(NOW)).with_queue(queue);
+    let post = |path: &'static str, body: Value| {
+        let api = &api;
+        async move {
+            let body = body.to_string();
+            let request = ApiRequest { method: "POST", path, query: "", body: body.as_bytes(), base_url: "" };
+            api.handle(&request).await.status
+        }
+    };
+    let transfer = json!({"reference": "sqs-t", "destination": "acct_P", "amount": 1234, "currency": "usd"});
+    let payout = json!({"reference": "sqs-p", "account": "acct_P", "amount": 55, "currency": "usd"});
+    assert_eq!(post("/transfers", transfer.clone()).await, 202);
+    assert_eq!(post("/transfers", transfer).await, 200);
+    assert_eq!(post("/payouts", payout.clone()).await, 202);
+    assert_eq!(post("/payouts", payout).await, 200);
+
+    let payouts = drain(&client, &payouts_url).await;
+    assert_eq!(payouts.len(), 1, "one payout message, deduplicated by its step id");
+    let worker = StepWorker::with_clock(
+        store.clone(),
+        StripeClient::new(stub.client_config()).unwrap(),
+        FixedClock(NOW),
+    );
+    let batches = run_worker(&client, &transfers_url, &worker).await;
+    assert_eq!(batches.iter().map(|batch| batch.records.len()).sum::<usize>(), 1, "one transfer message");
+    let transfers: Vec<(String, i64)> =
+        stub.transfers().into_iter().map(|transfer| (transfer.destination, transfer.amount)).collect();
+    assert_eq!(transfers, [("acct_P".to_owned(), 1234)]);
+}
