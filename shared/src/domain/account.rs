@@ -579,5 +579,7 @@ fn strings_at(value: &Value, path: &[&str]) -> Vec<String> {
         .unwrap_or_default()
 }
 
+pub mod v2;
+
 #[cfg(test)]
 mod tests;
