@@ -241,6 +241,8 @@ pub struct ReceivedRequest {
     /// The `Stripe-Version` header.
     pub stripe_version: Option<String>,
     /// The `Content-Type` header.
+    /// The `Stripe-Context` header (API v2).
+    pub stripe_context: Option<String>,
     pub content_type: Option<String>,
     /// The form body's pairs in the order sent (empty for a GET, or a body that is not a form).
     pub form: Vec<(String, String)>,
@@ -562,6 +564,7 @@ struct Call {
     idempotency_key: Option<String>,
     stripe_account: Option<String>,
     stripe_version: Option<String>,
+    stripe_context: Option<String>,
     content_type: Option<String>,
     /// The parameters: the query string of a GET, the form body of anything else.
     params: Result<Vec<(String, String)>, String>,
@@ -693,6 +696,7 @@ async fn handle(
         idempotency_key: header("idempotency-key"),
         stripe_account: header("stripe-account"),
         stripe_version: header("stripe-version"),
+        stripe_context: header("stripe-context"),
         content_type: header("content-type"),
         params,
     };
@@ -716,6 +720,7 @@ enum Route {
     CreateAccountLink,
     CreateAccountSession,
     CreateLoginLink(String),
+    RetrieveV2Account(String),
 }
 
 impl Route {
@@ -723,6 +728,7 @@ impl Route {
         matches!(
             self,
             Self::RetrieveAccount(_)
+                | Self::RetrieveV2Account(_)
                 | Self::ListTransfers
                 | Self::ListReversals(_)
                 | Self::ListPayouts
@@ -740,6 +746,9 @@ fn route(method: &Method, path: &str) -> Option<Route> {
         }
         ("POST", ["v1", "payouts"]) => Some(Route::CreatePayout),
         ("GET", ["v1", "accounts", id]) if !id.is_empty() => Some(Route::RetrieveAccount((*id).to_owned())),
+        ("GET", ["v2", "core", "accounts", id]) if !id.is_empty() => {
+            Some(Route::RetrieveV2Account((*id).to_owned()))
+        }
         ("GET", ["v1", "transfers"]) => Some(Route::ListTransfers),
         ("GET", ["v1", "transfers", id, "reversals"]) if !id.is_empty() => {
             Some(Route::ListReversals((*id).to_owned()))
@@ -795,6 +804,7 @@ fn begin(shared: &Shared, call: Call) -> Begun {
         idempotency_key: call.idempotency_key.clone(),
         stripe_account: call.stripe_account.clone(),
         stripe_version: call.stripe_version.clone(),
+        stripe_context: call.stripe_context.clone(),
         content_type: call.content_type.clone(),
         form: match (&call.method, &call.params) {
             (&Method::GET, _) | (_, Err(_)) => Vec::new(),
@@ -839,7 +849,9 @@ fn begin(shared: &Shared, call: Call) -> Begun {
     // Access to a connected account is decided before anything runs, so it is never saved under
     // the key: once access is restored, a retry under the same key executes.
     let named_account = match &route {
-        Route::RetrieveAccount(id) | Route::CreateLoginLink(id) => Some(id.as_str()),
+        Route::RetrieveAccount(id) | Route::RetrieveV2Account(id) | Route::CreateLoginLink(id) => {
+            Some(id.as_str())
+        }
         Route::CreateTransfer => params.get("destination"),
         Route::CreateAccountLink | Route::CreateAccountSession => params.get("account"),
         _ => None,
@@ -1064,6 +1076,7 @@ fn execute(ledger: &mut Ledger, request: &Request) -> (Reply, bool) {
         Route::CreateReversal(transfer) => create_reversal(ledger, request, transfer),
         Route::CreatePayout => create_payout(ledger, request),
         Route::RetrieveAccount(id) => Ok(retrieve_account(ledger, id)),
+        Route::RetrieveV2Account(id) => retrieve_v2_account(ledger, request, id),
         Route::ListTransfers => list_transfers(ledger, request),
         Route::ListReversals(transfer) => list_reversals(ledger, request, transfer),
         Route::ListPayouts => list_payouts(ledger, request),
@@ -1266,6 +1279,80 @@ fn retrieve_account(ledger: &Ledger, id: &str) -> Reply {
             format!("No such account: '{id}'"),
         ),
     }
+}
+
+/// The `include[]` values `GET /v2/core/accounts/{id}` takes.
+const V2_ACCOUNT_INCLUDES: [&str; 7] = [
+    "configuration.customer",
+    "configuration.merchant",
+    "configuration.recipient",
+    "defaults",
+    "future_requirements",
+    "identity",
+    "requirements",
+];
+
+/// `GET /v2/core/accounts/{id}`: the account as Accounts v2 shows it. As at Stripe, a property that
+/// depends on `include` is `null` unless it was asked for, and an unknown include is refused.
+fn retrieve_v2_account(ledger: &Ledger, request: &Request, id: &str) -> Result<Reply, Refusal> {
+    let mut included = Vec::new();
+    for (name, value) in &request.params.0 {
+        if !name.starts_with("include") {
+            return Err(Refusal::Validation(Reply::invalid(
+                Some("parameter_unknown"),
+                format!("Received unknown parameter: {name}"),
+            )));
+        }
+        if !V2_ACCOUNT_INCLUDES.contains(&value.as_str()) {
+            return Err(Refusal::Validation(Reply::invalid_param(
+                None,
+                "include",
+                format!("Invalid include: {value}"),
+            )));
+        }
+        included.push(value.as_str());
+    }
+    let Some(account) = ledger.accounts.get(id) else {
+        return Ok(Reply::error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("resource_missing"),
+            format!("No such account: '{id}'"),
+        ));
+    };
+    let status = |active: bool| if active { "active" } else { "restricted" };
+    let capability = |active: bool| {
+        let details = if active {
+            json!([])
+        } else {
+            json!([{"code": "requirements_past_due", "resolution": "provide_info"}])
+        };
+        json!({"status": status(active), "status_details": details})
+    };
+    let include = |name: &str, value: Value| if included.contains(&name) { value } else { Value::Null };
+    let entries = if account.can_receive_transfers {
+        json!([])
+    } else {
+        json!([{"awaiting_action_from": "user", "description": "Provide the business's URL",
+                "minimum_deadline": {"status": "currently_due"}, "impact": {"restricts_capabilities": []}}])
+    };
+    Ok(Reply::ok(json!({
+        "id": id, "object": "v2.core.account", "closed": false, "livemode": false,
+        "applied_configurations": ["merchant", "recipient"],
+        "configuration": {
+            "merchant": include("configuration.merchant", json!({"capabilities": {
+                "card_payments": capability(account.can_receive_transfers),
+                "stripe_balance": {"payouts": capability(account.payouts_enabled)}}})),
+            "recipient": include("configuration.recipient", json!({"capabilities": {"stripe_balance": {
+                "stripe_transfers": capability(account.can_receive_transfers),
+                "payouts": capability(account.payouts_enabled)}}})),
+            "customer": include("configuration.customer", Value::Null),
+        },
+        "requirements": include("requirements", json!({"entries": entries})),
+        "future_requirements": include("future_requirements", json!({"entries": []})),
+        "identity": include("identity", json!({"country": "us"})),
+        "defaults": include("defaults", json!({"currency": "usd"})),
+    })))
 }
 
 /// The paging parameters every list takes, and the `created` range where the list has one.

@@ -1319,3 +1319,62 @@ async fn the_account_list_is_stripe_shaped() {
     stub.add_account(A, true, false);
     assert_eq!(client.retrieve_account(&acct(A)).await.unwrap()["capabilities"]["transfers"], "active");
 }
+
+/// `GET /v2/core/accounts/{id}`: every include the v2 rule reads is asked for, `Stripe-Context`
+/// and the v2 version go with it, and the answer reads through the v2 onboarding rule.
+#[tokio::test]
+async fn a_v2_account_is_retrieved_with_its_includes_and_read_by_the_v2_rule() {
+    use shared::domain::account::OnboardingStatus;
+    use shared::domain::account::v2::{read_v2_account, v2_charges_enabled, v2_onboarding_status};
+    use shared::stripe::v2::{STRIPE_V2_VERSION, V2_ACCOUNT_INCLUDES};
+
+    let stub = StripeStub::start().await;
+    let client = StripeClient::new(stub.client_config()).unwrap();
+    stub.add_account("acct_V2Ready", true, true);
+    stub.add_account("acct_V2Due", false, false);
+    let ready = client.retrieve_v2_account(&acct("acct_V2Ready"), Some("acct_V2Ready")).await.unwrap();
+    assert_eq!(ready["object"], "v2.core.account");
+    let read = read_v2_account(&ready);
+    assert_eq!(v2_onboarding_status(&read, false), (OnboardingStatus::Active, None));
+    assert!(v2_charges_enabled(&read));
+    let due = read_v2_account(&client.retrieve_v2_account(&acct("acct_V2Due"), None).await.unwrap());
+    assert_eq!(v2_onboarding_status(&due, false).0, OnboardingStatus::Onboarding);
+    assert_eq!(due.requirements.currently_due, ["Provide the business's URL"]);
+
+    let sent = stub.received();
+    assert_eq!(sent[0].path, "/v2/core/accounts/acct_V2Ready");
+    assert_eq!(sent[0].stripe_context.as_deref(), Some("acct_V2Ready"));
+    assert_eq!(sent[1].stripe_context, None);
+    assert_eq!(sent[0].stripe_version.as_deref(), Some(STRIPE_V2_VERSION));
+    let query = sent[0].query.clone().unwrap_or_default();
+    for (index, include) in V2_ACCOUNT_INCLUDES.iter().enumerate() {
+        assert!(query.contains(&format!("include%5B{index}%5D={include}")), "{include} in {query}");
+    }
+}
+
+/// Without an include, a configuration comes back null and the rule sees no capability; an
+/// unknown account is 404, one no longer connected 403, and a rate limit retryable.
+#[tokio::test]
+async fn v2_account_refusals_come_back_as_stripe_answers_them() {
+    let stub = StripeStub::start().await;
+    let client = StripeClient::new(stub.client_config()).unwrap();
+    let (status, bare) = get_raw(&stub, "/v2/core/accounts/acct_Missing", None).await;
+    assert_eq!((status, bare["error"]["code"].as_str()), (404, Some("resource_missing")));
+    stub.add_account("acct_V2", true, true);
+    let (status, bare) = get_raw(&stub, "/v2/core/accounts/acct_V2", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(bare["configuration"]["merchant"], Value::Null, "not included, so null");
+    let (status, refused) = get_raw(&stub, "/v2/core/accounts/acct_V2?include%5B0%5D=everything", None).await;
+    assert_eq!((status, refused["error"]["param"].as_str()), (400, Some("include")));
+
+    let missing = client.retrieve_v2_account(&acct("acct_Missing"), None).await.unwrap_err();
+    assert_eq!((missing.status(), missing.code()), (Some(404), Some("resource_missing")));
+    stub.revoke_account_access("acct_V2");
+    let revoked = client.retrieve_v2_account(&acct("acct_V2"), Some("acct_V2")).await.unwrap_err();
+    assert!(revoked.refused_account_access(), "{revoked:?}");
+    stub.restore_account_access("acct_V2");
+    stub.inject_get("/v2/core/accounts", Fault::RateLimited);
+    let limited = client.retrieve_v2_account(&acct("acct_V2"), None).await.unwrap_err();
+    assert!(limited.is_retryable() && limited.status() == Some(429), "{limited:?}");
+    assert!(client.retrieve_v2_account(&acct("acct_V2"), None).await.is_ok(), "the fault is used up");
+}

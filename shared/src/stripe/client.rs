@@ -584,6 +584,24 @@ impl StripeClient {
             .map_err(|e| StripeError::Config(format!("the request URL is invalid: {e}")))
     }
 
+    /// A GET of API v2, under its own `Stripe-Version`, and with `Stripe-Context` when given.
+    pub(super) fn get_v2(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+        context: Option<&str>,
+        version: &str,
+    ) -> Result<reqwest::Request, StripeError> {
+        let mut url = self.url(path)?;
+        url.query_pairs_mut().extend_pairs(query);
+        let mut builder =
+            self.http.get(url).bearer_auth(self.api_key.expose()).header("Stripe-Version", version);
+        if let Some(context) = context {
+            builder = builder.header("Stripe-Context", context);
+        }
+        builder.build().map_err(|e| self.build_error(&e))
+    }
+
     /// A request with the headers every call carries.
     pub(super) fn request(
         &self,
