@@ -1,6 +1,7 @@
 //! Connect Flow's library: everything the Lambda functions and the `connect-flow` command share.
 
 pub mod aws;
+pub mod calendar;
 pub mod config;
 pub mod domain;
 pub mod metrics;

@@ -458,6 +458,14 @@ impl StripeStub {
         self.shared.ledger().transfers.clone()
     }
 
+    /// What `account` holds of the platform's money: its transfers less their reversals.
+    pub fn net_transferred_to(&self, account: &str) -> i64 {
+        let ledger = self.shared.ledger();
+        let sent: i64 = ledger.transfers.iter().filter(|t| t.destination == account).map(|t| t.amount).sum();
+        let back: i64 = ledger.reversals.iter().filter(|r| r.destination == account).map(|r| r.amount).sum();
+        sent - back
+    }
+
     /// Every transfer reversal created, in order.
     pub fn reversals(&self) -> Vec<StubReversal> {
         self.shared.ledger().reversals.clone()

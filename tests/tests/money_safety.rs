@@ -180,13 +180,8 @@ impl<S: AccountStore + Clone> Flow<S> {
         }
     }
 
-    /// What each seller holds of the platform's money: transfers less reversals, at Stripe.
     fn net_to(&self, account: &str) -> i64 {
-        let sent: i64 =
-            self.stub.transfers().iter().filter(|t| t.destination == account).map(|t| t.amount).sum();
-        let back: i64 =
-            self.stub.reversals().iter().filter(|r| r.destination == account).map(|r| r.amount).sum();
-        sent - back
+        self.stub.net_transferred_to(account)
     }
 
     async fn pay_a_and_b(&self) {

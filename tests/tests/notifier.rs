@@ -28,6 +28,7 @@ use integration_tests::fault_proxy::{Fault, FaultProxy};
 use integration_tests::{DYNAMODB_ENDPOINT, NOW, RequestLog, dynamodb_client, sqs_client};
 use serde_json::{Value, json};
 use shared::aws::SdkBounds;
+use shared::calendar::utc_date;
 use shared::domain::change::Change;
 use shared::metrics::{MemorySink, MetricsSettings};
 use shared::notifier::{BatchOutcome, Notifier, NotifierMetrics, RetryPolicy, SOURCE};
@@ -92,21 +93,6 @@ fn changes(n: usize) -> Vec<Change> {
 fn utc_time(at: i64) -> String {
     let second = at.rem_euclid(86_400);
     format!("{}T{:02}:{:02}:{:02}Z", utc_date(at), second / 3_600, second % 3_600 / 60, second % 60)
-}
-
-/// The UTC date of a Unix time, as the feed's partition key names it.
-fn utc_date(at: i64) -> String {
-    // Howard Hinnant's days-to-civil, for the dates of these tests (after 1970).
-    let z = at.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
 }
 
 #[test]

@@ -144,7 +144,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
 
     /// Answers one request. Never panics on input.
     pub async fn handle(&self, request: &ApiRequest<'_>) -> ApiReply {
-        let span = tracing::info_span!("platform", method = request.method, route = tracing::field::Empty);
+        let span = tracing::info_span!("platform", method = request.method, path = request.path);
         let _entered = span.enter();
         match self.route(request).await {
             Ok(reply) => reply,

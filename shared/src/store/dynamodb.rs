@@ -164,6 +164,20 @@ impl DynamoStore {
     }
 }
 
+/// An index keyed `hash` and `range`, projecting every attribute.
+fn index(name: &str, hash: &str, range: &str) -> Result<GlobalSecondaryIndex, StoreError> {
+    let key = |name: &str, key_type: KeyType| {
+        KeySchemaElement::builder().attribute_name(name).key_type(key_type).build().map_err(build_failed)
+    };
+    GlobalSecondaryIndex::builder()
+        .index_name(name)
+        .key_schema(key(hash, KeyType::Hash)?)
+        .key_schema(key(range, KeyType::Range)?)
+        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .build()
+        .map_err(build_failed)
+}
+
 /// Creates `table` (on demand, keys `pk` and `sk`) unless it exists, and enables TTL on
 /// `expires_at`; for tests and local runs, since deployments get the table from the template.
 pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
@@ -191,26 +205,10 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
                 .build()
                 .map_err(build_failed)?,
         )
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(OPEN_STEPS)
-                .key_schema(key(OPEN_STATUS, KeyType::Hash).map_err(build_failed)?)
-                .key_schema(key(UPDATED_AT, KeyType::Range).map_err(build_failed)?)
-                .projection(Projection::builder().projection_type(ProjectionType::All).build())
-                .build()
-                .map_err(build_failed)?,
-        )
+        .global_secondary_indexes(index(OPEN_STEPS, OPEN_STATUS, UPDATED_AT)?)
         .attribute_definitions(attribute(ONBOARDING_STATUS).map_err(build_failed)?)
         .attribute_definitions(attribute(ACCOUNT_ID).map_err(build_failed)?)
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(ACCOUNTS_BY_STATUS)
-                .key_schema(key(ONBOARDING_STATUS, KeyType::Hash).map_err(build_failed)?)
-                .key_schema(key(ACCOUNT_ID, KeyType::Range).map_err(build_failed)?)
-                .projection(Projection::builder().projection_type(ProjectionType::All).build())
-                .build()
-                .map_err(build_failed)?,
-        )
+        .global_secondary_indexes(index(ACCOUNTS_BY_STATUS, ONBOARDING_STATUS, ACCOUNT_ID)?)
         .stream_specification(
             StreamSpecification::builder()
                 .stream_enabled(true)
@@ -218,15 +216,7 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
                 .build()
                 .map_err(build_failed)?,
         )
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(STEPS_BY_DESTINATION)
-                .key_schema(key(DESTINATION, KeyType::Hash).map_err(build_failed)?)
-                .key_schema(key(STEP_ID, KeyType::Range).map_err(build_failed)?)
-                .projection(Projection::builder().projection_type(ProjectionType::All).build())
-                .build()
-                .map_err(build_failed)?,
-        )
+        .global_secondary_indexes(index(STEPS_BY_DESTINATION, DESTINATION, STEP_ID)?)
         .send()
         .await;
     match created {
@@ -641,23 +631,9 @@ impl DynamoStore {
 
 const DAY_SECS: i64 = 24 * 60 * 60;
 
-/// The day partition a change at unix time `at` is stored in.
+/// The partition of a day's changes (`day` counts days since 1970).
 fn feed_pk(day: i64) -> String {
-    let (year, month, day) = civil_from_days(day);
-    format!("{FEED_PREFIX}{year:04}-{month:02}-{day:02}")
-}
-
-/// Howard Hinnant's `civil_from_days`: the proleptic Gregorian date of a day count since 1970.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let month = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    (era * 400 + yoe + i64::from(month <= 2), month, day)
+    format!("{FEED_PREFIX}{}", crate::calendar::utc_date(day * DAY_SECS))
 }
 
 /// A change's cursor: its time, zero-padded so that cursors sort by time, then its id, which is
