@@ -83,9 +83,11 @@ async fn each_platform_call_costs_the_requests_pinned_here() {
     let (page, changes_from_start) = call("GET", "/changes?limit=100".into(), json!(null)).await;
     let cursor = page["next"].as_str().unwrap().to_owned();
     let (_, changes_after) = call("GET", format!("/changes?after={cursor}"), json!(null)).await;
+    let (_, changes_after_ancient) =
+        call("GET", "/changes?after=000000000001.chg_old".into(), json!(null)).await;
 
     let query_per_day = vec!["Query"; 31];
-    let cases: [(&str, Vec<String>, Vec<&str>); 11] = [
+    let cases: [(&str, Vec<String>, Vec<&str>); 12] = [
         ("POST /accounts, new", new_account, vec!["GetItem", "PutItem", "GetItem", "TransactWriteItems"]),
         ("POST /accounts, repeated", repeated_account, vec!["GetItem", "GetItem"]),
         ("POST /transfers, new", new_transfer, vec!["GetItem", "GetItem", "TransactWriteItems"]),
@@ -97,6 +99,7 @@ async fn each_platform_call_costs_the_requests_pinned_here() {
         ("POST /accounts/{id}/onboarding_link", onboarding_link, vec!["GetItem"]),
         ("GET /changes from the start (one query per day kept)", changes_from_start, query_per_day),
         ("GET /changes after a cursor of today", changes_after, vec!["Query"]),
+        ("GET /changes after a cursor older than the feed keeps", changes_after_ancient, vec!["Query"; 31]),
     ];
     println!("\n| platform call | DynamoDB requests |\n|---|---|");
     for (case, requests, _) in &cases {

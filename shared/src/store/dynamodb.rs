@@ -533,7 +533,10 @@ impl AccountStore for DynamoStore {
         };
         let limit = limit.clamp(1, MAX_PAGE);
         let horizon = now - FEED_SETTLE_SECS;
-        let first_day = after_at.unwrap_or(now - CHANGE_RETENTION_SECS).div_euclid(DAY_SECS);
+        // Nothing older than the retention is kept: a cursor from before it (or a forged one from
+        // 1970) starts at the oldest kept day, never walks the years between.
+        let oldest_kept = now - CHANGE_RETENTION_SECS;
+        let first_day = after_at.unwrap_or(oldest_kept).max(oldest_kept).div_euclid(DAY_SECS);
         let last_day = horizon.div_euclid(DAY_SECS);
         // Every cursor of a change at or before the horizon sorts below this.
         let upper = format!("{:012}/", horizon);
