@@ -209,6 +209,14 @@ async fn onboarding_links_refresh_only_for_their_account<S: AccountStore + Clone
         (seller_a.as_str(), "https://platform.example/back")
     );
 
+    // Back on the refresh route ten seconds later (the link just handed out was used or reloaded):
+    // another fresh link, not a replay of the single-use one.
+    api.clock.advance(10);
+    let again = api.raw("GET", target, None).await;
+    assert_eq!(again.status, 302);
+    assert_eq!(api.stub.account_links().len(), 4, "a new link, not Stripe's replay of the last");
+    assert_ne!(again.location, reply.location);
+
     // A's token, its payload rewritten to name B, is refused without a Stripe call; so is garbage.
     let token = target.trim_start_matches("/onboarding/refresh?token=");
     let (payload, tag) = token.split_once('.').unwrap();
@@ -274,6 +282,11 @@ async fn sessions_and_login_links<S: AccountStore + Clone>(store: S) {
     let (status, login) = api.call("POST", &format!("/accounts/{express}/login_link"), None).await;
     assert_eq!(status, 200, "{login}");
     assert_eq!(login["url"].as_str(), Some(api.stub.login_links()[0].url.as_str()));
+    // A second login link a few seconds on is a new one: they are single-use.
+    api.clock.advance(5);
+    let (_, second) = api.call("POST", &format!("/accounts/{express}/login_link"), None).await;
+    assert_eq!(api.stub.login_links().len(), 2);
+    assert_ne!(second["url"], login["url"]);
     let (status, error) = api.call("POST", &format!("/accounts/{full}/login_link"), None).await;
     assert_eq!((status, error["error"].as_str()), (409, Some("not_express")), "{error}");
     assert_eq!(api.call("POST", "/accounts/acct_1Unknown/login_link", None).await.0, 404);

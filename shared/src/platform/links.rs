@@ -1,7 +1,7 @@
 //! Onboarding links (with their signed refresh route), account sessions and Express login links.
 //!
-//! These create nothing that money depends on, and Stripe's links expire within minutes, so their
-//! idempotency keys are derived from the call and the current minute: a retry within the minute
+//! These create nothing that money depends on, and Stripe's links are single-use, so their
+//! idempotency keys are derived from the call and the current second: a retry within the second
 //! replays Stripe's answer, and a later call gets a fresh link.
 
 use serde_json::{Value, json};
@@ -75,8 +75,8 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             refresh_url,
             collect: grant.collect.as_deref(),
         };
-        // Every parameter is in the key: the same key with other parameters (a refresh URL whose
-        // token was signed a second later) would be Stripe's idempotency_error.
+        // Every parameter is in the key: the same key with other parameters would be Stripe's
+        // idempotency_error.
         let call = format!(
             "{}|{}|{}|{}|{refresh_url}",
             grant.account,
@@ -84,7 +84,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             grant.return_url,
             grant.collect.as_deref().unwrap_or_default()
         );
-        Ok(self.stripe()?.create_account_link(&create, &self.minute_key("link", &call)).await?)
+        Ok(self.stripe()?.create_account_link(&create, &self.call_key("link", &call)).await?)
     }
 
     pub(super) async fn account_session(&self, id: &str, body: &[u8]) -> Result<ApiReply, ApiError> {
@@ -113,7 +113,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
         let call = format!("{}|{components}", account.account_id);
         let session = self
             .stripe()?
-            .create_account_session(&account.account_id, &components, &self.minute_key("session", &call))
+            .create_account_session(&account.account_id, &components, &self.call_key("session", &call))
             .await?;
         // The client secret goes to the caller only: it is never stored or logged.
         let body =
@@ -123,7 +123,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
 
     pub(super) async fn login_link(&self, id: &str) -> Result<ApiReply, ApiError> {
         let account = self.known_account(id).await?;
-        let key = self.minute_key("login", account.account_id.as_str());
+        let key = self.call_key("login", account.account_id.as_str());
         match self.stripe()?.create_login_link(&account.account_id, &key).await {
             Ok(link) => Ok(ApiReply::of(200, &json!({ "url": link.url }))),
             Err(StripeError::Refused { status: 400, message, .. })
@@ -141,8 +141,9 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
         ))
     }
 
-    /// A key for a call that Stripe may replay within the minute and should not after it.
-    fn minute_key(&self, what: &str, call: &str) -> String {
-        format!("cf-{what}-{}-m{}", digest(call), self.clock.now_unix().div_euclid(60))
+    /// A key that replays a double-sent call (the same second) and nothing later: a link is
+    /// single-use, so a seller back on the refresh route a few seconds on must get a fresh one.
+    fn call_key(&self, what: &str, call: &str) -> String {
+        format!("cf-{what}-{}-s{}", digest(call), self.clock.now_unix())
     }
 }
