@@ -331,23 +331,11 @@ async fn cross_deployment<S: AccountStore + Clone>(a: S, b: S) {
     }
     assert_eq!(b.load_event("evt_for_a").await.unwrap(), None);
     assert_eq!(b.load_account(&AccountId::parse("acct_A").unwrap()).await.unwrap(), None);
-    assert!(
-        b.list_accounts(&shared::store::AccountQuery { limit: 100, ..Default::default() })
-            .await
-            .unwrap()
-            .accounts
-            .is_empty()
-    );
+    assert!(no_accounts(&b).await);
     assert_eq!(service_a.handle(Some(&headers[0]), &body).await.status, 200);
     assert!(a.load_account(&AccountId::parse("acct_A").unwrap()).await.unwrap().is_some());
     // A's data now exists; B still sees none of it.
-    assert!(
-        b.list_accounts(&shared::store::AccountQuery { limit: 100, ..Default::default() })
-            .await
-            .unwrap()
-            .accounts
-            .is_empty()
-    );
+    assert!(no_accounts(&b).await);
     assert_eq!(b.load_event("evt_for_a").await.unwrap(), None);
 }
 
