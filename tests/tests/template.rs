@@ -877,7 +877,6 @@ fn the_platform_api_may_only_use_the_table_its_step_queues_and_its_two_secrets()
         pairs(&[
             ("dynamodb:GetItem", "Table.Arn"),
             ("dynamodb:PutItem", "Table.Arn"),
-            ("dynamodb:UpdateItem", "Table.Arn"),
             ("dynamodb:Query", "Table.Arn"),
             ("dynamodb:Query", "${Table.Arn}/index/steps_by_destination"),
             ("dynamodb:Query", "${Table.Arn}/index/accounts_by_status"),
