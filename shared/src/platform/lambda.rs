@@ -78,10 +78,11 @@ pub async fn run_platform_api_function() -> Result<(), lambda_http::Error> {
     crate::telemetry::init_lambda_logs();
     let aws = crate::aws::WORKER.load().await;
     let secrets_manager = aws_sdk_secretsmanager::Client::new(&aws);
-    let key =
-        crate::secrets::resolve(&secrets_manager, crate::stripe::client::API_KEY_VAR, API_KEY_SECRET_ARN)
-            .await?;
-    let link = crate::secrets::resolve(&secrets_manager, LINK_SECRET, LINK_SECRET_ARN).await?;
+    // Both secrets at once: each is a round trip on the cold start.
+    let (key, link) = tokio::try_join!(
+        crate::secrets::resolve(&secrets_manager, crate::stripe::client::API_KEY_VAR, API_KEY_SECRET_ARN),
+        crate::secrets::resolve(&secrets_manager, LINK_SECRET, LINK_SECRET_ARN),
+    )?;
     let lookup = |name: &str| if name == LINK_SECRET { link.lookup(name) } else { key.lookup(name) };
     let stripe = stripe_client(&lookup)?;
     let settings = PlatformSettings::from_lookup(lookup);
