@@ -186,6 +186,7 @@ fn bench_commit(c: &mut Criterion, name: &str, store: &SqliteStore) {
         reason: None,
         received_at: NOW,
         expires_at: NOW + DEDUPE_RETENTION_SECS,
+        fetch: None,
     };
     let first = record_for(0);
     let outcome = runtime

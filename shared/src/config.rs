@@ -71,15 +71,28 @@ impl WebhookSettings {
                 reason: "expected a whole number of seconds",
             })?,
         };
-        let expected_livemode = match lookup(LIVEMODE).as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some("true") => Some(true),
-            Some("false") => Some(false),
-            Some(_) => {
-                return Err(ConfigError::Invalid { name: LIVEMODE, reason: "expected true, false or unset" });
-            }
-        };
-        Ok(Self { secrets, tolerance_secs, expected_livemode })
+        Ok(Self { secrets, tolerance_secs, expected_livemode: expected_livemode(&lookup)? })
+    }
+
+    /// The settings of a path that takes events already authenticated some other way (fetched
+    /// from Stripe, or from the stack's own EventBridge rule): no secrets, the livemode read
+    /// through `lookup`.
+    pub fn without_signatures(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            secrets: Vec::new(),
+            tolerance_secs: DEFAULT_TOLERANCE_SECS,
+            expected_livemode: expected_livemode(&lookup)?,
+        })
+    }
+}
+
+/// [`LIVEMODE`]: `true`, `false`, or unset for both.
+fn expected_livemode(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<bool>, ConfigError> {
+    match lookup(LIVEMODE).as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(ConfigError::Invalid { name: LIVEMODE, reason: "expected true, false or unset" }),
     }
 }
 

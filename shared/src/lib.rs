@@ -4,6 +4,8 @@ pub mod aws;
 pub mod calendar;
 pub mod config;
 pub mod domain;
+pub mod eventbridge;
+pub mod fetch;
 pub mod metrics;
 pub mod notifier;
 pub mod platform;

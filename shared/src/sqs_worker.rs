@@ -5,6 +5,7 @@
 //! a group in order only if nothing after a redelivered message is acknowledged before it.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -15,6 +16,7 @@ use tracing::Instrument;
 use crate::aws::WORKER_STEP_WORST_CASE;
 use crate::config::{API_KEY_SECRET_ARN, StoreLocation};
 use crate::domain::step::{StepMessageError, parse_step_message};
+use crate::metrics::Metrics;
 use crate::store::AccountStore;
 use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::SqliteStore;
@@ -85,21 +87,28 @@ pub async fn run_worker_function() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// What runs the messages of one queue: a step worker, or the fetch worker.
+pub trait QueueRunner: Send + Sync {
+    /// Handles one message body, logging why in the current span; `true` when the message may
+    /// be deleted.
+    fn handle_body(&self, body: &str) -> impl Future<Output = bool> + Send;
+
+    /// The metrics to flush after each batch.
+    fn metrics(&self) -> &Metrics;
+}
+
 /// Runs every step message of `event` in order and reports those to be redelivered: a body that
 /// is not a step, a step that must wait or could not run, and any later message of a failed group.
-pub async fn handle_sqs_batch<S: AccountStore, C: Clock>(
-    worker: &StepWorker<S, C>,
-    event: SqsEvent,
-) -> SqsBatchResponse {
-    handle_sqs_batch_by(worker, event, None).await
+pub async fn handle_sqs_batch<R: QueueRunner>(runner: &R, event: SqsEvent) -> SqsBatchResponse {
+    handle_sqs_batch_by(runner, event, None).await
 }
 
 /// [`handle_sqs_batch`], starting no step once less than a step's worst case
 /// ([`WORKER_STEP_WORST_CASE`]) is left before `deadline`: those messages are handed back for
 /// redelivery, so that a batch of slow steps never times the invocation out, which would count a
 /// receive against every message in it, finished or not.
-pub async fn handle_sqs_batch_by<S: AccountStore, C: Clock>(
-    worker: &StepWorker<S, C>,
+pub async fn handle_sqs_batch_by<R: QueueRunner>(
+    runner: &R,
     event: SqsEvent,
     deadline: Option<Instant>,
 ) -> SqsBatchResponse {
@@ -111,9 +120,10 @@ pub async fn handle_sqs_batch_by<S: AccountStore, C: Clock>(
         let message_id = record.message_id.clone().unwrap_or_default();
         let group = record.attributes.get(MESSAGE_GROUP_ID);
         let span = tracing::info_span!(
-            "step_message",
+            "queue_message",
             message_id = %message_id,
             step_id = tracing::field::Empty,
+            event_id = tracing::field::Empty,
             kind = tracing::field::Empty,
             account_id = tracing::field::Empty,
             receives = record.attributes.get(RECEIVE_COUNT).map(String::as_str),
@@ -127,7 +137,7 @@ pub async fn handle_sqs_batch_by<S: AccountStore, C: Clock>(
         } else {
             None
         };
-        let handled = handle_record(worker, record, blocked).instrument(span).await;
+        let handled = handle_record(runner, record, blocked).instrument(span).await;
         if !handled {
             response.add_failure(message_id);
             if let Some(group) = group {
@@ -135,13 +145,13 @@ pub async fn handle_sqs_batch_by<S: AccountStore, C: Clock>(
             }
         }
     }
-    worker.metrics().flush();
+    runner.metrics().flush();
     response
 }
 
-/// Runs one record's step; `true` when the message may be deleted.
-async fn handle_record<S: AccountStore, C: Clock>(
-    worker: &StepWorker<S, C>,
+/// Runs one record; `true` when the message may be deleted.
+async fn handle_record<R: QueueRunner>(
+    runner: &R,
     record: &SqsMessage,
     blocked: Option<&'static str>,
 ) -> bool {
@@ -153,44 +163,54 @@ async fn handle_record<S: AccountStore, C: Clock>(
         tracing::warn!("message has no body; left for redelivery and, in the end, the dead-letter queue");
         return false;
     };
-    let step = match parse_step_message(body) {
-        Ok(step) => step,
-        Err(StepMessageError::NotAStep(error)) => {
-            // serde's message may quote the body: only where and how parsing failed is logged.
-            tracing::warn!(
-                error_kind = ?error.classify(),
-                line = error.line(),
-                column = error.column(),
-                "message body is not a step; left for redelivery and, in the end, the dead-letter queue"
-            );
-            return false;
+    runner.handle_body(body).await
+}
+
+impl<S: AccountStore, C: Clock> QueueRunner for StepWorker<S, C> {
+    async fn handle_body(&self, body: &str) -> bool {
+        let step = match parse_step_message(body) {
+            Ok(step) => step,
+            Err(StepMessageError::NotAStep(error)) => {
+                // serde's message may quote the body: only where and how parsing failed is logged.
+                tracing::warn!(
+                    error_kind = ?error.classify(),
+                    line = error.line(),
+                    column = error.column(),
+                    "message body is not a step; left for redelivery and, in the end, the dead-letter queue"
+                );
+                return false;
+            }
+            Err(error @ StepMessageError::MalformedField(_)) => {
+                tracing::warn!(%error, "left for redelivery and, in the end, the dead-letter queue");
+                return false;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("step_id", step.step_id.as_str());
+        span.record("kind", step.kind.as_str());
+        span.record("account_id", step.destination.as_str());
+        match self.run(&step).await {
+            Ok(Disposition::Done(status)) => {
+                tracing::debug!(status = status.as_str(), "step done; message acknowledged");
+                true
+            }
+            Ok(Disposition::Parked(reason)) => {
+                tracing::info!(reason, "step waits in the store; message acknowledged");
+                true
+            }
+            Ok(Disposition::RetryLater(reason)) => {
+                tracing::info!(reason, "step will be retried");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "step not run; will be retried");
+                false
+            }
         }
-        Err(error @ StepMessageError::MalformedField(_)) => {
-            tracing::warn!(%error, "left for redelivery and, in the end, the dead-letter queue");
-            return false;
-        }
-    };
-    let span = tracing::Span::current();
-    span.record("step_id", step.step_id.as_str());
-    span.record("kind", step.kind.as_str());
-    span.record("account_id", step.destination.as_str());
-    match worker.run(&step).await {
-        Ok(Disposition::Done(status)) => {
-            tracing::debug!(status = status.as_str(), "step done; message acknowledged");
-            true
-        }
-        Ok(Disposition::Parked(reason)) => {
-            tracing::info!(reason, "step waits in the store; message acknowledged");
-            true
-        }
-        Ok(Disposition::RetryLater(reason)) => {
-            tracing::info!(reason, "step will be retried");
-            false
-        }
-        Err(error) => {
-            tracing::warn!(%error, "step not run; will be retried");
-            false
-        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        StepWorker::metrics(self)
     }
 }
 
@@ -247,6 +267,7 @@ mod tests {
             reason: None,
             received_at: NOW,
             expires_at: NOW + 1,
+            fetch: None,
         };
         store.commit(&EventWrite::with_steps(&record, steps)).await.unwrap();
         let mut config = StripeClientConfig::new(ApiKey::new("sk_test_unused"));

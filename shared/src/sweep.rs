@@ -57,9 +57,7 @@ pub fn can_receive_now(step: &Step, account: Option<&AccountState>) -> bool {
     match (step.kind, account) {
         (StepKind::Reversal, _) => true,
         (_, Some(account)) if account.deauthorized => false,
-        (StepKind::Transfer, Some(account)) => {
-            account.capabilities.get("transfers").is_some_and(|status| status == "active")
-        }
+        (StepKind::Transfer, Some(account)) => account.can_receive_transfers(),
         (StepKind::Transfer, None) => true,
         (StepKind::Payout, Some(account)) => account.payouts_enabled == Some(true),
         (StepKind::Payout, None) => false,

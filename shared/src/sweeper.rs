@@ -233,6 +233,7 @@ mod tests {
             reason: None,
             received_at: NOW,
             expires_at: NOW + 1,
+            fetch: None,
         };
         store.commit(&EventWrite::with_steps(&record, steps)).await.unwrap();
         store

@@ -10,6 +10,7 @@ use tracing::Instrument;
 use crate::config::WebhookSettings;
 use crate::domain::account::{AccountDecision, AccountEvent, AccountId, AccountState, NoAccount, decide};
 use crate::domain::change::account_changes;
+use crate::domain::fetch::{FetchPlan, plan_fetch};
 use crate::domain::funds::read_fund_event;
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::metrics::Metrics;
@@ -95,8 +96,7 @@ struct Accepted {
     event_type: String,
 }
 
-/// The `EventType` a thin event is counted under: its own type is not read from a snapshot
-/// endpoint's delivery.
+/// The `EventType` a thin event without a type is counted under.
 const THIN_EVENT_TYPE: &str = "thin_event";
 
 /// The span every line of one delivery is logged in; its fields are filled in as they are learnt.
@@ -179,6 +179,11 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         &self.store
     }
 
+    /// The clock this pipeline dates records by.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
     /// Handles one delivery and answers it, and writes its metrics. Never panics on input.
     pub async fn handle(&self, signature: Option<&str>, body: &[u8]) -> Reply {
         let span = delivery_span();
@@ -249,13 +254,35 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         }
         let now = self.clock.now_unix();
         self.verifier.verify(signature, body, now)?;
+        self.accept_verified(body, now).await
+    }
+
+    /// Records an event whose authenticity was established some other way than a signature:
+    /// delivered through the stack's own EventBridge rule, which matches only the Stripe partner
+    /// source (see [`crate::eventbridge`]). Everything after the signature check is the same.
+    pub async fn process_unsigned(&self, body: &[u8]) -> Result<Delivery, WebhookError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(WebhookError::BodyTooLarge);
+        }
+        let now = self.clock.now_unix();
+        let accepted = self.accept_verified(body, now).instrument(delivery_span()).await;
+        let delivery = accepted.map(|accepted| accepted.delivery);
+        if let Ok(delivery) = &delivery {
+            tracing::info!(outcome = delivery.as_str(), "event handled");
+        }
+        delivery
+    }
+
+    async fn accept_verified(&self, body: &[u8], now: i64) -> Result<Accepted, WebhookError> {
         let span = tracing::Span::current();
         let event = match parse_event(body)? {
             ParsedBody::Snapshot(event) => event,
             ParsedBody::Thin(thin) => {
                 span.record("event_id", thin.id.as_str());
+                let event_type = thin.event_type.clone().unwrap_or_else(|| THIN_EVENT_TYPE.to_owned());
+                span.record("event_type", event_type.as_str());
                 let delivery = self.record_thin(&thin, now).await?;
-                return Ok(Accepted { delivery, event_type: THIN_EVENT_TYPE.to_owned() });
+                return Ok(Accepted { delivery, event_type });
             }
         };
         span.record("event_id", event.id.as_str());
@@ -267,25 +294,104 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         Ok(Accepted { delivery, event_type: event.event_type })
     }
 
+    /// Records a thin event with its fetch step, in one write, and queues the fetch. Stripe is
+    /// never called from here: the fetch worker retrieves the object.
     async fn record_thin(&self, thin: &ThinEvent, now: i64) -> Result<Delivery, WebhookError> {
-        tracing::warn!("thin event sent to a snapshot endpoint: point this event destination elsewhere");
-        let record = EventRecord {
+        let mut record = EventRecord {
             event_id: thin.id.clone(),
             event_type: thin.event_type.clone().unwrap_or_default(),
             account_id: thin.context.clone(),
-            created: None,
+            created: thin.created,
             livemode: thin.livemode,
-            outcome: EventOutcome::MisroutedThinEvent,
+            outcome: EventOutcome::Unhandled,
             reason: None,
             received_at: now,
             expires_at: now + DEDUPE_RETENTION_SECS,
+            fetch: None,
         };
-        self.commit_record(&record).await
+        if let Some(refusal) = self.refusal(&record, now) {
+            record.outcome = refusal.0;
+            record.reason = refusal.1;
+            return self.commit_record(&record).await;
+        }
+        match plan_fetch(thin) {
+            FetchPlan::Fetch(step) => {
+                if let Some(account) = &step.account {
+                    tracing::Span::current().record("account_id", account.as_str());
+                    record.account_id = Some(account.to_string());
+                }
+                record.outcome = EventOutcome::FetchQueued;
+                record.fetch = Some(step);
+            }
+            FetchPlan::NoAccount => record.outcome = EventOutcome::NoAccount,
+            FetchPlan::Unhandled => {}
+        }
+        let delivery = self.commit_record(&record).await?;
+        let queued = match delivery {
+            Delivery::Recorded(EventOutcome::FetchQueued) => Some(record),
+            // The first delivery may have committed and then failed to queue (and answered 500):
+            // Stripe's retry queues the fetch again while it is still queued.
+            Delivery::Duplicate => self
+                .store
+                .load_event(&thin.id)
+                .await?
+                .filter(|stored| stored.outcome == EventOutcome::FetchQueued),
+            Delivery::Recorded(_) => None,
+        };
+        if let Some(fetch) =
+            queued.as_ref().and_then(|record| Some(record.fetch.as_ref()?.reference(&record.event_id)))
+        {
+            match &self.queue {
+                Some(queue) => queue.send_fetches(std::slice::from_ref(&fetch)).await?,
+                None => tracing::warn!("no queue: the fetch step stays queued in the store"),
+            }
+        }
+        Ok(delivery)
+    }
+
+    /// Why an event is recorded without being applied: its livemode is not the deployment's, or
+    /// it is dated too far ahead of this clock.
+    fn refusal(&self, record: &EventRecord, now: i64) -> Option<(EventOutcome, Option<String>)> {
+        if let (Some(expected), Some(actual)) = (self.expected_livemode, record.livemode)
+            && expected != actual
+        {
+            return Some((EventOutcome::LivemodeMismatch, None));
+        }
+        let created = record.created?;
+        if created > now.saturating_add(MAX_FUTURE_SKEW_SECS) {
+            let reason = format!(
+                "the event is dated {} s ahead of this clock, more than the {MAX_FUTURE_SKEW_SECS} s allowed",
+                created - now
+            );
+            tracing::warn!(reason, "event refused");
+            return Some((EventOutcome::Refused, Some(reason)));
+        }
+        None
     }
 
     async fn record_snapshot(&self, event: &Event, now: i64) -> Result<Delivery, WebhookError> {
+        self.record_event(event, &event.id, now).await
+    }
+
+    /// Applies an object a thin event's fetch step retrieved, as its snapshot twin `event`,
+    /// recorded under `record_id` (not the thin event's own id, whose record holds the fetch
+    /// step). Queues what it plans, as a delivery would.
+    pub async fn apply_fetched(
+        &self,
+        event: &Event,
+        record_id: &str,
+        now: i64,
+    ) -> Result<Delivery, WebhookError> {
+        let span = delivery_span();
+        span.record("event_id", event.id.as_str());
+        span.record("event_type", event.event_type.as_str());
+        self.record_event(event, record_id, now).instrument(span).await
+    }
+
+    /// Records `event` under `record_id` and applies it: the one path every snapshot takes.
+    async fn record_event(&self, event: &Event, record_id: &str, now: i64) -> Result<Delivery, WebhookError> {
         let mut record = EventRecord {
-            event_id: event.id.clone(),
+            event_id: record_id.to_owned(),
             event_type: event.event_type.clone(),
             account_id: event.account.clone(),
             created: Some(event.created),
@@ -294,20 +400,11 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             reason: None,
             received_at: now,
             expires_at: now + DEDUPE_RETENTION_SECS,
+            fetch: None,
         };
-        if let (Some(expected), Some(actual)) = (self.expected_livemode, event.livemode)
-            && expected != actual
-        {
-            record.outcome = EventOutcome::LivemodeMismatch;
-            return self.commit_record(&record).await;
-        }
-        if event.created > now.saturating_add(MAX_FUTURE_SKEW_SECS) {
-            record.outcome = EventOutcome::Refused;
-            record.reason = Some(format!(
-                "the event is dated {} s ahead of this clock, more than the {MAX_FUTURE_SKEW_SECS} s allowed",
-                event.created - now
-            ));
-            tracing::warn!(reason = record.reason, "event refused");
+        if let Some(refusal) = self.refusal(&record, now) {
+            record.outcome = refusal.0;
+            record.reason = refusal.1;
             return self.commit_record(&record).await;
         }
         if let Some(fund_event) = read_fund_event(event) {
@@ -406,9 +503,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
 /// Whether this change made the account able to receive a transfer or a payout it could not before
 /// (a capability, payouts, or the platform's authorization came back).
 fn became_able_to_receive(before: Option<&AccountState>, after: &AccountState) -> bool {
-    let transfers_active = |account: &AccountState| {
-        !account.deauthorized && account.capabilities.get("transfers").is_some_and(|s| s == "active")
-    };
+    let transfers_active = AccountState::can_receive_transfers;
     let payouts_enabled =
         |account: &AccountState| !account.deauthorized && account.payouts_enabled == Some(true);
     (transfers_active(after) && !before.is_some_and(transfers_active))

@@ -359,7 +359,7 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
         }
         Ok(match (step.kind, account) {
             (StepKind::Transfer, Some(account)) => {
-                if account.capabilities.get("transfers").is_some_and(|status| status == "active") {
+                if account.can_receive_transfers() {
                     Readiness::Ready
                 } else {
                     Readiness::Wait("the destination's transfers capability is not active".into())

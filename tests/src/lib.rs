@@ -153,6 +153,7 @@ pub async fn store_planned_steps<S: shared::store::AccountStore>(
         reason: None,
         received_at: NOW,
         expires_at: NOW + DEDUPE_RETENTION_SECS,
+        fetch: None,
     };
     let steps: Vec<_> = steps
         .iter()
@@ -326,5 +327,42 @@ macro_rules! pass_platform_methods_through {
         ) -> Result<Option<shared::store::ChangePage>, StoreError> {
             self.inner.list_changes(after, limit, now).await
         }
+
+        async fn update_fetch(
+            &self,
+            previous: &shared::store::EventRecord,
+            next: &shared::store::EventRecord,
+        ) -> Result<CommitOutcome, StoreError> {
+            self.inner.update_fetch(previous, next).await
+        }
     };
+}
+
+/// A queue that keeps the fetch steps sent to it (and drops steps), for a test to run them in
+/// the order it chooses.
+#[derive(Debug, Default)]
+pub struct FetchRecorder(pub Mutex<Vec<shared::domain::fetch::FetchRef>>);
+
+impl FetchRecorder {
+    /// Takes everything sent so far.
+    pub fn take(&self) -> Vec<shared::domain::fetch::FetchRef> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl shared::store::StepQueue for FetchRecorder {
+    fn send<'a>(
+        &'a self,
+        _steps: &'a [shared::domain::step::StepRef],
+    ) -> shared::store::BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn send_fetches<'a>(
+        &'a self,
+        fetches: &'a [shared::domain::fetch::FetchRef],
+    ) -> shared::store::BoxFuture<'a, Result<(), StoreError>> {
+        self.0.lock().unwrap().extend_from_slice(fetches);
+        Box::pin(async { Ok(()) })
+    }
 }

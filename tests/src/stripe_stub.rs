@@ -31,6 +31,20 @@
 //! provided key '…' does not have access to account 'acct_…' (or that account does not exist).
 //! Application access may have been revoked."; a key that is not `sk_test_…` still gets 401.
 //!
+//! It also serves what the thin-event fetch worker reads. [`StripeStub::put_v2_account`] stores a
+//! raw Accounts v2 object that `GET /v2/core/accounts/{id}` then answers with, each property that
+//! depends on `include[]` `null` unless asked for; [`StripeStub::put_object`] stores a v1 object
+//! that `GET {path}` answers with, to the account that owns it only (any other gets 404
+//! `resource_missing`, as at Stripe); [`StripeStub::put_thin_event`] stores a `v2.core.event` for
+//! `GET /v2/core/events/{id}`, served only in its own `context`; [`StripeStub::delete_account`]
+//! makes an account's retrieval 404. `Stripe-Context` supersedes `Stripe-Account`, as Stripe's
+//! documentation puts it: a stored v1 object is served to the account `Stripe-Context` names when
+//! the header is sent, else to the one `Stripe-Account` names. On every GET a `Stripe-Context` must
+//! name an account the stub knows that is neither revoked nor deleted, and a `Stripe-Account` one
+//! that is not deleted, or the answer is the 403 above. Transfers and payouts the stub created are
+//! retrievable too (`GET /v1/transfers/{id}`, `GET /v1/payouts/{id}` with the paying account's
+//! `Stripe-Account`), unless a stored object or [`StripeStub::remove_object`] overrides them.
+//!
 //! Deliberate differences from Stripe: a POST without `Idempotency-Key` is refused (this client must
 //! always send one); a key is compared with the `Stripe-Account` it was first used with, so reusing
 //! it on another account is an `idempotency_error`; every transfer draws on the platform balance,
@@ -44,7 +58,11 @@
 //! [`StripeStub::add_account`] onboards as if its dashboard were `express` and Stripe collected its
 //! requirements. An account's `type` is derived from its controller (`express` dashboard →
 //! `express`, `full` → `standard`, `none` with the platform collecting → `custom`, else `none`):
-//! Stripe's reference lists those values but not that rule.
+//! Stripe's reference lists those values but not that rule. A retrieve of a stored object or a
+//! thin event takes no parameters (`expand[]` is refused as unknown); a GET of a path shaped like
+//! no retrieve is 404 without a code; `GET /v1/balance` answers only what
+//! [`StripeStub::put_object`] stored. A deleted account stays deleted: [`StripeStub::add_account`]
+//! does not bring it back.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -89,6 +107,9 @@ pub enum Fault {
     /// Answers 429 (with `Retry-After: 1`) before doing anything; consumed even by a request that
     /// would replay.
     RateLimited,
+    /// Answers 429 `rate_limit` with `Retry-After` set to this many seconds (0 included) before
+    /// doing anything, like [`Fault::RateLimited`].
+    RateLimitedFor(u32),
     /// Holds the request until [`StripeStub::release_held`], then completes it and saves its real
     /// result under the key: the client has long given up by then. A retry under the same key
     /// meanwhile gets 409 `idempotency_key_in_use`.
@@ -240,9 +261,9 @@ pub struct ReceivedRequest {
     pub stripe_account: Option<String>,
     /// The `Stripe-Version` header.
     pub stripe_version: Option<String>,
-    /// The `Content-Type` header.
     /// The `Stripe-Context` header (API v2).
     pub stripe_context: Option<String>,
+    /// The `Content-Type` header.
     pub content_type: Option<String>,
     /// The form body's pairs in the order sent (empty for a GET, or a body that is not a form).
     pub form: Vec<(String, String)>,
@@ -289,6 +310,17 @@ struct Ledger {
     platform: BTreeMap<String, i64>,
     accounts: BTreeMap<String, StubAccount>,
     revoked: BTreeSet<String>,
+    /// Accounts [`StripeStub::delete_account`] deleted.
+    deleted: BTreeSet<String>,
+    /// Accounts known only from stored objects and thin events: a `Stripe-Context` may name them.
+    context_accounts: BTreeSet<String>,
+    /// Raw v2 accounts by id, served instead of the synthesised ones.
+    v2_accounts: BTreeMap<String, Value>,
+    /// v1 objects by path, then by owning account (`None`: the platform). A path with no owner
+    /// left was removed: it answers 404 even where the stub would synthesise an object.
+    objects: BTreeMap<String, BTreeMap<Option<String>, Value>>,
+    /// Thin events by id.
+    thin_events: BTreeMap<String, Value>,
     transfers: Vec<StubTransfer>,
     reversals: Vec<StubReversal>,
     payouts: Vec<StubPayout>,
@@ -320,6 +352,12 @@ impl Ledger {
         let (index, fault) = self.first_fault(method, path)?;
         self.faults.remove(index);
         Some(fault)
+    }
+
+    /// Whether a `Stripe-Context` may name `id`: an account added, created, put as a v2 account,
+    /// owning a stored object, or named as a thin event's context.
+    fn knows(&self, id: &str) -> bool {
+        self.accounts.contains_key(id) || self.context_accounts.contains(id)
     }
 
     /// Forgets `key` if it is at least [`IDEMPOTENCY_KEY_TTL_SECS`] old. Only the key a request
@@ -453,6 +491,76 @@ impl StripeStub {
         self.shared.ledger().revoked.remove(id);
     }
 
+    /// Deletes connected account `id`: from now on `GET /v1/accounts/id`, `GET /v2/core/accounts/id`
+    /// and retrievals under `/v1/accounts/id/` answer 404 `resource_missing` ("No such account"),
+    /// a GET with `Stripe-Context` or `Stripe-Account` naming it gets the 403 of a lost account, it
+    /// is no transfer destination, pays out nothing and is left out of `GET /v1/accounts`. It stays
+    /// deleted: nothing brings it back.
+    pub fn delete_account(&self, id: &str) {
+        let mut ledger = self.shared.ledger();
+        ledger.deleted.insert(id.to_owned());
+        ledger.accounts.remove(id);
+    }
+
+    /// Stores `account`, a raw v2 account as `GET /v2/core/accounts/{id}` returns it with every
+    /// include, to be served for `id` instead of the one the stub synthesises from
+    /// [`Self::add_account`]; a second call replaces it. Each property that depends on an include
+    /// (`configuration.merchant`, `configuration.recipient`, `configuration.customer` inside
+    /// `configuration`, and `requirements`, `future_requirements`, `identity`, `defaults`) comes back
+    /// `null` unless that include was asked for. A `Stripe-Context` may name `id` from now on; it
+    /// does not make `id` a transfer destination.
+    pub fn put_v2_account(&self, id: &str, account: Value) {
+        let mut ledger = self.shared.ledger();
+        ledger.context_accounts.insert(id.to_owned());
+        ledger.v2_accounts.insert(id.to_owned(), account);
+    }
+
+    /// Stores `object`, a v1 object as Stripe returns it, to be served by `GET {path}` (`path`
+    /// starts with `/v1/`, e.g. `/v1/payouts/po_1` or `/v1/accounts/acct_1/persons/person_1`) to
+    /// the account that owns it: `owner` is the connected account whose `Stripe-Account` (or
+    /// `Stripe-Context`) the GET must carry, `None` a platform object retrieved without either. Any
+    /// other GET of `path` answers 404 `resource_missing`, as Stripe does. Objects are kept by owner
+    /// and path (`/v1/balance` differs per account): a second call for the same pair replaces the
+    /// object, as when it changed between two fetches. An object at `/v1/accounts/{id}` overrides
+    /// the v1 account the stub synthesises for `id`. A `Stripe-Context` may name `owner`, and the
+    /// account of a `/v1/accounts/{id}` path, from now on.
+    ///
+    /// # Panics
+    ///
+    /// If `path` does not start with `/v1/`.
+    pub fn put_object(&self, owner: Option<&str>, path: &str, object: Value) {
+        assert!(path.starts_with("/v1/"), "put_object serves v1 paths only, not {path:?}");
+        let mut ledger = self.shared.ledger();
+        let accounts = [owner, account_in_path(path)];
+        ledger.context_accounts.extend(accounts.into_iter().flatten().map(str::to_owned));
+        ledger.objects.entry(path.to_owned()).or_default().insert(owner.map(str::to_owned), object);
+    }
+
+    /// Removes every object stored at `path` by [`Self::put_object`], for every owner: a later
+    /// `GET {path}` answers 404 `resource_missing`, even where the stub would otherwise synthesise
+    /// the object (an account, a transfer or a payout it knows), until `path` is put again.
+    pub fn remove_object(&self, path: &str) {
+        self.shared.ledger().objects.insert(path.to_owned(), BTreeMap::new());
+    }
+
+    /// Stores a thin event (`"object": "v2.core.event"`) to be served, as stored, by
+    /// `GET /v2/core/events/{its id}`; a second call with the same id replaces it. When its
+    /// `context` is a string, the GET must carry `Stripe-Context` equal to it, and without one it
+    /// must carry none; otherwise it answers 404 `resource_missing`, as for an unknown id. A
+    /// `Stripe-Context` may name the event's context from now on.
+    ///
+    /// # Panics
+    ///
+    /// If `event` has no string `id`.
+    pub fn put_thin_event(&self, event: Value) {
+        let id = event.get("id").and_then(Value::as_str).expect("a thin event has a string id").to_owned();
+        let mut ledger = self.shared.ledger();
+        if let Some(context) = event.get("context").and_then(Value::as_str) {
+            ledger.context_accounts.insert(context.to_owned());
+        }
+        ledger.thin_events.insert(id, event);
+    }
+
     /// Every transfer created, in order.
     pub fn transfers(&self) -> Vec<StubTransfer> {
         self.shared.ledger().transfers.clone()
@@ -578,17 +686,19 @@ struct Call {
     params: Result<Vec<(String, String)>, String>,
 }
 
-/// An answer: status, body, and whether it replays an earlier result.
+/// An answer: status, body, whether it replays an earlier result, and a 429's `Retry-After`.
 #[derive(Debug)]
 struct Reply {
     status: StatusCode,
     body: Value,
     replayed: bool,
+    /// Seconds for a 429's `Retry-After`; 1 when not set.
+    retry_after: Option<u32>,
 }
 
 impl Reply {
     fn ok(body: Value) -> Self {
-        Self { status: StatusCode::OK, body, replayed: false }
+        Self { status: StatusCode::OK, body, replayed: false, retry_after: None }
     }
 
     fn error(status: StatusCode, kind: &str, code: Option<&str>, message: impl Into<String>) -> Self {
@@ -596,7 +706,35 @@ impl Reply {
         if let Some(code) = code {
             error["code"] = json!(code);
         }
-        Self { status, body: json!({ "error": error }), replayed: false }
+        Self { status, body: json!({ "error": error }), replayed: false, retry_after: None }
+    }
+
+    /// Stripe's 429, asking the client to wait `retry_after` seconds.
+    fn rate_limited(retry_after: u32) -> Self {
+        let mut reply = Self::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "invalid_request_error",
+            Some("rate_limit"),
+            "Request rate limit exceeded.",
+        );
+        reply.retry_after = Some(retry_after);
+        reply
+    }
+
+    /// 404 `resource_missing` for a retrieval, "No such {noun}: '{id}'".
+    fn no_such(noun: &str, id: &str) -> Self {
+        Self::error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("resource_missing"),
+            format!("No such {noun}: '{id}'"),
+        )
+    }
+
+    /// A path the stub serves nothing at, as Stripe answers it: 404 without a code.
+    fn unrecognized(method: &Method, path: &str) -> Self {
+        let message = format!("Unrecognized request URL ({method}: {path}).");
+        Self::error(StatusCode::NOT_FOUND, "invalid_request_error", None, message)
     }
 
     fn invalid(code: Option<&str>, message: impl Into<String>) -> Self {
@@ -669,7 +807,8 @@ impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body)).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            let retry_after = axum::http::HeaderValue::from(self.retry_after.unwrap_or(1));
+            response.headers_mut().insert("retry-after", retry_after);
         }
         if self.replayed {
             response
@@ -729,6 +868,10 @@ enum Route {
     CreateAccountSession,
     CreateLoginLink(String),
     RetrieveV2Account(String),
+    /// `GET /v2/core/events/{id}`.
+    RetrieveThinEvent(String),
+    /// Any other `GET /v1/…`: a stored object, a created transfer or payout, or 404.
+    RetrieveObject(String),
 }
 
 impl Route {
@@ -737,6 +880,8 @@ impl Route {
             self,
             Self::RetrieveAccount(_)
                 | Self::RetrieveV2Account(_)
+                | Self::RetrieveThinEvent(_)
+                | Self::RetrieveObject(_)
                 | Self::ListTransfers
                 | Self::ListReversals(_)
                 | Self::ListPayouts
@@ -769,6 +914,10 @@ fn route(method: &Method, path: &str) -> Option<Route> {
         ("POST", ["v1", "accounts", id, "login_links"]) if !id.is_empty() => {
             Some(Route::CreateLoginLink((*id).to_owned()))
         }
+        ("GET", ["v2", "core", "events", id]) if !id.is_empty() => {
+            Some(Route::RetrieveThinEvent((*id).to_owned()))
+        }
+        ("GET", ["v1", _, ..]) => Some(Route::RetrieveObject(path.to_owned())),
         _ => None,
     }
 }
@@ -830,8 +979,7 @@ fn begin(shared: &Shared, call: Call) -> Begun {
         ));
     }
     let Some(route) = route(&call.method, &call.path) else {
-        let message = format!("Unrecognized request URL ({}: {}).", call.method, call.path);
-        return Begun::Answered(Reply::error(StatusCode::NOT_FOUND, "invalid_request_error", None, message));
+        return Begun::Answered(Reply::unrecognized(&call.method, &call.path));
     };
     // Stripe ignores an idempotency key on a GET.
     let key = match (route.is_read(), call.idempotency_key.as_deref()) {
@@ -860,26 +1008,38 @@ fn begin(shared: &Shared, call: Call) -> Begun {
         Route::RetrieveAccount(id) | Route::RetrieveV2Account(id) | Route::CreateLoginLink(id) => {
             Some(id.as_str())
         }
+        Route::RetrieveObject(path) => account_in_path(path),
         Route::CreateTransfer => params.get("destination"),
         Route::CreateAccountLink | Route::CreateAccountSession => params.get("account"),
         _ => None,
     };
-    let refused = [call.stripe_account.as_deref(), named_account]
+    let (stripe_account, stripe_context) = (call.stripe_account.as_deref(), call.stripe_context.as_deref());
+    let refused = [stripe_account, stripe_context, named_account]
         .into_iter()
         .flatten()
         .find(|account| ledger.revoked.contains(*account));
     if let Some(account) = refused {
         return Begun::Answered(Reply::no_access(presented, account));
     }
+    // A read in the context of an account must name one that exists and is this platform's.
+    if call.method == Method::GET {
+        let unknown_context = stripe_context.filter(|c| !ledger.knows(c) || ledger.deleted.contains(*c));
+        let deleted_account = stripe_account.filter(|a| ledger.deleted.contains(*a));
+        if let Some(account) = unknown_context.or(deleted_account) {
+            return Begun::Answered(Reply::no_access(presented, account));
+        }
+    }
 
-    if let Some((index, Fault::RateLimited)) = ledger.first_fault(&call.method, &call.path) {
-        ledger.faults.remove(index);
-        return Begun::Answered(Reply::error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "invalid_request_error",
-            Some("rate_limit"),
-            "Request rate limit exceeded.",
-        ));
+    match ledger.first_fault(&call.method, &call.path) {
+        Some((index, Fault::RateLimited)) => {
+            ledger.faults.remove(index);
+            return Begun::Answered(Reply::rate_limited(1));
+        }
+        Some((index, Fault::RateLimitedFor(retry_after))) => {
+            ledger.faults.remove(index);
+            return Begun::Answered(Reply::rate_limited(retry_after));
+        }
+        _ => {}
     }
 
     let fingerprint =
@@ -890,7 +1050,8 @@ fn begin(shared: &Shared, call: Call) -> Begun {
             Some(Remembered { fingerprint: first, outcome: Outcome::Done { status, body }, .. })
                 if *first == fingerprint =>
             {
-                return Begun::Answered(Reply { status: *status, body: body.clone(), replayed: true });
+                let replay = Reply { status: *status, body: body.clone(), replayed: true, retry_after: None };
+                return Begun::Answered(replay);
             }
             Some(Remembered { fingerprint: first, outcome: Outcome::InProgress, .. })
                 if *first == fingerprint =>
@@ -919,7 +1080,8 @@ fn begin(shared: &Shared, call: Call) -> Begun {
     }
 
     let fault = ledger.take_fault(&call.method, &call.path);
-    let request = Request { route, stripe_account: call.stripe_account, params };
+    let request =
+        Request { route, stripe_account: call.stripe_account, stripe_context: call.stripe_context, params };
     match fault {
         Some(Fault::Timeout) => {
             if let Some(key) = &key {
@@ -951,7 +1113,7 @@ fn begin(shared: &Shared, call: Call) -> Begun {
             remember(&mut ledger, key.as_deref(), &fingerprint, &reply, true);
             Begun::Answered(reply)
         }
-        Some(Fault::RateLimited) | None => {
+        Some(Fault::RateLimited | Fault::RateLimitedFor(_)) | None => {
             Begun::Answered(execute_and_remember(&mut ledger, &request, key.as_deref(), &fingerprint))
         }
     }
@@ -991,7 +1153,15 @@ fn remember(ledger: &mut Ledger, key: Option<&str>, fingerprint: &str, reply: &R
 struct Request {
     route: Route,
     stripe_account: Option<String>,
+    stripe_context: Option<String>,
     params: Params,
+}
+
+impl Request {
+    /// The account a read acts as: `Stripe-Context` supersedes `Stripe-Account`.
+    fn acting_account(&self) -> Option<&str> {
+        self.stripe_context.as_deref().or(self.stripe_account.as_deref())
+    }
 }
 
 /// Form or query parameters, each given once.
@@ -1083,8 +1253,10 @@ fn execute(ledger: &mut Ledger, request: &Request) -> (Reply, bool) {
         Route::CreateTransfer => create_transfer(ledger, request),
         Route::CreateReversal(transfer) => create_reversal(ledger, request, transfer),
         Route::CreatePayout => create_payout(ledger, request),
-        Route::RetrieveAccount(id) => Ok(retrieve_account(ledger, id)),
+        Route::RetrieveAccount(id) => Ok(retrieve_account(ledger, request, id)),
         Route::RetrieveV2Account(id) => retrieve_v2_account(ledger, request, id),
+        Route::RetrieveThinEvent(id) => retrieve_thin_event(ledger, request, id),
+        Route::RetrieveObject(path) => retrieve_object(ledger, request, path),
         Route::ListTransfers => list_transfers(ledger, request),
         Route::ListReversals(transfer) => list_reversals(ledger, request, transfer),
         Route::ListPayouts => list_payouts(ledger, request),
@@ -1269,7 +1441,15 @@ fn create_payout(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusa
     Ok(Reply::ok(body))
 }
 
-fn retrieve_account(ledger: &Ledger, id: &str) -> Reply {
+/// `GET /v1/accounts/{id}`: a stored object if [`StripeStub::put_object`] put one at the path (or
+/// [`StripeStub::remove_object`] removed it), else the account the stub knows.
+fn retrieve_account(ledger: &Ledger, request: &Request, id: &str) -> Reply {
+    if ledger.deleted.contains(id) {
+        return Reply::no_such("account", id);
+    }
+    if let Some(stored) = stored_object(ledger, request, &format!("/v1/accounts/{id}")) {
+        return stored.unwrap_or_else(|| Reply::no_such("account", id));
+    }
     if let Some(created) = ledger.created_accounts.iter().find(|a| a.id == id) {
         return Reply::ok(AccountView { account: created, state: ledger.accounts.get(id) }.json());
     }
@@ -1280,13 +1460,86 @@ fn retrieve_account(ledger: &Ledger, id: &str) -> Reply {
             "payouts_enabled": account.payouts_enabled,
             "charges_enabled": account.can_receive_transfers,
         })),
-        None => Reply::error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("resource_missing"),
-            format!("No such account: '{id}'"),
-        ),
+        None => Reply::no_such("account", id),
     }
+}
+
+/// What [`StripeStub::put_object`] stored at `path` for the account the request acts as:
+/// `None` when nothing was ever stored there, `Some(None)` when the path is stored (or removed)
+/// but holds nothing for that account.
+fn stored_object(ledger: &Ledger, request: &Request, path: &str) -> Option<Option<Reply>> {
+    let by_owner = ledger.objects.get(path)?;
+    let owner = request.acting_account().map(str::to_owned);
+    Some(by_owner.get(&owner).map(|object| Reply::ok(object.clone())))
+}
+
+/// The connected account a `/v1/accounts/{id}/…` path is under.
+fn account_in_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/accounts/")?.split('/').next().filter(|id| !id.is_empty())
+}
+
+/// Any other `GET /v1/…`: what [`StripeStub::put_object`] stored for the account the request acts
+/// as, else a transfer or payout the stub created, else 404 `resource_missing` named after the
+/// path's collection ("No such payout: 'po_1'"). A path shaped like no retrieve (a list the stub
+/// does not serve) is 404 without a code.
+fn retrieve_object(ledger: &Ledger, request: &Request, path: &str) -> Result<Reply, Refusal> {
+    request.params.only_exactly(&[])?;
+    let Some((noun, id)) = retrieved_noun_and_id(path) else {
+        return Err(Reply::unrecognized(&Method::GET, path).into());
+    };
+    if let Some(account) = account_in_path(path)
+        && ledger.deleted.contains(account)
+    {
+        return Ok(Reply::no_such("account", account));
+    }
+    let missing = || Reply::no_such(&noun, id);
+    if let Some(stored) = stored_object(ledger, request, path) {
+        return Ok(stored.unwrap_or_else(missing));
+    }
+    let acting = request.acting_account();
+    let created = match path.strip_prefix("/v1/") {
+        Some(rest) if rest.starts_with("transfers/") => {
+            ledger.transfers.iter().find(|t| t.id == id && acting.is_none()).map(Listed::json)
+        }
+        Some(rest) if rest.starts_with("payouts/") => {
+            ledger.payouts.iter().find(|p| p.id == id && acting == Some(p.account.as_str())).map(Listed::json)
+        }
+        _ => None,
+    };
+    Ok(created.map_or_else(missing, Reply::ok))
+}
+
+/// For a path shaped like a retrieve, what its object is called in Stripe's "No such …" and its
+/// id: `/v1/payouts/po_1` → ("payout", "po_1"), `/v1/accounts/a/external_accounts/ba_1` →
+/// ("external account", "ba_1"), `/v1/balance` → ("balance", "balance").
+fn retrieved_noun_and_id(path: &str) -> Option<(String, &str)> {
+    let segments: Vec<&str> = path.strip_prefix("/v1/")?.split('/').collect();
+    if segments.iter().any(|segment| segment.is_empty()) {
+        return None;
+    }
+    match segments.as_slice() {
+        [singleton @ ("balance" | "account")] => Some(((*singleton).to_owned(), *singleton)),
+        [.., collection, id] if segments.len() % 2 == 0 => {
+            let singular = match collection.strip_suffix("ies") {
+                Some(stem) => format!("{stem}y"),
+                None => collection.strip_suffix('s').unwrap_or(collection).to_owned(),
+            };
+            Some((singular.replace('_', " "), *id))
+        }
+        _ => None,
+    }
+}
+
+/// `GET /v2/core/events/{id}`: the stored thin event, in its own context only. As at Stripe, an
+/// event is looked for in the context the request names, so one of another context (or of the
+/// platform, asked for in a connected account's context) is as missing as an unknown id.
+fn retrieve_thin_event(ledger: &Ledger, request: &Request, id: &str) -> Result<Reply, Refusal> {
+    request.params.only_exactly(&[])?;
+    let event = ledger
+        .thin_events
+        .get(id)
+        .filter(|event| event.get("context").and_then(Value::as_str) == request.stripe_context.as_deref());
+    Ok(event.map_or_else(|| Reply::no_such("event", id), |event| Reply::ok(event.clone())))
 }
 
 /// The `include[]` values `GET /v2/core/accounts/{id}` takes.
@@ -1300,8 +1553,26 @@ const V2_ACCOUNT_INCLUDES: [&str; 7] = [
     "requirements",
 ];
 
-/// `GET /v2/core/accounts/{id}`: the account as Accounts v2 shows it. As at Stripe, a property that
-/// depends on `include` is `null` unless it was asked for, and an unknown include is refused.
+/// `account` as `GET /v2/core/accounts/{id}` shows it with only `included`: every property that
+/// depends on another include is `null` (a configuration inside `configuration`, when that is an
+/// object).
+fn with_includes(mut account: Value, included: &[&str]) -> Value {
+    for include in V2_ACCOUNT_INCLUDES.iter().filter(|include| !included.contains(include)) {
+        let (parent, property) = match include.split_once('.') {
+            Some((parent, property)) => (account.get_mut(parent), property),
+            None => (Some(&mut account), *include),
+        };
+        if let Some(parent) = parent.and_then(Value::as_object_mut) {
+            parent.insert(property.to_owned(), Value::Null);
+        }
+    }
+    account
+}
+
+/// `GET /v2/core/accounts/{id}`: the account as Accounts v2 shows it, what
+/// [`StripeStub::put_v2_account`] stored or else synthesised from [`StripeStub::add_account`]. As
+/// at Stripe, a property that depends on `include` is `null` unless it was asked for, and an
+/// unknown include is refused.
 fn retrieve_v2_account(ledger: &Ledger, request: &Request, id: &str) -> Result<Reply, Refusal> {
     let mut included = Vec::new();
     for (name, value) in &request.params.0 {
@@ -1320,13 +1591,14 @@ fn retrieve_v2_account(ledger: &Ledger, request: &Request, id: &str) -> Result<R
         }
         included.push(value.as_str());
     }
+    if ledger.deleted.contains(id) {
+        return Ok(Reply::no_such("account", id));
+    }
+    if let Some(stored) = ledger.v2_accounts.get(id) {
+        return Ok(Reply::ok(with_includes(stored.clone(), &included)));
+    }
     let Some(account) = ledger.accounts.get(id) else {
-        return Ok(Reply::error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("resource_missing"),
-            format!("No such account: '{id}'"),
-        ));
+        return Ok(Reply::no_such("account", id));
     };
     let status = |active: bool| if active { "active" } else { "restricted" };
     let capability = |active: bool| {
@@ -1337,30 +1609,30 @@ fn retrieve_v2_account(ledger: &Ledger, request: &Request, id: &str) -> Result<R
         };
         json!({"status": status(active), "status_details": details})
     };
-    let include = |name: &str, value: Value| if included.contains(&name) { value } else { Value::Null };
     let entries = if account.can_receive_transfers {
         json!([])
     } else {
         json!([{"awaiting_action_from": "user", "description": "Provide the business's URL",
                 "minimum_deadline": {"status": "currently_due"}, "impact": {"restricts_capabilities": []}}])
     };
-    Ok(Reply::ok(json!({
+    let full = json!({
         "id": id, "object": "v2.core.account", "closed": false, "livemode": false,
         "applied_configurations": ["merchant", "recipient"],
         "configuration": {
-            "merchant": include("configuration.merchant", json!({"capabilities": {
+            "merchant": {"capabilities": {
                 "card_payments": capability(account.can_receive_transfers),
-                "stripe_balance": {"payouts": capability(account.payouts_enabled)}}})),
-            "recipient": include("configuration.recipient", json!({"capabilities": {"stripe_balance": {
+                "stripe_balance": {"payouts": capability(account.payouts_enabled)}}},
+            "recipient": {"capabilities": {"stripe_balance": {
                 "stripe_transfers": capability(account.can_receive_transfers),
-                "payouts": capability(account.payouts_enabled)}}})),
-            "customer": include("configuration.customer", Value::Null),
+                "payouts": capability(account.payouts_enabled)}}},
+            "customer": null,
         },
-        "requirements": include("requirements", json!({"entries": entries})),
-        "future_requirements": include("future_requirements", json!({"entries": []})),
-        "identity": include("identity", json!({"country": "us"})),
-        "defaults": include("defaults", json!({"currency": "usd"})),
-    })))
+        "requirements": {"entries": entries},
+        "future_requirements": {"entries": []},
+        "identity": {"country": "us"},
+        "defaults": {"currency": "usd"},
+    });
+    Ok(Reply::ok(with_includes(full, &included)))
 }
 
 /// The paging parameters every list takes, and the `created` range where the list has one.
@@ -1652,6 +1924,9 @@ impl Params {
 
 /// How a known account onboards: its dashboard and who collects its requirements.
 fn onboarding_controller(ledger: &Ledger, id: &str) -> Option<(String, String)> {
+    if ledger.deleted.contains(id) {
+        return None;
+    }
     if let Some(created) = ledger.created_accounts.iter().find(|a| a.id == id) {
         return Some((created.dashboard.clone(), created.requirement_collection.clone()));
     }
@@ -1736,7 +2011,7 @@ fn list_accounts(ledger: &Ledger, request: &Request) -> Result<Reply, Refusal> {
         .iter()
         .map(|account| AccountView { account, state: ledger.accounts.get(&account.id) })
         .collect();
-    Ok(paging.page("/v1/accounts", &views, |_| true)?)
+    Ok(paging.page("/v1/accounts", &views, |view| !ledger.deleted.contains(&view.account.id))?)
 }
 
 fn create_account_link(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusal> {

@@ -24,6 +24,7 @@ fn record(event_id: &str, outcome: EventOutcome) -> EventRecord {
         reason: None,
         received_at: NOW,
         expires_at: NOW + DEDUPE_RETENTION_SECS,
+        fetch: None,
     }
 }
 

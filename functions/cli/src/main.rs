@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use connect_flow::envelope::{EnvelopeKind, lambda_envelope};
 use connect_flow::{bench, commands, server};
 use shared::config::{WEBHOOK_SECRETS, WebhookSettings};
+use shared::fetch::FetchWorker;
+use shared::metrics::Metrics;
 use shared::platform::{PlatformApi, PlatformSettings};
 use shared::store::StepQueue;
 use shared::store::sqlite::SqliteStore;
@@ -107,12 +109,16 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             let listener =
                 tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, db = %db.display(), "serving POST /webhooks/stripe and the platform API");
-            let queue: Arc<dyn StepQueue> = Arc::new(store.clone());
+            let (waking_queue, wake) = server::WakingQueue::new(store.clone());
+            let queue: Arc<dyn StepQueue> = waking_queue;
             let stripe = match std::env::var(API_KEY_VAR) {
                 Ok(_) => {
                     let stripe = StripeClient::new(StripeClientConfig::from_env()?)?;
                     let worker = StepWorker::new(store.clone(), stripe.clone());
-                    tokio::spawn(server::run_workers(worker, async {
+                    let applier =
+                        WebhookService::new(store.clone(), &settings).with_queue(Arc::clone(&queue));
+                    let fetcher = FetchWorker::new(applier, stripe.clone()).with_metrics(Metrics::from_env());
+                    tokio::spawn(server::run_workers(worker, fetcher, wake, async {
                         let _ = tokio::signal::ctrl_c().await;
                     }));
                     Some(stripe)

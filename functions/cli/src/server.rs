@@ -10,15 +10,20 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use shared::domain::fetch::FetchRef;
+use shared::domain::step::StepRef;
+use shared::fetch::FetchWorker;
 use shared::platform::{
     ApiError, ApiReply, ApiRequest, MAX_BODY_BYTES as API_BODY_BYTES, PlatformApi, PlatformSettings,
     is_public_route,
 };
 use shared::store::sqlite::SqliteStore;
+use shared::store::{BoxFuture, StepQueue, StoreError};
 use shared::webhook::{MAX_BODY_BYTES, Reply, WebhookService};
 use shared::worker::StepWorker;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 type Service = Arc<WebhookService<SqliteStore>>;
 
@@ -177,10 +182,48 @@ const WORKER_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often `serve` sweeps for stranded and waiting steps ([`shared::sweep`]).
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Runs the fund-flow workers on the embedded queues until `shutdown` completes: every second,
-/// every visible step is run until none is left; every minute, the sweep re-queues what nothing
-/// else would.
-pub async fn run_workers(worker: StepWorker<SqliteStore>, shutdown: impl Future<Output = ()> + Send) {
+/// The embedded queue, waking the workers as soon as something is sent, so that a step or a
+/// thin event's fetch runs straight away rather than at the next poll.
+pub struct WakingQueue {
+    store: SqliteStore,
+    wake: Arc<Notify>,
+}
+
+impl WakingQueue {
+    /// The queue on `store`, and what it wakes.
+    pub fn new(store: SqliteStore) -> (Arc<Self>, Arc<Notify>) {
+        let wake = Arc::new(Notify::new());
+        (Arc::new(Self { store, wake: Arc::clone(&wake) }), wake)
+    }
+}
+
+impl StepQueue for WakingQueue {
+    fn send<'a>(&'a self, steps: &'a [StepRef]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.store.send(steps).await?;
+            self.wake.notify_one();
+            Ok(())
+        })
+    }
+
+    fn send_fetches<'a>(&'a self, fetches: &'a [FetchRef]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.store.send_fetches(fetches).await?;
+            self.wake.notify_one();
+            Ok(())
+        })
+    }
+}
+
+/// Runs the fund-flow workers and the fetch worker on the embedded queues until `shutdown`
+/// completes: whenever something is queued (`wake`) and every second, every visible fetch and
+/// step is run until none is left; every minute, the sweep re-queues what nothing else would.
+pub async fn run_workers(
+    worker: StepWorker<SqliteStore>,
+    fetcher: FetchWorker<SqliteStore>,
+    wake: Arc<Notify>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
     let mut tick = tokio::time::interval(WORKER_POLL);
     let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
     let settings = shared::sweep::SweepSettings::default();
@@ -188,11 +231,22 @@ pub async fn run_workers(worker: StepWorker<SqliteStore>, shutdown: impl Future<
     loop {
         tokio::select! {
             () = &mut shutdown => return,
+            () = wake.notified() => {}
             _ = tick.tick() => {}
             _ = sweep_tick.tick() => {
                 let now = shared::stripe::signature::Clock::now_unix(&shared::stripe::signature::SystemClock);
                 if let Err(store_error) = shared::sweep::sweep(worker.store(), worker.store(), now, &settings).await {
                     tracing::error!(error = %store_error, "the sweep could not run");
+                }
+            }
+        }
+        loop {
+            match fetcher.drain_embedded().await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(store_error) => {
+                    tracing::error!(error = %store_error, "the embedded fetch queue could not be read");
+                    break;
                 }
             }
         }

@@ -175,6 +175,20 @@ pub struct OrderingGuards {
     pub external_accounts: BTreeMap<String, i64>,
 }
 
+/// Which Accounts API an account is read from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountsApi {
+    /// `/v1/accounts`, from snapshot events or fetched v1 objects.
+    #[default]
+    V1,
+    /// `/v2/core/accounts`, fetched for thin events.
+    V2,
+}
+
+/// The v2 capability a v1 account's `transfers` corresponds to.
+pub const V2_TRANSFERS_CAPABILITY: &str = "recipient.stripe_balance.stripe_transfers";
+
 /// Everything stored about one connected account; served as JSON by `GET /accounts/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
@@ -217,6 +231,12 @@ pub struct AccountState {
     /// The platform's reference, for an account created through `POST /accounts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// Which Accounts API the account is read from.
+    #[serde(default)]
+    pub api: AccountsApi,
+    /// A v2 account's capability `status_details` codes, by capability: the v2 rule reads them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capability_codes: BTreeMap<String, Vec<String>>,
     /// Bumped by every stored change; the store's conditional write checks it.
     #[serde(default)]
     pub version: u64,
@@ -248,12 +268,24 @@ impl AccountState {
             last_event_created: i64::MIN,
             ordering: OrderingGuards::default(),
             reference: None,
+            api: AccountsApi::V1,
+            capability_codes: BTreeMap::new(),
             version: 0,
         }
     }
+
+    /// Whether the account can receive a transfer: its `transfers` capability (v1), or
+    /// `recipient.stripe_balance.stripe_transfers` (v2), is active, and it is still connected.
+    pub fn can_receive_transfers(&self) -> bool {
+        let capability = match self.api {
+            AccountsApi::V1 => "transfers",
+            AccountsApi::V2 => V2_TRANSFERS_CAPABILITY,
+        };
+        !self.deauthorized && self.capabilities.get(capability).is_some_and(|status| status == "active")
+    }
 }
 
-/// The onboarding-status rule of DESIGN.md: first match wins.
+/// The onboarding-status rule of DESIGN.md for the account's API: first match wins.
 pub fn onboarding_status(state: &AccountState) -> OnboardingStatus {
     let disabled_reason = state.disabled_reason.as_deref().filter(|reason| !reason.is_empty());
     let requirements = &state.requirements;
@@ -261,6 +293,9 @@ pub fn onboarding_status(state: &AccountState) -> OnboardingStatus {
     // the one that ends the relationship.
     let deauthorized = state.deauthorized
         && state.ordering.authorization.unwrap_or(i64::MIN) >= state.ordering.account.unwrap_or(i64::MIN);
+    if state.api == AccountsApi::V2 {
+        return v2::v2_onboarding_status(&v2::V2Account::of_state(state), deauthorized).0;
+    }
     if deauthorized {
         OnboardingStatus::Deauthorized
     } else if disabled_reason.is_some_and(|reason| reason.starts_with("rejected.")) {
@@ -299,6 +334,8 @@ pub enum AccountEventKind {
     PersonUpserted,
     /// `person.deleted`.
     PersonDeleted,
+    /// A v2 account object, fetched for a thin event (`v2.core.account`).
+    V2AccountFetched,
 }
 
 impl AccountEventKind {
@@ -315,6 +352,7 @@ impl AccountEventKind {
             "account.external_account.deleted" => Self::ExternalAccountDeleted,
             "person.created" | "person.updated" => Self::PersonUpserted,
             "person.deleted" => Self::PersonDeleted,
+            "v2.core.account" => Self::V2AccountFetched,
             _ => return None,
         })
     }
@@ -348,6 +386,9 @@ impl<'a> AccountEvent<'a> {
         let from_object = match kind {
             AccountEventKind::AccountUpdated => {
                 str_at(&object, &["id"]).filter(|_| str_at(&object, &["object"]) == Some("account"))
+            }
+            AccountEventKind::V2AccountFetched => {
+                str_at(&object, &["id"]).filter(|_| str_at(&object, &["object"]) == Some("v2.core.account"))
             }
             AccountEventKind::ApplicationAuthorized | AccountEventKind::ApplicationDeauthorized => None,
             _ => str_at(&object, &["account"]),
@@ -396,6 +437,7 @@ pub fn decide(event: &AccountEvent<'_>, current: Option<&AccountState>) -> Accou
     let object = &event.object;
     let change = match event.kind {
         AccountEventKind::AccountUpdated => apply_account_object(&mut next, object, created).into(),
+        AccountEventKind::V2AccountFetched => v2::apply_v2_account_object(&mut next, object, created).into(),
         AccountEventKind::ApplicationAuthorized | AccountEventKind::ApplicationDeauthorized => {
             let current = is_current(next.ordering.authorization, created);
             if current {

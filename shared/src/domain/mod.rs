@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod change;
+pub mod fetch;
 pub mod funds;
 pub mod reference;
 pub mod step;

@@ -199,6 +199,10 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
     /// answer it stays pending, marked so that the next call looks first.
     async fn record_failure(&self, record: &ReferenceRecord, error: &StripeError) -> Result<(), ApiError> {
         let next = match error {
+            // A rate-limited call never ran, but it is looked up like an unanswered one.
+            StripeError::RateLimited { .. } => {
+                record.next(|record| record.unresolved = Some(UnresolvedCall::NoAnswer))
+            }
             StripeError::Retryable { status, .. } => record.next(|record| {
                 record.unresolved = Some(match status {
                     Some(status) if *status >= 500 => UnresolvedCall::ServerError,

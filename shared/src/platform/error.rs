@@ -131,7 +131,7 @@ impl From<StripeError> for ApiError {
             StripeError::IdempotencyMismatch { message } => {
                 Self::StripeRefused { code: Some("idempotency_error".to_owned()), message }
             }
-            StripeError::Retryable { .. } => Self::StripeUnavailable,
+            StripeError::Retryable { .. } | StripeError::RateLimited { .. } => Self::StripeUnavailable,
             StripeError::Config(message) => {
                 tracing::error!(message, "the Stripe client is misconfigured");
                 Self::NotConfigured("the Stripe client is misconfigured")

@@ -87,6 +87,7 @@ const OUTCOME: &str = "outcome";
 const RECEIVED_AT: &str = "received_at";
 const REASON: &str = "reason";
 const EXPIRES_AT: &str = "expires_at";
+const FETCH: &str = "fetch";
 
 const NOT_YET_WRITTEN: &str = "attribute_not_exists(pk)";
 const CONDITIONAL_CHECK_FAILED: &str = "ConditionalCheckFailed";
@@ -273,14 +274,14 @@ impl AccountStore for DynamoStore {
                 .client
                 .put_item()
                 .table_name(&self.table)
-                .set_item(Some(event_item(record)))
+                .set_item(Some(event_item(record)?))
                 .condition_expression(NOT_YET_WRITTEN)
                 .send()
                 .await;
             return put_outcome(put, CommitOutcome::Duplicate);
         }
         let put = |item: Item| Put::builder().table_name(&self.table).set_item(Some(item));
-        let event_put = put(event_item(record)).condition_expression(NOT_YET_WRITTEN);
+        let event_put = put(event_item(record)?).condition_expression(NOT_YET_WRITTEN);
         let mut puts = vec![event_put];
         if let Some(state) = write.account {
             puts.push(versioned(put(account_item(state)?), state.version)?);
@@ -431,6 +432,32 @@ impl AccountStore for DynamoStore {
             .expression_attribute_names("#destination", DESTINATION)
             .expression_attribute_values(":destination", AttributeValue::S(account_id.to_string()));
         collect_steps(query).await
+    }
+
+    async fn update_fetch(
+        &self,
+        previous: &EventRecord,
+        next: &EventRecord,
+    ) -> Result<CommitOutcome, StoreError> {
+        let Some(previous_fetch) = fetch_json(previous)? else {
+            return Ok(CommitOutcome::Conflict);
+        };
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(event_item(next)?))
+            .condition_expression("#outcome = :queued AND #fetch = :previous")
+            .expression_attribute_names("#outcome", OUTCOME)
+            .expression_attribute_names("#fetch", FETCH)
+            .expression_attribute_values(
+                ":queued",
+                AttributeValue::S(EventOutcome::FetchQueued.as_str().to_owned()),
+            )
+            .expression_attribute_values(":previous", AttributeValue::S(previous_fetch))
+            .send()
+            .await;
+        put_outcome(put, CommitOutcome::Conflict)
     }
 
     async fn load_event(&self, event_id: &str) -> Result<Option<EventRecord>, StoreError> {
@@ -866,7 +893,7 @@ fn account_from_item(item: &Item) -> Result<AccountState, StoreError> {
     Ok(state)
 }
 
-fn event_item(record: &EventRecord) -> Item {
+fn event_item(record: &EventRecord) -> Result<Item, StoreError> {
     let mut item = HashMap::from([
         (PK.to_owned(), AttributeValue::S(event_pk(&record.event_id))),
         (SK.to_owned(), AttributeValue::S(EVENT_SK.to_owned())),
@@ -887,7 +914,23 @@ fn event_item(record: &EventRecord) -> Item {
     if let Some(reason) = &record.reason {
         item.insert(REASON.to_owned(), AttributeValue::S(reason.clone()));
     }
-    item
+    if let Some(fetch) = fetch_json(record)? {
+        item.insert(FETCH.to_owned(), AttributeValue::S(fetch));
+    }
+    Ok(item)
+}
+
+/// A record's fetch step as stored: JSON in a string attribute, compared whole by
+/// [`AccountStore::update_fetch`]'s condition.
+fn fetch_json(record: &EventRecord) -> Result<Option<String>, StoreError> {
+    record
+        .fetch
+        .as_ref()
+        .map(|fetch| {
+            serde_json::to_string(fetch)
+                .map_err(|err| StoreError::Corrupt(format!("fetch step: {}", json_error(&err))))
+        })
+        .transpose()
 }
 
 fn event_from_item(event_id: &str, item: &Item) -> Result<EventRecord, StoreError> {
@@ -912,6 +955,13 @@ fn event_from_item(event_id: &str, item: &Item) -> Result<EventRecord, StoreErro
         received_at: number_attr(item, RECEIVED_AT)?,
         expires_at: number_attr(item, EXPIRES_AT)?,
         reason: item.contains_key(REASON).then(|| string_attr(item, REASON)).transpose()?.map(str::to_owned),
+        fetch: item
+            .contains_key(FETCH)
+            .then(|| {
+                serde_json::from_str(string_attr(item, FETCH)?)
+                    .map_err(|err| StoreError::Corrupt(format!("fetch step: {}", json_error(&err))))
+            })
+            .transpose()?,
     })
 }
 
@@ -954,6 +1004,7 @@ mod tests {
             received_at: 1_700_000_005,
             expires_at: 1_702_592_005,
             reason: None,
+            fetch: None,
         }
     }
 
@@ -985,9 +1036,9 @@ mod tests {
     #[test]
     fn event_records_round_trip() {
         let full = record();
-        assert_eq!(event_from_item("evt_123", &event_item(&full)).expect("readable"), full);
+        assert_eq!(event_from_item("evt_123", &event_item(&full).unwrap()).expect("readable"), full);
         let bare = EventRecord { account_id: None, created: None, livemode: None, ..record() };
-        let item = event_item(&bare);
+        let item = event_item(&bare).unwrap();
         assert!(
             !item.contains_key(ACCOUNT_ID) && !item.contains_key(CREATED) && !item.contains_key(LIVEMODE)
         );
@@ -996,7 +1047,7 @@ mod tests {
 
     #[test]
     fn event_record_keys_and_ttl() {
-        let item = event_item(&record());
+        let item = event_item(&record()).unwrap();
         assert_eq!(item.get(PK), Some(&AttributeValue::S("EVT#evt_123".to_owned())));
         assert_eq!(item.get(SK), Some(&AttributeValue::S("EVENT".to_owned())));
         assert_eq!(item.get(EXPIRES_AT), Some(&AttributeValue::N("1702592005".to_owned())));
@@ -1004,13 +1055,13 @@ mod tests {
 
     #[test]
     fn garbled_event_records_are_corrupt() {
-        let mut item = event_item(&record());
+        let mut item = event_item(&record()).unwrap();
         item.insert(OUTCOME.to_owned(), AttributeValue::S("exploded".to_owned()));
         assert!(matches!(event_from_item("evt_123", &item), Err(StoreError::Corrupt(_))));
-        let mut item = event_item(&record());
+        let mut item = event_item(&record()).unwrap();
         item.insert(CREATED.to_owned(), AttributeValue::S("yesterday".to_owned()));
         assert!(matches!(event_from_item("evt_123", &item), Err(StoreError::Corrupt(_))));
-        let mut item = event_item(&record());
+        let mut item = event_item(&record()).unwrap();
         item.remove(RECEIVED_AT);
         assert!(matches!(event_from_item("evt_123", &item), Err(StoreError::Corrupt(_))));
     }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
 use crate::domain::change::Change;
+use crate::domain::fetch::{FetchRef, FetchStep};
 use crate::domain::funds::PaymentRecord;
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
 use crate::domain::step::{Step, StepRef, StepStatus};
@@ -34,8 +35,12 @@ pub enum EventOutcome {
     NoAccount,
     /// Its livemode is not the deployment's.
     LivemodeMismatch,
-    /// A thin event sent to this snapshot endpoint.
+    /// A thin event sent to this snapshot endpoint (kept so that old records still read).
     MisroutedThinEvent,
+    /// A thin event whose fetch step is queued: its record's `fetch` says what it retrieves.
+    FetchQueued,
+    /// A thin event whose fetch kept failing; the reason says how.
+    FetchFailed,
     /// A fund-flow event whose plan was refused (a bad split, an impossible refund): recorded,
     /// nothing sent.
     Refused,
@@ -55,6 +60,8 @@ impl EventOutcome {
             Self::NoAccount => "no_account",
             Self::LivemodeMismatch => "livemode_mismatch",
             Self::MisroutedThinEvent => "misrouted_thin_event",
+            Self::FetchQueued => "fetch_queued",
+            Self::FetchFailed => "fetch_failed",
             Self::Refused => "refused",
             Self::Unchanged => "unchanged",
         }
@@ -70,6 +77,8 @@ impl EventOutcome {
             Self::NoAccount,
             Self::LivemodeMismatch,
             Self::MisroutedThinEvent,
+            Self::FetchQueued,
+            Self::FetchFailed,
             Self::Refused,
             Self::Unchanged,
         ]
@@ -100,6 +109,9 @@ pub struct EventRecord {
     pub received_at: i64,
     /// Unix time after which the record may be deleted (the TTL attribute on DynamoDB).
     pub expires_at: i64,
+    /// A thin event's fetch step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<FetchStep>,
 }
 
 /// Everything one event writes, atomically: its dedupe record, and the account state and new
@@ -284,6 +296,15 @@ pub trait AccountStore: Send + Sync + 'static {
         account_id: &AccountId,
     ) -> impl Future<Output = Result<Vec<Step>, StoreError>> + Send;
 
+    /// Replaces a thin event's record with `next` (its fetch step's progress or its end) if the
+    /// stored one is still exactly `previous` and its fetch is queued: `Committed`, or `Conflict`
+    /// when another run moved it first.
+    fn update_fetch(
+        &self,
+        previous: &EventRecord,
+        next: &EventRecord,
+    ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+
     /// One event's record.
     fn load_event(
         &self,
@@ -332,4 +353,15 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait StepQueue: Send + Sync + 'static {
     /// Sends each step to its queue: transfers and reversals to one, payouts to the other.
     fn send<'a>(&'a self, steps: &'a [StepRef]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Sends thin events' fetch steps to the fetch queue, deduplicated by event id. A queue with
+    /// no fetch queue refuses, so that the thin event is answered 500 and Stripe retries it.
+    fn send_fetches<'a>(&'a self, fetches: &'a [FetchRef]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            Err(StoreError::Unavailable(format!(
+                "no fetch queue is configured for {} fetches",
+                fetches.len()
+            )))
+        })
+    }
 }

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::domain::account::{AccountId, AccountState};
 use crate::domain::change::Change;
+use crate::domain::fetch::FetchRef;
 use crate::domain::funds::PaymentRecord;
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
@@ -78,8 +79,9 @@ CREATE INDEX IF NOT EXISTS queue_by_visibility ON queue (queue, dead, visible_at
 ";
 
 /// Columns added after the first release, with what fills them in on a file that predates them.
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
     ("events", "reason", "NULL"),
+    ("events", "fetch", "NULL"),
     ("steps", "status", "json_extract(step, '$.status')"),
     ("steps", "updated_at", "json_extract(step, '$.updated_at')"),
 ];
@@ -97,6 +99,9 @@ pub struct QueuedMessage {
     /// How many times it has been received, this time included.
     pub receive_count: u32,
 }
+
+/// The embedded queue thin events' fetch steps go to.
+pub const FETCH_QUEUE: &str = "fetches";
 
 /// The embedded queue a step goes to, as on AWS: transfers and reversals share one, payouts
 /// have their own, so that a slow payout never holds up a transfer.
@@ -215,7 +220,7 @@ impl SqliteStore {
         self.lock()?.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)
     }
 
-    /// Takes up to `max` visible messages from `queue`, hiding each for `visibility_secs`.
+    /// Takes up to `max` visible step messages from `queue`, hiding each for `visibility_secs`.
     pub fn receive(
         &self,
         queue: &str,
@@ -223,6 +228,38 @@ impl SqliteStore {
         visibility_secs: i64,
         max: usize,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
+        self.receive_bodies(queue, now, visibility_secs, max)?
+            .into_iter()
+            .map(|(message_id, body, receive_count)| {
+                let step = serde_json::from_str(&body).map_err(corrupt)?;
+                Ok(QueuedMessage { message_id, step, receive_count })
+            })
+            .collect()
+    }
+
+    /// Takes up to `max` visible fetch messages from [`FETCH_QUEUE`], as [`Self::receive`] does.
+    pub fn receive_fetches(
+        &self,
+        now: i64,
+        visibility_secs: i64,
+        max: usize,
+    ) -> Result<Vec<(FetchRef, u32)>, StoreError> {
+        self.receive_bodies(FETCH_QUEUE, now, visibility_secs, max)?
+            .into_iter()
+            .map(|(_, body, receive_count)| {
+                Ok((serde_json::from_str(&body).map_err(corrupt)?, receive_count))
+            })
+            .collect()
+    }
+
+    /// Message id, body and receive count (this one included) of up to `max` visible messages.
+    fn receive_bodies(
+        &self,
+        queue: &str,
+        now: i64,
+        visibility_secs: i64,
+        max: usize,
+    ) -> Result<Vec<(String, String, u32)>, StoreError> {
         let mut connection = self.lock()?;
         let transaction =
             connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
@@ -247,8 +284,7 @@ impl SqliteStore {
                     params![queue, message_id, now.saturating_add(visibility_secs)],
                 )
                 .map_err(unavailable)?;
-            let step = serde_json::from_str(&body).map_err(corrupt)?;
-            messages.push(QueuedMessage { message_id, step, receive_count: receive_count + 1 });
+            messages.push((message_id, body, receive_count + 1));
         }
         transaction.commit().map_err(unavailable)?;
         Ok(messages)
@@ -284,10 +320,34 @@ impl SqliteStore {
     }
 
     fn enqueue(&self, steps: &[StepRef]) -> Result<(), StoreError> {
+        let messages = steps
+            .iter()
+            .map(|step| {
+                Ok((
+                    queue_for(step.kind),
+                    step.step_id.as_str(),
+                    serde_json::to_string(step).map_err(corrupt)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.enqueue_messages(&messages)
+    }
+
+    fn enqueue_fetches(&self, fetches: &[FetchRef]) -> Result<(), StoreError> {
+        let messages = fetches
+            .iter()
+            .map(|fetch| {
+                Ok((FETCH_QUEUE, fetch.event_id.as_str(), serde_json::to_string(fetch).map_err(corrupt)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.enqueue_messages(&messages)
+    }
+
+    /// Queues each `(queue, message id, body)`.
+    fn enqueue_messages(&self, messages: &[(&str, &str, String)]) -> Result<(), StoreError> {
         let mut connection = self.lock()?;
         let transaction = connection.transaction().map_err(unavailable)?;
-        for step in steps {
-            let body = serde_json::to_string(step).map_err(corrupt)?;
+        for (queue, message_id, body) in messages {
             // A message already queued (or in flight) is the same step: keep it, as SQS FIFO
             // drops a send with a deduplication id it has seen. A dead-lettered one is revived,
             // as a redrive would.
@@ -296,7 +356,7 @@ impl SqliteStore {
                     "INSERT INTO queue (queue, message_id, body, visible_at) VALUES (?1, ?2, ?3, 0)
                      ON CONFLICT (queue, message_id) DO UPDATE SET dead = 0, visible_at = 0, receive_count = 0
                      WHERE dead = 1",
-                    params![queue_for(step.kind), step.step_id, body],
+                    params![queue, message_id, body],
                 )
                 .map_err(unavailable)?;
         }
@@ -314,8 +374,8 @@ impl SqliteStore {
             connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
         let inserted = transaction
             .execute(
-                "INSERT INTO events (event_id, event_type, account_id, created, livemode, outcome, received_at, expires_at, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (event_id) DO NOTHING",
+                "INSERT INTO events (event_id, event_type, account_id, created, livemode, outcome, received_at, expires_at, reason, fetch)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (event_id) DO NOTHING",
                 params![
                     record.event_id,
                     record.event_type,
@@ -326,6 +386,7 @@ impl SqliteStore {
                     record.received_at,
                     record.expires_at,
                     record.reason,
+                    fetch_json(record)?,
                 ],
             )
             .map_err(unavailable)?;
@@ -499,7 +560,7 @@ impl SqliteStore {
         rows.map(|json| serde_json::from_str(&json.map_err(unavailable)?).map_err(corrupt)).collect()
     }
 
-    fn read_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(EventRecord, String)> {
+    fn read_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(EventRecord, String, Option<String>)> {
         let outcome: String = row.get(5)?;
         let record = EventRecord {
             event_id: row.get(0)?,
@@ -511,14 +572,19 @@ impl SqliteStore {
             received_at: row.get(6)?,
             expires_at: row.get(7)?,
             reason: row.get(8)?,
+            fetch: None,
         };
-        Ok((record, outcome))
+        Ok((record, outcome, row.get(9)?))
     }
 }
 
 impl StepQueue for SqliteStore {
     fn send<'a>(&'a self, steps: &'a [StepRef]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move { self.enqueue(steps) })
+    }
+
+    fn send_fetches<'a>(&'a self, fetches: &'a [FetchRef]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.enqueue_fetches(fetches) })
     }
 }
 
@@ -614,18 +680,42 @@ impl AccountStore for SqliteStore {
         let row = self
             .lock()?
             .query_row(
-                "SELECT event_id, event_type, account_id, created, livemode, outcome, received_at, expires_at, reason
+                "SELECT event_id, event_type, account_id, created, livemode, outcome, received_at, expires_at, reason, fetch
                  FROM events WHERE event_id = ?1",
                 [event_id],
                 Self::read_event,
             )
             .optional()
             .map_err(unavailable)?;
-        row.map(|(mut record, outcome)| {
+        row.map(|(mut record, outcome, fetch)| {
             record.outcome = EventOutcome::parse(&outcome).ok_or_else(|| corrupt("unknown event outcome"))?;
+            record.fetch = fetch.map(|json| serde_json::from_str(&json).map_err(corrupt)).transpose()?;
             Ok(record)
         })
         .transpose()
+    }
+
+    async fn update_fetch(
+        &self,
+        previous: &EventRecord,
+        next: &EventRecord,
+    ) -> Result<CommitOutcome, StoreError> {
+        let written = self
+            .lock()?
+            .execute(
+                "UPDATE events SET outcome = ?2, reason = ?3, fetch = ?4
+                 WHERE event_id = ?1 AND outcome = ?5 AND fetch IS ?6",
+                params![
+                    next.event_id,
+                    next.outcome.as_str(),
+                    next.reason,
+                    fetch_json(next)?,
+                    EventOutcome::FetchQueued.as_str(),
+                    fetch_json(previous)?,
+                ],
+            )
+            .map_err(unavailable)?;
+        Ok(if written == 1 { CommitOutcome::Committed } else { CommitOutcome::Conflict })
     }
 
     async fn list_accounts(&self, query: &AccountQuery<'_>) -> Result<AccountPage, StoreError> {
@@ -705,6 +795,11 @@ impl AccountStore for SqliteStore {
         }
         Ok(Some(page))
     }
+}
+
+/// A record's fetch step as stored: JSON, or NULL.
+fn fetch_json(record: &EventRecord) -> Result<Option<String>, StoreError> {
+    record.fetch.as_ref().map(|fetch| serde_json::to_string(fetch).map_err(corrupt)).transpose()
 }
 
 fn sequence_cursor(seq: i64) -> String {

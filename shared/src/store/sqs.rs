@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::sqlite::queue_for;
 use super::{BoxFuture, StepQueue, StoreError};
+use crate::domain::fetch::FetchRef;
 use crate::domain::step::StepRef;
 use crate::worker::MAX_RECEIVES;
 
@@ -20,37 +21,51 @@ use crate::worker::MAX_RECEIVES;
 pub const TRANSFERS_QUEUE_URL: &str = "CONNECT_FLOW_TRANSFERS_QUEUE_URL";
 /// The URL of the FIFO queue for payout steps.
 pub const PAYOUTS_QUEUE_URL: &str = "CONNECT_FLOW_PAYOUTS_QUEUE_URL";
+/// The URL of the FIFO queue for thin events' fetch steps.
+pub const FETCH_QUEUE_URL: &str = "CONNECT_FLOW_FETCH_QUEUE_URL";
 /// SQS's limit on the entries of one `SendMessageBatch`.
 pub const MAX_BATCH_ENTRIES: usize = 10;
 /// SQS's limit on the length of a `MessageDeduplicationId`.
 const MAX_DEDUPLICATION_ID_LEN: usize = 128;
 
-/// Planned steps sent to two SQS FIFO queues.
+/// Planned steps sent to two SQS FIFO queues, and thin events' fetches to a third.
 #[derive(Debug, Clone)]
 pub struct SqsQueue {
     client: Client,
     transfers_url: String,
     payouts_url: String,
+    fetch_url: Option<String>,
+}
+
+/// One message: its body, its FIFO group and its deduplication id.
+struct Outgoing<'a> {
+    body: String,
+    group: &'a str,
+    deduplication: &'a str,
 }
 
 impl SqsQueue {
     /// A queue pair; both queues must already exist and be FIFO queues.
     pub fn new(client: Client, transfers_url: impl Into<String>, payouts_url: impl Into<String>) -> Self {
-        Self { client, transfers_url: transfers_url.into(), payouts_url: payouts_url.into() }
+        Self { client, transfers_url: transfers_url.into(), payouts_url: payouts_url.into(), fetch_url: None }
     }
 
-    /// Sends one batch of at most ten steps; returns how many were not accepted, and why.
-    async fn send_batch(&self, url: &str, steps: &[&StepRef]) -> Result<Option<Rejected>, StoreError> {
+    /// Sends fetch steps to `fetch_url`, a FIFO queue, when one is given.
+    pub fn with_fetch_queue(mut self, fetch_url: Option<String>) -> Self {
+        self.fetch_url = fetch_url.map(|url| url.trim().to_owned()).filter(|url| !url.is_empty());
+        self
+    }
+
+    /// Sends one batch of at most ten messages; returns how many were not accepted, and why.
+    async fn send_batch(&self, url: &str, messages: &[Outgoing<'_>]) -> Result<Option<Rejected>, StoreError> {
         let mut request = self.client.send_message_batch().queue_url(url);
-        for (index, step) in steps.iter().enumerate() {
-            let body = serde_json::to_string(step)
-                .map_err(|err| StoreError::Unavailable(format!("could not serialize a step: {err}")))?;
+        for (index, message) in messages.iter().enumerate() {
             let entry = SendMessageBatchRequestEntry::builder()
                 // Entry ids only pair results with entries, and must be unique within the batch.
                 .id(index.to_string())
-                .message_body(body)
-                .message_group_id(step.destination.as_str())
-                .message_deduplication_id(deduplication_id(&step.step_id))
+                .message_body(message.body.clone())
+                .message_group_id(message.group)
+                .message_deduplication_id(deduplication_id(message.deduplication))
                 .build()
                 .map_err(build_failed)?;
             request = request.entries(entry);
@@ -61,9 +76,42 @@ impl SqsQueue {
                 count: output.failed().len(),
                 codes: output.failed().iter().map(|entry| entry.code().to_owned()).collect(),
             })),
-            Err(err) => Ok(Some(Rejected { count: steps.len(), codes: BTreeSet::from([sdk_failure(&err)]) })),
+            Err(err) => {
+                Ok(Some(Rejected { count: messages.len(), codes: BTreeSet::from([sdk_failure(&err)]) }))
+            }
         }
     }
+
+    /// Sends every message to `url` in batches; every batch is tried even after one fails, so
+    /// that a retry has less to resend. Returns how many were not sent, and SQS's reasons.
+    async fn send_all(
+        &self,
+        url: &str,
+        messages: &[Outgoing<'_>],
+    ) -> Result<(usize, BTreeSet<String>), StoreError> {
+        let mut not_sent = 0;
+        let mut codes = BTreeSet::new();
+        for batch in messages.chunks(MAX_BATCH_ENTRIES) {
+            if let Some(rejected) = self.send_batch(url, batch).await? {
+                not_sent += rejected.count;
+                codes.extend(rejected.codes);
+            }
+        }
+        Ok((not_sent, codes))
+    }
+}
+
+fn serialized(value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|err| StoreError::Unavailable(format!("could not serialize a queue message: {err}")))
+}
+
+fn not_sent_error(not_sent: usize, total: usize, what: &str, codes: BTreeSet<String>) -> StoreError {
+    let codes: Vec<String> = codes.into_iter().collect();
+    StoreError::Unavailable(format!(
+        "SQS SendMessageBatch: {not_sent} of {total} {what} not sent ({})",
+        codes.join(", ")
+    ))
 }
 
 /// Entries SQS did not accept, counted, with SQS's reasons (never the message bodies).
@@ -80,16 +128,21 @@ impl StepQueue for SqsQueue {
             let mut codes = BTreeSet::new();
             // One routing rule for both stores: the embedded queue's name picks the SQS queue.
             for (queue, url) in [("transfers", &self.transfers_url), ("payouts", &self.payouts_url)] {
-                let for_queue: Vec<&StepRef> =
-                    steps.iter().filter(|step| queue_for(step.kind) == queue).collect();
+                let for_queue = steps
+                    .iter()
+                    .filter(|step| queue_for(step.kind) == queue)
+                    .map(|step| {
+                        Ok(Outgoing {
+                            body: serialized(step)?,
+                            group: step.destination.as_str(),
+                            deduplication: &step.step_id,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
                 routed += for_queue.len();
-                // Every batch is tried even after one fails, so that a retry has less to resend.
-                for batch in for_queue.chunks(MAX_BATCH_ENTRIES) {
-                    if let Some(rejected) = self.send_batch(url, batch).await? {
-                        not_sent += rejected.count;
-                        codes.extend(rejected.codes);
-                    }
-                }
+                let (failed, failure_codes) = self.send_all(url, &for_queue).await?;
+                not_sent += failed;
+                codes.extend(failure_codes);
             }
             if routed != steps.len() {
                 not_sent += steps.len() - routed;
@@ -98,12 +151,29 @@ impl StepQueue for SqsQueue {
             if not_sent == 0 {
                 return Ok(());
             }
-            let codes: Vec<String> = codes.into_iter().collect();
-            Err(StoreError::Unavailable(format!(
-                "SQS SendMessageBatch: {not_sent} of {} steps not sent ({})",
-                steps.len(),
-                codes.join(", ")
-            )))
+            Err(not_sent_error(not_sent, steps.len(), "steps", codes))
+        })
+    }
+
+    fn send_fetches<'a>(&'a self, fetches: &'a [FetchRef]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let Some(url) = &self.fetch_url else {
+                return Err(StoreError::Unavailable(format!("{FETCH_QUEUE_URL} is not set: no fetch queue")));
+            };
+            let messages = fetches
+                .iter()
+                .map(|fetch| {
+                    Ok(Outgoing {
+                        body: serialized(fetch)?,
+                        group: &fetch.group,
+                        deduplication: &fetch.event_id,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            match self.send_all(url, &messages).await? {
+                (0, _) => Ok(()),
+                (not_sent, codes) => Err(not_sent_error(not_sent, fetches.len(), "fetches", codes)),
+            }
         })
     }
 }
@@ -128,7 +198,9 @@ pub async fn create_queues(client: &Client, prefix: &str) -> Result<(String, Str
     Ok((transfers, payouts))
 }
 
-async fn create_queue_with_dlq(client: &Client, name: &str) -> Result<String, StoreError> {
+/// Creates the FIFO queue `{name}.fifo` with its dead-letter queue `{name}-dlq.fifo`, and returns
+/// its URL; for tests and local runs.
+pub async fn create_queue_with_dlq(client: &Client, name: &str) -> Result<String, StoreError> {
     let dlq_url = create_fifo_queue(client, &format!("{name}-dlq.fifo"), None).await?;
     let attributes = client
         .get_queue_attributes()

@@ -158,6 +158,15 @@ pub enum StripeError {
         /// What went wrong.
         message: String,
     },
+    /// 429: Stripe's rate limit. Nothing ran; retry after `retry_after` (its `Retry-After`, when
+    /// it sent one), with backoff.
+    #[error("Stripe rate-limited the call (HTTP 429): {message}")]
+    RateLimited {
+        /// Stripe's `Retry-After`, when given.
+        retry_after: Option<Duration>,
+        /// What went wrong.
+        message: String,
+    },
     /// Any other 4xx: Stripe definitively refused, and replays this refusal under the same key.
     #[error("Stripe refused ({status}, code {}): {message}", code.as_deref().unwrap_or("none"))]
     Refused {
@@ -184,7 +193,7 @@ pub enum StripeError {
 impl StripeError {
     /// Whether retrying with the same idempotency key may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable { .. })
+        matches!(self, Self::Retryable { .. } | Self::RateLimited { .. })
     }
 
     /// Stripe's `error.code` of a refusal.
@@ -222,6 +231,7 @@ impl StripeError {
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Retryable { status, .. } => *status,
+            Self::RateLimited { .. } => Some(429),
             Self::Refused { status, .. } => Some(*status),
             Self::IdempotencyMismatch { .. } => Some(400),
             Self::Config(_) => None,
@@ -240,6 +250,9 @@ impl StripeError {
         };
         match self {
             Self::Retryable { status, message } => Self::Retryable { status, message: scrub(message) },
+            Self::RateLimited { retry_after, message } => {
+                Self::RateLimited { retry_after, message: scrub(message) }
+            }
             Self::Refused { status, code, decline_code, message } => {
                 Self::Refused { status, code, decline_code, message: scrub(message) }
             }
@@ -253,8 +266,9 @@ fn status_text(status: Option<u16>) -> String {
     status.map_or_else(|| "no response".to_owned(), |status| format!("HTTP {status}"))
 }
 
-/// Classifies a non-2xx response from its status and Stripe's `{"error": {...}}` body.
-fn classify(status: u16, body: &[u8]) -> StripeError {
+/// Classifies a non-2xx response from its status, its `Retry-After` and Stripe's
+/// `{"error": {...}}` body.
+fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> StripeError {
     let error =
         serde_json::from_slice::<Value>(body).ok().and_then(|mut v| v.get_mut("error").map(Value::take));
     let field =
@@ -262,8 +276,9 @@ fn classify(status: u16, body: &[u8]) -> StripeError {
     let message = field("message").unwrap_or_else(|| format!("HTTP {status} without a Stripe error body"));
     let code = field("code");
     match status {
+        429 => StripeError::RateLimited { retry_after, message },
         // Stripe answers 409 while another request with the same key is still executing.
-        409 | 429 | 500..=599 => StripeError::Retryable { status: Some(status), message },
+        409 | 500..=599 => StripeError::Retryable { status: Some(status), message },
         400 if field("type").as_deref() == Some("idempotency_error") => {
             StripeError::IdempotencyMismatch { message }
         }
@@ -579,7 +594,7 @@ impl StripeClient {
     }
 
     /// `path` under the API base.
-    fn url(&self, path: &str) -> Result<Url, StripeError> {
+    pub(super) fn url(&self, path: &str) -> Result<Url, StripeError> {
         Url::parse(&format!("{}{path}", self.api_base.as_str().trim_end_matches('/')))
             .map_err(|e| StripeError::Config(format!("the request URL is invalid: {e}")))
     }
@@ -695,6 +710,13 @@ impl StripeClient {
     async fn exchange(&self, request: reqwest::Request) -> Result<Value, StripeError> {
         let response = self.http.execute(request).await.map_err(|e| transport_error(&e))?;
         let status = response.status();
+        // Stripe sends whole seconds; an HTTP date is not worth parsing for a hint.
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let body = response.bytes().await.map_err(|e| transport_error(&e))?;
         if status.is_success() {
             // A 2xx whose body is unreadable still created the object; a retry under the same key
@@ -704,7 +726,7 @@ impl StripeClient {
                 message: "a 2xx response whose body is not JSON".into(),
             })
         } else {
-            Err(classify(status.as_u16(), &body))
+            Err(classify(status.as_u16(), retry_after, &body))
         }
     }
 }
@@ -787,7 +809,7 @@ mod tests {
     fn client_classifies_errors_by_status_and_body() {
         let refusal = br#"{"error":{"type":"invalid_request_error","code":"balance_insufficient",
             "message":"You have insufficient available funds in your Stripe account."}}"#;
-        let error = classify(400, refusal);
+        let error = classify(400, None, refusal);
         assert_eq!(error.code(), Some("balance_insufficient"));
         assert!(!error.is_retryable());
         assert!(matches!(error, StripeError::Refused { status: 400, .. }));
@@ -796,22 +818,22 @@ mod tests {
             br#"{"error":{"type":"card_error","code":"card_declined","decline_code":"do_not_honor",
             "message":"Declined"}}"#;
         assert!(matches!(
-            classify(402, declined),
+            classify(402, None, declined),
             StripeError::Refused { decline_code: Some(ref d), .. } if d == "do_not_honor"
         ));
 
         let mismatch = br#"{"error":{"type":"idempotency_error","message":"Keys for idempotent requests can only be used with the same parameters they were first used with."}}"#;
-        assert!(matches!(classify(400, mismatch), StripeError::IdempotencyMismatch { .. }));
-        assert!(!classify(400, mismatch).is_retryable());
+        assert!(matches!(classify(400, None, mismatch), StripeError::IdempotencyMismatch { .. }));
+        assert!(!classify(400, None, mismatch).is_retryable());
 
         for status in [409, 429, 500, 502, 503] {
-            let error = classify(status, b"<html>oops</html>");
+            let error = classify(status, None, b"<html>oops</html>");
             assert!(error.is_retryable(), "{status}");
             assert_eq!(error.status(), Some(status));
         }
-        let missing = classify(404, br#"{"error":{"type":"invalid_request_error","code":"resource_missing","message":"No such transfer"}}"#);
+        let missing = classify(404, None, br#"{"error":{"type":"invalid_request_error","code":"resource_missing","message":"No such transfer"}}"#);
         assert_eq!(missing.code(), Some("resource_missing"));
-        assert!(matches!(classify(401, b""), StripeError::Refused { status: 401, code: None, .. }));
+        assert!(matches!(classify(401, None, b""), StripeError::Refused { status: 401, code: None, .. }));
     }
 
     #[test]
@@ -854,28 +876,28 @@ mod tests {
         let revoked = br#"{"error":{"type":"invalid_request_error","code":"account_invalid",
             "doc_url":"https://stripe.com/docs/error-codes/account-invalid",
             "message":"The provided key 'sk_test_********1234' does not have access to account 'acct_1Gone' (or that account does not exist). Application access may have been revoked."}}"#;
-        let error = classify(403, revoked);
+        let error = classify(403, None, revoked);
         assert!(error.refused_account_access(), "{error:?}");
         assert!(!error.refused_platform_key());
         assert!(!error.is_retryable());
         // The message alone is enough, should the code be missing.
         let no_code = br#"{"error":{"type":"invalid_request_error","message":"The provided key 'sk_live_***abcd' does not have access to account 'acct_1Gone' (or that account does not exist). Application access may have been revoked."}}"#;
-        assert!(classify(403, no_code).refused_account_access());
+        assert!(classify(403, None, no_code).refused_account_access());
         // The code alone too.
         let code_only =
             br#"{"error":{"type":"invalid_request_error","code":"account_invalid","message":"x"}}"#;
-        assert!(classify(403, code_only).refused_account_access());
+        assert!(classify(403, None, code_only).refused_account_access());
 
         let bad_key = br#"{"error":{"type":"invalid_request_error","message":"Invalid API Key provided: sk_test_****abcd"}}"#;
-        let unauthorized = classify(401, bad_key);
+        let unauthorized = classify(401, None, bad_key);
         assert!(unauthorized.refused_platform_key());
         assert!(!unauthorized.refused_account_access());
         // A 401 is the key's fault whatever its body says.
-        assert!(classify(401, revoked).refused_platform_key());
-        assert!(!classify(401, revoked).refused_account_access());
+        assert!(classify(401, None, revoked).refused_platform_key());
+        assert!(!classify(401, None, revoked).refused_account_access());
 
         let restricted = br#"{"error":{"type":"invalid_request_error","message":"The provided key 'rk_live_***j4va7j' does not have the required permissions for this endpoint on account 'acct_1Plat'. Having the 'rak_transfer_write' permission would allow this request to continue."}}"#;
-        let forbidden = classify(403, restricted);
+        let forbidden = classify(403, None, restricted);
         assert!(forbidden.refused_platform_key(), "{forbidden:?}");
         assert!(!forbidden.refused_account_access());
 
@@ -883,10 +905,10 @@ mod tests {
         let insufficient =
             br#"{"error":{"type":"invalid_request_error","code":"balance_insufficient","message":"no"}}"#;
         for error in [
-            classify(400, insufficient),
-            classify(400, code_only),
-            classify(404, revoked),
-            classify(500, revoked),
+            classify(400, None, insufficient),
+            classify(400, None, code_only),
+            classify(404, None, revoked),
+            classify(500, None, revoked),
             StripeError::Retryable { status: None, message: "timed out".into() },
             StripeError::IdempotencyMismatch { message: "other parameters".into() },
             StripeError::Config("x".into()),

@@ -48,17 +48,35 @@ pub struct Event {
     pub previous_attributes: Option<Box<RawValue>>,
 }
 
-/// A thin event (`object: "v2.core.event"`), which belongs on an event destination, not here.
-#[derive(Debug, PartialEq, Eq)]
+/// A thin event (`object: "v2.core.event"`): a notification naming an object, with no snapshot
+/// of it. `context` and `related_object` may be missing or null.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThinEvent {
     /// The event id.
     pub id: String,
     /// The event type, when present.
     pub event_type: Option<String>,
+    /// When Stripe created it, in Unix seconds (API v2 writes RFC 3339), when readable.
+    pub created: Option<i64>,
     /// Whether the event is from live mode, when present.
     pub livemode: Option<bool>,
     /// The account context (a connected account id), when present.
     pub context: Option<String>,
+    /// The object the event is about, when it names one.
+    pub related_object: Option<RelatedObject>,
+}
+
+/// A thin event's `related_object`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct RelatedObject {
+    /// The object's id.
+    pub id: String,
+    /// Its type, e.g. `v2.core.account` or `payout`.
+    #[serde(rename = "type", default)]
+    pub object_type: Option<String>,
+    /// The path it is retrieved from, e.g. `/v2/core/accounts/acct_1`.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// What a verified body turned out to be.
@@ -89,6 +107,8 @@ struct RawEnvelope<'a> {
     account: Option<&'a RawValue>,
     #[serde(borrow, default)]
     context: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    related_object: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
@@ -128,11 +148,17 @@ pub fn parse_event(body: &[u8]) -> Result<ParsedBody, EnvelopeError> {
     };
     let id = as_string(raw.id).filter(|id| is_plausible_id(id));
     if is_thin(raw.object) {
+        let related_object = raw
+            .related_object
+            .and_then(|raw| serde_json::from_str::<RelatedObject>(raw.get()).ok())
+            .filter(|related| is_plausible_id(&related.id));
         return Ok(ParsedBody::Thin(ThinEvent {
             id: id.ok_or(EnvelopeError::NotAnEvent("no usable id"))?,
-            event_type: as_string(raw.event_type),
+            event_type: as_string(raw.event_type).filter(|event_type| is_plausible_id(event_type)),
+            created: as_string(raw.created).as_deref().and_then(crate::calendar::parse_rfc3339),
             livemode: as_bool(raw.livemode),
-            context: as_string(raw.context),
+            context: as_string(raw.context).filter(|context| is_plausible_id(context)),
+            related_object,
         }));
     }
     if let Some(object) = as_string(raw.object).filter(|object| object != "event") {
@@ -244,7 +270,37 @@ mod tests {
         let Ok(ParsedBody::Thin(thin)) = parse_event(body) else { panic!("not thin") };
         assert_eq!(thin.id, "evt_234");
         assert_eq!(thin.context.as_deref(), Some("acct_9"));
+        assert_eq!(thin.created, Some(1_644_884_865));
+        assert_eq!(thin.related_object, None);
         assert_eq!(peek_event(body), Err(PeekError::ThinEventPassedToSnapshotParser));
+    }
+
+    #[test]
+    fn a_thin_events_related_object_and_context_may_be_null_or_odd() {
+        let thin = |body: &str| match parse_event(body.as_bytes()) {
+            Ok(ParsedBody::Thin(thin)) => thin,
+            other => panic!("expected a thin event, got {other:?}"),
+        };
+        let full = thin(
+            r#"{"id":"evt_1","object":"v2.core.event","type":"v2.core.account.updated","context":null,
+                "related_object":{"id":"acct_1","type":"v2.core.account","url":"/v2/core/accounts/acct_1"}}"#,
+        );
+        assert_eq!(full.context, None);
+        let related = full.related_object.expect("related object");
+        assert_eq!(
+            (related.id.as_str(), related.object_type.as_deref()),
+            ("acct_1", Some("v2.core.account"))
+        );
+        for odd in [
+            r#""related_object":null"#,
+            r#""related_object":7"#,
+            r#""related_object":{"id":""}"#,
+            r#""related_object":{"type":"x"}"#,
+            r#""context":{"a":1}"#,
+        ] {
+            let event = thin(&format!(r#"{{"id":"evt_1","object":"v2.core.event",{odd}}}"#));
+            assert_eq!((event.related_object, event.context), (None, None), "{odd}");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! API v2 reads: what the thin-event fetch worker (issue 11) retrieves.
+//! The reads a thin event's fetch step makes: API v2 accounts and events, and v1 objects.
 
 use serde_json::Value;
 
@@ -36,5 +36,39 @@ impl StripeClient {
             .collect();
         let request = self.get_v2(&path, &query, context, STRIPE_V2_VERSION)?;
         self.send("retrieve_v2_account", request).await
+    }
+}
+
+impl StripeClient {
+    /// `GET /v2/core/events/{id}`: the thin event with its `data`, with `Stripe-Context` when the
+    /// event had one.
+    pub async fn retrieve_v2_event(
+        &self,
+        event_id: &str,
+        context: Option<&str>,
+    ) -> Result<Value, StripeError> {
+        let path = format!("/v2/core/events/{}", checked_id("event id", event_id)?);
+        let request = self.get_v2(&path, &[], context, STRIPE_V2_VERSION)?;
+        self.send("retrieve_v2_event", request).await
+    }
+
+    /// `GET /v1/{segments…}`, on `account` (`Stripe-Account`) when given: one v1 object. Every
+    /// segment is checked as an id, so no event can steer the path.
+    pub async fn retrieve_v1(
+        &self,
+        operation: &'static str,
+        segments: &[&str],
+        account: Option<&AccountId>,
+    ) -> Result<Value, StripeError> {
+        let mut path = String::from("/v1");
+        for segment in segments {
+            path.push('/');
+            path.push_str(checked_id("path segment", segment)?);
+        }
+        let request = self
+            .request(reqwest::Method::GET, self.url(&path)?, account)
+            .build()
+            .map_err(|e| self.build_error(&e))?;
+        self.send(operation, request).await
     }
 }

@@ -2,13 +2,14 @@
 //! and the v2 rule itself (DESIGN.md, "Accounts v2 and thin events"). Pure and lenient, like the v1
 //! rule: a missing or oddly shaped field reads as unknown, never as a failure.
 //!
-//! Not yet wired to an event path: the thin-event fetch worker (issue 11) will apply it.
+//! The fetch worker applies a fetched v2 account as a `v2.core.account` event through
+//! [`super::decide`].
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{OnboardingStatus, Requirements};
+use super::{AccountState, AccountsApi, OnboardingStatus, Requirements, is_current, set_capability};
 
 /// The capability codes that restrict a capability without being a reason of their own.
 const REQUIREMENT_CODES: [&str; 2] = ["requirements_past_due", "requirements_pending_verification"];
@@ -48,8 +49,16 @@ pub fn read_v2_account(account: &Value) -> V2Account {
             }
         }
     }
-    let entries = account
-        .pointer("/requirements/entries")
+    read.requirements = read_entries(account.get("requirements"));
+    read
+}
+
+/// The requirement entries' descriptions awaiting the user, by `minimum_deadline.status`, and
+/// those awaiting Stripe as `pending_verification`.
+fn read_entries(requirements: Option<&Value>) -> Requirements {
+    let mut read = Requirements::default();
+    let entries = requirements
+        .and_then(|requirements| requirements.get("entries"))
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
@@ -59,15 +68,66 @@ pub fn read_v2_account(account: &Value) -> V2Account {
         let awaiting = entry.get("awaiting_action_from").and_then(Value::as_str);
         let deadline = entry.pointer("/minimum_deadline/status").and_then(Value::as_str);
         let list = match (awaiting, deadline) {
-            (Some("stripe"), _) => &mut read.requirements.pending_verification,
-            (Some("user"), Some("past_due")) => &mut read.requirements.past_due,
-            (Some("user"), Some("currently_due")) => &mut read.requirements.currently_due,
-            (Some("user"), Some("eventually_due")) => &mut read.requirements.eventually_due,
+            (Some("stripe"), _) => &mut read.pending_verification,
+            (Some("user"), Some("past_due")) => &mut read.past_due,
+            (Some("user"), Some("currently_due")) => &mut read.currently_due,
+            (Some("user"), Some("eventually_due")) => &mut read.eventually_due,
             _ => continue,
         };
         list.push(description);
     }
     read
+}
+
+impl V2Account {
+    /// What the v2 rule reads, as stored on the account: `closed` is kept as its
+    /// deauthorisation, which the caller passes on its own.
+    pub fn of_state(state: &AccountState) -> Self {
+        let capabilities = state
+            .capabilities
+            .iter()
+            .map(|(path, status)| {
+                let codes = state.capability_codes.get(path).cloned().unwrap_or_default();
+                (path.clone(), V2Capability { status: status.clone(), codes })
+            })
+            .collect();
+        Self { closed: false, capabilities, requirements: state.requirements.clone() }
+    }
+}
+
+/// Overwrites the account from a fetched v2 account object, ordered like a v1 account object:
+/// each capability on its own guard, the rest on the account's. Returns whether any part was
+/// current.
+pub(super) fn apply_v2_account_object(state: &mut AccountState, account: &Value, created: i64) -> bool {
+    let read = read_v2_account(account);
+    state.api = AccountsApi::V2;
+    let mut changed = false;
+    for (path, capability) in &read.capabilities {
+        if set_capability(state, path, &capability.status, created) {
+            changed = true;
+            if capability.codes.is_empty() {
+                state.capability_codes.remove(path);
+            } else {
+                state.capability_codes.insert(path.clone(), capability.codes.clone());
+            }
+        }
+    }
+    if !is_current(state.ordering.account, created) {
+        return changed;
+    }
+    state.ordering.account = Some(created);
+    if read.closed && is_current(state.ordering.authorization, created) {
+        state.ordering.authorization = Some(created);
+        state.deauthorized = true;
+    }
+    state.charges_enabled = Some(v2_charges_enabled(&read));
+    state.payouts_enabled = Some(v2_payouts_enabled(&read));
+    state.details_submitted = None;
+    state.disabled_reason = v2_onboarding_status(&read, false).1;
+    state.future_requirements =
+        account.get("future_requirements").filter(|r| r.is_object()).map(|r| read_entries(Some(r)));
+    state.requirements = read.requirements;
+    true
 }
 
 /// A capability is any object with a string `status`; groups (`stripe_balance`) nest them.

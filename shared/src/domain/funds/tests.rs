@@ -138,6 +138,8 @@ fn state(id: &str, interval: Option<&str>) -> AccountState {
         ordering: OrderingGuards::default(),
         version: 1,
         reference: None,
+        api: Default::default(),
+        capability_codes: Default::default(),
     }
 }
 
