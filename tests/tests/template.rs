@@ -6,7 +6,10 @@
 //! metrics watches a dimension set the code publishes. Every route of the HTTP API but the webhook
 //! and the onboarding refresh link needs SigV4; the platform API may use only its table, its two
 //! step queues and its two secrets; the notifier reads only inserted change items from the table's
-//! stream and may put events only on the stack's change bus.
+//! stream and may put events only on the stack's change bus. The fetch worker reads Stripe under
+//! its rate budget from a FIFO queue the webhook feeds; the optional EventBridge intake takes
+//! exactly the configured Stripe partner source, through a queue only that rule may send to, and
+//! every one of its resources exists only when that source is configured.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -260,13 +263,15 @@ fn the_webhook_function_serves_post_webhooks_stripe() {
 
 /// Each worker reads one FIFO queue through an event source mapping that reports partial batch
 /// failures, as `shared::sqs_worker` answers; the queue dead-letters where the embedded queue does,
-/// and keeps a received message hidden for at least six times the worker's timeout.
+/// and keeps a received message hidden for at least six times the worker's timeout. The one
+/// exception to FIFO is the EventBridge intake's queue, a standard queue (EventBridge's target).
 #[test]
 fn every_function_without_a_route_is_fed_by_a_fifo_queue_with_partial_batch_failures() {
     let template = template();
     let mappings = resources_of_type(&template, "AWS::Lambda::EventSourceMapping");
     let scheduled = scheduled_functions(&template);
     let (notifier, _) = function_building(&template, "notifier");
+    let (intake, _) = function_building(&template, "eventbridge-intake");
     for (id, function) in resources_of_type(&template, "AWS::Serverless::Function") {
         let events = function["Properties"]["Events"].as_hash();
         let has_route =
@@ -307,7 +312,11 @@ fn every_function_without_a_route_is_fed_by_a_fifo_queue_with_partial_batch_fail
         let queue = &template["Resources"][queue_id];
         assert_eq!(queue["Type"].as_str(), Some("AWS::SQS::Queue"), "{mapping_id} reads {queue_id}");
         let queue = &queue["Properties"];
-        assert_eq!(queue["FifoQueue"].as_bool(), Some(true), "{queue_id} is FIFO");
+        if id == intake {
+            assert!(queue["FifoQueue"].as_bool() != Some(true), "{queue_id} is a standard queue");
+        } else {
+            assert_eq!(queue["FifoQueue"].as_bool(), Some(true), "{queue_id} is FIFO");
+        }
         assert_eq!(
             queue["RedrivePolicy"]["maxReceiveCount"].as_i64(),
             Some(i64::from(MAX_RECEIVES)),
@@ -1031,9 +1040,20 @@ fn every_dead_letter_queue_and_every_background_function_raises_an_alarm() {
         dead_letter_queues
             .extend(referenced_id(&mapping["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]));
     }
+    for (_, rule) in resources_of_type(&template, "AWS::Events::Rule") {
+        for target in rule["Properties"]["Targets"].as_vec().into_iter().flatten() {
+            dead_letter_queues.extend(referenced_id(&target["DeadLetterConfig"]["Arn"]));
+        }
+    }
     assert_eq!(
         dead_letter_queues,
-        BTreeSet::from(["TransfersDeadLetterQueue", "PayoutsDeadLetterQueue", "NotifierDeadLetterQueue"]),
+        BTreeSet::from([
+            "TransfersDeadLetterQueue",
+            "PayoutsDeadLetterQueue",
+            "NotifierDeadLetterQueue",
+            "FetchDeadLetterQueue",
+            "EventBridgeIntakeDeadLetterQueue",
+        ]),
         "the dead-letter queues"
     );
     for queue in dead_letter_queues {
@@ -1127,4 +1147,479 @@ fn the_outputs_give_the_platform_api_url_and_the_change_bus() {
     );
     assert_eq!(outputs["ChangesBusArn"]["Value"].as_str(), Some("ChangesBus.Arn"));
     assert_eq!(outputs["ChangesBusName"]["Value"].as_str(), Some("ChangesBus"));
+}
+
+/// The condition every EventBridge-intake resource carries (`StripeEventBridgeSource` not empty).
+const EVENTBRIDGE_CONDITION: &str = "UseStripeEventBridge";
+
+/// The parameter naming the Stripe partner event source.
+const EVENTBRIDGE_SOURCE_PARAMETER: &str = "StripeEventBridgeSource";
+
+/// The resources that exist only with an EventBridge intake.
+const EVENTBRIDGE_RESOURCES: [&str; 11] = [
+    "StripeEventBus",
+    "StripeEventRule",
+    "EventBridgeIntakeQueue",
+    "EventBridgeIntakeDeadLetterQueue",
+    "EventBridgeIntakeQueuePolicy",
+    "EventBridgeIntakeDeadLetterQueuePolicy",
+    "EventBridgeIntakeLogGroup",
+    "EventBridgeIntakeFunction",
+    "EventBridgeIntakeEventSource",
+    "EventBridgeIntakeDeadLetterAlarm",
+    "EventBridgeIntakeErrorsAlarm",
+];
+
+/// Whether `value` refers to `id` anywhere: `!Ref id`, `!GetAtt id.Attr` (as `id` and `id.Attr`
+/// once their tags are gone) or `${id}` / `${id.Attr}` in a `!Sub` string.
+fn mentions(value: &Yaml, id: &str) -> bool {
+    match value {
+        Yaml::String(text) => {
+            text == id
+                || text.strip_prefix(id).is_some_and(|rest| rest.starts_with('.'))
+                || text.contains(&format!("${{{id}}}"))
+                || text.contains(&format!("${{{id}."))
+        }
+        Yaml::Array(items) => items.iter().any(|item| mentions(item, id)),
+        Yaml::Hash(entries) => entries.iter().any(|(key, item)| mentions(key, id) || mentions(item, id)),
+        _ => false,
+    }
+}
+
+/// The one statement of the only queue policy on `queue`.
+fn queue_policy_statement<'a>(template: &'a Yaml, queue: &str) -> (&'a str, &'a Yaml) {
+    let policies: Vec<_> = resources_of_type(template, "AWS::SQS::QueuePolicy")
+        .into_iter()
+        .filter(|(_, policy)| {
+            policy["Properties"]["Queues"].as_vec().into_iter().flatten().any(|q| q.as_str() == Some(queue))
+        })
+        .collect();
+    assert_eq!(policies.len(), 1, "one queue policy on {queue}");
+    let (id, policy) = policies[0];
+    assert_eq!(strings(&policy["Properties"]["Queues"]), [queue], "{id} is on {queue} alone");
+    let statements = policy["Properties"]["PolicyDocument"]["Statement"].as_vec().expect("statements");
+    assert_eq!(statements.len(), 1, "{id}: one statement");
+    (id, &statements[0])
+}
+
+/// The (action, resource) pairs of a function's grants whose action starts with `prefix`.
+fn grants_with_prefix(id: &str, function: &Yaml, prefix: &str) -> BTreeSet<(String, String)> {
+    function_grants(id, function).into_iter().filter(|(action, _)| action.starts_with(prefix)).collect()
+}
+
+/// The fetch queue is a FIFO queue like the step queues: deduplicated by the id the sender sets,
+/// dead-lettering into a FIFO queue after `shared::worker::MAX_RECEIVES` receives, encrypted and
+/// kept as long as they are.
+#[test]
+fn the_fetch_queue_is_a_fifo_queue_with_a_dead_letter_queue_like_the_step_queues() {
+    let template = template();
+    let resources = &template["Resources"];
+    let steps = &resources["TransfersQueue"]["Properties"];
+    let queue = &resources["FetchQueue"];
+    assert_eq!(queue["Type"].as_str(), Some("AWS::SQS::Queue"));
+    let queue = &queue["Properties"];
+    assert_eq!(queue["FifoQueue"].as_bool(), Some(true), "FetchQueue is FIFO");
+    assert_eq!(queue["ContentBasedDeduplication"].as_bool(), Some(false), "the sender deduplicates");
+    assert!(queue["QueueName"].as_str().is_some_and(|name| name.ends_with(".fifo")), "FetchQueue's name");
+    assert_eq!(queue["RedrivePolicy"]["maxReceiveCount"].as_i64(), Some(i64::from(MAX_RECEIVES)));
+    for property in ["MessageRetentionPeriod", "SqsManagedSseEnabled"] {
+        assert_eq!(queue[property], steps[property], "FetchQueue's {property} is the step queues'");
+    }
+    assert!(queue["KmsMasterKeyId"].is_badvalue(), "FetchQueue: SQS-managed encryption, no KMS key");
+
+    let dead_letters = referenced_id(&queue["RedrivePolicy"]["deadLetterTargetArn"]).expect("a DLQ");
+    assert_eq!(dead_letters, "FetchDeadLetterQueue");
+    let dead_letters = &resources[dead_letters];
+    assert_eq!(dead_letters["Type"].as_str(), Some("AWS::SQS::Queue"));
+    let dead_letters = &dead_letters["Properties"];
+    let step_dead_letters = &resources["TransfersDeadLetterQueue"]["Properties"];
+    assert_eq!(dead_letters["FifoQueue"].as_bool(), Some(true), "a FIFO queue's DLQ is FIFO");
+    for property in ["MessageRetentionPeriod", "SqsManagedSseEnabled"] {
+        assert_eq!(dead_letters[property], step_dead_letters[property], "FetchDeadLetterQueue's {property}");
+    }
+
+    let outputs = &template["Outputs"];
+    assert_eq!(outputs["FetchQueueUrl"]["Value"].as_str(), Some("FetchQueue"));
+    assert!(outputs["FetchQueueUrl"]["Condition"].is_badvalue(), "the fetch queue is always there");
+}
+
+/// A thin event's fetch step goes from the webhook to the fetch queue: the webhook finds the queue
+/// under the variable the code reads and may send to it, and otherwise may use only what it used.
+#[test]
+fn the_webhook_may_queue_fetches() {
+    let template = template();
+    let (webhook, function) = function_building(&template, "webhook");
+    let variables = &function["Properties"]["Environment"]["Variables"];
+    assert_eq!(
+        variables[shared::store::sqs::FETCH_QUEUE_URL].as_str(),
+        Some("FetchQueue"),
+        "{webhook}: {}",
+        shared::store::sqs::FETCH_QUEUE_URL
+    );
+    assert_eq!(
+        function_grants(webhook, function),
+        pairs(&[
+            ("dynamodb:GetItem", "Table.Arn"),
+            ("dynamodb:PutItem", "Table.Arn"),
+            ("dynamodb:Query", "Table.Arn"),
+            ("dynamodb:GetItem", "${Table.Arn}/index/steps_by_destination"),
+            ("dynamodb:PutItem", "${Table.Arn}/index/steps_by_destination"),
+            ("dynamodb:Query", "${Table.Arn}/index/steps_by_destination"),
+            ("sqs:SendMessage", "TransfersQueue.Arn"),
+            ("sqs:SendMessage", "PayoutsQueue.Arn"),
+            ("sqs:SendMessage", "FetchQueue.Arn"),
+            ("secretsmanager:GetSecretValue", "WebhookSecretsArn"),
+        ]),
+        "{webhook}'s policy"
+    );
+}
+
+/// Each fetch worker instance paces its Stripe reads at `CONNECT_FLOW_FETCH_RATE` a second, and at
+/// most its reserved concurrency of instances run (its event source mapping's maximum concurrency
+/// is no higher), so the product is the deployment's read rate: under Stripe's 20 a second.
+#[test]
+fn the_fetch_worker_reads_stripe_at_under_twenty_a_second() {
+    let template = template();
+    let (fetcher, function) = function_building(&template, "fetch-worker");
+    let reserved = function["Properties"]["ReservedConcurrentExecutions"].as_i64().unwrap_or_else(|| {
+        panic!("{fetcher} reserves its concurrency: without it, nothing bounds its instances")
+    });
+    let rate: i64 = function["Properties"]["Environment"]["Variables"]["CONNECT_FLOW_FETCH_RATE"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{fetcher} sets CONNECT_FLOW_FETCH_RATE (a string)"))
+        .parse()
+        .expect("CONNECT_FLOW_FETCH_RATE is a whole number of reads a second");
+    assert!(reserved >= 1 && rate >= 1, "{fetcher}: {reserved} instances at {rate} reads a second");
+    assert!(reserved * rate < 20, "{fetcher}: {reserved} instances x {rate} reads a second is not under 20");
+    assert_eq!((reserved, rate), (2, 9), "{fetcher}: the numbers the template's comment explains");
+
+    let mappings: Vec<_> = resources_of_type(&template, "AWS::Lambda::EventSourceMapping")
+        .into_iter()
+        .filter(|(_, mapping)| referenced_id(&mapping["Properties"]["FunctionName"]) == Some(fetcher))
+        .collect();
+    assert_eq!(mappings.len(), 1, "{fetcher} has one event source mapping");
+    let (mapping_id, mapping) = mappings[0];
+    let properties = &mapping["Properties"];
+    assert_eq!(referenced_id(&properties["EventSourceArn"]), Some("FetchQueue"), "{mapping_id}");
+    let maximum = properties["ScalingConfig"]["MaximumConcurrency"].as_i64().expect("a maximum concurrency");
+    assert_eq!(maximum, reserved, "{mapping_id}: as many pollers as instances may run, no more");
+    assert_eq!(properties["BatchSize"].as_i64(), Some(10), "{mapping_id}: like the workers'");
+    assert_eq!(
+        properties["FunctionResponseTypes"].as_vec().map(Vec::as_slice),
+        Some(&[Yaml::String("ReportBatchItemFailures".into())][..]),
+        "{mapping_id}"
+    );
+    let (_, worker) = function_building(&template, "transfer-worker");
+    assert_eq!(
+        function_property(&template, function, "Timeout"),
+        function_property(&template, worker, "Timeout"),
+        "{fetcher}: the workers' timeout"
+    );
+}
+
+/// The fetch worker finds the store, the step queues, the Stripe key and the livemode under the
+/// variables the code reads, and may do what the webhook's store does on the table (it applies a
+/// fetched object as the webhook applies an event) plus UpdateItem for the fetch step, send to the
+/// two step queues, read the Stripe key and poll its own queue: nothing else.
+#[test]
+fn the_fetch_worker_may_only_apply_events_queue_steps_and_read_the_stripe_key() {
+    let template = template();
+    let (fetcher, function) = function_building(&template, "fetch-worker");
+    let (webhook, webhook_function) = function_building(&template, "webhook");
+    let variables = &function["Properties"]["Environment"]["Variables"];
+    for (name, value) in [
+        (shared::config::TABLE_NAME, "Table"),
+        (shared::config::API_KEY_SECRET_ARN, "StripeApiKeySecretArn"),
+        (shared::store::sqs::TRANSFERS_QUEUE_URL, "TransfersQueue"),
+        (shared::store::sqs::PAYOUTS_QUEUE_URL, "PayoutsQueue"),
+    ] {
+        assert_eq!(variables[name].as_str(), Some(value), "{fetcher}: {name}");
+    }
+    assert_eq!(
+        variables[shared::config::LIVEMODE],
+        webhook_function["Properties"]["Environment"]["Variables"][shared::config::LIVEMODE],
+        "{fetcher} acts on the livemode the webhook acts on"
+    );
+
+    let mut table = grants_with_prefix(webhook, webhook_function, "dynamodb:");
+    table.insert(("dynamodb:UpdateItem".to_owned(), "Table.Arn".to_owned()));
+    assert_eq!(
+        grants_with_prefix(fetcher, function, "dynamodb:"),
+        table,
+        "{fetcher}: the webhook's table rights, and UpdateItem on the table"
+    );
+    let mut expected = table;
+    expected.extend(pairs(&[
+        ("sqs:SendMessage", "TransfersQueue.Arn"),
+        ("sqs:SendMessage", "PayoutsQueue.Arn"),
+        ("secretsmanager:GetSecretValue", "StripeApiKeySecretArn"),
+        ("sqs:ReceiveMessage", "FetchQueue.Arn"),
+        ("sqs:DeleteMessage", "FetchQueue.Arn"),
+        ("sqs:GetQueueAttributes", "FetchQueue.Arn"),
+    ]));
+    assert_eq!(function_grants(fetcher, function), expected, "{fetcher}'s policy");
+    assert!(
+        function["Properties"]["Events"].is_badvalue(),
+        "{fetcher}: SAM events add triggers and policies"
+    );
+}
+
+/// The intake is optional: `StripeEventBridgeSource` is empty by default, takes only a name under
+/// Stripe's partner prefix, and every resource of the intake (and every output about it) exists
+/// only when it is set. Nothing that always exists refers to an intake resource or to the
+/// parameter, or the stack would not deploy without it.
+#[test]
+fn every_eventbridge_intake_resource_exists_only_with_a_stripe_event_source() {
+    let template = template();
+    let parameter = &template["Parameters"][EVENTBRIDGE_SOURCE_PARAMETER];
+    assert_eq!(parameter["Type"].as_str(), Some("String"));
+    assert_eq!(parameter["Default"].as_str(), Some(""), "no EventBridge intake unless asked for");
+    assert_eq!(
+        parameter["AllowedPattern"].as_str(),
+        Some("^(aws\\.partner/stripe\\.com/[/._A-Za-z0-9-]{1,233})?$"),
+        "empty, or an event bus name under Stripe's partner prefix"
+    );
+
+    // `!Not [!Equals [!Ref P, ""]]`, whose tags the parser drops: read the line too.
+    let condition = &template["Conditions"][EVENTBRIDGE_CONDITION];
+    let expected = Yaml::Array(vec![Yaml::Array(vec![
+        Yaml::String(EVENTBRIDGE_SOURCE_PARAMETER.into()),
+        Yaml::String("".into()),
+    ])]);
+    assert_eq!(condition, &expected, "{EVENTBRIDGE_CONDITION}");
+    let text = std::fs::read_to_string(workspace_root().join("infra/template.yaml")).expect("template");
+    assert!(
+        text.contains(&format!(
+            "{EVENTBRIDGE_CONDITION}: !Not [!Equals [!Ref {EVENTBRIDGE_SOURCE_PARAMETER}, \"\"]]"
+        )),
+        "{EVENTBRIDGE_CONDITION} is: the parameter is not empty"
+    );
+
+    let resources = template["Resources"].as_hash().expect("Resources");
+    let conditional: BTreeSet<&str> = resources
+        .iter()
+        .filter(|(_, resource)| resource["Condition"].as_str() == Some(EVENTBRIDGE_CONDITION))
+        .map(|(id, _)| id.as_str().expect("a logical id"))
+        .collect();
+    assert_eq!(
+        conditional,
+        BTreeSet::from(EVENTBRIDGE_RESOURCES),
+        "the resources under {EVENTBRIDGE_CONDITION}"
+    );
+    for (id, resource) in resources {
+        let id = id.as_str().expect("a logical id");
+        let condition = resource["Condition"].as_str();
+        assert!(
+            condition.is_none() || condition == Some(EVENTBRIDGE_CONDITION),
+            "{id}: condition {condition:?}"
+        );
+        if conditional.contains(id) {
+            continue;
+        }
+        assert!(
+            !mentions(resource, EVENTBRIDGE_SOURCE_PARAMETER),
+            "{id} uses {EVENTBRIDGE_SOURCE_PARAMETER}"
+        );
+        for other in &conditional {
+            assert!(!mentions(resource, other), "{id}, always there, refers to {other}, which may not be");
+        }
+    }
+
+    let outputs = template["Outputs"].as_hash().expect("Outputs");
+    for name in ["StripeEventBusArn", "EventBridgeIntakeQueueUrl"] {
+        assert!(outputs.contains_key(&Yaml::String(name.into())), "the {name} output");
+    }
+    assert_eq!(template["Outputs"]["StripeEventBusArn"]["Value"].as_str(), Some("StripeEventBus.Arn"));
+    assert_eq!(
+        template["Outputs"]["EventBridgeIntakeQueueUrl"]["Value"].as_str(),
+        Some("EventBridgeIntakeQueue")
+    );
+    for (name, output) in outputs {
+        let refers = mentions(&output["Value"], EVENTBRIDGE_SOURCE_PARAMETER)
+            || conditional.iter().any(|id| mentions(&output["Value"], id));
+        assert_eq!(
+            output["Condition"].as_str() == Some(EVENTBRIDGE_CONDITION),
+            refers,
+            "output {name:?}: under {EVENTBRIDGE_CONDITION} exactly when it is about the intake"
+        );
+    }
+}
+
+/// The partner bus is named after Stripe's partner source (as a partner bus must be), and its one
+/// rule takes exactly that source's events, nothing broader (no prefix, wildcard or other source),
+/// whole, to the intake queue, with retries and a dead-letter queue for what cannot be delivered.
+#[test]
+fn the_stripe_event_rule_takes_exactly_the_configured_source_to_the_intake_queue() {
+    let template = template();
+    let bus = &template["Resources"]["StripeEventBus"];
+    assert_eq!(bus["Type"].as_str(), Some("AWS::Events::EventBus"));
+    assert_eq!(bus["Properties"]["Name"].as_str(), Some(EVENTBRIDGE_SOURCE_PARAMETER), "the bus's name");
+    assert_eq!(
+        bus["Properties"]["EventSourceName"].as_str(),
+        Some(EVENTBRIDGE_SOURCE_PARAMETER),
+        "the bus's partner event source"
+    );
+
+    let rules = resources_of_type(&template, "AWS::Events::Rule");
+    assert_eq!(rules.len(), 1, "one EventBridge rule");
+    let (rule_id, rule) = rules[0];
+    assert_eq!(rule_id, "StripeEventRule");
+    let properties = &rule["Properties"];
+    assert_eq!(
+        properties["EventBusName"].as_str(),
+        Some("StripeEventBus"),
+        "{rule_id} is on the partner bus"
+    );
+    assert_eq!(properties["State"].as_str(), Some("ENABLED"), "{rule_id}");
+    assert!(properties["ScheduleExpression"].is_badvalue(), "{rule_id}: a pattern rule");
+
+    let pattern = properties["EventPattern"].as_hash().expect("an event pattern in YAML");
+    assert_eq!(pattern.len(), 1, "{rule_id}: the pattern matches on source alone: {pattern:?}");
+    let sources = properties["EventPattern"]["source"].as_vec().expect("a list of sources");
+    assert_eq!(
+        sources.as_slice(),
+        [Yaml::String(EVENTBRIDGE_SOURCE_PARAMETER.into())],
+        "{rule_id}: exactly the parameter's source, as a plain value (no prefix or wildcard matcher)"
+    );
+    let text = std::fs::read_to_string(workspace_root().join("infra/template.yaml")).expect("template");
+    assert!(
+        !text.contains("prefix: aws.partner") && !text.contains("wildcard:"),
+        "no source prefix or wildcard matcher"
+    );
+
+    let targets = properties["Targets"].as_vec().expect("the rule's targets");
+    assert_eq!(targets.len(), 1, "{rule_id}: one target");
+    let target = &targets[0];
+    assert_eq!(target["Arn"].as_str(), Some("EventBridgeIntakeQueue.Arn"), "{rule_id}'s target");
+    for reshaping in ["Input", "InputPath", "InputTransformer", "RoleArn"] {
+        assert!(
+            target[reshaping].is_badvalue(),
+            "{rule_id}: the whole event, as EventBridge sends it ({reshaping})"
+        );
+    }
+    assert_eq!(
+        target["DeadLetterConfig"]["Arn"].as_str(),
+        Some("EventBridgeIntakeDeadLetterQueue.Arn"),
+        "{rule_id}: undeliverable events"
+    );
+    let retry = &target["RetryPolicy"];
+    assert!(retry["MaximumRetryAttempts"].as_i64().is_some_and(|n| n > 0), "{rule_id} retries");
+    assert!(retry["MaximumEventAgeInSeconds"].as_i64().is_some_and(|n| n > 0), "{rule_id} retries");
+}
+
+/// Only EventBridge, delivering for the Stripe rule, may send to the intake queue and to its
+/// dead-letter queue: one statement each, principal `events.amazonaws.com`, `sqs:SendMessage`,
+/// conditioned on the rule's ARN. The queues are standard, encrypted by SQS (EventBridge cannot use
+/// a KMS key its policy does not grant it), and the intake queue dead-letters like the others.
+#[test]
+fn only_the_stripe_rule_may_send_to_the_intake_queues() {
+    let template = template();
+    let policies = resources_of_type(&template, "AWS::SQS::QueuePolicy");
+    assert_eq!(policies.len(), 2, "queue policies on the intake queue and its DLQ alone");
+    for queue in ["EventBridgeIntakeQueue", "EventBridgeIntakeDeadLetterQueue"] {
+        let (id, statement) = queue_policy_statement(&template, queue);
+        assert_eq!(statement["Effect"].as_str(), Some("Allow"), "{id}");
+        let principal = statement["Principal"].as_hash().expect("a principal map");
+        assert_eq!(principal.len(), 1, "{id}: a service principal only");
+        assert_eq!(strings(&statement["Principal"]["Service"]), ["events.amazonaws.com"], "{id}'s principal");
+        assert_eq!(strings(&statement["Action"]), ["sqs:SendMessage"], "{id}'s actions");
+        assert_eq!(strings(&statement["Resource"]), [format!("{queue}.Arn").as_str()], "{id}'s resource");
+        let condition = statement["Condition"].as_hash().expect("a condition");
+        assert_eq!(condition.len(), 1, "{id}: one condition operator");
+        let arn_equals = statement["Condition"]["ArnEquals"].as_hash().expect("ArnEquals");
+        assert_eq!(arn_equals.len(), 1, "{id}: one condition key");
+        assert_eq!(
+            statement["Condition"]["ArnEquals"]["aws:SourceArn"].as_str(),
+            Some("StripeEventRule.Arn"),
+            "{id}: for the Stripe rule alone"
+        );
+        for other in ["NotPrincipal", "NotAction", "NotResource"] {
+            assert!(statement[other].is_badvalue(), "{id}: {other}");
+        }
+
+        let properties = &template["Resources"][queue]["Properties"];
+        assert!(properties["FifoQueue"].as_bool() != Some(true), "{queue} is a standard queue");
+        assert_eq!(properties["SqsManagedSseEnabled"].as_bool(), Some(true), "{queue} is encrypted by SQS");
+        assert!(properties["KmsMasterKeyId"].is_badvalue(), "{queue}: no KMS key EventBridge would need");
+        assert_eq!(properties["MessageRetentionPeriod"].as_i64(), Some(1_209_600), "{queue}: 14 days");
+    }
+    let queue = &template["Resources"]["EventBridgeIntakeQueue"]["Properties"];
+    assert_eq!(
+        referenced_id(&queue["RedrivePolicy"]["deadLetterTargetArn"]),
+        Some("EventBridgeIntakeDeadLetterQueue"),
+        "the intake queue's DLQ"
+    );
+}
+
+/// The intake runs the webhook's pipeline without a signature (IAM and the rule are the trust): it
+/// finds the store, the three queues, the livemode, the one source it accepts and its dead-letter
+/// queue under the variables the code reads, holds no Stripe key and no signing secret, and may do
+/// what the webhook's store does on the table, send to the three queues and its DLQ, and poll its
+/// queue: nothing else.
+#[test]
+fn the_eventbridge_intake_may_only_do_what_the_webhook_does_without_its_secrets() {
+    let template = template();
+    let (intake, function) = function_building(&template, "eventbridge-intake");
+    let (webhook, webhook_function) = function_building(&template, "webhook");
+    let variables = function["Properties"]["Environment"]["Variables"].as_hash().expect("variables");
+    let names: BTreeSet<&str> = variables.keys().map(|name| name.as_str().expect("a name")).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            shared::config::TABLE_NAME,
+            shared::store::sqs::TRANSFERS_QUEUE_URL,
+            shared::store::sqs::PAYOUTS_QUEUE_URL,
+            shared::store::sqs::FETCH_QUEUE_URL,
+            shared::config::LIVEMODE,
+            "CONNECT_FLOW_EVENTBRIDGE_SOURCE",
+            "CONNECT_FLOW_INTAKE_DLQ_URL",
+        ]),
+        "{intake}'s variables: no Stripe key, no signing secret"
+    );
+    let variables = &function["Properties"]["Environment"]["Variables"];
+    for (name, value) in [
+        (shared::config::TABLE_NAME, "Table"),
+        (shared::store::sqs::TRANSFERS_QUEUE_URL, "TransfersQueue"),
+        (shared::store::sqs::PAYOUTS_QUEUE_URL, "PayoutsQueue"),
+        (shared::store::sqs::FETCH_QUEUE_URL, "FetchQueue"),
+        ("CONNECT_FLOW_EVENTBRIDGE_SOURCE", EVENTBRIDGE_SOURCE_PARAMETER),
+        ("CONNECT_FLOW_INTAKE_DLQ_URL", "EventBridgeIntakeDeadLetterQueue"),
+    ] {
+        assert_eq!(variables[name].as_str(), Some(value), "{intake}: {name}");
+    }
+    assert_eq!(
+        variables[shared::config::LIVEMODE],
+        webhook_function["Properties"]["Environment"]["Variables"][shared::config::LIVEMODE],
+        "{intake} acts on the livemode the webhook acts on"
+    );
+
+    let table = grants_with_prefix(webhook, webhook_function, "dynamodb:");
+    assert_eq!(
+        grants_with_prefix(intake, function, "dynamodb:"),
+        table,
+        "{intake}: the webhook's table rights"
+    );
+    let mut expected = table;
+    expected.extend(pairs(&[
+        ("sqs:SendMessage", "TransfersQueue.Arn"),
+        ("sqs:SendMessage", "PayoutsQueue.Arn"),
+        ("sqs:SendMessage", "FetchQueue.Arn"),
+        ("sqs:SendMessage", "EventBridgeIntakeDeadLetterQueue.Arn"),
+        ("sqs:ReceiveMessage", "EventBridgeIntakeQueue.Arn"),
+        ("sqs:DeleteMessage", "EventBridgeIntakeQueue.Arn"),
+        ("sqs:GetQueueAttributes", "EventBridgeIntakeQueue.Arn"),
+    ]));
+    assert_eq!(function_grants(intake, function), expected, "{intake}'s policy");
+    assert!(function["Properties"]["Events"].is_badvalue(), "{intake}: SAM events add triggers and policies");
+
+    let mappings: Vec<_> = resources_of_type(&template, "AWS::Lambda::EventSourceMapping")
+        .into_iter()
+        .filter(|(_, mapping)| referenced_id(&mapping["Properties"]["FunctionName"]) == Some(intake))
+        .collect();
+    assert_eq!(mappings.len(), 1, "{intake} has one event source mapping");
+    assert_eq!(
+        referenced_id(&mappings[0].1["Properties"]["EventSourceArn"]),
+        Some("EventBridgeIntakeQueue"),
+        "{intake} reads the intake queue"
+    );
 }
