@@ -112,14 +112,16 @@ pub(super) fn apply_v2_account_object(state: &mut AccountState, account: &Value,
             }
         }
     }
+    // `closed` is the v2 word on the relationship, ordered like v1's (de)authorisation events.
+    if is_current(state.ordering.authorization, created) {
+        state.ordering.authorization = Some(created);
+        state.deauthorized = read.closed;
+        changed = true;
+    }
     if !is_current(state.ordering.account, created) {
         return changed;
     }
     state.ordering.account = Some(created);
-    if read.closed && is_current(state.ordering.authorization, created) {
-        state.ordering.authorization = Some(created);
-        state.deauthorized = true;
-    }
     state.charges_enabled = Some(v2_charges_enabled(&read));
     state.payouts_enabled = Some(v2_payouts_enabled(&read));
     state.details_submitted = None;
