@@ -109,3 +109,66 @@ async fn each_platform_call_costs_the_requests_pinned_here() {
         assert_eq!(requests, expected, "{case}");
     }
 }
+
+/// What a thin event costs, in the webhook and then in the fetch worker: DynamoDB and SQS
+/// requests through the real SDK clients against moto, and Stripe reads against the stand-in.
+#[tokio::test]
+async fn a_thin_event_costs_the_requests_pinned_here() {
+    use std::sync::Arc;
+
+    use integration_tests::stripe_stub::StripeStub;
+    use shared::fetch::{FetchWorker, Pacer};
+    use shared::store::sqs::{SqsQueue, create_queue_with_dlq, create_queues};
+    use shared::stripe::client::StripeClient;
+    use shared::webhook::WebhookService;
+
+    let log = RequestLog::default();
+    let store = dynamo_store_logged(log.clone()).await;
+    let sqs = integration_tests::sqs_client_logged(log.clone()).await;
+    let prefix = format!("thin{}", std::process::id());
+    let (transfers, payouts) = create_queues(&sqs, &prefix).await.unwrap();
+    let fetch_url = create_queue_with_dlq(&sqs, &format!("{prefix}-fetch")).await.unwrap();
+    let queue = Arc::new(SqsQueue::new(sqs, transfers, payouts).with_fetch_queue(Some(fetch_url)));
+    let webhook = pipeline(store.clone()).with_queue(queue.clone());
+    let stub = StripeStub::start().await;
+    let account = "acct_1ThinCount";
+    stub.put_v2_account(account, json!({"id": account, "object": "v2.core.account", "closed": false,
+        "configuration": {"recipient": {"capabilities": {"stripe_balance": {"stripe_transfers": {"status": "pending", "status_details": []}}}}},
+        "requirements": {"entries": []}}));
+    let applier = WebhookService::with_clock(
+        store,
+        &integration_tests::settings(),
+        shared::stripe::signature::FixedClock(NOW),
+    )
+    .with_queue(queue);
+    let fetcher = FetchWorker::new(applier, StripeClient::new(stub.client_config()).unwrap())
+        .with_pacer(Arc::new(Pacer::per_second(1_000)));
+    let thin = json!({"id": "evt_1ThinCount", "object": "v2.core.event", "type": "v2.core.account.updated",
+        "created": "2025-06-15T15:06:00.000Z", "context": null,
+        "related_object": {"id": account, "type": "v2.core.account", "url": format!("/v2/core/accounts/{account}")}});
+
+    let webhook_requests = requests_for(&log, &webhook, &thin).await;
+    println!("thin event, webhook: {}", webhook_requests.join(" + "));
+    assert_eq!(webhook_requests, ["PutItem", "SendMessageBatch"], "one write and one send; no Stripe call");
+    assert!(stub.received().is_empty());
+
+    let fetch = shared::domain::fetch::FetchRef { event_id: "evt_1ThinCount".into(), group: account.into() };
+    log.take();
+    fetcher.run(&fetch).await.unwrap();
+    let worker_requests = log.take();
+    println!("thin event, fetch worker: {}", worker_requests.join(" + "));
+    assert_eq!(
+        worker_requests,
+        ["GetItem", "GetItem", "TransactWriteItems", "PutItem"],
+        "read the record, read the account, commit the twin with the account, end the fetch step"
+    );
+    assert_eq!(stub.requests().values().sum::<usize>(), 1, "one Stripe read");
+
+    let duplicate_requests = requests_for(&log, &webhook, &thin).await;
+    println!("thin event, duplicate delivery: {}", duplicate_requests.join(" + "));
+    assert_eq!(
+        duplicate_requests,
+        ["PutItem", "GetItem"],
+        "the record says the fetch is done: nothing re-sent"
+    );
+}

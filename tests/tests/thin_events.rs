@@ -468,3 +468,32 @@ fn backoff_honours_retry_after_grows_and_is_jittered() {
     let spread: std::collections::BTreeSet<Duration> = (0..50).map(|seed| backoff(0, None, seed)).collect();
     assert!(spread.len() > 10, "jitter spreads retries: {spread:?}");
 }
+
+/// Every sample in events/thin/ is answered as its README says, on the embedded store.
+#[tokio::test]
+async fn the_thin_samples_get_their_documented_answers() {
+    let rig = Rig::new(integration_tests::sqlite_store()).await;
+    let dir = format!("{}/../events/thin", env!("CARGO_MANIFEST_DIR"));
+    let mut seen = 0;
+    for (file, answer) in [
+        ("v2.core.account.updated.json", "fetch_queued"),
+        ("v2.core.account.requirements.updated.json", "fetch_queued"),
+        ("v2.core.account_link.returned.json", "fetch_queued"),
+        ("v2.core.account.closed.json", "fetch_queued"),
+        ("v1.account.updated.json", "fetch_queued"),
+        ("v1.payout.paid.json", "fetch_queued"),
+        ("v2.core.event_destination.ping.json", "unhandled"),
+    ] {
+        let sample: Value = serde_json::from_slice(&std::fs::read(format!("{dir}/{file}")).unwrap()).unwrap();
+        // Dated now, so that the samples' fixed dates are neither stale nor ahead of the clock.
+        let mut sample = sample;
+        sample["created"] = json!(rfc3339(NOW));
+        assert_eq!(rig.deliver(&sample).await, (200, answer.to_owned()), "{file}");
+        seen += 1;
+    }
+    let files = std::fs::read_dir(&dir).unwrap().filter(|entry| {
+        entry.as_ref().unwrap().path().extension().is_some_and(|extension| extension == "json")
+    });
+    assert_eq!(files.count(), seen, "every sample is checked");
+    assert_eq!(rig.fetches.take().len(), 6);
+}
