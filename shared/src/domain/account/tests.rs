@@ -477,7 +477,13 @@ fn mixed() -> impl Strategy<Value = Mixed> {
         (any::<bool>(), any::<bool>(), prop::option::of(0..7i64))
             .prop_map(|(charges, due, thin)| Mixed::V1 { charges, due, thin }),
         (status(), status(), any::<bool>(), prop::bool::weighted(0.1), 0..7i64).prop_map(
-            |(card, transfers, due, closed, fetch_delay)| Mixed::V2 { card, transfers, due, closed, fetch_delay }
+            |(card, transfers, due, closed, fetch_delay)| Mixed::V2 {
+                card,
+                transfers,
+                due,
+                closed,
+                fetch_delay
+            }
         ),
     ]
 }
@@ -497,7 +503,9 @@ fn mixed_event(index: usize, generated: &Mixed) -> Event {
             });
             match thin {
                 None => return envelope(&id, "account.updated", created, object),
-                Some(delay) => ("acct_1", FetchTarget::Account, "v1.account.updated", object, created + delay),
+                Some(delay) => {
+                    ("acct_1", FetchTarget::Account, "v1.account.updated", object, created + delay)
+                }
             }
         }
         Mixed::V2 { card, transfers, due, closed, fetch_delay } => {
