@@ -78,11 +78,12 @@ impl WebhookSettings {
     /// from Stripe, or from the stack's own EventBridge rule): no secrets, the livemode read
     /// through `lookup`.
     pub fn without_signatures(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Ok(Self {
-            secrets: Vec::new(),
-            tolerance_secs: DEFAULT_TOLERANCE_SECS,
-            expected_livemode: expected_livemode(&lookup)?,
-        })
+        Ok(Self::unsigned(expected_livemode(&lookup)?))
+    }
+
+    /// The settings of such a path, accepting `expected_livemode` only.
+    pub fn unsigned(expected_livemode: Option<bool>) -> Self {
+        Self { secrets: Vec::new(), tolerance_secs: DEFAULT_TOLERANCE_SECS, expected_livemode }
     }
 }
 

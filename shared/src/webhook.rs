@@ -265,12 +265,17 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             return Err(WebhookError::BodyTooLarge);
         }
         let now = self.clock.now_unix();
-        let accepted = self.accept_verified(body, now).instrument(delivery_span()).await;
-        let delivery = accepted.map(|accepted| accepted.delivery);
-        if let Ok(delivery) = &delivery {
-            tracing::info!(outcome = delivery.as_str(), "event handled");
-        }
-        delivery
+        let span = delivery_span();
+        let accepted = self.accept_verified(body, now).instrument(span.clone()).await;
+        span.in_scope(|| match &accepted {
+            Ok(Accepted { delivery, event_type }) => {
+                tracing::info!(outcome = delivery.as_str(), "event handled");
+                self.metrics.event_received(event_type, delivery.as_str());
+            }
+            Err(error) => self.metrics.webhook_error(error.kind()),
+        });
+        self.metrics.flush();
+        accepted.map(|accepted| accepted.delivery)
     }
 
     async fn accept_verified(&self, body: &[u8], now: i64) -> Result<Accepted, WebhookError> {
