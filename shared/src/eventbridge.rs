@@ -13,23 +13,23 @@
 //! redelivery harmless.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::MessageAttributeValue;
 use lambda_runtime::LambdaEvent;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use tracing::Instrument;
 
 use crate::aws::{WEBHOOK, WEBHOOK_DEADLINE};
 use crate::config::{ConfigError, StoreLocation, WebhookSettings};
+use crate::metrics::Metrics;
+use crate::sqs_worker::{QueueRunner, handle_sqs_batch_by, invocation_deadline};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::sqs::{self, FETCH_QUEUE_URL, SqsQueue};
@@ -52,11 +52,6 @@ pub const REASON_ATTRIBUTE: &str = "reason";
 pub const MESSAGE_DEADLINE: Duration = WEBHOOK_DEADLINE;
 /// The longest one message takes at worst: its deadline, then one dead-letter send.
 pub const MESSAGE_WORST_CASE: Duration = MESSAGE_DEADLINE.saturating_add(WEBHOOK.operation_timeout);
-
-/// The record attribute that names a FIFO message's group.
-const MESSAGE_GROUP_ID: &str = "MessageGroupId";
-/// The record attribute that counts a message's receives.
-const RECEIVE_COUNT: &str = "ApproximateReceiveCount";
 
 /// Why a message was not taken as a Stripe event. `kind()` is the stable name logged and put on
 /// the dead-lettered message.
@@ -307,12 +302,9 @@ impl<S: AccountStore, D: DeadLetters, C: Clock> EventBridgeIntake<S, D, C> {
         &self.webhook
     }
 
-    /// Runs one batch before the invocation's `deadline`; see [`Self::handle_by`]. A deadline
-    /// already past when the batch arrives is not a real one, and is ignored: Lambda's always lies
-    /// ahead, while `cargo lambda watch` sends a relative 600000 that reads as 1970.
+    /// Runs one batch before the invocation's `deadline`; see [`Self::handle_by`].
     pub async fn handle_invocation(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
-        let deadline = deadline.duration_since(SystemTime::now()).ok().map(|left| Instant::now() + left);
-        self.handle_by(event, deadline).await
+        self.handle_by(event, invocation_deadline(deadline)).await
     }
 
     /// Runs one batch with no deadline.
@@ -326,52 +318,27 @@ impl<S: AccountStore, D: DeadLetters, C: Clock> EventBridgeIntake<S, D, C> {
     /// once less than [`MESSAGE_WORST_CASE`] is left before `deadline`: those are handed back, so
     /// that the invocation never times out, which would count a receive against all of them.
     pub async fn handle_by(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
-        let mut response = SqsBatchResponse::default();
-        let mut failed_groups: HashSet<String> = HashSet::new();
-        for record in &event.records {
-            // Lambda reads an empty identifier as "the whole batch failed": safe, since every
-            // event is deduplicated, so a record without an id is never silently acknowledged.
-            let message_id = record.message_id.clone().unwrap_or_default();
-            let group = record.attributes.get(MESSAGE_GROUP_ID);
-            let span = tracing::info_span!(
-                "intake_message",
-                message_id = %message_id,
-                event_id = tracing::field::Empty,
-                receives = record.attributes.get(RECEIVE_COUNT).map(String::as_str),
-            );
-            let blocked = if group.is_some_and(|group| failed_groups.contains(group)) {
-                Some("an earlier message of its group failed; left for redelivery in order")
-            } else if deadline.is_some_and(|deadline| {
-                deadline.saturating_duration_since(Instant::now()) < MESSAGE_WORST_CASE
-            }) {
-                Some("too little of the invocation's time left to handle a message; left for redelivery")
-            } else {
-                None
-            };
-            let handled = match blocked {
-                Some(why) => {
-                    span.in_scope(|| tracing::info!("{why}"));
-                    false
-                }
-                None => self.handle_record(record).instrument(span).await,
-            };
-            if !handled {
-                response.add_failure(message_id);
-                if let Some(group) = group {
-                    failed_groups.insert(group.clone());
-                }
-            }
-        }
-        response
+        handle_sqs_batch_by(self, event, deadline).await
+    }
+}
+
+impl<S: AccountStore, D: DeadLetters, C: Clock> QueueRunner for EventBridgeIntake<S, D, C> {
+    async fn handle_body(&self, body: &str) -> bool {
+        self.handle_record(body).await
     }
 
-    /// Handles one record; `true` when the message may be deleted.
-    async fn handle_record(&self, record: &SqsMessage) -> bool {
-        let Some(body) = record.body.as_deref() else {
-            // SQS never sends an empty body, and an empty one could not be dead-lettered either.
-            tracing::warn!("message has no body; left for redelivery and, in the end, the queue's redrive");
-            return false;
-        };
+    fn metrics(&self) -> &Metrics {
+        self.webhook.metrics()
+    }
+
+    fn worst_case(&self) -> Duration {
+        MESSAGE_WORST_CASE
+    }
+}
+
+impl<S: AccountStore, D: DeadLetters, C: Clock> EventBridgeIntake<S, D, C> {
+    /// Handles one message body; `true` when the message may be deleted.
+    async fn handle_record(&self, body: &str) -> bool {
         let detail = match read_detail(body, &self.source) {
             Ok(detail) => detail,
             Err(refusal) => return self.dead_letter(body, refusal, None).await,

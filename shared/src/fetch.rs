@@ -7,7 +7,7 @@
 //! read, and a snapshot event older than a fetch is stale against it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
@@ -18,7 +18,7 @@ use crate::config::{API_KEY_SECRET_ARN, StoreLocation, WebhookSettings};
 use crate::domain::account::AccountId;
 use crate::domain::fetch::{FetchRef, FetchStatus, FetchStep, FetchTarget, fetched_as_snapshot, observed_at};
 use crate::metrics::Metrics;
-use crate::sqs_worker::{QueueRunner, handle_sqs_batch_by};
+use crate::sqs_worker::{QueueRunner, handle_sqs_batch_by, invocation_deadline};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::{FETCH_QUEUE, SqliteStore};
 use crate::store::sqs::{self, SqsQueue};
@@ -531,7 +531,7 @@ impl DeployedFetchWorker {
 
     /// Runs one batch before the invocation's `deadline`, as the step workers do.
     pub async fn handle(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
-        let deadline = deadline.duration_since(SystemTime::now()).ok().map(|left| Instant::now() + left);
+        let deadline = invocation_deadline(deadline);
         match self {
             Self::DynamoDb(worker) => handle_sqs_batch_by(worker, event, deadline).await,
             Self::Sqlite(worker) => handle_sqs_batch_by(worker, event, deadline).await,

@@ -64,7 +64,7 @@ impl DeployedWorker {
     /// already past when the batch arrives is not a real one, and is ignored: Lambda's always lies
     /// ahead, while `cargo lambda watch` sends a relative 600000 that reads as 1970.
     pub async fn handle(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
-        let deadline = deadline.duration_since(SystemTime::now()).ok().map(|left| Instant::now() + left);
+        let deadline = invocation_deadline(deadline);
         match self {
             Self::DynamoDb(worker) => handle_sqs_batch_by(worker, event, deadline).await,
             Self::Sqlite(worker) => handle_sqs_batch_by(worker, event, deadline).await,
@@ -95,6 +95,19 @@ pub trait QueueRunner: Send + Sync {
 
     /// The metrics to flush after each batch.
     fn metrics(&self) -> &Metrics;
+
+    /// The longest one message can take: none starts with less than this left before the
+    /// invocation's deadline.
+    fn worst_case(&self) -> std::time::Duration {
+        WORKER_STEP_WORST_CASE
+    }
+}
+
+/// The instant of an invocation's `deadline`, or `None` for one already past when the batch
+/// arrives, which is not a real one: Lambda's always lies ahead, while `cargo lambda watch` sends a
+/// relative 600000 that reads as 1970.
+pub fn invocation_deadline(deadline: SystemTime) -> Option<Instant> {
+    deadline.duration_since(SystemTime::now()).ok().map(|left| Instant::now() + left)
 }
 
 /// Runs every step message of `event` in order and reports those to be redelivered: a body that
@@ -130,10 +143,10 @@ pub async fn handle_sqs_batch_by<R: QueueRunner>(
         );
         let blocked = if group.is_some_and(|group| failed_groups.contains(group)) {
             Some("an earlier message of its group failed; left for redelivery in order")
-        } else if deadline.is_some_and(|deadline| {
-            deadline.saturating_duration_since(Instant::now()) < WORKER_STEP_WORST_CASE
-        }) {
-            Some("too little of the invocation's time left to run a step; left for redelivery")
+        } else if deadline
+            .is_some_and(|deadline| deadline.saturating_duration_since(Instant::now()) < runner.worst_case())
+        {
+            Some("too little of the invocation's time left to handle a message; left for redelivery")
         } else {
             None
         };

@@ -179,6 +179,11 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         &self.store
     }
 
+    /// The metrics this pipeline records.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The clock this pipeline dates records by.
     pub fn clock(&self) -> &C {
         &self.clock
