@@ -63,6 +63,26 @@
 //! no retrieve is 404 without a code; `GET /v1/balance` answers only what
 //! [`StripeStub::put_object`] stored. A deleted account stays deleted: [`StripeStub::add_account`]
 //! does not bring it back.
+//!
+//! Accounts v2 creates too: `POST /v2/core/accounts` takes a JSON body (a form-encoded one is
+//! refused, as a JSON body is on `/v1`) with the fields `POST /accounts` sends (`identity.country`,
+//! `contact_email`, `dashboard`, `defaults.responsibilities.{fees_collector,losses_collector}`,
+//! `configuration.{merchant,recipient}.capabilities.*.requested`, `metadata`, `include`), required
+//! `contact_email` once a merchant or recipient configuration is asked for, and refuses any other
+//! field as unknown (`requirements_collector` included: create does not take it at
+//! 2026-01-28.clover). The account it makes is kept as [`StripeStub::put_v2_account`] keeps one,
+//! so `GET /v2/core/accounts/{id}` serves it; each requested capability is `restricted`
+//! (`requirements_past_due`) and requirements are currently due from the user, until a test puts
+//! another object. `GET /v2/core/accounts` lists the accounts made that way, newest first, not
+//! closed unless `closed=true`, `limit` 1 to 100 (default 10, the stand-in's choice: Stripe
+//! documents none), paged by `next_page_url` (`previous_page_url` is always `null`), each item
+//! without its include-dependent properties. Idempotency under API v2 is Stripe's v2 kind, not
+//! v1's: a key whose request created the account returns the account as it is now, with
+//! `idempotent-replayed: true`; a key whose request failed (a 500 included) runs the request again;
+//! the same key with another body is an `idempotency_error`; keys live
+//! [`V2_IDEMPOTENCY_KEY_TTL_SECS`]. A request still running under its key gets 409
+//! `idempotency_key_in_use`, as on v1 (Stripe documents nothing else for v2). Both refuse a request
+//! without `Stripe-Version`, which every `/v2` request must carry.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -71,8 +91,8 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
-use axum::extract::{Form, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{Form, FromRequest, Query, State};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -89,6 +109,13 @@ pub const STUB_START_TIME: i64 = 1_750_000_000;
 /// pruned, as Stripe may prune keys that are at least 24 hours old.
 pub const IDEMPOTENCY_KEY_TTL_SECS: i64 = 24 * 60 * 60;
 
+/// How long an API v2 idempotency key is remembered: Stripe treats requests under one key as one
+/// request for 30 days.
+pub const V2_IDEMPOTENCY_KEY_TTL_SECS: i64 = 30 * 24 * 60 * 60;
+
+/// The largest JSON body the stand-in reads.
+const MAX_JSON_BODY: usize = 1024 * 1024;
+
 /// A one-shot failure for the next request with the fault's method on a path starting with its
 /// prefix that would execute; a request that replays a remembered result is answered from memory
 /// and leaves the fault queued. [`StripeStub::inject`] aims a fault at POSTs (creates) only and
@@ -99,10 +126,11 @@ pub enum Fault {
     /// Executes the request (creates the object), then answers 500 and saves that 500 under the
     /// idempotency key, as Stripe does: a retry under the same key replays the 500 until the key
     /// is pruned, and only a lookup (a list) shows that the object exists. A request refused by
-    /// validation gets the 500 too, but leaves the key free.
+    /// validation gets the 500 too, but leaves the key free. On API v2 the key keeps the object
+    /// instead, as Stripe's v2 does: a retry under it returns the object.
     ServerErrorAfterCreate,
     /// Answers 500 without creating anything, and saves that 500 under the idempotency key: a
-    /// retry under the same key replays it.
+    /// retry under the same key replays it. On API v2 a retry under the key runs the request.
     ServerErrorBeforeCreate,
     /// Answers 429 (with `Retry-After: 1`) before doing anything; consumed even by a request that
     /// would replay.
@@ -115,7 +143,7 @@ pub enum Fault {
     /// meanwhile gets 409 `idempotency_key_in_use`.
     Timeout,
     /// Answers 400 `balance_insufficient` without creating anything, and caches that answer under
-    /// the key as Stripe does.
+    /// the key as Stripe does (on API v2, a retry under the key runs the request again).
     BalanceInsufficient,
 }
 
@@ -205,6 +233,17 @@ pub struct StubCreatedAccount {
     pub created: i64,
 }
 
+/// A connected account the stub created through `POST /v2/core/accounts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StubCreatedV2Account {
+    /// `acct_…`.
+    pub id: String,
+    /// The JSON body of the request that created it, as sent.
+    pub body: Value,
+    /// The stub's clock when it was created (unix seconds).
+    pub created: i64,
+}
+
 /// An Account Link the stub handed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StubAccountLink {
@@ -267,6 +306,8 @@ pub struct ReceivedRequest {
     pub content_type: Option<String>,
     /// The form body's pairs in the order sent (empty for a GET, or a body that is not a form).
     pub form: Vec<(String, String)>,
+    /// A JSON body (API v2), as sent; `None` for a form, a GET, or a body that is not JSON.
+    pub json: Option<Value>,
 }
 
 #[derive(Debug, Default)]
@@ -288,6 +329,23 @@ struct Remembered {
     fingerprint: String,
     first_used: i64,
     outcome: Outcome,
+}
+
+/// What an API v2 idempotency key holds: its request, since when, and what that request did.
+#[derive(Debug)]
+struct RememberedV2 {
+    fingerprint: String,
+    first_used: i64,
+    state: V2KeyState,
+}
+
+#[derive(Debug)]
+enum V2KeyState {
+    InProgress,
+    /// It failed, a 500 included: the same request runs again.
+    Failed,
+    /// It created this account: the same request returns it.
+    Created(String),
 }
 
 #[derive(Debug)]
@@ -325,10 +383,12 @@ struct Ledger {
     reversals: Vec<StubReversal>,
     payouts: Vec<StubPayout>,
     created_accounts: Vec<StubCreatedAccount>,
+    created_v2_accounts: Vec<StubCreatedV2Account>,
     account_links: Vec<StubAccountLink>,
     account_sessions: Vec<StubAccountSession>,
     login_links: Vec<StubLoginLink>,
     idempotency: HashMap<String, Remembered>,
+    v2_idempotency: HashMap<String, RememberedV2>,
     faults: VecDeque<Injected>,
     received: Vec<ReceivedRequest>,
     held: Vec<Held>,
@@ -589,6 +649,11 @@ impl StripeStub {
         self.shared.ledger().created_accounts.clone()
     }
 
+    /// Every connected account created through `POST /v2/core/accounts`, in order.
+    pub fn created_v2_accounts(&self) -> Vec<StubCreatedV2Account> {
+        self.shared.ledger().created_v2_accounts.clone()
+    }
+
     /// Every Account Link handed out, in order.
     pub fn account_links(&self) -> Vec<StubAccountLink> {
         self.shared.ledger().account_links.clone()
@@ -682,8 +747,11 @@ struct Call {
     stripe_version: Option<String>,
     stripe_context: Option<String>,
     content_type: Option<String>,
-    /// The parameters: the query string of a GET, the form body of anything else.
+    /// The parameters: the query string of a GET, the form body of anything else (none for a
+    /// JSON body).
     params: Result<Vec<(String, String)>, String>,
+    /// A JSON body (`Content-Type: application/json`), read or refused.
+    json: Option<Result<Value, String>>,
 }
 
 /// An answer: status, body, whether it replays an earlier result, and a 429's `Retry-After`.
@@ -765,6 +833,19 @@ impl Reply {
         reply
     }
 
+    /// A key sent again with other parameters.
+    fn idempotency_mismatch(key: &str) -> Self {
+        Self::error(
+            StatusCode::BAD_REQUEST,
+            "idempotency_error",
+            None,
+            format!(
+                "Keys for idempotent requests can only be used with the same parameters they were first used \
+                 with. Try using a key other than '{key}' if you meant to execute a different request."
+            ),
+        )
+    }
+
     fn balance_insufficient() -> Self {
         Self::invalid(
             Some("balance_insufficient"),
@@ -821,19 +902,24 @@ impl IntoResponse for Reply {
 
 /// The one handler: reads the request, then finishes it in a task of its own so that a client
 /// that gives up (a timeout) does not cancel a half-done operation, as it would not at Stripe.
-async fn handle(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Reply {
+async fn handle(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Reply {
+    let (parts, body) = request.into_parts();
+    let (method, uri, headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let params = if method == Method::GET {
-        query.map(|Query(pairs)| pairs).map_err(|rejection| rejection.body_text())
+    let is_json = header("content-type").is_some_and(|c| c.starts_with("application/json"));
+    let (params, json) = if method == Method::GET {
+        let query = Query::<Vec<(String, String)>>::try_from_uri(&uri);
+        (query.map(|Query(pairs)| pairs).map_err(|rejection: QueryRejection| rejection.body_text()), None)
+    } else if is_json {
+        let json = match axum::body::to_bytes(body, MAX_JSON_BODY).await {
+            Ok(bytes) => serde_json::from_slice::<Value>(&bytes).map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        (Ok(Vec::new()), Some(json))
     } else {
-        form.map(|Form(pairs)| pairs).map_err(|rejection| rejection.body_text())
+        let request = axum::extract::Request::from_parts(parts, body);
+        let form = Form::<Vec<(String, String)>>::from_request(request, &()).await;
+        (form.map(|Form(pairs)| pairs).map_err(|rejection: FormRejection| rejection.body_text()), None)
     };
     let call = Call {
         method,
@@ -846,6 +932,7 @@ async fn handle(
         stripe_context: header("stripe-context"),
         content_type: header("content-type"),
         params,
+        json,
     };
     tokio::spawn(process(shared, call)).await.unwrap_or_else(|_| {
         Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", None, "the stub failed")
@@ -868,6 +955,10 @@ enum Route {
     CreateAccountSession,
     CreateLoginLink(String),
     RetrieveV2Account(String),
+    /// `POST /v2/core/accounts`.
+    CreateV2Account,
+    /// `GET /v2/core/accounts`.
+    ListV2Accounts,
     /// `GET /v2/core/events/{id}`.
     RetrieveThinEvent(String),
     /// Any other `GET /v1/…`: a stored object, a created transfer or payout, or 404.
@@ -886,7 +977,13 @@ impl Route {
                 | Self::ListReversals(_)
                 | Self::ListPayouts
                 | Self::ListAccounts
+                | Self::ListV2Accounts
         )
+    }
+
+    /// Whether it writes through API v2: a JSON body, and v2's idempotency.
+    fn is_v2_write(&self) -> bool {
+        matches!(self, Self::CreateV2Account)
     }
 }
 
@@ -914,6 +1011,8 @@ fn route(method: &Method, path: &str) -> Option<Route> {
         ("POST", ["v1", "accounts", id, "login_links"]) if !id.is_empty() => {
             Some(Route::CreateLoginLink((*id).to_owned()))
         }
+        ("POST", ["v2", "core", "accounts"]) => Some(Route::CreateV2Account),
+        ("GET", ["v2", "core", "accounts"]) => Some(Route::ListV2Accounts),
         ("GET", ["v2", "core", "events", id]) if !id.is_empty() => {
             Some(Route::RetrieveThinEvent((*id).to_owned()))
         }
@@ -967,6 +1066,10 @@ fn begin(shared: &Shared, call: Call) -> Begun {
             (&Method::GET, _) | (_, Err(_)) => Vec::new(),
             (_, Ok(pairs)) => pairs.clone(),
         },
+        json: match &call.json {
+            Some(Ok(body)) => Some(body.clone()),
+            _ => None,
+        },
     });
     let presented = call.authorization.as_deref().and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
     if !presented.starts_with("sk_test_") {
@@ -991,6 +1094,34 @@ fn begin(shared: &Shared, call: Call) -> Begun {
                 "This stand-in requires an Idempotency-Key on every POST.",
             ));
         }
+    };
+    // "All API requests to the API /v2 namespace must include the Stripe-Version header."
+    if matches!(route, Route::CreateV2Account | Route::ListV2Accounts) && call.stripe_version.is_none() {
+        return Begun::Answered(Reply::invalid(
+            None,
+            "API v2 requests must include a Stripe-Version header.",
+        ));
+    }
+    // Each namespace takes its own encoding: JSON on API v2, forms on v1.
+    let v2_write = route.is_v2_write();
+    let json = match (v2_write, call.json) {
+        (true, Some(Ok(body))) => Some(body),
+        (true, Some(Err(error))) => {
+            return Begun::Answered(Reply::invalid(
+                None,
+                format!("The request body is not valid JSON: {error}"),
+            ));
+        }
+        (true, None) => {
+            return Begun::Answered(Reply::invalid(
+                None,
+                "API v2 takes a JSON body (Content-Type: application/json).",
+            ));
+        }
+        (false, Some(_)) => {
+            return Begun::Answered(Reply::invalid(None, "API v1 takes a form-encoded body, not JSON."));
+        }
+        (false, None) => None,
     };
     let params = match call.params {
         Ok(pairs) => match Params::parse(pairs) {
@@ -1042,9 +1173,19 @@ fn begin(shared: &Shared, call: Call) -> Begun {
         _ => {}
     }
 
-    let fingerprint =
-        format!("{} {} account={:?} {:?}", call.method, call.path, call.stripe_account, params.0);
-    if let Some(key) = &key {
+    let fingerprint = match &json {
+        Some(body) => format!("{} {} account={:?} {body}", call.method, call.path, call.stripe_account),
+        None => format!("{} {} account={:?} {:?}", call.method, call.path, call.stripe_account, params.0),
+    };
+    if let Some(key) = &key
+        && v2_write
+        && let Some(reply) = v2_replay(&mut ledger, key, &fingerprint, json.as_ref())
+    {
+        return Begun::Answered(reply);
+    }
+    if let Some(key) = &key
+        && !v2_write
+    {
         ledger.prune_key(key);
         match ledger.idempotency.get(key) {
             Some(Remembered { fingerprint: first, outcome: Outcome::Done { status, body }, .. })
@@ -1063,28 +1204,32 @@ fn begin(shared: &Shared, call: Call) -> Begun {
                     "There is currently another in-progress request using this Idempotency-Key.",
                 ));
             }
-            Some(_) => {
-                return Begun::Answered(Reply::error(
-                    StatusCode::BAD_REQUEST,
-                    "idempotency_error",
-                    None,
-                    format!(
-                        "Keys for idempotent requests can only be used with the same parameters they were \
-                         first used with. Try using a key other than '{key}' if you meant to execute a \
-                         different request."
-                    ),
-                ));
-            }
+            Some(_) => return Begun::Answered(Reply::idempotency_mismatch(key)),
             None => {}
         }
     }
 
     let fault = ledger.take_fault(&call.method, &call.path);
-    let request =
-        Request { route, stripe_account: call.stripe_account, stripe_context: call.stripe_context, params };
+    let request = Request {
+        route,
+        stripe_account: call.stripe_account,
+        stripe_context: call.stripe_context,
+        params,
+        json,
+    };
     match fault {
         Some(Fault::Timeout) => {
-            if let Some(key) = &key {
+            if let Some(key) = &key
+                && v2_write
+            {
+                let first_used = ledger.v2_idempotency.get(key).map_or(ledger.now, |r| r.first_used);
+                let in_progress = RememberedV2 {
+                    fingerprint: fingerprint.clone(),
+                    first_used,
+                    state: V2KeyState::InProgress,
+                };
+                ledger.v2_idempotency.insert(key.clone(), in_progress);
+            } else if let Some(key) = &key {
                 let in_progress = Remembered {
                     fingerprint: fingerprint.clone(),
                     first_used: ledger.now,
@@ -1098,19 +1243,19 @@ fn begin(shared: &Shared, call: Call) -> Begun {
             Begun::Held { released, finished, request, key, fingerprint }
         }
         Some(Fault::ServerErrorAfterCreate) => {
-            let (_, executed) = execute(&mut ledger, &request);
+            let (result, executed) = execute(&mut ledger, &request);
             let reply = Reply::server_error();
-            remember(&mut ledger, key.as_deref(), &fingerprint, &reply, executed);
+            remember_outcome(&mut ledger, &request, key.as_deref(), &fingerprint, &reply, &result, executed);
             Begun::Answered(reply)
         }
         Some(Fault::ServerErrorBeforeCreate) => {
             let reply = Reply::server_error();
-            remember(&mut ledger, key.as_deref(), &fingerprint, &reply, true);
+            remember_outcome(&mut ledger, &request, key.as_deref(), &fingerprint, &reply, &reply, true);
             Begun::Answered(reply)
         }
         Some(Fault::BalanceInsufficient) => {
             let reply = Reply::balance_insufficient();
-            remember(&mut ledger, key.as_deref(), &fingerprint, &reply, true);
+            remember_outcome(&mut ledger, &request, key.as_deref(), &fingerprint, &reply, &reply, true);
             Begun::Answered(reply)
         }
         Some(Fault::RateLimited | Fault::RateLimitedFor(_)) | None => {
@@ -1126,8 +1271,84 @@ fn execute_and_remember(
     fingerprint: &str,
 ) -> Reply {
     let (reply, executed) = execute(ledger, request);
-    remember(ledger, key, fingerprint, &reply, executed);
+    remember_outcome(ledger, request, key, fingerprint, &reply, &reply, executed);
     reply
+}
+
+/// Remembers under the key what a request did, by its API's rules: v1 saves the answer
+/// (`answered`), v2 whether the request's own work (`result`) created something.
+fn remember_outcome(
+    ledger: &mut Ledger,
+    request: &Request,
+    key: Option<&str>,
+    fingerprint: &str,
+    answered: &Reply,
+    result: &Reply,
+    executed: bool,
+) {
+    if request.route.is_v2_write() {
+        remember_v2(ledger, key, fingerprint, result, executed);
+    } else {
+        remember(ledger, key, fingerprint, answered, executed);
+    }
+}
+
+/// API v2's idempotency: a request that created an object keeps it under the key; one that failed
+/// is marked so, to run again; one refused before it began leaves the key free.
+fn remember_v2(ledger: &mut Ledger, key: Option<&str>, fingerprint: &str, result: &Reply, executed: bool) {
+    let Some(key) = key else { return };
+    if !executed {
+        ledger.v2_idempotency.remove(key);
+        return;
+    }
+    let state = match result.body.get("id").and_then(Value::as_str) {
+        Some(id) if result.status.is_success() => V2KeyState::Created(id.to_owned()),
+        _ => V2KeyState::Failed,
+    };
+    let first_used = ledger.v2_idempotency.get(key).map_or(ledger.now, |r| r.first_used);
+    ledger
+        .v2_idempotency
+        .insert(key.to_owned(), RememberedV2 { fingerprint: fingerprint.to_owned(), first_used, state });
+}
+
+/// The answer an API v2 key gives before anything runs: `None` when the request runs (a new key,
+/// a pruned one, or one whose request failed).
+fn v2_replay(ledger: &mut Ledger, key: &str, fingerprint: &str, body: Option<&Value>) -> Option<Reply> {
+    let now = ledger.now;
+    if ledger.v2_idempotency.get(key).is_some_and(|r| now - r.first_used >= V2_IDEMPOTENCY_KEY_TTL_SECS) {
+        ledger.v2_idempotency.remove(key);
+    }
+    let remembered = ledger.v2_idempotency.get(key)?;
+    if remembered.fingerprint != fingerprint {
+        return Some(Reply::idempotency_mismatch(key));
+    }
+    match &remembered.state {
+        V2KeyState::Failed => None,
+        V2KeyState::InProgress => Some(Reply::error(
+            StatusCode::CONFLICT,
+            "idempotency_error",
+            Some("idempotency_key_in_use"),
+            "There is currently another in-progress request using this Idempotency-Key.",
+        )),
+        // "Returns an updated response": the account as it is now, not as it was created.
+        V2KeyState::Created(id) => {
+            if ledger.deleted.contains(id) {
+                return Some(Reply::no_such("account", id));
+            }
+            let account = ledger.v2_accounts.get(id)?.clone();
+            let mut reply = Reply::ok(with_includes(account, &includes_of(body)));
+            reply.replayed = true;
+            Some(reply)
+        }
+    }
+}
+
+/// The `include` of an API v2 body.
+fn includes_of(body: Option<&Value>) -> Vec<&str> {
+    body.and_then(|body| body.get("include"))
+        .and_then(Value::as_array)
+        .map(|items| items.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 /// Stores the result under the key, as Stripe does once an endpoint has started executing (500s
@@ -1155,6 +1376,8 @@ struct Request {
     stripe_account: Option<String>,
     stripe_context: Option<String>,
     params: Params,
+    /// The JSON body of an API v2 write.
+    json: Option<Value>,
 }
 
 impl Request {
@@ -1265,6 +1488,8 @@ fn execute(ledger: &mut Ledger, request: &Request) -> (Reply, bool) {
         Route::CreateAccountLink => create_account_link(ledger, request),
         Route::CreateAccountSession => create_account_session(ledger, request),
         Route::CreateLoginLink(id) => create_login_link(ledger, request, id),
+        Route::CreateV2Account => create_v2_account(ledger, request),
+        Route::ListV2Accounts => list_v2_accounts(ledger, request),
     };
     match result {
         Ok(reply) => (reply, true),
@@ -1633,6 +1858,391 @@ fn retrieve_v2_account(ledger: &Ledger, request: &Request, id: &str) -> Result<R
         "defaults": {"currency": "usd"},
     });
     Ok(Reply::ok(with_includes(full, &included)))
+}
+
+/// The merchant configuration's payment capabilities a v2 create may request (stripe-ruby's
+/// `V2::Core::AccountCreateParams`, 2026-01-28.clover).
+const V2_MERCHANT_CAPABILITIES: &[&str] = &[
+    "ach_debit_payments",
+    "acss_debit_payments",
+    "affirm_payments",
+    "afterpay_clearpay_payments",
+    "alma_payments",
+    "amazon_pay_payments",
+    "au_becs_debit_payments",
+    "bacs_debit_payments",
+    "bancontact_payments",
+    "blik_payments",
+    "boleto_payments",
+    "card_payments",
+    "cartes_bancaires_payments",
+    "cashapp_payments",
+    "eps_payments",
+    "fpx_payments",
+    "gb_bank_transfer_payments",
+    "grabpay_payments",
+    "ideal_payments",
+    "jcb_payments",
+    "jp_bank_transfer_payments",
+    "kakao_pay_payments",
+    "klarna_payments",
+    "konbini_payments",
+    "kr_card_payments",
+    "link_payments",
+    "mobilepay_payments",
+    "multibanco_payments",
+    "mx_bank_transfer_payments",
+    "naver_pay_payments",
+    "oxxo_payments",
+    "p24_payments",
+    "pay_by_bank_payments",
+    "payco_payments",
+    "paynow_payments",
+    "promptpay_payments",
+    "revolut_pay_payments",
+    "samsung_pay_payments",
+    "sepa_bank_transfer_payments",
+    "sepa_debit_payments",
+    "swish_payments",
+    "twint_payments",
+    "us_bank_transfer_payments",
+    "zip_payments",
+];
+
+/// Unix seconds as API v2 writes a time: `2025-06-15T15:06:40.000Z`.
+fn rfc3339(unix: i64) -> String {
+    let (year, month, day) = shared::calendar::civil_from_days(unix.div_euclid(86_400));
+    let secs = unix.rem_euclid(86_400);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.000Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// An API v2 refusal of a field: 400, the parameter named.
+fn v2_invalid(param: &str, message: impl Into<String>) -> Refusal {
+    Refusal::Validation(Reply::invalid_param(None, param, message))
+}
+
+/// The keys of `object` at `param`, refusing any outside `allowed`.
+fn v2_fields<'v>(
+    value: &'v Value,
+    param: &str,
+    allowed: &[&str],
+) -> Result<&'v serde_json::Map<String, Value>, Refusal> {
+    let object =
+        value.as_object().ok_or_else(|| v2_invalid(param, format!("Invalid {param}: must be an object")))?;
+    match object.keys().find(|key| !allowed.contains(&key.as_str())) {
+        Some(key) => {
+            let name = if param.is_empty() { key.clone() } else { format!("{param}.{key}") };
+            Err(Refusal::Validation(Reply::invalid(
+                Some("parameter_unknown"),
+                format!("Received unknown parameter: {name}"),
+            )))
+        }
+        None => Ok(object),
+    }
+}
+
+/// A string at `param`, or nothing for `null` or absent.
+fn v2_string(value: Option<&Value>, param: &str) -> Result<Option<String>, Refusal> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(v2_invalid(param, format!("Invalid {param}: must be a string"))),
+    }
+}
+
+/// One of `allowed` at `param`, or nothing.
+fn v2_enum(value: Option<&Value>, param: &str, allowed: &[&str]) -> Result<Option<String>, Refusal> {
+    match v2_string(value, param)? {
+        Some(choice) if !allowed.contains(&choice.as_str()) => Err(v2_invalid(
+            param,
+            format!("Invalid {param}: must be one of {}, got {choice:?}", allowed.join(", ")),
+        )),
+        choice => Ok(choice),
+    }
+}
+
+/// The capabilities a configuration's `capabilities` requests, as dotted paths under `config`:
+/// each leaf `{"requested": bool}` at a path `known` accepts.
+fn v2_requested(
+    config: &str,
+    capabilities: &Value,
+    known: &dyn Fn(&[&str]) -> bool,
+    into: &mut Vec<String>,
+) -> Result<(), Refusal> {
+    fn walk(
+        node: &Value,
+        path: &mut Vec<String>,
+        known: &dyn Fn(&[&str]) -> bool,
+        into: &mut Vec<String>,
+        param: &str,
+    ) -> Result<(), Refusal> {
+        let object = node
+            .as_object()
+            .ok_or_else(|| v2_invalid(param, format!("Invalid {param}: must be an object")))?;
+        for (name, child) in object {
+            path.push(name.clone());
+            let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+            let param = format!("{param}.{name}");
+            if known(&segments) {
+                let leaf = v2_fields(child, &param, &["requested"])?;
+                match leaf.get("requested") {
+                    Some(Value::Bool(true)) => into.push(segments.join(".")),
+                    Some(Value::Bool(false)) | None => {}
+                    Some(_) => {
+                        return Err(v2_invalid(
+                            &param,
+                            format!("Invalid {param}.requested: must be a boolean"),
+                        ));
+                    }
+                }
+            } else if child.is_object() && segments.len() < 3 {
+                walk(child, path, known, into, &param)?;
+            } else {
+                return Err(Refusal::Validation(Reply::invalid(
+                    Some("parameter_unknown"),
+                    format!("Received unknown parameter: {param}"),
+                )));
+            }
+            path.pop();
+        }
+        Ok(())
+    }
+    let mut requested = Vec::new();
+    let param = format!("configuration.{config}.capabilities");
+    walk(capabilities, &mut Vec::new(), known, &mut requested, &param)?;
+    into.extend(requested.into_iter().map(|path| format!("{config}.{path}")));
+    Ok(())
+}
+
+/// `POST /v2/core/accounts`: a JSON body with the fields `POST /accounts` sends, each checked;
+/// the account is kept for `GET /v2/core/accounts/{id}` and answered with the body's `include`.
+fn create_v2_account(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusal> {
+    if request.stripe_account.is_some() || request.stripe_context.is_some() {
+        return Err(Reply::invalid(None, "This stand-in creates v2 accounts from the platform only.").into());
+    }
+    request.params.only_exactly(&[])?;
+    let empty = Value::Null;
+    let body = request.json.as_ref().unwrap_or(&empty);
+    let fields = v2_fields(
+        body,
+        "",
+        &[
+            "configuration",
+            "contact_email",
+            "dashboard",
+            "defaults",
+            "display_name",
+            "identity",
+            "include",
+            "metadata",
+        ],
+    )?;
+    let country = match fields.get("identity") {
+        None | Some(Value::Null) => None,
+        Some(identity) => {
+            let identity = v2_fields(identity, "identity", &["country", "entity_type"])?;
+            match v2_string(identity.get("country"), "identity.country")? {
+                Some(country) if country.len() == 2 && country.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                    Some(country.to_ascii_uppercase())
+                }
+                Some(country) => {
+                    return Err(v2_invalid("identity.country", format!("Invalid country: {country}")));
+                }
+                None => None,
+            }
+        }
+    };
+    let contact_email = v2_string(fields.get("contact_email"), "contact_email")?;
+    let dashboard = v2_enum(fields.get("dashboard"), "dashboard", &["express", "full", "none"])?;
+    let (mut fees_collector, mut losses_collector) = (None, None);
+    if let Some(defaults) = fields.get("defaults").filter(|d| !d.is_null()) {
+        let defaults = v2_fields(defaults, "defaults", &["responsibilities"])?;
+        if let Some(responsibilities) = defaults.get("responsibilities").filter(|r| !r.is_null()) {
+            // `requirements_collector` is a property of the account, not a create parameter.
+            let responsibilities = v2_fields(
+                responsibilities,
+                "defaults.responsibilities",
+                &["fees_collector", "losses_collector"],
+            )?;
+            fees_collector = v2_enum(
+                responsibilities.get("fees_collector"),
+                "defaults.responsibilities.fees_collector",
+                &["application", "application_custom", "application_express", "stripe"],
+            )?;
+            losses_collector = v2_enum(
+                responsibilities.get("losses_collector"),
+                "defaults.responsibilities.losses_collector",
+                &["application", "stripe"],
+            )?;
+        }
+    }
+    let mut configs = Vec::new();
+    let mut requested = Vec::new();
+    if let Some(configuration) = fields.get("configuration").filter(|c| !c.is_null()) {
+        let configuration = v2_fields(configuration, "configuration", &["merchant", "recipient"])?;
+        for (config, settings) in configuration {
+            let settings = v2_fields(settings, &format!("configuration.{config}"), &["capabilities"])?;
+            configs.push(config.clone());
+            let Some(capabilities) = settings.get("capabilities") else { continue };
+            let known: &dyn Fn(&[&str]) -> bool = match config.as_str() {
+                "merchant" => &|path: &[&str]| path.len() == 1 && V2_MERCHANT_CAPABILITIES.contains(&path[0]),
+                _ => &|path: &[&str]| path == ["stripe_balance", "stripe_transfers"],
+            };
+            v2_requested(config, capabilities, known, &mut requested)?;
+        }
+    }
+    // Stripe's reference: "Required when configuring the account as a merchant or recipient."
+    if !configs.is_empty() && contact_email.is_none() {
+        return Err(Reply::missing_param("contact_email").into());
+    }
+    let include = match fields.get("include") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            let mut include = Vec::new();
+            for item in items {
+                match item.as_str() {
+                    Some(name) if V2_ACCOUNT_INCLUDES.contains(&name) => include.push(name),
+                    _ => return Err(v2_invalid("include", format!("Invalid include: {item}"))),
+                }
+            }
+            include
+        }
+        Some(_) => return Err(v2_invalid("include", "Invalid include: must be an array")),
+    };
+    let mut metadata = serde_json::Map::new();
+    if let Some(given) = fields.get("metadata").filter(|m| !m.is_null()) {
+        let given =
+            given.as_object().ok_or_else(|| v2_invalid("metadata", "Invalid metadata: must be an object"))?;
+        for (key, value) in given {
+            match value {
+                Value::String(_) if !key.is_empty() => {
+                    metadata.insert(key.clone(), value.clone());
+                }
+                // API v2 removes a key with null; a create has nothing to remove.
+                Value::Null => {}
+                _ => return Err(v2_invalid("metadata", format!("Invalid metadata value for {key:?}"))),
+            }
+        }
+    }
+
+    let id = ledger.next_id("acct");
+    let capability = json!({"status": "restricted",
+                            "status_details": [{"code": "requirements_past_due", "resolution": "provide_info"}]});
+    let mut configuration = json!({"customer": null, "merchant": null, "recipient": null});
+    for config in &configs {
+        configuration[config.as_str()] = json!({"capabilities": {}});
+    }
+    for path in &requested {
+        let segments: Vec<&str> = path.split('.').collect();
+        let mut node = &mut configuration[segments[0]]["capabilities"];
+        for segment in &segments[1..] {
+            node = &mut node[*segment];
+        }
+        *node = capability.clone();
+    }
+    let restricts: Vec<Value> = requested
+        .iter()
+        .map(|path| {
+            let (config, name) = path.split_once('.').unwrap_or((path, ""));
+            json!({"capability": name, "configuration": config, "deadline": {"status": "currently_due"}})
+        })
+        .collect();
+    let entry = |description: &str| {
+        json!({"awaiting_action_from": "user", "description": description, "errors": [],
+               "impact": {"restricts_capabilities": restricts}, "minimum_deadline": {"status": "currently_due"},
+               "reference": null, "requested_reasons": [{"code": "routine_onboarding"}]})
+    };
+    let entries = if requested.is_empty() {
+        Vec::new()
+    } else {
+        vec![entry("Provide the business's URL"), entry("Accept the terms of service")]
+    };
+    let losses = losses_collector.unwrap_or_else(|| "stripe".to_owned());
+    // Stripe's reference does not say how it decides who collects requirements: the stand-in's
+    // guess is the platform when it bears losses and the account has no Stripe dashboard.
+    let requirements_collector = if losses == "application" && dashboard.as_deref() == Some("none") {
+        "application"
+    } else {
+        "stripe"
+    };
+    let mut applied = configs.clone();
+    applied.sort();
+    let account = json!({
+        "id": id, "object": "v2.core.account", "applied_configurations": applied, "closed": false,
+        "contact_email": contact_email, "created": rfc3339(ledger.now), "dashboard": dashboard,
+        "display_name": fields.get("display_name").cloned().unwrap_or(Value::Null), "livemode": false,
+        "metadata": metadata,
+        "configuration": configuration,
+        "defaults": {"currency": null, "locales": [], "profile": null, "responsibilities": {
+            "fees_collector": fees_collector.unwrap_or_else(|| "stripe".to_owned()),
+            "losses_collector": losses, "requirements_collector": requirements_collector}},
+        "identity": {"country": country, "entity_type": null},
+        "requirements": {"entries": entries},
+        "future_requirements": {"entries": []},
+    });
+    ledger.context_accounts.insert(id.clone());
+    ledger.accounts.entry(id.clone()).or_default();
+    ledger.v2_accounts.insert(id.clone(), account.clone());
+    ledger.created_v2_accounts.push(StubCreatedV2Account { id, body: body.clone(), created: ledger.now });
+    Ok(Reply::ok(with_includes(account, &include)))
+}
+
+/// The cursor a `GET /v2/core/accounts` page token names.
+const V2_PAGE_PREFIX: &str = "page_stub_";
+
+/// `GET /v2/core/accounts`: the accounts `POST /v2/core/accounts` made, newest first, without
+/// their include-dependent properties, paged by `next_page_url`.
+fn list_v2_accounts(ledger: &Ledger, request: &Request) -> Result<Reply, Refusal> {
+    if request.stripe_account.is_some() || request.stripe_context.is_some() {
+        return Err(Reply::invalid(None, "This stand-in lists the platform's v2 accounts only.").into());
+    }
+    let params = &request.params;
+    params.only_exactly(&["limit", "page", "closed"])?;
+    let limit = match params.integer("limit")? {
+        None => 10,
+        Some(limit @ 1..=100) => usize::try_from(limit).unwrap_or(100),
+        Some(limit) => {
+            return Err(v2_invalid(
+                "limit",
+                format!("Invalid limit: must be between 1 and 100, got {limit}"),
+            ));
+        }
+    };
+    let closed = match params.get("closed") {
+        None => false,
+        Some(value) => Params::boolean("closed", value)?,
+    };
+    let accounts = &ledger.created_v2_accounts;
+    let end = match params.get("page") {
+        None => accounts.len(),
+        Some(token) => token
+            .strip_prefix(V2_PAGE_PREFIX)
+            .and_then(|after| accounts.iter().position(|account| account.id == after))
+            .ok_or_else(|| v2_invalid("page", format!("Invalid page: {token}")))?,
+    };
+    let stored = |account: &StubCreatedV2Account| ledger.v2_accounts.get(&account.id);
+    let mut matching = accounts[..end].iter().rev().filter(|account| {
+        let is_closed = stored(account).and_then(|a| a.get("closed")).and_then(Value::as_bool) == Some(true);
+        !ledger.deleted.contains(&account.id) && is_closed == closed
+    });
+    let page: Vec<&StubCreatedV2Account> = matching.by_ref().take(limit).collect();
+    let more = matching.next().is_some();
+    let data: Vec<Value> =
+        page.iter().filter_map(|account| stored(account)).map(|a| with_includes(a.clone(), &[])).collect();
+    let next_page_url = match page.last() {
+        Some(last) if more => {
+            // The filters ride along: they cannot change after the first page.
+            let mut url = format!("/v2/core/accounts?page={V2_PAGE_PREFIX}{}", last.id);
+            for name in ["limit", "closed"] {
+                if let Some(value) = params.get(name) {
+                    url.push_str(&format!("&{name}={value}"));
+                }
+            }
+            json!(url)
+        }
+        _ => Value::Null,
+    };
+    Ok(Reply::ok(json!({"data": data, "next_page_url": next_page_url, "previous_page_url": null})))
 }
 
 /// The paging parameters every list takes, and the `created` range where the list has one.

@@ -129,8 +129,10 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 }
             };
             let platform_settings = PlatformSettings::from_lookup(|name| std::env::var(name).ok());
-            let platform =
-                PlatformApi::new(store.clone(), stripe, platform_settings).with_queue(Arc::clone(&queue));
+            let accounts_api = PlatformSettings::accounts_api_from_lookup(|name| std::env::var(name).ok())?;
+            let platform = PlatformApi::new(store.clone(), stripe, platform_settings)
+                .with_accounts_api(accounts_api)
+                .with_queue(Arc::clone(&queue));
             let service = Arc::new(WebhookService::new(store, &settings).with_queue(queue));
             let app = server::App::new(service, platform, std::env::var(shared::platform::API_TOKEN).ok());
             server::serve_app(listener, app, async {

@@ -6,13 +6,24 @@
 //! nothing, since Stripe replays a saved 500 under the same key: the next call looks the account
 //! up by the reference in its metadata before it sends anything again, and only then moves to a
 //! fresh key.
+//!
+//! With `CONNECT_FLOW_ACCOUNTS_API=v2` the account is created with `POST /v2/core/accounts`
+//! ([`crate::stripe::v2_accounts`]) under the same guarantees, and bound through
+//! [`decide`] as the fetch worker applies a fetched v2 account (a `v2.core.account` event), so the
+//! stored account follows the v2 rule. Two things differ, both from Stripe's API v2 idempotency:
+//! API v2 re-executes a failed request under its key instead of replaying the failure, and lists
+//! are only eventually consistent. So after a 5xx or a timeout the lookup still comes first, but
+//! when it does not find the account the same key is sent again (which cannot create a second
+//! account for 30 days); a fresh key is taken only for a key past that window, and only once the
+//! list has said the account is not there.
 
 use serde_json::Value;
 
 use super::request::Fields;
 use super::{ApiError, ApiReply, PlatformApi, json_object};
+use crate::calendar::parse_rfc3339;
 use crate::domain::account::{
-    AccountDecision, AccountEvent, AccountEventKind, AccountId, AccountState, decide,
+    AccountDecision, AccountEvent, AccountEventKind, AccountId, AccountState, AccountsApi, decide,
 };
 use crate::domain::change::account_changes;
 use crate::domain::reference::{ReferenceKind, ReferenceRecord, ReferenceState, digest};
@@ -21,6 +32,9 @@ use crate::store::{AccountStore, CommitOutcome, PlatformWrite};
 use crate::stripe::client::StripeError;
 use crate::stripe::onboarding::{CreateAccount, REFERENCE_METADATA};
 use crate::stripe::signature::Clock;
+use crate::stripe::v2_accounts::{
+    CreateV2Account, V2_KEY_REUSE_LIMIT_SECS, V2AccountLookup, v2_capability, v2_fees_collector,
+};
 use crate::worker::KEY_REUSE_LIMIT_SECS;
 
 /// How many times a call re-reads after another writer moved the reference or the account.
@@ -110,12 +124,54 @@ impl<'a> AccountParams<'a> {
         ]);
         digest(&canonical.to_string())
     }
+
+    /// What Accounts v2 needs of the body, checked before anything is claimed or sent: the
+    /// capabilities as v2 paths (sorted, so that a repeat sends the same body), each mapped or
+    /// refused; no `requirement_collection`, which v2's create does not take; and an email,
+    /// which v2 requires of an account with a merchant or recipient configuration.
+    fn v2_capabilities(&self) -> Result<Vec<String>, ApiError> {
+        if self.requirement_collection.is_some() {
+            return Err(ApiError::invalid(
+                "requirement_collection",
+                "Accounts v2 (CONNECT_FLOW_ACCOUNTS_API=v2) does not take requirement_collection: Stripe \
+                 decides who collects requirements; leave it out",
+            ));
+        }
+        let mut paths = Vec::new();
+        for name in &self.capabilities {
+            let path = v2_capability(name).ok_or_else(|| {
+                ApiError::invalid(
+                    "capabilities",
+                    format!(
+                        "{name} has no Accounts v2 capability (CONNECT_FLOW_ACCOUNTS_API=v2): card_payments, \
+                         transfers and the payment methods' *_payments have"
+                    ),
+                )
+            })?;
+            paths.push(path);
+        }
+        paths.sort_unstable();
+        paths.dedup();
+        if !paths.is_empty() && self.email.is_none() {
+            return Err(ApiError::invalid(
+                "email",
+                "Accounts v2 (CONNECT_FLOW_ACCOUNTS_API=v2) requires an email for an account with capabilities",
+            ));
+        }
+        Ok(paths)
+    }
 }
 
 impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
     pub(super) async fn create_account(&self, body: &[u8]) -> Result<ApiReply, ApiError> {
         let object = json_object(body)?;
         let params = AccountParams::read(&Fields(&object))?;
+        // `Some` on Accounts v2: the capabilities it requests.
+        let v2_capabilities = match self.accounts_api {
+            AccountsApi::V1 => None,
+            AccountsApi::V2 => Some(params.v2_capabilities()?),
+        };
+        let api = self.accounts_api;
         let fingerprint = params.fingerprint();
         let stripe = self.stripe()?;
         for _ in 0..MAX_CONFLICT_RETRIES {
@@ -149,13 +205,30 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
                     // An earlier call may have created it: look before sending anything again.
                     let sent_at = record.sent_at.unwrap_or(now);
                     let created_gte = sent_at.saturating_sub(LOOKUP_SLACK_SECS);
-                    if let Some(account) =
-                        stripe.find_account_by_reference(params.reference, created_gte).await?
-                    {
-                        return self.bind(&record, &account).await;
-                    }
-                    let fresh_key = record.unresolved == Some(UnresolvedCall::ServerError)
-                        || now.saturating_sub(sent_at) >= KEY_REUSE_LIMIT_SECS;
+                    let age = now.saturating_sub(sent_at);
+                    let fresh_key = match api {
+                        AccountsApi::V1 => {
+                            if let Some(account) =
+                                stripe.find_account_by_reference(params.reference, created_gte).await?
+                            {
+                                return self.bind(&record, &account, api).await;
+                            }
+                            record.unresolved == Some(UnresolvedCall::ServerError)
+                                || age >= KEY_REUSE_LIMIT_SECS
+                        }
+                        AccountsApi::V2 => {
+                            match stripe.find_v2_account_by_reference(params.reference, created_gte).await? {
+                                V2AccountLookup::Found(account) => {
+                                    return self.bind(&record, &account, api).await;
+                                }
+                                // Within the key's window the same key is safe whatever the list
+                                // says; past it, only the list's word lets a fresh key go out.
+                                V2AccountLookup::Absent => age >= V2_KEY_REUSE_LIMIT_SECS,
+                                V2AccountLookup::Unsettled if age < V2_KEY_REUSE_LIMIT_SECS => false,
+                                V2AccountLookup::Unsettled => return Err(ApiError::StripeUnavailable),
+                            }
+                        }
+                    };
                     record.next(|record| {
                         if fresh_key {
                             record.attempt += 1;
@@ -170,20 +243,36 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
                 tracing::debug!("reference moved concurrently; reading again");
                 continue;
             }
-            let capabilities: Vec<&str> = params.capabilities.clone();
             let metadata = [(REFERENCE_METADATA, params.reference)];
-            let create = CreateAccount {
-                country: &params.country,
-                email: params.email,
-                dashboard: params.dashboard,
-                fees_payer: params.fees_payer,
-                losses_payer: params.losses_payer,
-                requirement_collection: params.requirement_collection,
-                capabilities: &capabilities,
-                metadata: &metadata,
+            let created = match &v2_capabilities {
+                None => {
+                    let create = CreateAccount {
+                        country: &params.country,
+                        email: params.email,
+                        dashboard: params.dashboard,
+                        fees_payer: params.fees_payer,
+                        losses_payer: params.losses_payer,
+                        requirement_collection: params.requirement_collection,
+                        capabilities: &params.capabilities,
+                        metadata: &metadata,
+                    };
+                    stripe.create_account(&create, &record.idempotency_key()).await
+                }
+                Some(capabilities) => {
+                    let create = CreateV2Account {
+                        country: &params.country,
+                        email: params.email,
+                        dashboard: params.dashboard,
+                        fees_collector: params.fees_payer.and_then(v2_fees_collector),
+                        losses_collector: params.losses_payer,
+                        capabilities,
+                        metadata: &metadata,
+                    };
+                    stripe.create_v2_account(&create, &record.idempotency_key()).await
+                }
             };
-            return match stripe.create_account(&create, &record.idempotency_key()).await {
-                Ok(account) => self.bind(&record, &account).await,
+            return match created {
+                Ok(account) => self.bind(&record, &account, api).await,
                 Err(error) => {
                     self.record_failure(&record, &error).await?;
                     Err(error.into())
@@ -222,8 +311,15 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
     }
 
     /// Binds the reference to the account Stripe made and stores the account, in one write. A
-    /// webhook may have stored the account first: its state is kept and the reference added.
-    async fn bind(&self, record: &ReferenceRecord, object: &Value) -> Result<ApiReply, ApiError> {
+    /// webhook may have stored the account first: its state is kept and the reference added. A v2
+    /// account goes through [`decide`] as a fetched `v2.core.account`, the way the fetch worker
+    /// applies one, so that its state follows the v2 rule and says `api: v2`.
+    async fn bind(
+        &self,
+        record: &ReferenceRecord,
+        object: &Value,
+        api: AccountsApi,
+    ) -> Result<ApiReply, ApiError> {
         let account_id = object.get("id").and_then(Value::as_str).and_then(AccountId::parse).ok_or(
             ApiError::StripeRefused { code: None, message: "Stripe answered without an account id".into() },
         )?;
@@ -235,11 +331,19 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             })
         };
         let mut bound = bind_to(record);
-        let created = object.get("created").and_then(Value::as_i64).unwrap_or_else(|| self.clock.now_unix());
+        // v1 writes `created` as unix seconds, v2 as an RFC 3339 timestamp.
+        let created = object
+            .get("created")
+            .and_then(|created| created.as_i64().or_else(|| created.as_str().and_then(parse_rfc3339)))
+            .unwrap_or_else(|| self.clock.now_unix());
+        let kind = match api {
+            AccountsApi::V1 => AccountEventKind::AccountUpdated,
+            AccountsApi::V2 => AccountEventKind::V2AccountFetched,
+        };
         for _ in 0..MAX_CONFLICT_RETRIES {
             let current = self.store.load_account(&account_id).await?;
             let event = AccountEvent {
-                kind: AccountEventKind::AccountUpdated,
+                kind,
                 account_id: account_id.clone(),
                 event_id: "",
                 created,

@@ -85,11 +85,12 @@ pub async fn run_platform_api_function() -> Result<(), lambda_http::Error> {
     )?;
     let lookup = |name: &str| if name == LINK_SECRET { link.lookup(name) } else { key.lookup(name) };
     let stripe = stripe_client(&lookup)?;
+    let accounts_api = PlatformSettings::accounts_api_from_lookup(lookup)?;
     let settings = PlatformSettings::from_lookup(lookup);
     match StoreLocation::from_env()? {
         StoreLocation::DynamoDb(table) => {
             let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table);
-            let mut api = PlatformApi::new(store, stripe, settings);
+            let mut api = PlatformApi::new(store, stripe, settings).with_accounts_api(accounts_api);
             if let Some((transfers, payouts)) = sqs::queue_urls_from_env() {
                 api = api.with_queue(Arc::new(SqsQueue::new(
                     aws_sdk_sqs::Client::new(&aws),
@@ -102,7 +103,8 @@ pub async fn run_platform_api_function() -> Result<(), lambda_http::Error> {
         StoreLocation::Sqlite(path) => {
             let store = SqliteStore::open(&path, SystemClock.now_unix())?;
             let queue = Arc::new(store.clone());
-            serve(PlatformApi::new(store, stripe, settings).with_queue(queue)).await
+            serve(PlatformApi::new(store, stripe, settings).with_accounts_api(accounts_api).with_queue(queue))
+                .await
         }
     }
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
+use crate::config::ConfigError;
+use crate::domain::account::{AccountId, AccountState, AccountsApi, OnboardingStatus};
 use crate::domain::step::{Step, StepRef, StepStatus};
 use crate::store::{AccountQuery, AccountStore, MAX_PAGE, StepQueue};
 use crate::stripe::client::StripeClient;
@@ -35,6 +36,8 @@ pub const LINK_SECRET_ARN: &str = "CONNECT_FLOW_LINK_SECRET_ARN";
 pub const PUBLIC_URL: &str = "CONNECT_FLOW_PUBLIC_URL";
 /// The bearer token `serve` requires on the platform routes.
 pub const API_TOKEN: &str = "CONNECT_FLOW_API_TOKEN";
+/// Which Accounts API `POST /accounts` creates accounts with: `v1` (the default) or `v2`.
+pub const ACCOUNTS_API: &str = "CONNECT_FLOW_ACCOUNTS_API";
 
 /// An HTTP answer: status, content type, body, and a redirect target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +110,22 @@ impl PlatformSettings {
             },
         }
     }
+
+    /// Reads [`ACCOUNTS_API`] through `lookup`: unset or empty is `v1`, and anything but `v1` or
+    /// `v2` is refused, so that a typo stops the start instead of creating accounts on the API
+    /// the platform did not mean. Kept apart from [`Self::from_lookup`], which cannot fail.
+    pub fn accounts_api_from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<AccountsApi, ConfigError> {
+        let value = lookup(ACCOUNTS_API).map(|value| value.trim().to_ascii_lowercase()).unwrap_or_default();
+        match value.as_str() {
+            "" | "v1" => Ok(AccountsApi::V1),
+            "v2" => Ok(AccountsApi::V2),
+            _ => {
+                Err(ConfigError::Invalid { name: ACCOUNTS_API, reason: "must be v1 or v2 (unset means v1)" })
+            }
+        }
+    }
 }
 
 /// The platform API over a store.
@@ -115,6 +134,7 @@ pub struct PlatformApi<S, C = SystemClock> {
     stripe: Option<StripeClient>,
     queue: Option<Arc<dyn StepQueue>>,
     settings: PlatformSettings,
+    accounts_api: AccountsApi,
     clock: C,
 }
 
@@ -128,7 +148,14 @@ impl<S: AccountStore> PlatformApi<S> {
 impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
     /// The API on the given clock.
     pub fn with_clock(store: S, stripe: Option<StripeClient>, settings: PlatformSettings, clock: C) -> Self {
-        Self { store, stripe, queue: None, settings, clock }
+        Self { store, stripe, queue: None, settings, accounts_api: AccountsApi::V1, clock }
+    }
+
+    /// Creates accounts on `api` (read with [`PlatformSettings::accounts_api_from_lookup`]);
+    /// without this, on v1.
+    pub fn with_accounts_api(mut self, api: AccountsApi) -> Self {
+        self.accounts_api = api;
+        self
     }
 
     /// Sends the steps it stores to `queue`; without one they wait in the store for a sweep.
@@ -279,3 +306,34 @@ fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> 
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod accounts_api_tests {
+    use super::*;
+
+    fn read(value: Option<&str>) -> Result<AccountsApi, ConfigError> {
+        PlatformSettings::accounts_api_from_lookup(|name| {
+            assert_eq!(name, ACCOUNTS_API);
+            value.map(str::to_owned)
+        })
+    }
+
+    #[test]
+    fn platform_accounts_api_defaults_to_v1_and_refuses_anything_but_v1_or_v2() {
+        for (value, api) in
+            [(None, AccountsApi::V1), (Some(""), AccountsApi::V1), (Some(" v1 "), AccountsApi::V1)]
+        {
+            assert_eq!(read(value), Ok(api), "{value:?}");
+        }
+        assert_eq!(read(Some("v2")), Ok(AccountsApi::V2));
+        assert_eq!(read(Some("V2")), Ok(AccountsApi::V2));
+        for bogus in ["bogus", "2", "v3", "v1,v2"] {
+            // Names the variable, never its value, like every configuration error.
+            let error = read(Some(bogus)).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "CONNECT_FLOW_ACCOUNTS_API is invalid: must be v1 or v2 (unset means v1)"
+            );
+        }
+    }
+}

@@ -5,3 +5,4 @@ pub mod event;
 pub mod onboarding;
 pub mod signature;
 pub mod v2;
+pub mod v2_accounts;
