@@ -248,7 +248,7 @@ async fn events_that_change_no_account_are_still_recorded<S: AccountStore>(store
     for (event, expected) in [
         (&unknown, EventOutcome::Unhandled),
         (&test_mode, EventOutcome::LivemodeMismatch),
-        (&thin, EventOutcome::MisroutedThinEvent),
+        (&thin, EventOutcome::Unhandled),
         (&no_account, EventOutcome::NoAccount),
     ] {
         let (header, body) = signed(event, NOW);
