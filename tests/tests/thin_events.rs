@@ -445,6 +445,7 @@ on_both_stores!(
     a_balance_plans_payouts_as_balance_available_does,
     closed_accounts_read_as_deauthorized_and_returned_links_only_fetch,
     thin_events_naming_nothing_handled_are_recorded_not_fetched,
+    a_payout_thin_event_settles_the_payout_on_its_account,
 );
 
 #[tokio::test]
@@ -496,4 +497,57 @@ async fn the_thin_samples_get_their_documented_answers() {
     });
     assert_eq!(files.count(), seen, "every sample is checked");
     assert_eq!(rig.fetches.take().len(), 6);
+}
+
+/// A thin `v1.payout.failed` is fetched on the paying account and settles Connect Flow's own payout
+/// as `payout.failed` does: the failure shows on the account.
+async fn a_payout_thin_event_settles_the_payout_on_its_account<S: AccountStore + Clone>(store: S) {
+    let rig = Rig::new(store.clone()).await;
+    rig.deliver(&integration_tests::manual_payout_account_updated("evt_0Account", V1, NOW - 60)).await;
+    rig.stub.add_account(V1, true, true);
+    rig.stub.set_account_balance(V1, "usd", 4_000);
+    rig.stub.put_object(
+        Some(V1),
+        "/v1/balance",
+        json!({"object": "balance", "available": [{"amount": 4_000, "currency": "usd"}], "pending": []}),
+    );
+    rig.deliver(&thin("evt_1Balance", "v1.balance.available", Some(V1), None)).await;
+    rig.run_fetches().await;
+    let planned =
+        store.load_payouts(&AccountId::parse(V1).unwrap()).await.unwrap().pop().expect("a payout step");
+    let worker = shared::worker::StepWorker::with_clock(
+        store.clone(),
+        StripeClient::new(rig.stub.client_config()).unwrap(),
+        rig.clock.clone(),
+    );
+    worker.run(&planned.reference()).await.unwrap();
+    let paid_out = rig.stub.payouts().pop().expect("the worker created the payout");
+    // The bank refused it since: Stripe's payout now says so, and only says so.
+    let metadata: serde_json::Map<String, Value> =
+        paid_out.metadata.iter().map(|(key, value)| (key.clone(), json!(value))).collect();
+    rig.stub.put_object(
+        Some(V1),
+        &format!("/v1/payouts/{}", paid_out.id),
+        json!({"id": paid_out.id, "object": "payout", "amount": paid_out.amount, "currency": paid_out.currency,
+               "status": "failed", "failure_code": "account_closed", "metadata": metadata}),
+    );
+    rig.clock.advance(60);
+    let event = thin("evt_2Failed", "v1.payout.failed", Some(V1), Some((paid_out.id.as_str(), "payout")));
+    assert_eq!(rig.deliver(&event).await.1, "fetch_queued");
+    assert_eq!(rig.run_fetches().await, [FetchDisposition::Done(EventOutcome::Applied)]);
+    let failure = rig.account(V1).await.payout_failure.expect("the failure is on the account");
+    assert_eq!(
+        (failure.payout_id.as_str(), failure.failure_code.as_str()),
+        (paid_out.id.as_str(), "account_closed")
+    );
+    let read = rig
+        .stub
+        .received()
+        .into_iter()
+        .find(|request| request.path == format!("/v1/payouts/{}", paid_out.id));
+    assert_eq!(
+        read.and_then(|request| request.stripe_account).as_deref(),
+        Some(V1),
+        "read on the paying account"
+    );
 }
