@@ -14,18 +14,19 @@
 //! - **peak RSS**: the process's `VmHWM` after the second answer.
 //!
 //! Every answer is checked (a webhook's 200 `applied`, a worker's empty list of failures and the
-//! transfer or payout on the stand-in Stripe, the sweeper's report of the one step it re-sent), so
-//! a run that measures a failure fails loudly.
+//! transfer or payout on the stand-in Stripe, the sweeper's report of the one step it re-sent, the
+//! fetch worker's empty list of failures and both thin events `applied`), so a run that measures a
+//! failure fails loudly.
 //!
 //! ```sh
-//! cargo build --release -p webhook -p transfer-worker -p payout-worker -p sweeper
+//! cargo build --release -p webhook -p transfer-worker -p payout-worker -p sweeper -p fetch-worker
 //! CONNECT_FLOW_TEST_DYNAMODB_ENDPOINT=http://127.0.0.1:PORT \
 //!   cargo run -p integration-tests --bin cold-start -- --profile release --runs 20
 //! ```
 //!
 //! Options: `--profile debug|release` (the binaries in `target/<profile>`, default release),
 //! `--bin-dir DIR` (the binaries elsewhere), `--runs N` (default 20), `--function NAME` (repeatable;
-//! default webhook, transfer-worker, payout-worker, sweeper), `--secrets-manager` (the deployed set-up: the
+//! default webhook, transfer-worker, payout-worker, sweeper, fetch-worker), `--secrets-manager` (the deployed set-up: the
 //! webhook secrets and the Stripe key are read from Secrets Manager at start), `--set NAME=VALUE`
 //! (repeatable; one more variable for the function, to try a setting).
 
@@ -44,9 +45,10 @@ use integration_tests::{
 };
 use serde_json::{Value, json};
 use shared::domain::account::AccountId;
+use shared::domain::fetch::FetchRef;
 use shared::domain::step::{Step, StepKind, StepStatus};
 use shared::store::dynamodb::{DynamoStore, create_table};
-use shared::store::{AccountStore, CommitOutcome};
+use shared::store::{AccountStore, CommitOutcome, EventOutcome};
 use shared::stripe::signature::{WebhookSecret, sign};
 
 use runtime_api::{Invocation, RuntimeApi, Seen};
@@ -66,10 +68,12 @@ enum Function {
     TransferWorker,
     PayoutWorker,
     Sweeper,
+    FetchWorker,
 }
 
 impl Function {
-    const ALL: [Self; 4] = [Self::Webhook, Self::TransferWorker, Self::PayoutWorker, Self::Sweeper];
+    const ALL: [Self; 5] =
+        [Self::Webhook, Self::TransferWorker, Self::PayoutWorker, Self::Sweeper, Self::FetchWorker];
 
     fn binary(self) -> &'static str {
         match self {
@@ -77,12 +81,13 @@ impl Function {
             Self::TransferWorker => "transfer-worker",
             Self::PayoutWorker => "payout-worker",
             Self::Sweeper => "sweeper",
+            Self::FetchWorker => "fetch-worker",
         }
     }
 
     fn parse(name: &str) -> anyhow::Result<Self> {
         Self::ALL.into_iter().find(|function| function.binary() == name).with_context(|| {
-            format!("unknown function {name:?}: expected webhook, transfer-worker, payout-worker or sweeper")
+            format!("unknown function {name:?}: expected webhook, transfer-worker, payout-worker, sweeper or fetch-worker")
         })
     }
 }
@@ -273,6 +278,20 @@ impl Bench {
                 env.push(secret_variable(secrets_manager, plain, arn, WEBHOOK_SECRET).await?);
                 None
             }
+            Function::FetchWorker => {
+                let stub = StripeStub::start().await;
+                let active = json!({"status": "active", "status_details": []});
+                stub.put_v2_account(
+                    destination.as_str(),
+                    json!({"id": destination.as_str(), "object": "v2.core.account", "closed": false,
+                           "configuration": {"recipient": {"capabilities": {"stripe_balance": {"stripe_transfers": active}}}},
+                           "requirements": {"entries": []}}),
+                );
+                env.push(("STRIPE_API_BASE", stub.base_url().to_owned()));
+                let (plain, arn) = (shared::stripe::client::API_KEY_VAR, shared::config::API_KEY_SECRET_ARN);
+                env.push(secret_variable(secrets_manager, plain, arn, STUB_API_KEY).await?);
+                Some(stub)
+            }
             Function::TransferWorker | Function::PayoutWorker => {
                 let stub = StripeStub::start().await;
                 stub.add_account(destination.as_str(), true, true);
@@ -321,6 +340,13 @@ impl Bench {
         for answer in &answers {
             self.check(answer)?;
         }
+        if self.function == Function::FetchWorker {
+            for k in 0..2 {
+                let event_id = format!("evt_coldthin{}r{run}k{k}", std::process::id());
+                let record = self.store.load_event(&event_id).await?.context("the thin event's record")?;
+                ensure!(record.outcome == EventOutcome::Applied, "{event_id} ended {:?}", record.outcome);
+            }
+        }
         let (made, expected) = (self.stripe_objects() - objects_before, self.expected_stripe_objects());
         ensure!(made == expected, "the stand-in Stripe got {made} new objects, not {expected}");
         Ok(Sample { init, cold, cold_cpu, warm, peak_rss_kib: peak_rss_kib? })
@@ -340,6 +366,15 @@ impl Bench {
                 let step = self.queued_step(run, k).await?;
                 sqs_event(self.function, &step, &request_id)?
             }
+            Function::FetchWorker => {
+                let fetch = self.recorded_thin_event(run, k).await?;
+                let mut batch = sqs_event_of(self.function, &request_id)?;
+                let record = &mut batch["Records"][0];
+                record["body"] = json!(serde_json::to_string(&fetch)?);
+                record["attributes"]["MessageGroupId"] = json!(fetch.group);
+                record["attributes"]["MessageDeduplicationId"] = json!(fetch.event_id);
+                batch
+            }
             Function::Sweeper => {
                 if k == 0 {
                     self.strand_one_step(run).await?;
@@ -349,6 +384,19 @@ impl Bench {
             }
         };
         Ok(Invocation { request_id, body: serde_json::to_vec(&body)? })
+    }
+
+    /// Records invocation `k` of run `run`'s thin event through the webhook pipeline, its fetch
+    /// step queued, and returns the fetch message the function is handed.
+    async fn recorded_thin_event(&self, run: usize, k: usize) -> anyhow::Result<FetchRef> {
+        let event_id = format!("evt_coldthin{}r{run}k{k}", std::process::id());
+        let thin = json!({"id": event_id, "object": "v2.core.event", "type": "v2.core.account.updated",
+            "livemode": false, "created": "2025-06-15T15:00:00.000Z", "context": null,
+            "related_object": {"id": self.destination.as_str(), "type": "v2.core.account"}});
+        let (header, body) = signed(&thin, NOW);
+        let reply = pipeline(self.store.clone()).handle(Some(&header), &body).await;
+        ensure!(reply.body.contains("\"fetch_queued\""), "the thin event is recorded: {}", reply.body);
+        Ok(FetchRef { event_id, group: self.destination.as_str().to_owned() })
     }
 
     async fn queued_step(&self, run: usize, k: usize) -> anyhow::Result<Step> {
@@ -422,7 +470,10 @@ impl Bench {
     }
 
     fn expected_stripe_objects(&self) -> usize {
-        if self.stripe.is_some() { 2 } else { 0 }
+        match self.function {
+            Function::TransferWorker | Function::PayoutWorker => 2,
+            Function::Webhook | Function::Sweeper | Function::FetchWorker => 0,
+        }
     }
 
     /// Fails unless the answer is the one this function gives when everything worked.
@@ -443,7 +494,7 @@ impl Bench {
                     _ => bail!("the webhook answered {answer}"),
                 }
             }
-            Function::TransferWorker | Function::PayoutWorker => {
+            Function::TransferWorker | Function::PayoutWorker | Function::FetchWorker => {
                 ensure!(answer == json!({ "batchItemFailures": [] }), "the worker answered {answer}");
             }
             Function::Sweeper => {
@@ -557,13 +608,20 @@ fn webhook_event(account: &str, event_id: &str, k: usize) -> anyhow::Result<Valu
 
 /// The worker's sample batch in `events/sqs/`, cut to its first record, carrying `step`.
 fn sqs_event(function: Function, step: &Step, message_id: &str) -> anyhow::Result<Value> {
+    let mut batch = sqs_event_of(function, message_id)?;
+    let record = &mut batch["Records"][0];
+    record["body"] = json!(serde_json::to_string(&step.reference())?);
+    record["attributes"]["MessageGroupId"] = json!(step.destination.as_str());
+    record["attributes"]["MessageDeduplicationId"] = json!(step.step_id);
+    Ok(batch)
+}
+
+/// A batch of the first record of the function's sample in `events/sqs/`, with `message_id`.
+fn sqs_event_of(function: Function, message_id: &str) -> anyhow::Result<Value> {
     let path = format!("{EVENTS}/sqs/{}.batch.json", function.binary());
     let batch: Value = serde_json::from_str(&std::fs::read_to_string(&path).context(path)?)?;
     let mut record = batch["Records"][0].clone();
     record["messageId"] = json!(message_id);
-    record["body"] = json!(serde_json::to_string(&step.reference())?);
-    record["attributes"]["MessageGroupId"] = json!(step.destination.as_str());
-    record["attributes"]["MessageDeduplicationId"] = json!(step.step_id);
     Ok(json!({ "Records": [record] }))
 }
 
