@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::MessageAttributeValue;
 use lambda_runtime::LambdaEvent;
 use serde::Deserialize;
@@ -263,23 +262,10 @@ impl DeadLetters for SqsDeadLetters {
             request.send().await.map(|_| ()).map_err(|err| {
                 StoreError::Unavailable(format!(
                     "SQS SendMessage to the intake dead-letter queue: {}",
-                    failure(&err)
+                    sqs::sdk_failure(&err)
                 ))
             })
         })
-    }
-}
-
-/// SQS's error code for a service error; otherwise what kept the request from completing. Never
-/// the request, which holds the body.
-fn failure<E, R>(err: &SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match err.as_service_error() {
-        Some(service) => service.code().unwrap_or("unknown SQS error").to_owned(),
-        None => DisplayErrorContext(err).to_string(),
     }
 }
 

@@ -249,8 +249,9 @@ pub fn deduplication_id(step_id: &str) -> String {
     }
 }
 
-/// SQS's error code for a service error; otherwise what kept the request from completing.
-fn sdk_failure<E, R>(err: &SdkError<E, R>) -> String
+/// SQS's error code for a service error; otherwise what kept the request from completing. Never
+/// the request, which holds the body.
+pub fn sdk_failure<E, R>(err: &SdkError<E, R>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
