@@ -298,17 +298,7 @@ impl<S: AccountStore, C: Clock> FetchWorker<S, C> {
             }
         }
         let account = step.account.clone();
-        let id = |target: &FetchTarget| -> Option<String> {
-            match target {
-                FetchTarget::Capability { id }
-                | FetchTarget::Person { id }
-                | FetchTarget::ExternalAccount { id }
-                | FetchTarget::Payout { id }
-                | FetchTarget::Transfer { id } => Some(id.clone()),
-                _ => None,
-            }
-        };
-        let object_id = id(&step.target).unwrap_or_default();
+        let object_id = step.target.object_id().unwrap_or_default().to_owned();
         let result = match (&step.target, account.as_ref()) {
             (FetchTarget::DeletedPerson { .. } | FetchTarget::DeletedExternalAccount { .. }, _) => {
                 Ok(Value::Null)

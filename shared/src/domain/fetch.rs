@@ -66,6 +66,22 @@ pub enum FetchTarget {
     },
 }
 
+impl FetchTarget {
+    /// The id of the object it names below the account, when it names one.
+    pub fn object_id(&self) -> Option<&str> {
+        match self {
+            Self::Capability { id }
+            | Self::Person { id }
+            | Self::ExternalAccount { id }
+            | Self::Payout { id }
+            | Self::Transfer { id }
+            | Self::DeletedPerson { id }
+            | Self::DeletedExternalAccount { id } => Some(id),
+            Self::V2Account | Self::V2AccountOfEvent | Self::Account | Self::Balance => None,
+        }
+    }
+}
+
 /// Where a fetch step stands; it is stored on its thin event's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
