@@ -10,20 +10,21 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::config::{API_KEY_SECRET_ARN, StoreLocation, WebhookSettings};
+use crate::config::{StoreLocation, WebhookSettings};
 use crate::domain::account::AccountId;
 use crate::domain::fetch::{FetchRef, FetchStatus, FetchStep, FetchTarget, fetched_as_snapshot, observed_at};
 use crate::metrics::Metrics;
-use crate::sqs_worker::{QueueRunner, handle_sqs_batch_by, invocation_deadline};
+use crate::sqs_worker::{
+    DeployedQueue, QueueRunner, handle_sqs_batch_by, invocation_deadline, serve_queue, stripe_client_from_env,
+};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::{FETCH_QUEUE, SqliteStore};
 use crate::store::sqs::{self, SqsQueue};
 use crate::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, StoreError};
-use crate::stripe::client::{API_KEY_VAR, StripeClient, StripeClientConfig, StripeError};
+use crate::stripe::client::{StripeClient, StripeError};
 use crate::stripe::event::Event;
 use crate::stripe::signature::{Clock, SystemClock};
 use crate::webhook::{Delivery, WebhookService};
@@ -484,9 +485,7 @@ impl DeployedFetchWorker {
     /// Reads the store, the queues for planned steps, the Stripe key and the pace.
     pub async fn from_env(aws: &aws_config::SdkConfig) -> Result<Self, crate::sqs_worker::StartError> {
         let location = StoreLocation::from_env()?;
-        let secrets_manager = aws_sdk_secretsmanager::Client::new(aws);
-        let env = crate::secrets::resolve(&secrets_manager, API_KEY_VAR, API_KEY_SECRET_ARN).await?;
-        let stripe = StripeClient::new(StripeClientConfig::from_lookup(|name| env.lookup(name))?)?;
+        let stripe = stripe_client_from_env(aws).await?;
         let rate = match std::env::var(FETCH_RATE) {
             Ok(rate) => rate.trim().parse().map_err(|_| format!("{FETCH_RATE} is not a whole number"))?,
             Err(_) => DEFAULT_FETCH_RATE,
@@ -518,9 +517,10 @@ impl DeployedFetchWorker {
             }
         })
     }
+}
 
-    /// Runs one batch before the invocation's `deadline`, as the step workers do.
-    pub async fn handle(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
+impl DeployedQueue for DeployedFetchWorker {
+    async fn handle(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
         let deadline = invocation_deadline(deadline);
         match self {
             Self::DynamoDb(worker) => handle_sqs_batch_by(worker, event, deadline).await,
@@ -534,10 +534,5 @@ impl DeployedFetchWorker {
 pub async fn run_fetch_worker_function() -> Result<(), lambda_runtime::Error> {
     crate::telemetry::init_lambda_logs();
     let aws = crate::aws::WORKER.load().await;
-    let worker = Arc::new(DeployedFetchWorker::from_env(&aws).await?);
-    lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let worker = Arc::clone(&worker);
-        async move { Ok::<_, lambda_runtime::Error>(worker.handle(event.payload, event.context.deadline()).await) }
-    }))
-    .await
+    serve_queue(DeployedFetchWorker::from_env(&aws).await?).await
 }

@@ -46,9 +46,7 @@ impl DeployedWorker {
     /// `STRIPE_API_KEY_SECRET_ARN` (deployed) or from `STRIPE_API_KEY` (local).
     pub async fn from_env(aws: &aws_config::SdkConfig) -> Result<Self, StartError> {
         let location = StoreLocation::from_env()?;
-        let secrets_manager = aws_sdk_secretsmanager::Client::new(aws);
-        let env = crate::secrets::resolve(&secrets_manager, API_KEY_VAR, API_KEY_SECRET_ARN).await?;
-        let stripe = StripeClient::new(StripeClientConfig::from_lookup(|name| env.lookup(name))?)?;
+        let stripe = stripe_client_from_env(aws).await?;
         Ok(match location {
             StoreLocation::DynamoDb(table) => Self::DynamoDb(StepWorker::new(
                 DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), table),
@@ -59,11 +57,10 @@ impl DeployedWorker {
             }
         })
     }
+}
 
-    /// Runs one batch before the invocation's `deadline`; see [`handle_sqs_batch_by`]. A deadline
-    /// already past when the batch arrives is not a real one, and is ignored: Lambda's always lies
-    /// ahead, while `cargo lambda watch` sends a relative 600000 that reads as 1970.
-    pub async fn handle(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
+impl DeployedQueue for DeployedWorker {
+    async fn handle(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
         let deadline = invocation_deadline(deadline);
         match self {
             Self::DynamoDb(worker) => handle_sqs_batch_by(worker, event, deadline).await,
@@ -72,19 +69,40 @@ impl DeployedWorker {
     }
 }
 
-/// A worker Lambda function's whole life, the same for the transfer and payout workers: logs, the
-/// worker read from the environment once per cold start with the bounded SDK settings, then every
-/// batch the runtime hands over, each before its invocation's deadline.
+/// The Stripe client of a deployed function: the key from the secret named by
+/// `STRIPE_API_KEY_SECRET_ARN` (deployed) or from `STRIPE_API_KEY` (local).
+pub async fn stripe_client_from_env(aws: &aws_config::SdkConfig) -> Result<StripeClient, StartError> {
+    let secrets_manager = aws_sdk_secretsmanager::Client::new(aws);
+    let env = crate::secrets::resolve(&secrets_manager, API_KEY_VAR, API_KEY_SECRET_ARN).await?;
+    Ok(StripeClient::new(StripeClientConfig::from_lookup(|name| env.lookup(name))?)?)
+}
+
+/// A queue-fed function built for its environment's store, which runs one batch before the
+/// invocation's `deadline`.
+pub trait DeployedQueue: Send + Sync + 'static {
+    /// Runs one batch; see [`handle_sqs_batch_by`]. A deadline already past when the batch arrives
+    /// is not a real one, and is ignored ([`invocation_deadline`]).
+    fn handle(&self, event: SqsEvent, deadline: SystemTime) -> impl Future<Output = SqsBatchResponse> + Send;
+}
+
+/// A queue-fed Lambda function's whole life once it is built (once per cold start, with the
+/// bounded SDK settings): every batch the runtime hands over, each before its deadline.
+pub async fn serve_queue<Q: DeployedQueue>(queue: Q) -> Result<(), lambda_runtime::Error> {
+    let queue = Arc::new(queue);
+    lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let queue = Arc::clone(&queue);
+        async move { Ok::<_, lambda_runtime::Error>(queue.handle(event.payload, event.context.deadline()).await) }
+    }))
+    .await
+}
+
+/// The transfer and payout workers' whole life: logs, the worker read from the environment once
+/// per cold start with the bounded SDK settings, then [`serve_queue`].
 pub async fn run_worker_function() -> Result<(), lambda_runtime::Error> {
     crate::telemetry::init_lambda_logs();
     // Bounded retries and timeouts, so that one step always fits in the Lambda timeout.
     let aws = crate::aws::WORKER.load().await;
-    let worker = Arc::new(DeployedWorker::from_env(&aws).await?);
-    lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let worker = Arc::clone(&worker);
-        async move { Ok::<_, lambda_runtime::Error>(worker.handle(event.payload, event.context.deadline()).await) }
-    }))
-    .await
+    serve_queue(DeployedWorker::from_env(&aws).await?).await
 }
 
 /// What runs the messages of one queue: a step worker, or the fetch worker.
