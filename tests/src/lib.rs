@@ -366,3 +366,45 @@ impl shared::store::StepQueue for FetchRecorder {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// The ARN of the queue at `url`, for the SQS events built from it.
+pub async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> String {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let output = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap();
+    output.attributes().unwrap()[&QueueAttributeName::QueueArn].clone()
+}
+
+/// The event Lambda's SQS event source would hand a function for `messages` received from the
+/// queue `arn`: their real message ids, receipt handles and attributes.
+pub fn lambda_sqs_event(
+    messages: &[aws_sdk_sqs::types::Message],
+    arn: &str,
+) -> aws_lambda_events::sqs::SqsEvent {
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|message| {
+            let attributes: serde_json::Map<String, Value> = message
+                .attributes()
+                .into_iter()
+                .flatten()
+                .map(|(name, value)| (name.as_str().to_owned(), json!(value)))
+                .collect();
+            json!({"messageId": message.message_id(), "receiptHandle": message.receipt_handle(),
+                "body": message.body(), "md5OfBody": message.md5_of_body(), "attributes": attributes,
+                "messageAttributes": {}, "eventSource": "aws:sqs", "eventSourceARN": arn,
+                "awsRegion": "us-east-1"})
+        })
+        .collect();
+    serde_json::from_value(json!({ "Records": records })).unwrap()
+}
+
+/// The message ids a batch answer hands back for redelivery.
+pub fn batch_failures(response: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<&str> {
+    response.batch_item_failures.iter().map(|failure| failure.item_identifier.as_str()).collect()
+}

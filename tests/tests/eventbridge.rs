@@ -10,10 +10,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
+use aws_lambda_events::sqs::SqsEvent;
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use integration_tests::log_capture::capture_logs;
-use integration_tests::{DYNAMODB_ENDPOINT, NOW, dynamo_store, dynamodb_client, sqlite_store, sqs_client};
+use integration_tests::{
+    DYNAMODB_ENDPOINT, NOW, batch_failures, dynamo_store, dynamodb_client, lambda_sqs_event, queue_arn,
+    sqlite_store, sqs_client,
+};
 use serde_json::{Value, json};
 use shared::domain::account::{AccountId, OnboardingStatus};
 use shared::eventbridge::{
@@ -120,17 +123,6 @@ async fn receive_all(client: &aws_sdk_sqs::Client, url: &str) -> Vec<Message> {
     panic!("the queue did not empty");
 }
 
-async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> String {
-    let output = client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap();
-    output.attributes().unwrap()[&QueueAttributeName::QueueArn].clone()
-}
-
 /// Sends each body to the queue, then receives them all back as the SQS event Lambda's event
 /// source mapping would hand the function: the real message ids, receipt handles and attributes.
 async fn through_the_queue(client: &aws_sdk_sqs::Client, url: &str, bodies: &[String]) -> SqsEvent {
@@ -139,27 +131,7 @@ async fn through_the_queue(client: &aws_sdk_sqs::Client, url: &str, bodies: &[St
     }
     let messages = receive_all(client, url).await;
     assert_eq!(messages.len(), bodies.len(), "every sent message is received");
-    let arn = queue_arn(client, url).await;
-    let records: Vec<Value> = messages
-        .iter()
-        .map(|message| {
-            let attributes: serde_json::Map<String, Value> = message
-                .attributes()
-                .into_iter()
-                .flatten()
-                .map(|(name, value)| (name.as_str().to_owned(), json!(value)))
-                .collect();
-            json!({"messageId": message.message_id(), "receiptHandle": message.receipt_handle(),
-                "body": message.body(), "md5OfBody": message.md5_of_body(), "attributes": attributes,
-                "messageAttributes": {}, "eventSource": "aws:sqs", "eventSourceARN": arn,
-                "awsRegion": "us-east-1"})
-        })
-        .collect();
-    serde_json::from_value(json!({ "Records": records })).unwrap()
-}
-
-fn failures(response: &SqsBatchResponse) -> Vec<&str> {
-    response.batch_item_failures.iter().map(|failure| failure.item_identifier.as_str()).collect()
+    lambda_sqs_event(&messages, &queue_arn(client, url).await)
 }
 
 /// The message id of the record whose body is `body`.
@@ -199,7 +171,7 @@ async fn the_sample_batch_end_to_end<S: AccountStore>(
     let event = through_the_queue(&client, &queues.intake, &bodies).await;
 
     let response = intake.handle(event.clone()).await;
-    assert_eq!(failures(&response), Vec::<&str>::new(), "every message is acknowledged");
+    assert_eq!(batch_failures(&response), Vec::<&str>::new(), "every message is acknowledged");
 
     let store = intake.webhook().store();
     let account_id = AccountId::parse(ACCOUNT).unwrap();
@@ -240,7 +212,7 @@ async fn the_sample_batch_end_to_end<S: AccountStore>(
         records.push((id, store.load_event(id).await.unwrap()));
     }
     let response = intake.handle(event).await;
-    assert_eq!(failures(&response), Vec::<&str>::new());
+    assert_eq!(batch_failures(&response), Vec::<&str>::new());
     assert_eq!(store.load_account(&account_id).await.unwrap(), Some(account), "the account is unchanged");
     for (id, record) in records {
         assert_eq!(store.load_event(id).await.unwrap(), record, "{id} is unchanged");
@@ -290,7 +262,7 @@ async fn a_refusal_the_dead_letter_queue_does_not_take_is_handed_back() {
     );
     let (event, _, refused) = stored_and_refused(&client, &queues).await;
     let response = intake.handle(event.clone()).await;
-    assert_eq!(failures(&response), [message_id(&event, &refused)], "only the refusal comes back");
+    assert_eq!(batch_failures(&response), [message_id(&event, &refused)], "only the refusal comes back");
     let stored = intake.webhook().store().load_event(SNAPSHOT_EVENT).await.unwrap();
     assert_eq!(stored.map(|record| record.outcome), Some(EventOutcome::Applied));
 }
@@ -310,7 +282,7 @@ async fn an_event_storage_does_not_take_is_handed_back_and_refusals_still_go() {
     );
     let (event, stored, refused) = stored_and_refused(&client, &queues).await;
     let response = intake.handle(event.clone()).await;
-    assert_eq!(failures(&response), [message_id(&event, &stored)], "the event is redelivered");
+    assert_eq!(batch_failures(&response), [message_id(&event, &stored)], "the event is redelivered");
     let letters = receive_all(&client, &queues.dead_letters).await;
     assert_eq!(dead_lettered(&letters).keys().collect::<Vec<_>>(), [&refused]);
 }
@@ -401,7 +373,7 @@ fn no_log_line_carries_a_body() {
         let intake = EventBridgeIntake::new(webhook(sqlite_store(), &settings), Arc::clone(&kept), SOURCE);
         intake.handle(event).await
     });
-    assert_eq!(failures(&response), Vec::<&str>::new());
+    assert_eq!(batch_failures(&response), Vec::<&str>::new());
     assert_eq!(kept.0.lock().unwrap().len(), 4, "foreign, not an event, not JSON, foreign");
     for logged in ["m0", SNAPSHOT_EVENT, "foreign_source", "detail_not_a_stripe_event", "not_json"] {
         assert!(logs.contains(logged), "{logged} is logged: {logs}");

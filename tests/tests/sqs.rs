@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::SqsEvent;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
 };
 use integration_tests::stripe_stub::StripeStub;
 use integration_tests::{
-    NOW, RequestLog, account_updated, dynamo_store, pipeline, signed, sqs_client, sqs_client_logged,
+    NOW, RequestLog, account_updated, batch_failures, dynamo_store, lambda_sqs_event, pipeline, queue_arn,
+    signed, sqs_client, sqs_client_logged,
 };
 use serde_json::{Value, json};
 use shared::domain::account::AccountId;
@@ -82,41 +83,6 @@ async fn drain(client: &aws_sdk_sqs::Client, url: &str) -> Vec<Message> {
 
 fn attribute(message: &Message, name: MessageSystemAttributeName) -> &str {
     message.attributes().and_then(|attributes| attributes.get(&name)).map(String::as_str).unwrap_or_default()
-}
-
-async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> String {
-    let output = client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap();
-    output.attributes().unwrap()[&QueueAttributeName::QueueArn].clone()
-}
-
-/// The event Lambda's SQS event source would hand a worker for `messages`.
-fn sqs_event(messages: &[Message], arn: &str) -> SqsEvent {
-    let records: Vec<Value> = messages
-        .iter()
-        .map(|message| {
-            let attributes: serde_json::Map<String, Value> = message
-                .attributes()
-                .into_iter()
-                .flatten()
-                .map(|(name, value)| (name.as_str().to_owned(), json!(value)))
-                .collect();
-            json!({"messageId": message.message_id(), "receiptHandle": message.receipt_handle(),
-                "body": message.body(), "md5OfBody": message.md5_of_body(), "attributes": attributes,
-                "messageAttributes": {}, "eventSource": "aws:sqs", "eventSourceARN": arn,
-                "awsRegion": "us-east-1"})
-        })
-        .collect();
-    serde_json::from_value(json!({ "Records": records })).unwrap()
-}
-
-fn failures(response: &SqsBatchResponse) -> Vec<&str> {
-    response.batch_item_failures.iter().map(|failure| failure.item_identifier.as_str()).collect()
 }
 
 /// 23 steps for three destinations, interleaved: 18 for the transfers queue (transfers and
@@ -242,9 +208,9 @@ async fn run_worker(
         if messages.is_empty() {
             return batches;
         }
-        let event = sqs_event(&messages, &arn);
+        let event = lambda_sqs_event(&messages, &arn);
         let response = handle_sqs_batch(worker, event.clone()).await;
-        assert_eq!(failures(&response), Vec::<&str>::new());
+        assert_eq!(batch_failures(&response), Vec::<&str>::new());
         delete(client, url, &messages.iter().collect::<Vec<_>>()).await;
         batches.push(event);
     }
@@ -286,7 +252,7 @@ async fn the_webhook_on_dynamodb_queues_to_sqs_and_the_batch_handler_moves_each_
     // SQS redelivering a whole batch, after the steps finished, calls Stripe no more.
     let calls = stub.requests().values().sum::<usize>();
     for batch in batches {
-        assert_eq!(failures(&handle_sqs_batch(&worker, batch).await), Vec::<&str>::new());
+        assert_eq!(batch_failures(&handle_sqs_batch(&worker, batch).await), Vec::<&str>::new());
     }
     assert_eq!(stub.requests().values().sum::<usize>(), calls);
 
