@@ -26,6 +26,7 @@ use crate::stripe::signature::{Clock, SignatureError, SignatureVerifier, SystemC
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 mod funds;
+mod ledger;
 
 /// How many times a commit is retried when another writer changed the account in between.
 const MAX_CONFLICT_RETRIES: usize = 8;
@@ -380,7 +381,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
     }
 
     async fn record_snapshot(&self, event: &Event, now: i64) -> Result<Delivery, WebhookError> {
-        self.record_event(event, &event.id, now).await
+        self.record_with_ledger(event, &event.id, now).await
     }
 
     /// Applies an object a thin event's fetch step retrieved, as its snapshot twin `event`,
@@ -395,11 +396,19 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         let span = delivery_span();
         span.record("event_id", event.id.as_str());
         span.record("event_type", event.event_type.as_str());
-        self.record_event(event, record_id, now).instrument(span).await
+        self.record_with_ledger(event, record_id, now).instrument(span).await
     }
 
-    /// Records `event` under `record_id` and applies it: the one path every snapshot takes.
-    async fn record_event(&self, event: &Event, record_id: &str, now: i64) -> Result<Delivery, WebhookError> {
+    /// Records `event` under `record_id` and applies it: the one path every snapshot takes (through
+    /// [`Self::record_with_ledger`]). An event that touches neither funds nor an account is
+    /// recorded with `ledger_outcome` when the ledger has one for it, else as unhandled.
+    async fn record_event(
+        &self,
+        event: &Event,
+        record_id: &str,
+        now: i64,
+        ledger_outcome: Option<EventOutcome>,
+    ) -> Result<Delivery, WebhookError> {
         let mut record = EventRecord {
             event_id: record_id.to_owned(),
             event_type: event.event_type.clone(),
@@ -422,7 +431,10 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         }
         let account_event = match AccountEvent::from_event(event) {
             Ok(Some(account_event)) => account_event,
-            Ok(None) => return self.commit_record(&record).await,
+            Ok(None) => {
+                record.outcome = ledger_outcome.unwrap_or(EventOutcome::Unhandled);
+                return self.commit_record(&record).await;
+            }
             Err(NoAccount) => {
                 record.outcome = EventOutcome::NoAccount;
                 return self.commit_record(&record).await;

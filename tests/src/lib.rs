@@ -292,8 +292,8 @@ impl shared::store::StepQueue for RecordingQueue {
     }
 }
 
-/// The platform API's store methods, passed through to `self.inner`: for the test wrappers that
-/// intercept the webhook's and the worker's calls, not these.
+/// The platform API's store methods (and the ledger's), passed through to `self.inner`: for the
+/// test wrappers that intercept the webhook's and the worker's calls, not these.
 #[macro_export]
 macro_rules! pass_platform_methods_through {
     () => {
@@ -334,6 +334,36 @@ macro_rules! pass_platform_methods_through {
             next: &shared::store::EventRecord,
         ) -> Result<CommitOutcome, StoreError> {
             self.inner.update_fetch(previous, next).await
+        }
+
+        async fn load_ledger_entry(
+            &self,
+            key: &str,
+        ) -> Result<Option<shared::domain::ledger::LedgerEntry>, StoreError> {
+            self.inner.load_ledger_entry(key).await
+        }
+
+        async fn commit_ledger(
+            &self,
+            plan: &shared::domain::ledger::LedgerPlan,
+        ) -> Result<CommitOutcome, StoreError> {
+            self.inner.commit_ledger(plan).await
+        }
+
+        async fn load_ledger_months(
+            &self,
+            account_id: &shared::domain::account::AccountId,
+            from: shared::domain::ledger::Month,
+            to: shared::domain::ledger::Month,
+        ) -> Result<Vec<shared::domain::ledger::LedgerRow>, StoreError> {
+            self.inner.load_ledger_months(account_id, from, to).await
+        }
+
+        async fn load_fee_month(
+            &self,
+            month: shared::domain::ledger::Month,
+        ) -> Result<Vec<shared::domain::ledger::LedgerRow>, StoreError> {
+            self.inner.load_fee_month(month).await
         }
     };
 }

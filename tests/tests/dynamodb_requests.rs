@@ -172,3 +172,70 @@ async fn a_thin_event_costs_the_requests_pinned_here() {
         "the record says the fetch is done: nothing re-sent"
     );
 }
+
+/// What the ledger costs on DynamoDB: an application fee event (the ledger's read, the event's
+/// record, then the entry and its buckets in one transaction), its redeliveries, and the reads of
+/// the ledger routes. Twelve months of an account's ledger are one `Query`; nothing scans.
+#[tokio::test]
+async fn ledger_events_and_reads_cost_the_requests_pinned_here() {
+    use shared::platform::{ApiRequest, PlatformApi, PlatformSettings};
+    use shared::stripe::signature::FixedClock;
+
+    let log = RequestLog::default();
+    let store = dynamo_store_logged(log.clone()).await;
+    let service = pipeline(store.clone());
+    let api = PlatformApi::with_clock(store, None, PlatformSettings::default(), FixedClock(NOW));
+    let account = "acct_1LedgerCount";
+    requests_for(&log, &service, &account_updated("evt_l0", account, NOW - 60, true, &[])).await;
+    // A fee in each of the twelve months to June 2025 (NOW), 31 days apart.
+    let fee = |n: i64, refunded: i64| {
+        json!({"id": format!("fee_{n}"), "object": "application_fee", "account": account, "amount": 1_000,
+            "amount_refunded": refunded, "charge": format!("py_{n}"), "originating_transaction": format!("ch_{n}"),
+            "currency": "usd", "created": NOW - n * 31 * 86_400})
+    };
+    let fee_event = |id: &str, kind: &str, n: i64, refunded: i64| {
+        json!({"id": id, "object": "event", "type": kind, "created": NOW - 30, "data": {"object": fee(n, refunded)}})
+    };
+    let first = requests_for(&log, &service, &fee_event("evt_f0", "application_fee.created", 0, 0)).await;
+    let duplicate = requests_for(&log, &service, &fee_event("evt_f0", "application_fee.created", 0, 0)).await;
+    let refunded = requests_for(&log, &service, &fee_event("evt_f0r", "application_fee.refunded", 0, 250)).await;
+    let same_again = requests_for(&log, &service, &fee_event("evt_f0r2", "application_fee.refunded", 0, 250)).await;
+    for n in 1..12 {
+        requests_for(&log, &service, &fee_event(&format!("evt_f{n}"), "application_fee.created", n, 0)).await;
+    }
+    let call = |target: &'static str| {
+        let api = &api;
+        let log = log.clone();
+        async move {
+            log.take();
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let reply = api.handle(&ApiRequest { method: "GET", path, query, body: b"", base_url: "" }).await;
+            assert_eq!(reply.status, 200, "{target}: {}", reply.body);
+            (serde_json::from_str::<serde_json::Value>(&reply.body).unwrap(), log.take())
+        }
+    };
+    let (year, ledger_read) = call("/accounts/acct_1LedgerCount/ledger?from=2024-07&to=2025-06").await;
+    assert_eq!(year["currencies"]["usd"]["fees"], 12 * 1_000 - 250, "twelve months of fees, one refunded in part");
+    let (report, fee_report) = call("/reports/fees?month=2025-06").await;
+    assert_eq!(report["currencies"]["usd"]["accounts"], 1);
+    let (_, tax_read) = call("/accounts/acct_1LedgerCount/tax?year=2025").await;
+
+    let cases: [(&str, Vec<String>, Vec<&str>); 7] = [
+        ("application_fee.created, new", first, vec!["GetItem", "PutItem", "TransactWriteItems"]),
+        ("duplicate delivery of that fee event", duplicate, vec!["GetItem", "PutItem"]),
+        ("application_fee.refunded, partly", refunded, vec!["GetItem", "PutItem", "TransactWriteItems"]),
+        ("application_fee.refunded, same cumulative amount", same_again, vec!["GetItem", "PutItem"]),
+        ("GET /accounts/{id}/ledger, 12 months", ledger_read, vec!["Query"]),
+        ("GET /reports/fees (one query per fee shard)", fee_report, vec!["Query"; 8]),
+        ("GET /accounts/{id}/tax", tax_read, vec!["GetItem", "Query"]),
+    ];
+    println!("\n| ledger case | DynamoDB requests |\n|---|---|");
+    for (case, requests, _) in &cases {
+        println!("| {case} | `{}` |", requests.join(" + "));
+    }
+    for (case, requests, expected) in cases {
+        assert!(!requests.iter().any(|request| request == "Scan"), "{case}: a scan");
+        assert_eq!(requests, expected, "{case}");
+    }
+}
+

@@ -130,6 +130,8 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             };
             let platform_settings = PlatformSettings::from_lookup(|name| std::env::var(name).ok());
             let accounts_api = PlatformSettings::accounts_api_from_lookup(|name| std::env::var(name).ok())?;
+            // `PlatformApi::new` reads the tax thresholds itself; a bad one stops the start here.
+            shared::domain::ledger::TaxThresholds::from_env()?;
             let platform = PlatformApi::new(store.clone(), stripe, platform_settings)
                 .with_accounts_api(accounts_api)
                 .with_queue(Arc::clone(&queue));

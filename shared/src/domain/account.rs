@@ -237,6 +237,10 @@ pub struct AccountState {
     /// A v2 account's capability `status_details` codes, by capability: the v2 rule reads them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub capability_codes: BTreeMap<String, Vec<String>>,
+    /// `controller.fees.payer` (`account` for a Standard account): who pays Stripe's fees, and so
+    /// who files the account's US tax forms (`account`: Stripe; otherwise the platform).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fees_payer: Option<String>,
     /// Bumped by every stored change; the store's conditional write checks it.
     #[serde(default)]
     pub version: u64,
@@ -270,6 +274,7 @@ impl AccountState {
             reference: None,
             api: AccountsApi::V1,
             capability_codes: BTreeMap::new(),
+            fees_payer: None,
             version: 0,
         }
     }
@@ -547,6 +552,12 @@ fn apply_account_object(state: &mut AccountState, account: &Value, created: i64)
     state.payout_schedule_interval = str_at(account, &["settings", "payouts", "schedule", "interval"])
         .or_else(|| str_at(account, &["payout_schedule", "interval"]))
         .map(str::to_owned);
+    let standard = (str_at(account, &["type"]) == Some("standard")).then_some("account");
+    if let Some(payer) =
+        str_at(account, &["controller", "fees", "payer"]).or(standard).filter(|payer| is_plausible_id(payer))
+    {
+        state.fees_payer = Some(payer.to_owned());
+    }
     true
 }
 

@@ -4,5 +4,6 @@ pub mod account;
 pub mod change;
 pub mod fetch;
 pub mod funds;
+pub mod ledger;
 pub mod reference;
 pub mod step;

@@ -17,6 +17,7 @@ use crate::stripe::signature::{Clock, SystemClock};
 mod accounts;
 pub mod error;
 pub mod lambda;
+pub mod ledger;
 mod links;
 mod money;
 mod request;
@@ -135,20 +136,31 @@ pub struct PlatformApi<S, C = SystemClock> {
     queue: Option<Arc<dyn StepQueue>>,
     settings: PlatformSettings,
     accounts_api: AccountsApi,
+    tax_thresholds: crate::domain::ledger::TaxThresholds,
     clock: C,
 }
 
 impl<S: AccountStore> PlatformApi<S> {
     /// The API on the system clock.
     pub fn new(store: S, stripe: Option<StripeClient>, settings: PlatformSettings) -> Self {
-        Self::with_clock(store, stripe, settings, SystemClock)
+        // Checked at start ([`TaxThresholds::from_lookup`] refuses a bad one).
+        let tax = crate::domain::ledger::TaxThresholds::from_env().unwrap_or_default();
+        Self::with_clock(store, stripe, settings, SystemClock).with_tax_thresholds(tax)
     }
 }
 
 impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
     /// The API on the given clock.
     pub fn with_clock(store: S, stripe: Option<StripeClient>, settings: PlatformSettings, clock: C) -> Self {
-        Self { store, stripe, queue: None, settings, accounts_api: AccountsApi::V1, clock }
+        Self {
+            store,
+            stripe,
+            queue: None,
+            settings,
+            accounts_api: AccountsApi::V1,
+            tax_thresholds: Default::default(),
+            clock,
+        }
     }
 
     /// Creates accounts on `api` (read with [`PlatformSettings::accounts_api_from_lookup`]);
@@ -195,6 +207,9 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             ["accounts", id, "onboarding_link"] if post => self.onboarding_link(id, request).await,
             ["accounts", id, "session"] if post => self.account_session(id, request.body).await,
             ["accounts", id, "login_link"] if post => self.login_link(id).await,
+            ["accounts", id, "ledger"] if get => self.get_ledger(id, request.query).await,
+            ["accounts", id, "tax"] if get => self.get_tax(id, request.query).await,
+            ["reports", "fees"] if get => self.fee_report(request.query).await,
             ["transfers"] if post => self.request_transfer(request.body).await,
             ["payouts"] if post => self.request_payout(request.body).await,
             ["changes"] if get => self.list_changes(request.query).await,
@@ -209,6 +224,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             ["accounts", _, "onboarding_link" | "session" | "login_link"] | ["transfers"] | ["payouts"] => {
                 wrong_method()
             }
+            ["accounts", _, "ledger" | "tax"] | ["reports", "fees"] => wrong_method(),
             _ => Err(ApiError::NotFound("no such route".to_owned())),
         }
     }

@@ -32,10 +32,13 @@ use super::{
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
 use crate::domain::change::Change;
 use crate::domain::funds::PaymentRecord;
+use crate::domain::ledger::{LedgerEntry, LedgerPlan, LedgerRow, Month};
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
 use crate::domain::step::{Step, StepRef, StepStatus};
 
 type Item = HashMap<String, AttributeValue>;
+
+mod ledger;
 
 const PK: &str = "pk";
 const SK: &str = "sk";
@@ -246,6 +249,27 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
 }
 
 impl AccountStore for DynamoStore {
+    async fn load_ledger_entry(&self, key: &str) -> Result<Option<LedgerEntry>, StoreError> {
+        self.load_ledger_entry_now(key).await
+    }
+
+    async fn commit_ledger(&self, plan: &LedgerPlan) -> Result<CommitOutcome, StoreError> {
+        self.commit_ledger_now(plan).await
+    }
+
+    async fn load_ledger_months(
+        &self,
+        account_id: &AccountId,
+        from: Month,
+        to: Month,
+    ) -> Result<Vec<LedgerRow>, StoreError> {
+        self.load_ledger_months_now(account_id, from, to).await
+    }
+
+    async fn load_fee_month(&self, month: Month) -> Result<Vec<LedgerRow>, StoreError> {
+        self.load_fee_month_now(month).await
+    }
+
     async fn load_account(&self, account_id: &AccountId) -> Result<Option<AccountState>, StoreError> {
         let output = self
             .client

@@ -9,6 +9,7 @@ use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
 use crate::domain::change::Change;
 use crate::domain::fetch::{FetchRef, FetchStep};
 use crate::domain::funds::PaymentRecord;
+use crate::domain::ledger::{LedgerEntry, LedgerPlan, LedgerRow, Month};
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
 use crate::domain::step::{Step, StepRef, StepStatus};
 
@@ -340,6 +341,53 @@ pub trait AccountStore: Send + Sync + 'static {
         limit: usize,
         now: i64,
     ) -> impl Future<Output = Result<Option<ChangePage>, StoreError>> + Send;
+
+    /// One ledger entry (a payment and what belongs to it), read consistently. The default is
+    /// for a store that keeps no ledger: it refuses, so that a ledger event is answered 500.
+    fn load_ledger_entry(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<LedgerEntry>, StoreError>> + Send {
+        let _ = key;
+        async { Err(no_ledger()) }
+    }
+
+    /// Writes a ledger entry's next version if the stored one is at `version - 1` (or absent,
+    /// for 1), and adds its deltas to their buckets, in one atomic write: `Committed`, or
+    /// `Conflict` when another writer moved the entry (or, on DynamoDB, a bucket) first.
+    fn commit_ledger(
+        &self,
+        plan: &LedgerPlan,
+    ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send {
+        let _ = plan;
+        async { Err(no_ledger()) }
+    }
+
+    /// One account's buckets from `from` to `to`, both included, in one read of its ledger.
+    fn load_ledger_months(
+        &self,
+        account_id: &AccountId,
+        from: Month,
+        to: Month,
+    ) -> impl Future<Output = Result<Vec<LedgerRow>, StoreError>> + Send {
+        let _ = (account_id, from, to);
+        async { Err(no_ledger()) }
+    }
+
+    /// Every account's fees of `month`: one row per account and currency, with `fees` and
+    /// `fees_refunded` filled in.
+    fn load_fee_month(
+        &self,
+        month: Month,
+    ) -> impl Future<Output = Result<Vec<LedgerRow>, StoreError>> + Send {
+        let _ = month;
+        async { Err(no_ledger()) }
+    }
+}
+
+/// What a store that keeps no ledger answers.
+fn no_ledger() -> StoreError {
+    StoreError::Unavailable("this store keeps no ledger".to_owned())
 }
 
 /// A boxed future, so that [`StepQueue`] can be used as a trait object.

@@ -13,8 +13,11 @@ use crate::domain::account::{AccountId, AccountState};
 use crate::domain::change::Change;
 use crate::domain::fetch::FetchRef;
 use crate::domain::funds::PaymentRecord;
+use crate::domain::ledger::{LedgerEntry, LedgerPlan, LedgerRow, Month};
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
+
+mod ledger;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
@@ -156,6 +159,7 @@ impl SqliteStore {
             )
             .map_err(unavailable)?;
         connection.execute_batch(SCHEMA).map_err(unavailable)?;
+        connection.execute_batch(ledger::LEDGER_SCHEMA).map_err(unavailable)?;
         for (table, column, backfill) in ADDED_COLUMNS {
             let present: bool = connection
                 .query_row(
@@ -589,6 +593,27 @@ impl StepQueue for SqliteStore {
 }
 
 impl AccountStore for SqliteStore {
+    async fn load_ledger_entry(&self, key: &str) -> Result<Option<LedgerEntry>, StoreError> {
+        self.load_ledger_entry_now(key)
+    }
+
+    async fn commit_ledger(&self, plan: &LedgerPlan) -> Result<CommitOutcome, StoreError> {
+        self.commit_ledger_now(plan)
+    }
+
+    async fn load_ledger_months(
+        &self,
+        account_id: &AccountId,
+        from: Month,
+        to: Month,
+    ) -> Result<Vec<LedgerRow>, StoreError> {
+        self.load_ledger_months_now(account_id, from, to)
+    }
+
+    async fn load_fee_month(&self, month: Month) -> Result<Vec<LedgerRow>, StoreError> {
+        self.load_fee_month_now(month)
+    }
+
     async fn load_account(&self, account_id: &AccountId) -> Result<Option<AccountState>, StoreError> {
         let json: Option<String> = self
             .lock()?

@@ -140,6 +140,7 @@ fn state(id: &str, interval: Option<&str>) -> AccountState {
         reference: None,
         api: Default::default(),
         capability_codes: Default::default(),
+        fees_payer: None,
     }
 }
 
