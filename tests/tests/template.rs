@@ -726,7 +726,7 @@ fn http_routes(template: &Yaml) -> Vec<Route<'_>> {
 const UNAUTHENTICATED_ROUTES: [&str; 2] = ["POST /webhooks/stripe", "GET /onboarding/refresh"];
 
 /// The platform API's routes (DESIGN.md, "Platform API").
-const PLATFORM_API_ROUTES: [&str; 12] = [
+const PLATFORM_API_ROUTES: [&str; 15] = [
     "POST /accounts",
     "GET /accounts",
     "GET /accounts/{id}",
@@ -737,6 +737,9 @@ const PLATFORM_API_ROUTES: [&str; 12] = [
     "POST /transfers",
     "POST /payouts",
     "GET /changes",
+    "GET /accounts/{id}/ledger",
+    "GET /accounts/{id}/tax",
+    "GET /reports/fees",
     "GET /healthz",
     "GET /onboarding/refresh",
 ];
@@ -1262,6 +1265,7 @@ fn the_webhook_may_queue_fetches() {
             ("dynamodb:GetItem", "Table.Arn"),
             ("dynamodb:PutItem", "Table.Arn"),
             ("dynamodb:Query", "Table.Arn"),
+            ("dynamodb:UpdateItem", "Table.Arn"),
             ("dynamodb:GetItem", "${Table.Arn}/index/steps_by_destination"),
             ("dynamodb:PutItem", "${Table.Arn}/index/steps_by_destination"),
             ("dynamodb:Query", "${Table.Arn}/index/steps_by_destination"),
@@ -1622,4 +1626,29 @@ fn the_eventbridge_intake_may_only_do_what_the_webhook_does_without_its_secrets(
         Some("EventBridgeIntakeQueue"),
         "{intake} reads the intake queue"
     );
+}
+
+/// The platform API judges the US tax-form thresholds by the variables the code reads, set from
+/// parameters whose defaults are the code's own (today's thresholds) and which it accepts.
+#[test]
+fn the_platform_api_reads_the_tax_thresholds_from_parameters_with_todays_defaults() {
+    use shared::domain::ledger::TaxThresholds;
+    use shared::platform::ledger::{TAX_1099K_COUNT, TAX_1099K_GROSS, TAX_1099NEC_AMOUNT};
+
+    let template = template();
+    let (platform, function) = function_building(&template, "platform-api");
+    let variables = &function["Properties"]["Environment"]["Variables"];
+    let mut defaults = BTreeMap::new();
+    for (variable, parameter) in [
+        (TAX_1099K_GROSS, "Tax1099kGross"),
+        (TAX_1099K_COUNT, "Tax1099kCount"),
+        (TAX_1099NEC_AMOUNT, "Tax1099necAmount"),
+    ] {
+        assert_eq!(variables[variable].as_str(), Some(parameter), "{platform}: {variable}");
+        let default = template["Parameters"][parameter]["Default"].as_i64().expect("a number default");
+        defaults.insert(variable, default.to_string());
+    }
+    let read =
+        TaxThresholds::from_lookup(|name| defaults.get(name).cloned()).expect("the defaults are accepted");
+    assert_eq!(read, TaxThresholds::default(), "the template's defaults are the code's");
 }
