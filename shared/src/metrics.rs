@@ -52,6 +52,9 @@ pub mod names {
     pub const STRIPE_CALL_LATENCY: &str = "StripeCallLatency";
     /// Steps the sweep sent back to the queue, by the `Status` it found them in.
     pub const STEPS_SWEPT: &str = "StepsSwept";
+    /// Currencies of manual-payout accounts whose funds have sat unpaid past the configured share
+    /// of Stripe's manual-payout limit, counted each time a plan finds them so.
+    pub const PAYOUT_FUNDS_STALE: &str = "PayoutFundsStale";
 }
 
 /// Dimension names, as they appear in CloudWatch.
@@ -144,6 +147,8 @@ const STEPS_SWEPT: &[Directive] = &[Directive {
     dimension_sets: &[&[FUNCTION_NAME], &[FUNCTION_NAME, STATUS]],
     metrics: &[count(names::STEPS_SWEPT)],
 }];
+const PAYOUT_FUNDS_STALE: &[Directive] =
+    &[Directive { dimension_sets: &[&[FUNCTION_NAME]], metrics: &[count(names::PAYOUT_FUNDS_STALE)] }];
 
 /// The kinds of document written: each has fixed dimensions and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -155,10 +160,11 @@ enum Family {
     StepsFinished,
     StripeCalls,
     StepsSwept,
+    PayoutFundsStale,
 }
 
 impl Family {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Events,
         Self::SignatureFailures,
         Self::WebhookErrors,
@@ -166,6 +172,7 @@ impl Family {
         Self::StepsFinished,
         Self::StripeCalls,
         Self::StepsSwept,
+        Self::PayoutFundsStale,
     ];
 
     /// The dimensions whose values each data point carries, besides `FunctionName`.
@@ -177,6 +184,7 @@ impl Family {
             Self::StepsFinished => &[KIND, OUTCOME],
             Self::StripeCalls => &[OPERATION, STATUS_CLASS],
             Self::StepsSwept => &[STATUS],
+            Self::PayoutFundsStale => &[],
         }
     }
 
@@ -190,6 +198,7 @@ impl Family {
             Self::StepsFinished => STEPS_FINISHED,
             Self::StripeCalls => STRIPE_CALLS,
             Self::StepsSwept => STEPS_SWEPT,
+            Self::PayoutFundsStale => PAYOUT_FUNDS_STALE,
         }
     }
 
@@ -394,6 +403,14 @@ impl Metrics {
         // A sweep never nears 2^53 steps, so the conversion is exact.
         #[allow(clippy::cast_precision_loss)]
         self.add(Family::StepsSwept, &[status], &[count as f64]);
+    }
+
+    /// `count` currencies of manual-payout accounts found with funds unpaid past the configured
+    /// share of Stripe's manual-payout limit.
+    pub fn payout_funds_stale(&self, count: usize) {
+        // Never near 2^53, so the conversion is exact.
+        #[allow(clippy::cast_precision_loss)]
+        self.add(Family::PayoutFundsStale, &[], &[count as f64]);
     }
 
     /// A Stripe call that took `elapsed` and was refused because the platform has no access to the

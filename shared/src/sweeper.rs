@@ -12,7 +12,9 @@
 //! A sweep is three queries of the open-steps index, one read per distinct destination of the
 //! waiting steps it found, and one `SendMessageBatch` per ten steps re-sent: a few seconds for a
 //! full batch of 500 steps per status, each call bounded by the workers' SDK settings
-//! ([`crate::aws::WORKER`]). A sweep still running [`DEADLINE_MARGIN`] before the invocation's
+//! ([`crate::aws::WORKER`]). Then the payout sweep ([`sweep_payouts`]): one query of the
+//! `payouts_due` index, and per due account (at most the same batch) one query of its payouts and
+//! at most one write. A sweep still running [`DEADLINE_MARGIN`] before the invocation's
 //! deadline is abandoned with an error rather than timed out; the next run starts again from the
 //! oldest steps, and every re-send is safe (the queue deduplicates by step id).
 
@@ -22,13 +24,14 @@ use lambda_runtime::LambdaEvent;
 use serde::de::IgnoredAny;
 
 use crate::config::{ConfigError, StoreLocation};
+use crate::domain::payout::PayoutSettings;
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::sqs::{self, SqsQueue};
 use crate::stripe::signature::{Clock, SystemClock};
-use crate::sweep::{SweepReport, SweepSettings, sweep};
+use crate::sweep::{SweepReport, SweepSettings, sweep, sweep_payouts};
 
 /// The sweeper's `Timeout` in infra/template.yaml.
 pub const SWEEPER_LAMBDA_TIMEOUT: Duration = Duration::from_secs(120);
@@ -95,11 +98,24 @@ impl SweepTarget {
         })
     }
 
-    async fn sweep(&self, now: i64, settings: &SweepSettings) -> Result<SweepReport, StoreError> {
-        match self {
-            Self::DynamoDb { store, queue } => sweep(store, queue, now, settings).await,
-            Self::Sqlite(store) => sweep(store, store, now, settings).await,
-        }
+    async fn sweep(
+        &self,
+        now: i64,
+        settings: &SweepSettings,
+        payouts: &PayoutSettings,
+    ) -> Result<SweepReport, StoreError> {
+        let (mut report, planned) = match self {
+            Self::DynamoDb { store, queue } => (
+                sweep(store, queue, now, settings).await?,
+                sweep_payouts(store, queue, now, payouts, settings.batch).await?,
+            ),
+            Self::Sqlite(store) => (
+                sweep(store, store, now, settings).await?,
+                sweep_payouts(store, store, now, payouts, settings.batch).await?,
+            ),
+        };
+        report.payouts = planned;
+        Ok(report)
     }
 }
 
@@ -107,13 +123,25 @@ impl SweepTarget {
 pub struct Sweeper {
     target: SweepTarget,
     settings: SweepSettings,
+    payouts: PayoutSettings,
     metrics: Metrics,
 }
 
 impl Sweeper {
-    /// A sweeper with [`SweepSettings::default`] and no metrics.
+    /// A sweeper with [`SweepSettings::default`], the default payout policy and no metrics.
     pub fn new(target: SweepTarget) -> Self {
-        Self { target, settings: SweepSettings::default(), metrics: Metrics::disabled() }
+        Self {
+            target,
+            settings: SweepSettings::default(),
+            payouts: PayoutSettings::default(),
+            metrics: Metrics::disabled(),
+        }
+    }
+
+    /// Plans payouts by `settings` (the deployment's default payout policy).
+    pub fn with_payout_settings(mut self, settings: PayoutSettings) -> Self {
+        self.payouts = settings;
+        self
     }
 
     /// Sweeps with `settings` instead.
@@ -138,7 +166,7 @@ impl Sweeper {
     pub async fn run(&self, now: i64, deadline: Option<Instant>) -> Result<SweepReport, SweepError> {
         // Boxed: the DynamoDB sweep's future nests deep enough, inside the runtime's, to pass the
         // compiler's default query depth when laid out inline.
-        let swept = Box::pin(self.target.sweep(now, &self.settings));
+        let swept = Box::pin(self.target.sweep(now, &self.settings, &self.payouts));
         let report = match deadline {
             None => swept.await?,
             Some(deadline) => {
@@ -154,11 +182,15 @@ impl Sweeper {
             in_flight = report.in_flight,
             waiting = report.waiting,
             total = report.total(),
+            payout_accounts_due = report.payouts.accounts_due,
+            payouts_planned = report.payouts.payouts_planned,
+            stale_funds = report.payouts.stale_funds,
             "sweep finished"
         );
         self.metrics.steps_swept("queued", report.queued);
         self.metrics.steps_swept("in_flight", report.in_flight);
         self.metrics.steps_swept("waiting", report.waiting);
+        self.metrics.payout_funds_stale(report.payouts.stale_funds);
         self.metrics.flush();
         Ok(report)
     }
@@ -183,8 +215,12 @@ pub async fn run_sweeper_function() -> Result<(), lambda_runtime::Error> {
     crate::telemetry::init_lambda_logs();
     // Bounded retries and timeouts, as the workers': no call can hold a sweep for long.
     let aws = crate::aws::WORKER.load().await;
-    let sweeper =
-        std::sync::Arc::new(Sweeper::new(SweepTarget::from_env(&aws)?).with_metrics(Metrics::from_env()));
+    let payouts = PayoutSettings::from_env()?;
+    let sweeper = std::sync::Arc::new(
+        Sweeper::new(SweepTarget::from_env(&aws)?)
+            .with_payout_settings(payouts)
+            .with_metrics(Metrics::from_env()),
+    );
     lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<IgnoredAny>| {
         let sweeper = std::sync::Arc::clone(&sweeper);
         async move { sweeper.handle(event.context.deadline()).await.map_err(lambda_runtime::Error::from) }
@@ -260,8 +296,12 @@ mod tests {
             .with_metrics(Metrics::to_sink(settings, Arc::new(sink.clone())));
 
         let report = sweeper.run(NOW, Some(Instant::now() + Duration::from_secs(60))).await.unwrap();
-        assert_eq!(report, SweepReport { queued: 1, in_flight: 1, waiting: 0 });
-        assert_eq!(serde_json::to_value(report).unwrap(), json!({"queued": 1, "in_flight": 1, "waiting": 0}));
+        assert_eq!(report, SweepReport { queued: 1, in_flight: 1, waiting: 0, ..SweepReport::default() });
+        assert_eq!(
+            serde_json::to_value(report).unwrap(),
+            json!({"queued": 1, "in_flight": 1, "waiting": 0,
+                   "payouts": {"accounts_due": 0, "payouts_planned": 0, "stale_funds": 0}})
+        );
 
         let sent = |queue| -> Vec<String> {
             let messages = sqlite(&sweeper).receive(queue, NOW, 30, 10).unwrap();
@@ -272,8 +312,12 @@ mod tests {
 
         let documents: Vec<Value> =
             sink.take().iter().map(|line| serde_json::from_str(line).unwrap()).collect();
+        let stale: Vec<i64> =
+            documents.iter().filter_map(|document| document["PayoutFundsStale"].as_i64()).collect();
+        assert_eq!(stale, [0], "one point per run, zero included");
         let mut swept: Vec<(String, i64)> = documents
             .iter()
+            .filter(|document| document.get("StepsSwept").is_some())
             .map(|document| {
                 assert_eq!(document["FunctionName"], "sweeper-fn");
                 (document["Status"].as_str().unwrap().to_owned(), document["StepsSwept"].as_i64().unwrap())

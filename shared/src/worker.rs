@@ -10,10 +10,11 @@ use tracing::Instrument;
 use crate::domain::account::AccountId;
 use crate::domain::change::step_changes;
 use crate::domain::funds::{PAYMENT_METADATA, STEP_METADATA};
+use crate::domain::payout::PayoutMethod;
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus, UnresolvedCall};
 use crate::metrics::Metrics;
 use crate::store::{AccountStore, CommitOutcome, StoreError};
-use crate::stripe::client::{CreateTransfer, StripeClient, StripeError, StripeObject};
+use crate::stripe::client::{CreateTransfer, PayoutParams, StripeClient, StripeError, StripeObject};
 use crate::stripe::signature::{Clock, SystemClock};
 
 /// How many times a step is re-read when another writer moved it in between.
@@ -297,6 +298,9 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
             tracing::error!(%step_id, status = error.status(), "Stripe refused the API key");
             return Ok(Some(Disposition::RetryLater("Stripe refused the API key".into())));
         }
+        if is_policy_instant_payout(step) && !matches!(error, StripeError::IdempotencyMismatch { .. }) {
+            return self.instead_as_standard(step, error.code().unwrap_or("refused_by_stripe")).await;
+        }
         if let Some(code) = error.code().filter(|code| REFUSED_FOR_NOW.contains(code)) {
             return self.refused_for_now(step, code).await;
         }
@@ -308,6 +312,23 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
             tracing::info!(%step_id, code, "step failed");
             Disposition::Done(StepStatus::Failed)
         }))
+    }
+
+    /// A payout the policy sent as instant that Stripe definitely refused (the external account
+    /// cannot take one, the instant balance is short, a limit): queued again as a standard payout,
+    /// under its next attempt's key since Stripe keeps the refusal under the old one. Always
+    /// `None`, so that the run goes on with the standard payout (or with whatever moved it).
+    async fn instead_as_standard(&self, step: &Step, code: &str) -> Result<Option<Disposition>, WorkerError> {
+        let mut next = step.clone();
+        next.attempt += 1;
+        next.sent_at = None;
+        next.unresolved = None;
+        let options = next.payout.get_or_insert_with(Default::default);
+        options.method = Some(PayoutMethod::Standard.as_str().to_owned());
+        options.instant_refused = Some(code.to_owned());
+        tracing::info!(step_id = %step.step_id, code, "instant payout refused; sending it as a standard payout");
+        self.write(&next, StepStatus::Queued, Some(fell_back(code))).await?;
+        Ok(None)
     }
 
     /// Parks a step that Stripe definitely refused for now, under its next attempt's key.
@@ -463,20 +484,29 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
                 Err(StripeError::Config("a reversal needs its transfer's id".into()))
             }
             (StepKind::Payout, _) => {
-                let method = step.requested.as_ref().and_then(|request| request.method.as_deref());
+                let options = step.payout.as_ref();
+                let params = PayoutParams {
+                    method: options
+                        .and_then(|options| options.method.as_deref())
+                        .or_else(|| step.requested.as_ref().and_then(|request| request.method.as_deref())),
+                    source_type: options.and_then(|options| options.source_type.as_deref()),
+                };
                 self.stripe
-                    .create_payout_by(&step.destination, step.amount, &step.currency, method, &metadata, &key)
+                    .create_payout_by(&step.destination, step.amount, &step.currency, params, &metadata, &key)
                     .await
             }
         }
     }
 
-    /// Records that Stripe made the step's object.
+    /// Records that Stripe made the step's object; a payout sent as standard after its instant
+    /// refusal keeps saying so.
     async fn succeed(&self, step: &Step, stripe_id: &str) -> Result<Option<Step>, WorkerError> {
         let mut next = step.clone();
         next.stripe_id = Some(stripe_id.to_owned());
         next.unresolved = None;
-        self.write(&next, StepStatus::Succeeded, None).await
+        let reason =
+            step.payout.as_ref().and_then(|options| options.instant_refused.as_deref()).map(fell_back);
+        self.write(&next, StepStatus::Succeeded, reason).await
     }
 
     /// Writes `step` (with whatever the caller changed) in `status`, one version up; `None` when
@@ -498,6 +528,20 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
             _ => Some(next),
         })
     }
+}
+
+/// Whether `step` is a payout its account's payout policy sent as instant (not one the platform
+/// asked for with `POST /payouts`, whose method is the platform's call).
+fn is_policy_instant_payout(step: &Step) -> bool {
+    step.kind == StepKind::Payout
+        && step.requested.is_none()
+        && step.payout.as_ref().and_then(|options| options.method.as_deref())
+            == Some(PayoutMethod::Instant.as_str())
+}
+
+/// The reason a payout that fell back to standard carries.
+fn fell_back(code: &str) -> String {
+    format!("Stripe refused it as an instant payout ({code}); sent as a standard payout")
 }
 
 /// How long a received message stays hidden before the embedded queue offers it again.

@@ -227,6 +227,8 @@ pub async fn run_workers(
     let mut tick = tokio::time::interval(WORKER_POLL);
     let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
     let settings = shared::sweep::SweepSettings::default();
+    // Checked at start, with the webhook settings.
+    let payouts = shared::domain::payout::PayoutSettings::from_env().unwrap_or_default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -237,6 +239,10 @@ pub async fn run_workers(
                 let now = shared::stripe::signature::Clock::now_unix(&shared::stripe::signature::SystemClock);
                 if let Err(store_error) = shared::sweep::sweep(worker.store(), worker.store(), now, &settings).await {
                     tracing::error!(error = %store_error, "the sweep could not run");
+                }
+                let store = worker.store();
+                if let Err(store_error) = shared::sweep::sweep_payouts(store, store, now, &payouts, settings.batch).await {
+                    tracing::error!(error = %store_error, "the payout sweep could not run");
                 }
             }
         }

@@ -17,6 +17,9 @@ pub const DEAUTHORIZED: &str = "account.deauthorized";
 pub const STEP_STATUS_CHANGED: &str = "step.status_changed";
 /// `payout.failed`: `data` is `{step_id, failure_code}`.
 pub const PAYOUT_FAILED: &str = "payout.failed";
+/// `account.payout_policy_changed`: `data` is `{from, to}`, each the account's own policy or
+/// `null` for the deployment's default.
+pub const PAYOUT_POLICY_CHANGED: &str = "account.payout_policy_changed";
 
 /// One change, as `GET /changes` lists it and the notifier publishes it. It carries ids and
 /// statuses only: never personal data or secrets.
@@ -88,6 +91,16 @@ pub fn account_changes(before: Option<&AccountState>, after: &AccountState, at: 
             account,
             at,
             json!({ "step_id": failure.step_id, "payout_id": failure.payout_id, "failure_code": failure.failure_code }),
+        ));
+    }
+    let policy_before = before.and_then(|state| state.payout_policy.as_ref());
+    if policy_before != after.payout_policy.as_ref() {
+        changes.push(Change::new(
+            format!("chg_{account}_v{version}_payout_policy"),
+            PAYOUT_POLICY_CHANGED,
+            account,
+            at,
+            json!({ "from": policy_before, "to": after.payout_policy }),
         ));
     }
     if after.deauthorized && !before.is_some_and(|state| state.deauthorized) {

@@ -5,5 +5,6 @@ pub mod change;
 pub mod fetch;
 pub mod funds;
 pub mod ledger;
+pub mod payout;
 pub mod reference;
 pub mod step;

@@ -86,7 +86,8 @@ pub async fn run_platform_api_function() -> Result<(), lambda_http::Error> {
     let lookup = |name: &str| if name == LINK_SECRET { link.lookup(name) } else { key.lookup(name) };
     let stripe = stripe_client(&lookup)?;
     let accounts_api = PlatformSettings::accounts_api_from_lookup(lookup)?;
-    // `PlatformApi::new` reads the tax thresholds itself; a bad one stops the start here.
+    // `PlatformApi::new` reads the payout defaults itself; a bad one stops the start here.
+    crate::domain::payout::PayoutSettings::from_lookup(lookup)?;
     crate::domain::ledger::TaxThresholds::from_lookup(lookup)?;
     let settings = PlatformSettings::from_lookup(lookup);
     match StoreLocation::from_env()? {

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::config::ConfigError;
 use crate::domain::account::{AccountId, AccountState, AccountsApi, OnboardingStatus};
+use crate::domain::payout::PayoutSettings;
 use crate::domain::step::{Step, StepRef, StepStatus};
 use crate::store::{AccountQuery, AccountStore, MAX_PAGE, StepQueue};
 use crate::stripe::client::StripeClient;
@@ -20,6 +21,7 @@ pub mod lambda;
 pub mod ledger;
 mod links;
 mod money;
+pub mod payout_policy;
 mod request;
 pub mod token;
 
@@ -136,6 +138,7 @@ pub struct PlatformApi<S, C = SystemClock> {
     queue: Option<Arc<dyn StepQueue>>,
     settings: PlatformSettings,
     accounts_api: AccountsApi,
+    payout_settings: PayoutSettings,
     tax_thresholds: crate::domain::ledger::TaxThresholds,
     clock: C,
 }
@@ -143,9 +146,13 @@ pub struct PlatformApi<S, C = SystemClock> {
 impl<S: AccountStore> PlatformApi<S> {
     /// The API on the system clock.
     pub fn new(store: S, stripe: Option<StripeClient>, settings: PlatformSettings) -> Self {
-        // Checked at start ([`TaxThresholds::from_lookup`] refuses a bad one).
+        // Checked at start ([`PayoutSettings::from_lookup`] refuses a bad one).
+        let payouts = PayoutSettings::from_env().unwrap_or_default();
+        // Checked at start, as the payout defaults are ([`TaxThresholds::from_lookup`]).
         let tax = crate::domain::ledger::TaxThresholds::from_env().unwrap_or_default();
-        Self::with_clock(store, stripe, settings, SystemClock).with_tax_thresholds(tax)
+        Self::with_clock(store, stripe, settings, SystemClock)
+            .with_payout_settings(payouts)
+            .with_tax_thresholds(tax)
     }
 }
 
@@ -158,9 +165,17 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             queue: None,
             settings,
             accounts_api: AccountsApi::V1,
+            payout_settings: PayoutSettings::default(),
             tax_thresholds: Default::default(),
             clock,
         }
+    }
+
+    /// Shows `settings` (the deployment's default payout policy) on accounts without their own,
+    /// instead of the built-in default.
+    pub fn with_payout_settings(mut self, settings: PayoutSettings) -> Self {
+        self.payout_settings = settings;
+        self
     }
 
     /// Creates accounts on `api` (read with [`PlatformSettings::accounts_api_from_lookup`]);
@@ -198,6 +213,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
         let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
         let post = request.method == "POST";
         let get = request.method == "GET";
+        let put = request.method == "PUT";
         let wrong_method = || Err(ApiError::MethodNotAllowed(request.method.to_owned()));
         match segments.as_slice() {
             ["accounts"] if post => self.create_account(request.body).await,
@@ -207,6 +223,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             ["accounts", id, "onboarding_link"] if post => self.onboarding_link(id, request).await,
             ["accounts", id, "session"] if post => self.account_session(id, request.body).await,
             ["accounts", id, "login_link"] if post => self.login_link(id).await,
+            ["accounts", id, "payout_policy"] if put => self.put_payout_policy(id, request.body).await,
             ["accounts", id, "ledger"] if get => self.get_ledger(id, request.query).await,
             ["accounts", id, "tax"] if get => self.get_tax(id, request.query).await,
             ["reports", "fees"] if get => self.fee_report(request.query).await,
@@ -224,6 +241,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             ["accounts", _, "onboarding_link" | "session" | "login_link"] | ["transfers"] | ["payouts"] => {
                 wrong_method()
             }
+            ["accounts", _, "payout_policy"] => wrong_method(),
             ["accounts", _, "ledger" | "tax"] | ["reports", "fees"] => wrong_method(),
             _ => Err(ApiError::NotFound("no such route".to_owned())),
         }
@@ -239,7 +257,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
     }
 
     async fn get_account(&self, id: &str) -> Result<ApiReply, ApiError> {
-        Ok(ApiReply::of(200, &self.known_account(id).await?))
+        Ok(ApiReply::of(200, &self.shown_account(self.known_account(id).await?)))
     }
 
     async fn get_steps(&self, id: &str) -> Result<ApiReply, ApiError> {
@@ -272,7 +290,9 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             .store
             .list_accounts(&AccountQuery { status, limit, starting_after: starting_after.as_ref() })
             .await?;
-        Ok(ApiReply::of(200, &json!({ "data": page.accounts, "has_more": page.has_more })))
+        let accounts: Vec<AccountState> =
+            page.accounts.into_iter().map(|account| self.shown_account(account)).collect();
+        Ok(ApiReply::of(200, &json!({ "data": accounts, "has_more": page.has_more })))
     }
 
     async fn list_changes(&self, query: &str) -> Result<ApiReply, ApiError> {

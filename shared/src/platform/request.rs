@@ -22,6 +22,11 @@ const CURRENCIES: &[&str] = &[
     "xpf", "yer", "zar", "zmw",
 ];
 
+/// Whether `code` is a lowercase currency code Stripe settles in.
+pub(super) fn is_supported_currency(code: &str) -> bool {
+    CURRENCIES.binary_search(&code).is_ok()
+}
+
 /// A query string's parameters, percent-decoded; the first of a repeated name wins.
 pub(super) struct Query(Vec<(String, String)>);
 

@@ -127,6 +127,15 @@ pub struct StripeObject {
     pub raw: Value,
 }
 
+/// The optional parameters of `POST /v1/payouts`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PayoutParams<'a> {
+    /// `method`: `standard` or `instant`; unset is Stripe's default, standard.
+    pub method: Option<&'a str>,
+    /// `source_type`: the balance paid out from (`card`, `bank_account`, `fpx`); unset is `card`.
+    pub source_type: Option<&'a str>,
+}
+
 /// The parameters of `POST /v1/transfers`. Amounts are minor units of `currency`.
 #[derive(Debug, Clone, Copy)]
 pub struct CreateTransfer<'a> {
@@ -468,23 +477,28 @@ impl StripeClient {
         metadata: &[(&str, &str)],
         idempotency_key: &str,
     ) -> Result<StripeObject, StripeError> {
-        self.create_payout_by(account, amount, currency, None, metadata, idempotency_key).await
+        self.create_payout_by(account, amount, currency, PayoutParams::default(), metadata, idempotency_key)
+            .await
     }
 
-    /// [`Self::create_payout`] with a `method` (`standard` or `instant`) when one is given.
+    /// [`Self::create_payout`] with a `method` (`standard` or `instant`) and a `source_type`
+    /// (`card`, `bank_account`, `fpx`: the balance it draws from) when they are given.
     pub async fn create_payout_by(
         &self,
         account: &AccountId,
         amount: i64,
         currency: &str,
-        method: Option<&str>,
+        options: PayoutParams<'_>,
         metadata: &[(&str, &str)],
         idempotency_key: &str,
     ) -> Result<StripeObject, StripeError> {
         let mut params =
             vec![("amount".to_owned(), amount.to_string()), ("currency".to_owned(), currency.to_owned())];
-        if let Some(method) = method {
+        if let Some(method) = options.method {
             params.push(("method".to_owned(), method.to_owned()));
+        }
+        if let Some(source_type) = options.source_type {
+            params.push(("source_type".to_owned(), source_type.to_owned()));
         }
         push_metadata(&mut params, metadata)?;
         let request = self.post("/v1/payouts", &params, Some(account), idempotency_key)?;
