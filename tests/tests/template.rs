@@ -432,8 +432,9 @@ fn the_sweeper_runs_on_a_schedule_through_a_role_that_may_only_invoke_it() {
 }
 
 /// The sweeper finds its store and queues under the variables the code reads, may call exactly
-/// what `shared::sweep` calls (Query on the open-steps index, GetItem on the table, SendMessage on
-/// the two queues), is not retried when a sweep fails, and has the timeout the code plans for.
+/// what `shared::sweep` calls (Query on the open-steps and payouts-due indexes, GetItem, Query and
+/// PutItem on the table for the payout sweep, SendMessage on the two queues), is not retried when
+/// a sweep fails, and has the timeout the code plans for.
 #[test]
 fn the_sweeper_may_only_read_open_steps_and_accounts_and_send_to_the_queues() {
     let template = template();
@@ -451,7 +452,10 @@ fn the_sweeper_may_only_read_open_steps_and_accounts_and_send_to_the_queues() {
         function_grants(sweeper, function),
         pairs(&[
             ("dynamodb:Query", "${Table.Arn}/index/open_steps"),
+            ("dynamodb:Query", "${Table.Arn}/index/payouts_due"),
             ("dynamodb:GetItem", "Table.Arn"),
+            ("dynamodb:Query", "Table.Arn"),
+            ("dynamodb:PutItem", "Table.Arn"),
             ("sqs:SendMessage", "TransfersQueue.Arn"),
             ("sqs:SendMessage", "PayoutsQueue.Arn"),
         ]),
@@ -579,6 +583,7 @@ fn published_dimension_sets() -> BTreeMap<String, BTreeSet<BTreeSet<String>>> {
     metrics.step_finished("transfer", "failed");
     metrics.stripe_call("create_transfer", Some(401), std::time::Duration::from_millis(5));
     metrics.steps_swept("queued", 1);
+    metrics.payout_funds_stale(1);
     metrics.flush();
     let mut published: BTreeMap<String, BTreeSet<BTreeSet<String>>> = BTreeMap::new();
     for line in sink.take() {
@@ -726,7 +731,7 @@ fn http_routes(template: &Yaml) -> Vec<Route<'_>> {
 const UNAUTHENTICATED_ROUTES: [&str; 2] = ["POST /webhooks/stripe", "GET /onboarding/refresh"];
 
 /// The platform API's routes (DESIGN.md, "Platform API").
-const PLATFORM_API_ROUTES: [&str; 15] = [
+const PLATFORM_API_ROUTES: [&str; 16] = [
     "POST /accounts",
     "GET /accounts",
     "GET /accounts/{id}",
@@ -734,6 +739,7 @@ const PLATFORM_API_ROUTES: [&str; 15] = [
     "POST /accounts/{id}/onboarding_link",
     "POST /accounts/{id}/session",
     "POST /accounts/{id}/login_link",
+    "PUT /accounts/{id}/payout_policy",
     "POST /transfers",
     "POST /payouts",
     "GET /changes",
@@ -1116,7 +1122,7 @@ fn the_table_has_the_accounts_by_status_index() {
         indexes.iter().map(|index| index["IndexName"].as_str().expect("a name")).collect();
     assert_eq!(
         names,
-        BTreeSet::from(["steps_by_destination", "open_steps", "accounts_by_status"]),
+        BTreeSet::from(["steps_by_destination", "open_steps", "accounts_by_status", "payouts_due"]),
         "the indexes"
     );
     let index = indexes
@@ -1129,6 +1135,59 @@ fn the_table_has_the_accounts_by_status_index() {
         "accounts_by_status's keys"
     );
     assert_eq!(index["Projection"]["ProjectionType"].as_str(), Some("ALL"), "the store reads whole accounts");
+}
+
+/// The payout sweep queries the sparse `payouts_due` index by the attributes the store writes on
+/// an account with payout funds due (`payout_sweep`, a string, and `payout_due_at`, Unix seconds),
+/// with whole accounts projected; and every function that plans payouts or shows the policy gets
+/// the default policy's variables.
+#[test]
+fn the_table_has_the_payouts_due_index_and_the_functions_the_default_payout_policy() {
+    let template = template();
+    let table = &template["Resources"]["Table"]["Properties"];
+    let (name, hash, range) =
+        (store_constant("PAYOUTS_DUE"), store_constant("PAYOUT_SWEEP"), store_constant("PAYOUT_DUE_AT"));
+    let defined: BTreeMap<&str, &str> = table["AttributeDefinitions"]
+        .as_vec()
+        .expect("attribute definitions")
+        .iter()
+        .map(|attribute| {
+            (attribute["AttributeName"].as_str().unwrap(), attribute["AttributeType"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(defined.get(hash.as_str()), Some(&"S"), "{hash} is a string");
+    assert_eq!(defined.get(range.as_str()), Some(&"N"), "{range} is a number: Unix seconds");
+    let index = table["GlobalSecondaryIndexes"]
+        .as_vec()
+        .expect("the table's indexes")
+        .iter()
+        .find(|index| index["IndexName"].as_str() == Some(name.as_str()))
+        .expect("the payouts_due index");
+    assert_eq!(
+        key_schema(&index["KeySchema"]),
+        [(hash, "HASH".to_owned()), (range, "RANGE".to_owned())],
+        "{name}'s keys"
+    );
+    assert_eq!(index["Projection"]["ProjectionType"].as_str(), Some("ALL"), "the sweep reads whole accounts");
+
+    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+    for (variable, parameter) in [
+        (shared::platform::payout_policy::PAYOUT_HOLD_DAYS, "PayoutHoldDays"),
+        (shared::platform::payout_policy::PAYOUT_MINIMUMS, "PayoutMinimums"),
+        (shared::platform::payout_policy::PAYOUT_SCHEDULE, "PayoutSchedule"),
+        (shared::platform::payout_policy::PAYOUT_METHOD, "PayoutMethod"),
+        (shared::platform::payout_policy::PAYOUT_RETRY_AFTER_DAYS, "PayoutRetryAfterDays"),
+        (shared::platform::payout_policy::PAYOUT_STALE_SHARE, "PayoutStaleShare"),
+    ] {
+        assert_eq!(globals[variable].as_str(), Some(parameter), "every function reads {variable}");
+        let default = &template["Parameters"][parameter]["Default"];
+        let default = default.as_str().map(str::to_owned).or_else(|| default.as_i64().map(|n| n.to_string()));
+        let lookup = |name: &str| (name == variable).then(|| default.clone()).flatten();
+        assert!(
+            shared::domain::payout::PayoutSettings::from_lookup(lookup).is_ok(),
+            "{parameter}'s default is a value the code accepts"
+        );
+    }
 }
 
 /// The stack tells its operators where the platform API is (and that it wants SigV4) and which
