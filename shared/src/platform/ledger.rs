@@ -184,3 +184,68 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
         Ok(ApiReply::of(200, &body))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use lambda_http::Body;
+
+    use super::*;
+    use crate::config::WebhookSettings;
+    use crate::platform::PlatformSettings;
+    use crate::store::sqlite::SqliteStore;
+    use crate::stripe::signature::{WebhookSecret, sign};
+    use crate::webhook::WebhookService;
+
+    const SECRET: &str = "whsec_connect_flow_local_only";
+    /// Just after the last of the sample month's events (#14–#18 of `events/stripe/README.md`).
+    const AFTER_THE_SAMPLES: i64 = 1_732_001_100;
+
+    struct Fixed;
+
+    impl Clock for Fixed {
+        fn now_unix(&self) -> i64 {
+            AFTER_THE_SAMPLES
+        }
+    }
+
+    fn sample(dir: &str, name: &str) -> String {
+        let path = format!("{}/../events/{dir}/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
+    }
+
+    /// The Lambda front end of `GET /accounts/{id}/ledger`: the signed envelope reaches the route,
+    /// which reads back the sample month as delivered through the webhook.
+    #[tokio::test]
+    async fn the_ledger_envelope_reads_the_sample_month() {
+        let store = SqliteStore::in_memory().expect("an in-memory store");
+        let lookup = |name: &str| (name == "STRIPE_WEBHOOK_SECRETS").then(|| SECRET.to_owned());
+        let settings = WebhookSettings::from_lookup(lookup).expect("settings");
+        let webhook = WebhookService::with_clock(store.clone(), &settings, Fixed);
+        for name in [
+            "charge.succeeded.destination",
+            "application_fee.created",
+            "refund.created",
+            "application_fee.refunded",
+            "charge.succeeded.terminal",
+        ] {
+            let body = sample("stripe", name);
+            let header = sign(&WebhookSecret::new(SECRET), AFTER_THE_SAMPLES, body.as_bytes());
+            let reply = webhook.handle(Some(&header), body.as_bytes()).await;
+            assert_eq!(reply.status, 200, "{name}: {}", reply.body);
+        }
+        let api = PlatformApi::with_clock(store, None, PlatformSettings::default(), Fixed);
+        let request = lambda_http::request::from_str(&sample("lambda", "apigw-v2.platform.get-ledger"))
+            .expect("an API Gateway request");
+        let response = crate::platform::lambda::handle(&api, request).await.expect("an answer");
+        assert_eq!(response.status().as_u16(), 200);
+        let Body::Text(body) = response.body() else { panic!("a text body") };
+        let ledger: Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!((ledger["from"].as_str(), ledger["to"].as_str()), (Some("2024-11"), Some("2024-11")));
+        let usd = &ledger["currencies"]["usd"];
+        assert_eq!(
+            (usd["payments"].as_i64(), usd["gross"].as_i64(), usd["net"].as_i64()),
+            (Some(2), Some(23_500), Some(16_900))
+        );
+        assert_eq!(usd["platform_absorbed_refunds"], 5_000);
+    }
+}
