@@ -236,8 +236,11 @@ fn bench_pipeline_end_to_end(c: &mut Criterion) {
     let sample = sample_body();
     let path = temp_db_path("pipeline");
     let store = SqliteStore::open(&path, NOW).expect("the temporary SQLite file opens");
-    let settings =
-        WebhookSettings { secrets: secrets(), tolerance_secs: TOLERANCE_SECS, expected_livemode: None };
+    let settings = WebhookSettings {
+        secrets: secrets(),
+        tolerance_secs: TOLERANCE_SECS,
+        ..WebhookSettings::unsigned(None)
+    };
     let service = WebhookService::with_clock(store, &settings, FixedClock(NOW));
     let mut n = 0;
     let mut fresh_delivery = || {

@@ -1,5 +1,6 @@
 //! Configuration from the environment, read and checked once per cold start.
 
+use crate::domain::funds::DisputePolicy;
 use crate::stripe::signature::{DEFAULT_TOLERANCE_SECS, WebhookSecret};
 
 /// Every endpoint's signing secret, comma-separated (old and new during a rotation).
@@ -13,6 +14,8 @@ pub const API_KEY_SECRET_ARN: &str = "STRIPE_API_KEY_SECRET_ARN";
 pub const WEBHOOK_TOLERANCE_SECS: &str = "STRIPE_WEBHOOK_TOLERANCE_SECS";
 /// `true` or `false` to accept only live or only test events; unset accepts both.
 pub const LIVEMODE: &str = "CONNECT_FLOW_LIVEMODE";
+/// What a dispute whose funds Stripe withdrew does: `reverse` (the default), `hold` or `none`.
+pub const DISPUTE_POLICY: &str = "CONNECT_FLOW_DISPUTE_POLICY";
 /// The DynamoDB table the Lambda functions use.
 pub const TABLE_NAME: &str = "CONNECT_FLOW_TABLE";
 /// A SQLite file the Lambda functions use instead of DynamoDB when run locally (`cargo lambda
@@ -44,6 +47,8 @@ pub struct WebhookSettings {
     pub tolerance_secs: u64,
     /// The only livemode accepted, or `None` for both.
     pub expected_livemode: Option<bool>,
+    /// What a dispute of a charge whose transfers Connect Flow made does.
+    pub dispute_policy: DisputePolicy,
 }
 
 impl WebhookSettings {
@@ -71,19 +76,45 @@ impl WebhookSettings {
                 reason: "expected a whole number of seconds",
             })?,
         };
-        Ok(Self { secrets, tolerance_secs, expected_livemode: expected_livemode(&lookup)? })
+        // The services read the payout defaults themselves (`PayoutSettings::from_env`); a bad
+        // one stops the start here, with the rest of the settings.
+        crate::domain::payout::PayoutSettings::from_lookup(&lookup)?;
+        Ok(Self {
+            secrets,
+            tolerance_secs,
+            expected_livemode: expected_livemode(&lookup)?,
+            dispute_policy: dispute_policy(&lookup)?,
+        })
     }
 
     /// The settings of a path that takes events already authenticated some other way (fetched
     /// from Stripe, or from the stack's own EventBridge rule): no secrets, the livemode read
     /// through `lookup`.
     pub fn without_signatures(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Ok(Self::unsigned(expected_livemode(&lookup)?))
+        crate::domain::payout::PayoutSettings::from_lookup(&lookup)?;
+        Ok(Self { dispute_policy: dispute_policy(&lookup)?, ..Self::unsigned(expected_livemode(&lookup)?) })
     }
 
-    /// The settings of such a path, accepting `expected_livemode` only.
+    /// The settings of such a path, accepting `expected_livemode` only, with the default dispute
+    /// policy.
     pub fn unsigned(expected_livemode: Option<bool>) -> Self {
-        Self { secrets: Vec::new(), tolerance_secs: DEFAULT_TOLERANCE_SECS, expected_livemode }
+        Self {
+            secrets: Vec::new(),
+            tolerance_secs: DEFAULT_TOLERANCE_SECS,
+            expected_livemode,
+            dispute_policy: DisputePolicy::default(),
+        }
+    }
+}
+
+/// [`DISPUTE_POLICY`]: `reverse`, `hold` or `none`; unset is `reverse`.
+fn dispute_policy(lookup: &impl Fn(&str) -> Option<String>) -> Result<DisputePolicy, ConfigError> {
+    match lookup(DISPUTE_POLICY).as_deref().map(str::trim) {
+        None | Some("") => Ok(DisputePolicy::default()),
+        Some(value) => DisputePolicy::parse(value).ok_or(ConfigError::Invalid {
+            name: DISPUTE_POLICY,
+            reason: "expected reverse, hold or none (unset means reverse)",
+        }),
     }
 }
 

@@ -174,6 +174,8 @@ pub struct IntakeSettings {
     pub dead_letter_url: String,
     /// The only livemode accepted, or `None` for both (as [`WebhookSettings::expected_livemode`]).
     pub expected_livemode: Option<bool>,
+    /// The dispute policy (as [`WebhookSettings::dispute_policy`]).
+    pub dispute_policy: crate::domain::funds::DisputePolicy,
 }
 
 impl IntakeSettings {
@@ -198,15 +200,23 @@ impl IntakeSettings {
         }
         let dead_letter_url = set(INTAKE_DLQ_URL).ok_or(ConfigError::Missing(INTAKE_DLQ_URL))?;
         // The same values as the webhook's, read the same way: one deployment, one livemode.
-        let expected_livemode = WebhookSettings::without_signatures(&lookup)?.expected_livemode;
-        Ok(Self { source, dead_letter_url, expected_livemode })
+        let webhook = WebhookSettings::without_signatures(&lookup)?;
+        Ok(Self {
+            source,
+            dead_letter_url,
+            expected_livemode: webhook.expected_livemode,
+            dispute_policy: webhook.dispute_policy,
+        })
     }
 
     /// The pipeline's settings: no signing secrets, since nothing on this path is signed and
     /// [`WebhookService::process_unsigned`] never consults the verifier (which, with no secrets,
     /// refuses every signature, so a signed path mistakenly given these settings accepts nothing).
     pub fn webhook_settings(&self) -> WebhookSettings {
-        WebhookSettings::unsigned(self.expected_livemode)
+        WebhookSettings {
+            dispute_policy: self.dispute_policy,
+            ..WebhookSettings::unsigned(self.expected_livemode)
+        }
     }
 }
 
@@ -682,7 +692,8 @@ mod tests {
             IntakeSettings {
                 source: SOURCE.to_owned(),
                 dead_letter_url: DLQ.to_owned(),
-                expected_livemode: Some(false)
+                expected_livemode: Some(false),
+                dispute_policy: Default::default(),
             }
         );
         let webhook = read.webhook_settings();
@@ -716,6 +727,7 @@ mod tests {
             source: SOURCE.to_owned(),
             dead_letter_url: String::new(),
             expected_livemode: None,
+            dispute_policy: Default::default(),
         };
         let webhook = WebhookService::with_clock(store, &settings.webhook_settings(), FixedClock(NOW));
         (EventBridgeIntake::new(webhook, Arc::clone(&kept), SOURCE), kept)

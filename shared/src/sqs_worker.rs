@@ -282,6 +282,10 @@ mod tests {
             sent_at: None,
             unresolved: None,
             requested: None,
+            cause: None,
+            gives_back: None,
+            by_stripe: false,
+            payout: None,
         }
     }
 

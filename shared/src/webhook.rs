@@ -11,7 +11,8 @@ use crate::config::WebhookSettings;
 use crate::domain::account::{AccountDecision, AccountEvent, AccountId, AccountState, NoAccount, decide};
 use crate::domain::change::account_changes;
 use crate::domain::fetch::{FetchPlan, plan_fetch};
-use crate::domain::funds::read_fund_event;
+use crate::domain::funds::{DisputePolicy, read_fund_event};
+use crate::domain::payout::PayoutSettings;
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::metrics::Metrics;
 use crate::store::{
@@ -137,6 +138,8 @@ pub struct WebhookService<S, C = SystemClock> {
     queue: Option<Arc<dyn StepQueue>>,
     verifier: SignatureVerifier,
     expected_livemode: Option<bool>,
+    dispute_policy: DisputePolicy,
+    payout_settings: PayoutSettings,
     clock: C,
     metrics: Metrics,
 }
@@ -145,7 +148,11 @@ impl<S: AccountStore> WebhookService<S> {
     /// A pipeline on the system clock, with metrics as the environment asks ([`Metrics::from_env`]:
     /// on in Lambda, off elsewhere unless `CONNECT_FLOW_METRICS=emf`).
     pub fn new(store: S, settings: &WebhookSettings) -> Self {
-        Self::with_clock(store, settings, SystemClock).with_metrics(Metrics::from_env())
+        // Checked when the settings were read ([`WebhookSettings::from_lookup`] refuses a bad one).
+        let payouts = PayoutSettings::from_env().unwrap_or_default();
+        Self::with_clock(store, settings, SystemClock)
+            .with_metrics(Metrics::from_env())
+            .with_payout_settings(payouts)
     }
 }
 
@@ -157,6 +164,8 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             queue: None,
             verifier: SignatureVerifier::new(&settings.secrets, settings.tolerance_secs),
             expected_livemode: settings.expected_livemode,
+            dispute_policy: settings.dispute_policy,
+            payout_settings: PayoutSettings::default(),
             clock,
             metrics: Metrics::disabled(),
         }
@@ -165,6 +174,13 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
     /// Records each delivery's metrics in `metrics`, written when the delivery is answered.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Plans payouts by `settings` (the deployment's default payout policy) instead of the
+    /// built-in default.
+    pub fn with_payout_settings(mut self, settings: PayoutSettings) -> Self {
+        self.payout_settings = settings;
         self
     }
 

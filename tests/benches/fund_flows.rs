@@ -7,6 +7,10 @@
 //!   `payment_intent.succeeded` sample with three splits.
 //! - `plan_refund`: `read_fund_event` and `plan_reversals` for a partial refund of a charge with
 //!   three transfer steps and three earlier reversals.
+//! - `plan_dispute`: `read_fund_event` and `plan_dispute` for `charge.dispute.funds_withdrawn` of
+//!   the whole charge, against the same three transfers and reversals as `plan_refund`.
+//! - `plan_refund_failure`: `read_fund_event` and `plan_refund_failure` for a failed refund of 2,500
+//!   whose reversals were made.
 //! - `pipeline_payment_sqlite_in_memory`: `WebhookService::handle` of a fresh payment on an
 //!   in-memory SQLite store with the embedded queue.
 //! - `worker_step_against_stub`: `StepWorker::run` of one queued transfer step, its HTTP round trip
@@ -21,7 +25,8 @@ use integration_tests::stripe_stub::StripeStub;
 use integration_tests::{NOW, account_updated, pipeline, signed, sqlite_store, store_planned_steps};
 use serde_json::{Value, json};
 use shared::domain::funds::{
-    FundEvent, Payment, TransferPlan, plan_reversals, plan_transfers, read_fund_event,
+    DisputePolicy, FundContext, FundEvent, Payment, PaymentRecord, TransferPlan, plan_dispute, plan_payment,
+    plan_refund_failure, plan_reversals, plan_transfers, read_fund_event,
 };
 use shared::domain::step::{Step, StepStatus};
 use shared::store::{AccountStore, CommitOutcome};
@@ -268,6 +273,91 @@ fn bench_plan_refund(c: &mut Criterion) {
     c.bench_function("plan_refund", |b| b.iter(|| planned(black_box(&event))));
 }
 
+/// The three sent transfers of the sample payment, the reversals of an earlier refund of 2,500, and
+/// the payment's guard, with the refund recorded.
+fn refunded_payment() -> (PaymentRecord, Vec<Step>, Event) {
+    let payment = payment_of(&snapshot(payment_body().as_bytes()));
+    let context = fund_context();
+    let mut record = plan_payment(&payment, None, &context).payment.expect("the payment plans");
+    let mut transfers = planned_transfers(&payment);
+    for (n, transfer) in transfers.iter_mut().enumerate() {
+        transfer.status = StepStatus::Succeeded;
+        transfer.stripe_id = Some(format!("tr_1QcFlowBench{n:010}"));
+        transfer.version = 2;
+    }
+    let event = snapshot(REFUND_EVENT.as_bytes());
+    let Some(FundEvent::Refund(refund)) = read_fund_event(&event) else { panic!("a refund") };
+    let earlier = shared::domain::funds::Refund { amount_refunded: 2_500, ..refund };
+    let (mut reversals, _) = plan_reversals(&earlier, &transfers, NOW).expect("the first refund plans");
+    for reversal in &mut reversals {
+        reversal.status = StepStatus::Succeeded;
+    }
+    record.refund = Some(earlier);
+    (record, transfers.into_iter().chain(reversals).collect(), event)
+}
+
+fn fund_context() -> FundContext<'static> {
+    FundContext {
+        event_id: "evt_bench",
+        event_type: "bench",
+        livemode: Some(false),
+        now: NOW,
+        policy: DisputePolicy::Reverse,
+    }
+}
+
+/// An event about the refund event's charge, of `event_type`, with `object`'s fields added.
+fn about_the_charge(refund_event: &Event, event_type: &str, mut object: Value) -> Event {
+    let Some(FundEvent::Refund(refund)) = read_fund_event(refund_event) else { panic!("a refund") };
+    object["charge"] = json!(refund.charge_id);
+    object["payment_intent"] = json!(refund.payment_key);
+    let body = json!({"id": "evt_1QcFlowBenchDispute", "object": "event", "type": event_type,
+        "created": refund_event.created + 100, "livemode": false, "data": {"object": object}});
+    snapshot(body.to_string().as_bytes())
+}
+
+/// `plan_dispute`: the whole charge disputed, its funds withdrawn, after a refund of 25% (pure).
+fn bench_plan_dispute(c: &mut Criterion) {
+    let (record, steps, refund_event) = refunded_payment();
+    let event = about_the_charge(
+        &refund_event,
+        "charge.dispute.funds_withdrawn",
+        json!({"id": "dp_1QcFlowBench", "object": "dispute", "amount": 7_500, "currency": "usd",
+            "status": "needs_response", "reason": "fraudulent"}),
+    );
+    let context = fund_context();
+    let planned = |event: &Event| {
+        let Some(FundEvent::Dispute(dispute)) = read_fund_event(event) else { panic!("a dispute") };
+        plan_dispute(&dispute, Some(&record), &steps, &[], &context)
+    };
+    let plan = planned(&event);
+    assert_eq!(plan.new_steps.len(), 3, "each transfer's share of the dispute is reversed");
+    c.bench_function("plan_dispute", |b| b.iter(|| planned(black_box(&event))));
+}
+
+/// `plan_refund_failure`: the earlier refund of 2,500 failed; its reversals are transferred back (pure).
+fn bench_plan_refund_failure(c: &mut Criterion) {
+    let (record, steps, refund_event) = refunded_payment();
+    // Made before the refund snapshot that counted it, failed after it.
+    let refund_created = refund_event.created - 10;
+    let event = about_the_charge(
+        &refund_event,
+        "refund.updated",
+        json!({"id": "re_1QcFlowBench", "object": "refund", "amount": 2_500, "currency": "usd",
+            "status": "failed", "created": refund_created}),
+    );
+    let context = fund_context();
+    let planned = |event: &Event| {
+        let Some(FundEvent::RefundFailed(failure)) = read_fund_event(event) else {
+            panic!("a failed refund")
+        };
+        plan_refund_failure(&failure, Some(&record), &steps, &context)
+    };
+    let plan = planned(&event);
+    assert_eq!(plan.new_steps.len(), 3, "each reversal is transferred back");
+    c.bench_function("plan_refund_failure", |b| b.iter(|| planned(black_box(&event))));
+}
+
 /// `pipeline_payment_sqlite_in_memory`: a fresh payment with three splits through
 /// `WebhookService::handle` on an in-memory store with the embedded queue. Each iteration is a new
 /// event of a new payment, signed in the batch setup; the reply is asserted `applied`.
@@ -356,6 +446,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = fund_flows;
     config = config();
-    targets = bench_plan_payment, bench_plan_refund, bench_pipeline_payment, bench_worker_step
+    targets = bench_plan_payment, bench_plan_refund, bench_plan_dispute, bench_plan_refund_failure,
+        bench_pipeline_payment, bench_worker_step
 }
 criterion_main!(fund_flows);

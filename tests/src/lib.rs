@@ -36,6 +36,7 @@ pub fn settings() -> WebhookSettings {
         secrets: vec![WebhookSecret::new(SECRET)],
         tolerance_secs: 300,
         expected_livemode: None,
+        dispute_policy: Default::default(),
     }
 }
 
@@ -364,6 +365,21 @@ macro_rules! pass_platform_methods_through {
             month: shared::domain::ledger::Month,
         ) -> Result<Vec<shared::domain::ledger::LedgerRow>, StoreError> {
             self.inner.load_fee_month(month).await
+        }
+
+        async fn commit_account(
+            &self,
+            write: &shared::store::AccountWrite<'_>,
+        ) -> Result<CommitOutcome, StoreError> {
+            self.inner.commit_account(write).await
+        }
+
+        async fn list_payouts_due(
+            &self,
+            due_by: i64,
+            limit: usize,
+        ) -> Result<Vec<shared::domain::account::AccountState>, StoreError> {
+            self.inner.list_payouts_due(due_by, limit).await
         }
     };
 }

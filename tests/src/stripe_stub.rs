@@ -145,6 +145,11 @@ pub enum Fault {
     /// Answers 400 `balance_insufficient` without creating anything, and caches that answer under
     /// the key as Stripe does (on API v2, a retry under the key runs the request again).
     BalanceInsufficient,
+    /// Refuses the next `POST /v1/payouts` with `method=instant` as Stripe refuses an Instant
+    /// Payout the external account cannot take: 400 `instant_payouts_unsupported` (param
+    /// `method`), cached under the key, nothing created. A standard payout neither triggers nor
+    /// consumes it.
+    InstantPayoutsUnsupported,
 }
 
 /// A transfer the stub created.
@@ -206,6 +211,10 @@ pub struct StubPayout {
     pub created: i64,
     /// Always `pending`: the stub never settles a payout.
     pub status: String,
+    /// `method` as sent (`standard` or `instant`), if it was.
+    pub method: Option<String>,
+    /// `source_type` as sent (`card`, `bank_account`, `fpx`), if it was.
+    pub source_type: Option<String>,
 }
 
 /// A connected account the stub created through `POST /v1/accounts`.
@@ -624,6 +633,34 @@ impl StripeStub {
     /// Every transfer created, in order.
     pub fn transfers(&self) -> Vec<StubTransfer> {
         self.shared.ledger().transfers.clone()
+    }
+
+    /// Records a transfer Stripe made itself, as for a destination charge (`transfer_data`): the
+    /// platform's balance pays it and the seller's grows, as if `POST /v1/transfers` had.
+    pub fn add_destination_transfer(
+        &self,
+        id: &str,
+        destination: &str,
+        amount: i64,
+        currency: &str,
+        charge: &str,
+    ) {
+        let mut ledger = self.shared.ledger();
+        let created = ledger.now;
+        if let Some(account) = ledger.accounts.get_mut(destination) {
+            *account.balances.entry(currency.to_owned()).or_insert(0) += amount;
+        }
+        ledger.transfers.push(StubTransfer {
+            id: id.to_owned(),
+            amount,
+            currency: currency.to_owned(),
+            destination: destination.to_owned(),
+            source_transaction: Some(charge.to_owned()),
+            transfer_group: None,
+            metadata: BTreeMap::new(),
+            amount_reversed: 0,
+            created,
+        });
     }
 
     /// What `account` holds of the platform's money: its transfers less their reversals.
@@ -1209,7 +1246,11 @@ fn begin(shared: &Shared, call: Call) -> Begun {
         }
     }
 
-    let fault = ledger.take_fault(&call.method, &call.path);
+    let instant = params.get("method") == Some("instant");
+    let fault = match ledger.first_fault(&call.method, &call.path) {
+        Some((_, Fault::InstantPayoutsUnsupported)) if !instant => None,
+        _ => ledger.take_fault(&call.method, &call.path),
+    };
     let request = Request {
         route,
         stripe_account: call.stripe_account,
@@ -1255,6 +1296,15 @@ fn begin(shared: &Shared, call: Call) -> Begun {
         }
         Some(Fault::BalanceInsufficient) => {
             let reply = Reply::balance_insufficient();
+            remember_outcome(&mut ledger, &request, key.as_deref(), &fingerprint, &reply, &reply, true);
+            Begun::Answered(reply)
+        }
+        Some(Fault::InstantPayoutsUnsupported) => {
+            let reply = Reply::invalid_param(
+                Some("instant_payouts_unsupported"),
+                "method",
+                "This payout cannot be made instantly: the external account does not support Instant Payouts.",
+            );
             remember_outcome(&mut ledger, &request, key.as_deref(), &fingerprint, &reply, &reply, true);
             Begun::Answered(reply)
         }
@@ -1624,7 +1674,17 @@ fn create_payout(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusa
         )
         .into());
     };
-    params.only(&["amount", "currency", "description", "method"])?;
+    params.only(&["amount", "currency", "description", "method", "source_type"])?;
+    if let Some(source_type) = params.get("source_type")
+        && !["card", "bank_account", "fpx"].contains(&source_type)
+    {
+        return Err(Reply::invalid_param(
+            None,
+            "source_type",
+            "Invalid source_type: must be one of card, bank_account or fpx",
+        )
+        .into());
+    }
     if let Some(method) = params.get("method")
         && method != "standard"
         && method != "instant"
@@ -1660,6 +1720,8 @@ fn create_payout(ledger: &mut Ledger, request: &Request) -> Result<Reply, Refusa
         metadata: params.metadata(),
         created: now,
         status: "pending".to_owned(),
+        method: params.get("method").map(str::to_owned),
+        source_type: params.get("source_type").map(str::to_owned),
     };
     let body = payout.json();
     ledger.payouts.push(payout);
@@ -2387,7 +2449,8 @@ impl Listed for StubPayout {
         json!({
             "id": self.id, "object": "payout", "amount": self.amount, "created": self.created,
             "currency": self.currency, "status": self.status, "metadata": self.metadata,
-            "livemode": false,
+            "livemode": false, "method": self.method.as_deref().unwrap_or("standard"),
+            "source_type": self.source_type.as_deref().unwrap_or("card"),
         })
     }
 }

@@ -193,13 +193,13 @@ async fn ledger_events_and_reads_cost_the_requests_pinned_here() {
             "amount_refunded": refunded, "charge": format!("py_{n}"), "originating_transaction": format!("ch_{n}"),
             "currency": "usd", "created": NOW - n * 31 * 86_400})
     };
-    let fee_event = |id: &str, kind: &str, n: i64, refunded: i64| {
-        json!({"id": id, "object": "event", "type": kind, "created": NOW - 30, "data": {"object": fee(n, refunded)}})
-    };
+    let fee_event = |id: &str, kind: &str, n: i64, refunded: i64| json!({"id": id, "object": "event", "type": kind, "created": NOW - 30, "data": {"object": fee(n, refunded)}});
     let first = requests_for(&log, &service, &fee_event("evt_f0", "application_fee.created", 0, 0)).await;
     let duplicate = requests_for(&log, &service, &fee_event("evt_f0", "application_fee.created", 0, 0)).await;
-    let refunded = requests_for(&log, &service, &fee_event("evt_f0r", "application_fee.refunded", 0, 250)).await;
-    let same_again = requests_for(&log, &service, &fee_event("evt_f0r2", "application_fee.refunded", 0, 250)).await;
+    let refunded =
+        requests_for(&log, &service, &fee_event("evt_f0r", "application_fee.refunded", 0, 250)).await;
+    let same_again =
+        requests_for(&log, &service, &fee_event("evt_f0r2", "application_fee.refunded", 0, 250)).await;
     for n in 1..12 {
         requests_for(&log, &service, &fee_event(&format!("evt_f{n}"), "application_fee.created", n, 0)).await;
     }
@@ -215,7 +215,11 @@ async fn ledger_events_and_reads_cost_the_requests_pinned_here() {
         }
     };
     let (year, ledger_read) = call("/accounts/acct_1LedgerCount/ledger?from=2024-07&to=2025-06").await;
-    assert_eq!(year["currencies"]["usd"]["fees"], 12 * 1_000 - 250, "twelve months of fees, one refunded in part");
+    assert_eq!(
+        year["currencies"]["usd"]["fees"],
+        12 * 1_000 - 250,
+        "twelve months of fees, one refunded in part"
+    );
     let (report, fee_report) = call("/reports/fees?month=2025-06").await;
     assert_eq!(report["currencies"]["usd"]["accounts"], 1);
     let (_, tax_read) = call("/accounts/acct_1LedgerCount/tax?year=2025").await;
@@ -239,3 +243,50 @@ async fn ledger_events_and_reads_cost_the_requests_pinned_here() {
     }
 }
 
+/// What a dispute costs on DynamoDB: the ledger entry's read (the charge is a separate charge the
+/// ledger has no entry for, so nothing more), one consistent Query of the payment's partition (its
+/// guard and steps), one consistent GetItem per seller (their dispute summaries), and one
+/// transaction with the record, the guard, the reversals, the sellers and the changes. A failed
+/// refund costs the same without the sellers.
+#[tokio::test]
+async fn a_dispute_and_a_failed_refund_cost_the_requests_pinned_here() {
+    let log = RequestLog::default();
+    let service = pipeline(dynamo_store_logged(log.clone()).await);
+    for (n, seller) in ["acct_1DisputeA", "acct_1DisputeB"].iter().enumerate() {
+        requests_for(&log, &service, &account_updated(&format!("evt_d{n}"), seller, NOW - 90, true, &[]))
+            .await;
+    }
+    let payment = json!({"id": "evt_dp", "object": "event", "type": "payment_intent.succeeded", "created": NOW - 80,
+        "data": {"object": {"id": "pi_dp", "object": "payment_intent", "amount": 10_000, "amount_received": 10_000,
+        "currency": "usd", "latest_charge": "ch_dp",
+        "metadata": {"transfer:acct_1DisputeA": "6000", "transfer:acct_1DisputeB": "3000"}}}});
+    requests_for(&log, &service, &payment).await;
+    let dispute = |id: &str, kind: &str| {
+        json!({"id": id, "object": "event", "type": kind, "created": NOW - 70, "data": {"object": {
+            "id": "dp_count", "object": "dispute", "amount": 10_000, "currency": "usd", "charge": "ch_dp",
+            "payment_intent": "pi_dp", "status": "needs_response"}}})
+    };
+    let withdrawn = requests_for(&log, &service, &dispute("evt_dw", "charge.dispute.funds_withdrawn")).await;
+    let duplicate = requests_for(&log, &service, &dispute("evt_dw", "charge.dispute.funds_withdrawn")).await;
+    let failure = json!({"id": "evt_rf", "object": "event", "type": "refund.updated", "created": NOW - 60,
+        "data": {"object": {"id": "re_count", "object": "refund", "amount": 1_000, "currency": "usd",
+        "charge": "ch_dp", "payment_intent": "pi_dp", "status": "failed", "created": NOW - 65}}});
+    let refund_failed = requests_for(&log, &service, &failure).await;
+    let cases = [
+        ("charge.dispute.funds_withdrawn, two sellers", withdrawn),
+        ("its duplicate", duplicate),
+        ("refund.updated failed, of a charge with no refund", refund_failed),
+    ];
+    for (case, requests) in &cases {
+        println!("| {case} | `{}` |", requests.join(" + "));
+    }
+    let expected: [&[&str]; 3] = [
+        &["GetItem", "Query", "GetItem", "GetItem", "TransactWriteItems"],
+        // Refused by the record's condition; the steps still queued are re-sent.
+        &["GetItem", "Query", "GetItem", "GetItem", "PutItem", "Query"],
+        &["GetItem", "Query", "TransactWriteItems"],
+    ];
+    for ((case, requests), expected) in cases.iter().zip(expected) {
+        assert_eq!(requests, expected, "{case}");
+    }
+}

@@ -261,10 +261,11 @@ async fn two_partial_refunds_together_reverse_the_larger_share<S: AccountStore +
     flow.deliver_together(&twenty, &fifty).await;
     flow.settle_payment("pi_1").await;
     assert_eq!((flow.net_to("acct_A"), flow.net_to("acct_B")), (3500, 1000));
-    // And 30% then 80% cumulative, in the other order.
-    let thirty = charge_refunded("evt_r30", "pi_1", 10_000, 3_000, NOW - 60);
+    // And 60% then 80% cumulative, in the other order. (A newer snapshot refunding less than an
+    // older one means a refund failed in between: recovery/tests.rs covers that.)
+    let sixty = charge_refunded("evt_r60", "pi_1", 10_000, 6_000, NOW - 60);
     let eighty = charge_refunded("evt_r80", "pi_1", 10_000, 8_000, NOW - 50);
-    flow.deliver_together(&eighty, &thirty).await;
+    flow.deliver_together(&eighty, &sixty).await;
     flow.settle_payment("pi_1").await;
     assert_eq!((flow.net_to("acct_A"), flow.net_to("acct_B")), (1400, 400));
     assert!(flow.steps("pi_1").await.iter().all(|step| step.status == StepStatus::Succeeded));
@@ -601,6 +602,12 @@ async fn payout_failures_clear_and_schedules_are_respected<S: AccountStore + Clo
     assert_eq!(account.payout_failure.as_ref().map(|f| f.payout_id.as_str()), Some(po1.as_str()));
     let still = flow.store.load_step(&first.reference()).await.unwrap().unwrap();
     assert_eq!(still.status, StepStatus::Succeeded, "a succeeded step is never moved back");
+    // The failed currency's next payout waits for a new external account (or the payout
+    // policy's retry): a new bank account, so that the balance below plans it.
+    let bank = json!({"id": "ba_1NewBank", "object": "bank_account", "account": "acct_A", "last4": "6789",
+        "currency": "usd", "status": "new", "default_for_currency": true});
+    flow.deliver(&fund_event("evt_bank", "account.external_account.created", NOW - 5, Some("acct_A"), bank))
+        .await;
     flow.deliver(&balance_available_at("evt_b2", "acct_A", 4000, NOW - 40)).await;
     let second = flow
         .store

@@ -52,6 +52,10 @@ fn finished(step: &StepRef) -> Step {
         sent_at: Some(NOW),
         unresolved: None,
         requested: None,
+        cause: None,
+        gives_back: None,
+        by_stripe: false,
+        payout: None,
     }
 }
 

@@ -443,6 +443,10 @@ async fn slow_but_answering_storage_is_cut_off_at_the_deadline() {
             sent_at: Some(NOW - 60),
             unresolved: None,
             requested: None,
+            cause: None,
+            gives_back: None,
+            by_stripe: false,
+            payout: None,
         })
         .collect();
     assert_eq!(

@@ -1634,6 +1634,7 @@ fn the_eventbridge_intake_may_only_do_what_the_webhook_does_without_its_secrets(
             shared::store::sqs::PAYOUTS_QUEUE_URL,
             shared::store::sqs::FETCH_QUEUE_URL,
             shared::config::LIVEMODE,
+            shared::config::DISPUTE_POLICY,
             "CONNECT_FLOW_EVENTBRIDGE_SOURCE",
             "CONNECT_FLOW_INTAKE_DLQ_URL",
         ]),

@@ -151,7 +151,7 @@ async fn the_check_catches_each_kind_of_violation() {
     let settings = WebhookSettings {
         secrets: vec![WebhookSecret::new(SECRET)],
         tolerance_secs: 300,
-        expected_livemode: None,
+        ..WebhookSettings::unsigned(None)
     };
     let service = Arc::new(InProcess(WebhookService::new(SqliteStore::in_memory().unwrap(), &settings)));
     let mix = Arc::new(Mix::generate(11, "Check", 300, SystemClock.now_unix() - 86_400));

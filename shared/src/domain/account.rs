@@ -138,6 +138,9 @@ pub struct ExternalAccountSummary {
     pub status: Option<String>,
     /// Whether payouts in its currency go here by default.
     pub default_for_currency: Option<bool>,
+    /// `available_payout_methods`: `standard`, and `instant` where Instant Payouts can reach it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub available_payout_methods: Vec<String>,
 }
 
 /// A payout that did not reach the bank, kept on the account so that it is seen.
@@ -173,6 +176,51 @@ pub struct OrderingGuards {
     pub persons: BTreeMap<String, i64>,
     /// Each external account.
     pub external_accounts: BTreeMap<String, i64>,
+}
+
+/// The disputes that reach an account through the transfers it was paid, as its JSON shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDisputes {
+    /// How many of [`Self::cases`] are still open.
+    pub open: u32,
+    /// Per currency: the account's share of disputed funds that no reversal was planned to take
+    /// back (the `hold` or `none` policy, or nothing left to reverse), while the dispute is lost
+    /// or open.
+    pub unrecovered: BTreeMap<String, i64>,
+    /// Each dispute by `dp_…` id.
+    #[serde(default)]
+    pub cases: BTreeMap<String, AccountDispute>,
+}
+
+/// One dispute as it concerns one account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDispute {
+    /// The disputed charge.
+    pub charge_id: String,
+    /// Stripe's dispute `status` as last seen.
+    pub status: String,
+    /// Lowercase ISO currency code.
+    pub currency: String,
+    /// The account's share of the withdrawn funds that no reversal takes back.
+    pub unrecovered: i64,
+}
+
+impl AccountDisputes {
+    /// Recomputes `open` and `unrecovered` from the cases.
+    pub fn recount(&mut self) {
+        self.open = u32::try_from(self.cases.values().filter(|case| is_open_dispute(&case.status)).count())
+            .unwrap_or(u32::MAX);
+        self.unrecovered.clear();
+        for case in self.cases.values().filter(|case| case.unrecovered > 0) {
+            let total = self.unrecovered.entry(case.currency.clone()).or_default();
+            *total = total.saturating_add(case.unrecovered);
+        }
+    }
+}
+
+/// Whether a dispute `status` is still open (not `won`, `lost`, `warning_closed` or `prevented`).
+pub fn is_open_dispute(status: &str) -> bool {
+    !matches!(status, "won" | "lost" | "warning_closed" | "prevented")
 }
 
 /// Which Accounts API an account is read from.
@@ -237,10 +285,24 @@ pub struct AccountState {
     /// A v2 account's capability `status_details` codes, by capability: the v2 rule reads them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub capability_codes: BTreeMap<String, Vec<String>>,
+    /// Disputes on payments this account was paid from, and what of them was not taken back.
+    #[serde(default)]
+    pub disputes: AccountDisputes,
+    /// The account's country (ISO 3166-1 alpha-2), from its account object: it sets Stripe's
+    /// manual-payout limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
     /// `controller.fees.payer` (`account` for a Standard account): who pays Stripe's fees, and so
     /// who files the account's US tax forms (`account`: Stripe; otherwise the platform).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fees_payer: Option<String>,
+    /// The payout policy the platform set for this account (`PUT /accounts/{id}/payout_policy`);
+    /// without one the deployment's default applies, which the platform API shows in its place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payout_policy: Option<super::payout::AccountPayoutPolicy>,
+    /// What payouts are planned from: held balances, a failed payout's hold, stale-funds warnings.
+    #[serde(default, skip_serializing_if = "super::payout::PayoutFunds::is_empty")]
+    pub payout_funds: super::payout::PayoutFunds,
     /// Bumped by every stored change; the store's conditional write checks it.
     #[serde(default)]
     pub version: u64,
@@ -274,7 +336,11 @@ impl AccountState {
             reference: None,
             api: AccountsApi::V1,
             capability_codes: BTreeMap::new(),
+            disputes: AccountDisputes::default(),
+            country: None,
             fees_payer: None,
+            payout_policy: None,
+            payout_funds: super::payout::PayoutFunds::default(),
             version: 0,
         }
     }
@@ -549,6 +615,9 @@ fn apply_account_object(state: &mut AccountState, account: &Value, created: i64)
     }
     state.future_requirements =
         account.get("future_requirements").filter(|r| r.is_object()).map(read_requirements);
+    if let Some(country) = str_at(account, &["country"]).filter(|country| is_plausible_id(country)) {
+        state.country = Some(country.to_ascii_uppercase());
+    }
     state.payout_schedule_interval = str_at(account, &["settings", "payouts", "schedule", "interval"])
         .or_else(|| str_at(account, &["payout_schedule", "interval"]))
         .map(str::to_owned);
@@ -605,6 +674,7 @@ fn external_account_summary(external: &Value) -> ExternalAccountSummary {
         currency: text("currency"),
         status: text("status"),
         default_for_currency: bool_at(external, &["default_for_currency"]),
+        available_payout_methods: strings_at(external, &["available_payout_methods"]),
     }
 }
 

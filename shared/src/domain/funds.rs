@@ -1,14 +1,19 @@
 //! Fund flows: the pure planning that turns a platform payment, a refund of it, or a connected
 //! account's available balance into transfer, reversal and payout steps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::account::{AccountId, AccountState};
-use super::step::{Step, StepKind, StepRef, StepStatus};
+use super::account::{AccountDispute, AccountId, AccountState, PayoutFailure};
+use super::step::{CauseKind, Step, StepCause, StepKind, StepRef, StepStatus};
 use crate::stripe::event::{Event, is_plausible_id};
+
+pub mod recovery;
+
+pub use recovery::DisputePolicy;
+use recovery::{DisputeRecord, FailedRefund, MoveCause, clawback, held_shares, plan_moves};
 
 /// The metadata key prefix that names a split: `transfer:acct_…` = amount in minor units.
 const SPLIT_PREFIX: &str = "transfer:";
@@ -31,6 +36,64 @@ pub enum FundEvent {
     BalanceAvailable(BalanceAvailable),
     /// Stripe's word on objects that steps created (`transfer.*`, `payout.*`).
     Settlements(Vec<Settlement>),
+    /// A dispute of a platform charge (`charge.dispute.*`).
+    Dispute(Dispute),
+    /// A refund of a platform charge failed or was canceled (`charge.refund.updated`,
+    /// `refund.updated`, `refund.failed`): Stripe put its money back.
+    RefundFailed(RefundFailure),
+}
+
+/// A dispute event, read from its dispute object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispute {
+    /// `dp_…`.
+    pub dispute_id: String,
+    /// The disputed charge.
+    pub charge_id: String,
+    /// The charge's payment intent id, else the charge id.
+    pub payment_key: String,
+    /// The disputed amount.
+    pub amount: i64,
+    /// Lowercase ISO currency code.
+    pub currency: String,
+    /// Stripe's `status`.
+    pub status: String,
+    /// The event said the funds were withdrawn (`funds_withdrawn`).
+    pub withdrawn: bool,
+    /// The event said the funds were reinstated (`funds_reinstated`).
+    pub reinstated: bool,
+    /// The event's `created`.
+    pub at: i64,
+}
+
+/// A refund that failed or was canceled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundFailure {
+    /// `re_…`.
+    pub refund_id: String,
+    /// The refunded charge.
+    pub charge_id: String,
+    /// The charge's payment intent id, else the charge id.
+    pub payment_key: String,
+    /// The refund's amount.
+    pub amount: i64,
+    /// Lowercase ISO currency code.
+    pub currency: String,
+    /// The refund's own `created`.
+    pub refund_created: i64,
+    /// The event's `created`.
+    pub at: i64,
+}
+
+/// The transfer Stripe makes for a destination charge (`transfer_data.destination`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationTransfer {
+    /// The seller it pays.
+    pub destination: AccountId,
+    /// The charge's `transfer` (`tr_…`), when the event names it.
+    pub transfer_id: Option<String>,
+    /// What it moves: `transfer_data.amount`, else the amount less the application fee.
+    pub amount: i64,
 }
 
 /// A succeeded platform payment and the splits its metadata asks for.
@@ -49,6 +112,8 @@ pub struct Payment {
     pub transfer_group: Option<String>,
     /// The metadata keys that start with `transfer:`, with their values as sent.
     pub splits: BTreeMap<String, String>,
+    /// For a destination charge: the transfer Stripe makes.
+    pub destination: Option<DestinationTransfer>,
 }
 
 /// A platform charge's refund state; `amount_refunded` is cumulative. Stored per payment, so that
@@ -65,6 +130,19 @@ pub struct Refund {
     pub amount_refunded: i64,
     /// Lowercase ISO currency code.
     pub currency: String,
+    /// The event's `created`: the newest snapshot decides, since a failed refund lowers
+    /// `amount_refunded`.
+    #[serde(default)]
+    pub created: i64,
+}
+
+/// A charge's captured amount, as a payment or refund event said it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeAmount {
+    /// Minor units captured.
+    pub amount: i64,
+    /// Lowercase ISO currency code.
+    pub currency: String,
 }
 
 /// One payment's guard: every plan for the payment (its transfers, refunds and reversals) reads
@@ -78,6 +156,15 @@ pub struct PaymentRecord {
     pub planned_by: Option<PlannedBy>,
     /// The newest refund seen.
     pub refund: Option<Refund>,
+    /// The charge's amount, once an event has said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge: Option<ChargeAmount>,
+    /// The charge's disputes, by `dp_…`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub disputes: BTreeMap<String, DisputeRecord>,
+    /// The charge's refunds that failed or were canceled, by `re_…`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_refunds: BTreeMap<String, FailedRefund>,
     /// Bumped by every plan; the store writes only over `version - 1` (absent for 1).
     pub version: u64,
 }
@@ -102,6 +189,16 @@ impl PaymentRecord {
         next.version += 1;
         next
     }
+
+    /// The charge's captured amount, from its payment or else its refund.
+    pub fn charge_amount(&self) -> Option<i64> {
+        self.charge.as_ref().map(|charge| charge.amount).or(self.refund.as_ref().map(|refund| refund.amount))
+    }
+
+    /// Whether anything is known of the payment itself (its transfers planned, or a refund read).
+    fn knows_the_charge(&self) -> bool {
+        self.planned_by.is_some() || self.charge.is_some() || self.refund.is_some()
+    }
 }
 
 /// What one fund-flow plan writes besides the event's record, and why.
@@ -117,6 +214,8 @@ pub struct FundPlan {
     pub new_steps: Vec<Step>,
     /// Stored steps it changed, each one version up.
     pub step_updates: Vec<Step>,
+    /// Accounts whose dispute summary it changed, each one version up.
+    pub accounts: Vec<AccountState>,
 }
 
 impl FundPlan {
@@ -167,7 +266,21 @@ pub fn read_fund_event(event: &Event) -> Option<FundEvent> {
     match event.event_type.as_str() {
         "payment_intent.succeeded" if on_platform => read_intent(&object).map(FundEvent::Payment),
         "charge.succeeded" | "charge.captured" if on_platform => read_charge(&object).map(FundEvent::Payment),
-        "charge.refunded" if on_platform => read_refund(&object).map(FundEvent::Refund),
+        "charge.refunded" if on_platform => {
+            read_refund(&object).map(|refund| FundEvent::Refund(Refund { created: event.created, ..refund }))
+        }
+        "charge.dispute.created"
+        | "charge.dispute.updated"
+        | "charge.dispute.closed"
+        | "charge.dispute.funds_withdrawn"
+        | "charge.dispute.funds_reinstated"
+            if on_platform =>
+        {
+            read_dispute(event, &object).map(FundEvent::Dispute)
+        }
+        "charge.refund.updated" | "refund.updated" | "refund.failed" if on_platform => {
+            read_refund_failure(event, &object).map(FundEvent::RefundFailed)
+        }
         "balance.available" => read_balance(event, &object).map(FundEvent::BalanceAvailable),
         "transfer.created" | "transfer.updated" | "transfer.reversed" | "payout.paid" | "payout.failed"
         | "payout.canceled" => {
@@ -352,18 +465,102 @@ pub fn settle(step: &Step, settlement: &Settlement, now: i64) -> Result<Settled,
     Ok(settled)
 }
 
+/// The account after Stripe reported on one of its payouts, when that changes it: a failure is
+/// recorded; a later payout reaching the bank clears an earlier one's failure, while the same
+/// payout's failure stands, since Stripe can fail a payout after paying it.
+pub fn record_payout_outcome(
+    account: &AccountState,
+    settled: &Settled,
+    at: i64,
+    step_id: &str,
+) -> Option<AccountState> {
+    let mut next = account.clone();
+    match (&settled.payout_failure, &settled.payout_paid) {
+        (Some((payout_id, failure_code)), _) => {
+            next.payout_failure = Some(PayoutFailure {
+                payout_id: payout_id.clone(),
+                failure_code: failure_code.clone(),
+                failed_at: at,
+                step_id: Some(step_id.to_owned()),
+            });
+        }
+        (None, Some(paid)) => {
+            let cleared = next
+                .payout_failure
+                .as_ref()
+                .is_some_and(|failure| failure.payout_id != *paid && failure.failed_at <= at);
+            if !cleared {
+                return None;
+            }
+            next.payout_failure = None;
+        }
+        (None, None) => return None,
+    }
+    next.version += 1;
+    Some(next)
+}
+
 fn read_intent(intent: &Value) -> Option<Payment> {
     let payment_key = id_of(intent.get("id"))?;
     // `latest_charge` replaced `charges` in API version 2022-11-15.
     let charge_id = id_of(intent.get("latest_charge"))
         .or_else(|| id_of(value_at(intent, &["charges", "data"]).and_then(|data| data.get(0))));
+    let amount = i64_at(intent, "amount_received").or_else(|| i64_at(intent, "amount"))?;
     Some(Payment {
         payment_key,
         charge_id,
-        amount: i64_at(intent, "amount_received").or_else(|| i64_at(intent, "amount"))?,
+        amount,
         currency: currency_at(intent)?,
         transfer_group: id_of(intent.get("transfer_group")),
         splits: splits_of(intent),
+        destination: destination_of(intent, amount, None),
+    })
+}
+
+/// A destination charge's transfer: `transfer_data.destination`, for `transfer_data.amount` or
+/// else the amount less `application_fee_amount`.
+fn destination_of(object: &Value, amount: i64, transfer_id: Option<String>) -> Option<DestinationTransfer> {
+    let transfer_data = object.get("transfer_data")?;
+    let destination = AccountId::parse(&id_of(transfer_data.get("destination"))?)?;
+    let fee = i64_at(object, "application_fee_amount").unwrap_or(0).max(0);
+    let amount = i64_at(transfer_data, "amount").unwrap_or_else(|| amount.saturating_sub(fee)).max(0);
+    Some(DestinationTransfer { destination, transfer_id, amount })
+}
+
+fn read_dispute(event: &Event, dispute: &Value) -> Option<Dispute> {
+    let charge_id = id_of(dispute.get("charge"))?;
+    Some(Dispute {
+        dispute_id: id_of(dispute.get("id"))?,
+        payment_key: id_of(dispute.get("payment_intent")).unwrap_or_else(|| charge_id.clone()),
+        charge_id,
+        amount: i64_at(dispute, "amount").filter(|amount| *amount >= 0)?,
+        currency: currency_at(dispute)?,
+        status: dispute
+            .get("status")
+            .and_then(Value::as_str)
+            .filter(|status| is_plausible_id(status))?
+            .to_owned(),
+        withdrawn: event.event_type == "charge.dispute.funds_withdrawn",
+        reinstated: event.event_type == "charge.dispute.funds_reinstated",
+        at: event.created,
+    })
+}
+
+/// A refund object whose `status` is `failed` or `canceled`; `None` for any other status.
+fn read_refund_failure(event: &Event, refund: &Value) -> Option<RefundFailure> {
+    let status = refund.get("status").and_then(Value::as_str)?;
+    if status != "failed" && status != "canceled" {
+        return None;
+    }
+    let charge_id = id_of(refund.get("charge"))?;
+    Some(RefundFailure {
+        refund_id: id_of(refund.get("id"))?,
+        payment_key: id_of(refund.get("payment_intent")).unwrap_or_else(|| charge_id.clone()),
+        charge_id,
+        amount: i64_at(refund, "amount").filter(|amount| *amount > 0)?,
+        currency: currency_at(refund)?,
+        refund_created: i64_at(refund, "created").unwrap_or(event.created),
+        at: event.created,
     })
 }
 
@@ -373,12 +570,14 @@ fn read_charge(charge: &Value) -> Option<Payment> {
         return None;
     }
     let charge_id = id_of(charge.get("id"))?;
+    let amount = i64_at(charge, "amount_captured").or_else(|| i64_at(charge, "amount"))?;
     Some(Payment {
         payment_key: id_of(charge.get("payment_intent")).unwrap_or_else(|| charge_id.clone()),
-        amount: i64_at(charge, "amount_captured").or_else(|| i64_at(charge, "amount"))?,
+        amount,
         currency: currency_at(charge)?,
         transfer_group: id_of(charge.get("transfer_group")),
         splits: splits_of(charge),
+        destination: destination_of(charge, amount, id_of(charge.get("transfer"))),
         charge_id: Some(charge_id),
     })
 }
@@ -396,6 +595,7 @@ fn read_refund(charge: &Value) -> Option<Refund> {
         amount,
         amount_refunded: i64_at(charge, "amount_refunded")?,
         currency: currency_at(charge)?,
+        created: 0,
     })
 }
 
@@ -450,6 +650,7 @@ pub fn plan_transfers(payment: &Payment, now: i64) -> TransferPlan {
         payment_key: Some(payment.payment_key.clone()),
         status,
         reason,
+        cause: Some(StepCause::new(CauseKind::Payment, payment.payment_key.clone())),
         ..Step::planned(
             StepKind::Transfer,
             format!("tr:{}:{destination}", payment.payment_key),
@@ -485,66 +686,154 @@ fn parse_amount(raw: &str) -> Option<i64> {
     digits_only.then(|| raw.parse::<i64>().ok()).flatten().filter(|amount| *amount > 0)
 }
 
+/// What a fund-flow plan knows of the event it plans for, besides its object.
+#[derive(Debug, Clone, Copy)]
+pub struct FundContext<'a> {
+    /// `evt_…`.
+    pub event_id: &'a str,
+    /// The event's type.
+    pub event_type: &'a str,
+    /// The event's livemode, which the steps it plans carry.
+    pub livemode: Option<bool>,
+    /// Unix time now.
+    pub now: i64,
+    /// The deployment's dispute policy.
+    pub policy: DisputePolicy,
+}
+
 /// Plans a payment's transfers from one of its triggers, against the payment's guard.
 ///
 /// The first trigger with splits to commit decides: a twin with the same splits is `unchanged`,
-/// one with other splits is `refused` with the reason, since paying both would pay twice. A
-/// refund already known is netted out: a transfer is planned short by its share, and one the
-/// refund took back whole is refused, never sent to be reversed.
+/// one with other splits is `refused` with the reason, since paying both would pay twice. What a
+/// refund or dispute already took back is netted out: a transfer is planned short by its share,
+/// and one taken back whole is refused, never sent to be reversed. A destination charge plans no
+/// transfer (Stripe makes it): the one Stripe made is recorded, so that a dispute can reverse it.
 pub fn plan_payment(
     payment: &Payment,
     record: Option<&PaymentRecord>,
-    trigger: (&str, &str),
-    livemode: Option<bool>,
-    now: i64,
+    context: &FundContext<'_>,
 ) -> FundPlan {
     use crate::store::EventOutcome;
-    let (event_id, event_type) = trigger;
+    if let Some(destination) = &payment.destination {
+        return plan_destination_charge(payment, destination, record, context);
+    }
     if payment.splits.is_empty() {
         return FundPlan::nothing(EventOutcome::Unchanged);
     }
-    if let Some(planned) = record.and_then(|record| record.planned_by.as_ref()) {
-        if planned.splits == payment.splits {
-            return FundPlan::nothing(EventOutcome::Unchanged);
-        }
-        return FundPlan::refused(format!(
-            "the splits of {event_type} {event_id} differ from those of {} {}, which planned payment {} \
-             first; the first trigger to be recorded decides",
-            planned.event_type, planned.event_id, payment.payment_key
-        ));
+    if let Some(refusal) = twin_refusal(payment, record, context) {
+        return refusal;
     }
-    let mut next = PaymentRecord::next(record, &payment.payment_key);
-    next.planned_by = Some(PlannedBy {
-        event_id: event_id.to_owned(),
-        event_type: event_type.to_owned(),
-        splits: payment.splits.clone(),
-    });
-    let (outcome, reason, mut steps) = match plan_transfers(payment, now) {
+    let mut next = planned_record(payment, record, context);
+    let (outcome, reason, mut steps) = match plan_transfers(payment, context.now) {
         TransferPlan::NoSplits => return FundPlan::nothing(EventOutcome::Unchanged),
         TransferPlan::Planned(steps) => (EventOutcome::Applied, None, steps),
         TransferPlan::Refused { reason, steps } => (EventOutcome::Refused, Some(reason), steps),
     };
-    if let Some(refund) = next.refund.as_ref().filter(|_| outcome == EventOutcome::Applied) {
+    if outcome == EventOutcome::Applied
+        && let Some(clawback) = clawback(&next, context.policy)
+    {
         for transfer in &mut steps {
-            let share = refunded_share(transfer.amount, refund);
+            let share = clawback.share(transfer.amount, false);
             net_out(transfer, share);
         }
     }
     for step in &mut steps {
-        step.livemode = livemode;
+        step.livemode = context.livemode;
     }
-    FundPlan { outcome, reason, payment: Some(next), new_steps: steps, step_updates: Vec::new() }
+    next.charge.get_or_insert(ChargeAmount { amount: payment.amount, currency: payment.currency.clone() });
+    FundPlan { outcome, reason, payment: Some(next), new_steps: steps, ..FundPlan::default() }
 }
 
-/// A transfer's share of a cumulative refund, `floor(split × refunded / amount)`; 0 for a refund
-/// that is not a possible one (checked by [`plan_refund`] before it is stored).
-fn refunded_share(split: i64, refund: &Refund) -> i64 {
-    if refund.amount <= 0 || !(0..=refund.amount).contains(&refund.amount_refunded) {
-        return 0;
+/// `Some` when the payment's transfers were planned already: unchanged for a twin with the same
+/// splits, refused for one with other splits.
+fn twin_refusal(
+    payment: &Payment,
+    record: Option<&PaymentRecord>,
+    context: &FundContext<'_>,
+) -> Option<FundPlan> {
+    use crate::store::EventOutcome;
+    let planned = record?.planned_by.as_ref()?;
+    if planned.splits == payment.splits {
+        return Some(FundPlan::nothing(EventOutcome::Unchanged));
     }
-    let share = i128::from(split) * i128::from(refund.amount_refunded) / i128::from(refund.amount);
-    // 0 <= share <= split, so it fits.
-    i64::try_from(share).unwrap_or(0)
+    Some(FundPlan::refused(format!(
+        "the splits of {} {} differ from those of {} {}, which planned payment {} first; the first \
+         trigger to be recorded decides",
+        context.event_type, context.event_id, planned.event_type, planned.event_id, payment.payment_key
+    )))
+}
+
+/// The payment's guard, one version up, naming this trigger as the one that planned it.
+fn planned_record(
+    payment: &Payment,
+    record: Option<&PaymentRecord>,
+    context: &FundContext<'_>,
+) -> PaymentRecord {
+    let mut next = PaymentRecord::next(record, &payment.payment_key);
+    next.planned_by = Some(PlannedBy {
+        event_id: context.event_id.to_owned(),
+        event_type: context.event_type.to_owned(),
+        splits: payment.splits.clone(),
+    });
+    next.charge = Some(ChargeAmount { amount: payment.amount, currency: payment.currency.clone() });
+    next
+}
+
+/// Records the transfer Stripe made for a destination charge, as a succeeded step that is never
+/// sent. Split metadata on a destination charge is refused: Stripe already paid the seller.
+fn plan_destination_charge(
+    payment: &Payment,
+    destination: &DestinationTransfer,
+    record: Option<&PaymentRecord>,
+    context: &FundContext<'_>,
+) -> FundPlan {
+    use crate::store::EventOutcome;
+    let step_id = format!("tr:{}:{}", payment.payment_key, destination.destination);
+    if record.is_some_and(|record| record.planned_by.is_some()) {
+        return FundPlan::nothing(EventOutcome::Unchanged);
+    }
+    let mut next = planned_record(payment, record, context);
+    let transfer = Step {
+        status: StepStatus::Succeeded,
+        stripe_id: destination.transfer_id.clone(),
+        source_charge: payment.charge_id.clone(),
+        transfer_group: payment.transfer_group.clone(),
+        payment_key: Some(payment.payment_key.clone()),
+        livemode: context.livemode,
+        by_stripe: true,
+        cause: Some(StepCause::new(CauseKind::Payment, payment.payment_key.clone())),
+        ..Step::planned(
+            StepKind::Transfer,
+            step_id,
+            destination.destination.clone(),
+            destination.amount,
+            payment.currency.clone(),
+            context.now,
+        )
+    };
+    let reason = (!payment.splits.is_empty()).then(|| {
+        format!(
+            "{} is a destination charge: Stripe paid {} itself, so its transfer: metadata is not paid",
+            payment.payment_key, destination.destination
+        )
+    });
+    let mut new_steps = vec![transfer];
+    // A dispute read before the payment: reverse its share now.
+    if let Some(clawback) = clawback(&next, context.policy)
+        && let Some((cause, _)) = next.disputes.iter().next()
+        && let Ok(moves) = plan_moves(
+            &clawback,
+            &new_steps,
+            payment.charge_id.as_deref(),
+            &MoveCause::Dispute(cause.clone()),
+            next.version,
+            context.now,
+        )
+    {
+        new_steps.extend(moves.new_steps);
+    }
+    next.charge.get_or_insert(ChargeAmount { amount: payment.amount, currency: payment.currency.clone() });
+    FundPlan { outcome: EventOutcome::Applied, reason, payment: Some(next), new_steps, ..FundPlan::default() }
 }
 
 /// Takes `share` off a transfer that has not been sent; one left with nothing is refused.
@@ -561,12 +850,16 @@ fn net_out(transfer: &mut Step, share: i64) {
     }
 }
 
-/// Plans what a refund takes back from a payment's transfers, against the payment's guard:
-/// each transfer is brought to its share of the cumulative refund, counting what was netted out
-/// and reversed already. A transfer not yet sent is planned short instead (a conditional update
-/// of the step, so that a worker claiming it meanwhile makes the write conflict); one that may
-/// have been sent gets a reversal step. A refund no newer than the stored one is `unchanged`.
-pub fn plan_refund(refund: &Refund, record: Option<&PaymentRecord>, steps: &[Step], now: i64) -> FundPlan {
+/// Plans what a refund snapshot changes, against the payment's guard: each transfer is brought to
+/// its share of what is gone from the charge now ([`plan_moves`]). The newest snapshot decides,
+/// since a failed refund lowers `amount_refunded`: an older one is `stale`, one of the same second
+/// that refunds no more is `unchanged`.
+pub fn plan_refund(
+    refund: &Refund,
+    record: Option<&PaymentRecord>,
+    steps: &[Step],
+    context: &FundContext<'_>,
+) -> FundPlan {
     use crate::store::EventOutcome;
     if refund.amount <= 0 {
         return FundPlan::refused(format!(
@@ -580,150 +873,196 @@ pub fn plan_refund(refund: &Refund, record: Option<&PaymentRecord>, steps: &[Ste
             refund.charge_id, refund.amount_refunded, refund.amount
         ));
     }
-    let stored = record.and_then(|record| record.refund.as_ref());
-    if stored.is_some_and(|stored| stored.amount_refunded >= refund.amount_refunded) {
-        return FundPlan::nothing(EventOutcome::Unchanged);
+    if let Some(stored) = record.and_then(|record| record.refund.as_ref()) {
+        if refund.created < stored.created {
+            return FundPlan::nothing(EventOutcome::Stale);
+        }
+        if refund.created == stored.created && refund.amount_refunded <= stored.amount_refunded {
+            return FundPlan::nothing(EventOutcome::Unchanged);
+        }
     }
-    let (reversals, step_updates) = match plan_reversals(refund, steps, now) {
-        Ok(plan) => plan,
-        Err(reason) => return FundPlan::refused(reason),
-    };
     let mut next = PaymentRecord::next(record, &refund.payment_key);
     next.refund = Some(refund.clone());
-    FundPlan {
-        outcome: EventOutcome::Applied,
-        reason: None,
-        payment: Some(next),
-        new_steps: reversals,
-        step_updates,
+    // A newer snapshot of the same amount changes nothing, unless it no longer counts a refund
+    // that failed in between (another refund of the same size made up for it).
+    if let Some(record) = record
+        && record.refund.as_ref().is_some_and(|stored| stored.amount_refunded == refund.amount_refunded)
+        && recovery::refunded_now(record) == recovery::refunded_now(&next)
+    {
+        return FundPlan::nothing(EventOutcome::Unchanged);
     }
+    let cause = MoveCause::Refund { charge_id: refund.charge_id.clone(), failed_refund: None };
+    replan(next, steps, Some(&refund.charge_id), &refund.currency, &cause, context)
+}
+
+/// Plans what a failed or canceled refund gives back: the sellers' share of it, re-transferred
+/// (or netted back onto a transfer not sent yet). A refund already known to have failed is
+/// `unchanged`; one for a charge never seen is kept for the charge's later events.
+pub fn plan_refund_failure(
+    failure: &RefundFailure,
+    record: Option<&PaymentRecord>,
+    steps: &[Step],
+    context: &FundContext<'_>,
+) -> FundPlan {
+    use crate::store::EventOutcome;
+    if record.is_some_and(|record| record.failed_refunds.contains_key(&failure.refund_id)) {
+        return FundPlan::nothing(EventOutcome::Unchanged);
+    }
+    let mut next = PaymentRecord::next(record, &failure.payment_key);
+    next.failed_refunds.insert(
+        failure.refund_id.clone(),
+        FailedRefund {
+            amount: failure.amount,
+            refund_created: failure.refund_created,
+            failed_at: failure.at,
+        },
+    );
+    let cause = MoveCause::Refund {
+        charge_id: failure.charge_id.clone(),
+        failed_refund: Some(failure.refund_id.clone()),
+    };
+    replan(next, steps, Some(&failure.charge_id), &failure.currency, &cause, context)
+}
+
+/// Plans what a dispute event changes: the dispute's state on the payment's guard (withdrawn and
+/// reinstated only ever become true, so events in any order end the same), the moves that bring
+/// each transfer to its share under the policy, and each seller's dispute summary.
+pub fn plan_dispute(
+    dispute: &Dispute,
+    record: Option<&PaymentRecord>,
+    steps: &[Step],
+    accounts: &[AccountState],
+    context: &FundContext<'_>,
+) -> FundPlan {
+    use crate::store::EventOutcome;
+    let mut next = PaymentRecord::next(record, &dispute.payment_key);
+    let entry = next.disputes.entry(dispute.dispute_id.clone()).or_insert_with(|| DisputeRecord {
+        charge_id: dispute.charge_id.clone(),
+        amount: dispute.amount,
+        currency: dispute.currency.clone(),
+        status: dispute.status.clone(),
+        status_at: dispute.at,
+        withdrawn: false,
+        reinstated: false,
+    });
+    if dispute.at >= entry.status_at {
+        entry.status.clone_from(&dispute.status);
+        entry.status_at = dispute.at;
+        entry.amount = dispute.amount;
+    }
+    let inquiry = dispute.status.starts_with("warning_");
+    entry.withdrawn |= !inquiry && (dispute.withdrawn || dispute.status == "lost");
+    entry.reinstated |= !inquiry && (dispute.reinstated || dispute.status == "won");
+    let after = entry.clone();
+    if record.is_some_and(|record| record.disputes.get(&dispute.dispute_id) == Some(&after)) {
+        return FundPlan::nothing(EventOutcome::Unchanged);
+    }
+    let cause = MoveCause::Dispute(dispute.dispute_id.clone());
+    let mut plan = replan(next, steps, Some(&dispute.charge_id), &dispute.currency, &cause, context);
+    if let Some(next) = &plan.payment {
+        plan.accounts = dispute_summaries(next, steps, accounts, context.policy);
+    }
+    plan
+}
+
+/// Brings every transfer of the payment to its target after `next` changed, with `next` as the
+/// guard to write. A charge never seen (no transfers, no amount) is kept as `unknown_charge`:
+/// its payment event nets out what is gone when it comes.
+fn replan(
+    next: PaymentRecord,
+    steps: &[Step],
+    charge_id: Option<&str>,
+    currency: &str,
+    cause: &MoveCause,
+    context: &FundContext<'_>,
+) -> FundPlan {
+    use crate::store::EventOutcome;
+    if !next.knows_the_charge() && steps.is_empty() {
+        return FundPlan { outcome: EventOutcome::UnknownCharge, payment: Some(next), ..FundPlan::default() };
+    }
+    let Some(clawback) = clawback(&next, context.policy) else {
+        return FundPlan::refused(format!(
+            "the amount of charge {} is not recorded, so no share can be moved",
+            charge_id.unwrap_or("?")
+        ));
+    };
+    if let Some(reason) = currency_mismatch(steps, charge_id, currency) {
+        return FundPlan::refused(reason);
+    }
+    match plan_moves(&clawback, steps, charge_id, cause, next.version, context.now) {
+        Ok(moves) => FundPlan {
+            outcome: EventOutcome::Applied,
+            reason: None,
+            payment: Some(next),
+            new_steps: moves.new_steps,
+            step_updates: moves.step_updates,
+            accounts: Vec::new(),
+        },
+        Err(reason) => FundPlan::refused(reason),
+    }
+}
+
+/// Why a charge in `currency` cannot move its transfers: one of them is in another currency.
+fn currency_mismatch(steps: &[Step], charge_id: Option<&str>, currency: &str) -> Option<String> {
+    let transfer = steps.iter().find(|step| {
+        step.kind == StepKind::Transfer
+            && step.source_charge.as_deref().is_none_or(|source| Some(source) == charge_id)
+            && !step.currency.eq_ignore_ascii_case(currency)
+    })?;
+    Some(format!(
+        "charge {} is in {currency} but transfer {} is in {}",
+        charge_id.unwrap_or("?"),
+        transfer.step_id,
+        transfer.currency
+    ))
+}
+
+/// Each known seller's dispute summary after the payment's disputes changed, one version up where
+/// it changed: every dispute of the payment that reaches the seller, and what of it is unrecovered.
+fn dispute_summaries(
+    record: &PaymentRecord,
+    steps: &[Step],
+    accounts: &[AccountState],
+    policy: DisputePolicy,
+) -> Vec<AccountState> {
+    let held = held_shares(record, steps, policy);
+    let mut changed = Vec::new();
+    for account in accounts {
+        let Some(shares) = held.get(account.account_id.as_str()) else { continue };
+        let mut next = account.clone();
+        for (dispute_id, unrecovered) in shares {
+            let Some(dispute) = record.disputes.get(dispute_id) else { continue };
+            next.disputes.cases.insert(
+                dispute_id.clone(),
+                AccountDispute {
+                    charge_id: dispute.charge_id.clone(),
+                    status: dispute.status.clone(),
+                    currency: dispute.currency.clone(),
+                    unrecovered: *unrecovered,
+                },
+            );
+        }
+        next.disputes.recount();
+        if next.disputes != account.disputes {
+            next.version += 1;
+            changed.push(next);
+        }
+    }
+    changed
 }
 
 /// The reversals, and the reduced unsent transfers, that bring each of a charge's transfers to
-/// its share of the cumulative refund. `steps` are all the payment's steps. Transfers that failed
-/// or were refused, and transfers funded by another charge, are left alone. An `Err` plans nothing.
+/// its share of a cumulative refund alone (no disputes, no failed refunds). `steps` are all the
+/// payment's steps. An `Err` plans nothing.
 pub fn plan_reversals(refund: &Refund, steps: &[Step], now: i64) -> Result<(Vec<Step>, Vec<Step>), String> {
-    let counts = |step: &Step| !matches!(step.status, StepStatus::Failed | StepStatus::Refused);
-    let reversible: Vec<&Step> = steps
-        .iter()
-        .filter(|transfer| transfer.kind == StepKind::Transfer && counts(transfer) && transfer.amount > 0)
-        .filter(|transfer| transfer.source_charge.as_deref().is_none_or(|charge| charge == refund.charge_id))
-        .collect();
-    if let Some(transfer) =
-        reversible.iter().find(|transfer| !transfer.currency.eq_ignore_ascii_case(&refund.currency))
-    {
-        return Err(format!(
-            "charge {} is in {} but transfer {} is in {}",
-            refund.charge_id, refund.currency, transfer.step_id, transfer.currency
-        ));
+    let clawback =
+        recovery::Clawback { amount: refund.amount, refunded: refund.amount_refunded, disputed: 0 };
+    if let Some(reason) = currency_mismatch(steps, Some(&refund.charge_id), &refund.currency) {
+        return Err(reason);
     }
-    let mut reversals = Vec::new();
-    let mut reduced = Vec::new();
-    for transfer in reversible {
-        let Some(split) = transfer.amount.checked_add(transfer.netted) else {
-            return Err(format!("transfer {} does not fit in i64", transfer.step_id));
-        };
-        let target = refunded_share(split, refund);
-        let reversed: i64 = steps
-            .iter()
-            .filter(|reversal| reversal.kind == StepKind::Reversal && counts(reversal) && reversal.amount > 0)
-            .filter(|reversal| reversal.reverses_step.as_deref() == Some(transfer.step_id.as_str()))
-            .map(|reversal| reversal.amount)
-            .fold(0i64, i64::saturating_add);
-        let owed = target.saturating_sub(transfer.netted).saturating_sub(reversed);
-        if owed <= 0 {
-            continue;
-        }
-        if !transfer.may_have_been_sent() {
-            let mut next = transfer.clone();
-            net_out(&mut next, owed);
-            next.updated_at = now;
-            next.version += 1;
-            reduced.push(next);
-            continue;
-        }
-        reversals.push(Step {
-            source_charge: Some(refund.charge_id.clone()),
-            transfer_group: transfer.transfer_group.clone(),
-            payment_key: Some(refund.payment_key.clone()),
-            reverses_step: Some(transfer.step_id.clone()),
-            livemode: transfer.livemode,
-            ..Step::planned(
-                StepKind::Reversal,
-                format!("trr:{}:{target}", transfer.step_id),
-                transfer.destination.clone(),
-                owed,
-                transfer.currency.clone(),
-                now,
-            )
-        });
-    }
-    Ok((reversals, reduced))
-}
-
-/// Plans a payout of each positive available currency for a known account on manual payouts.
-///
-/// A currency whose payout may be moving money (in flight) is skipped. A payout planned from an
-/// older balance and not sent under its current key (queued, or waiting after a definite refusal
-/// such as `balance_insufficient`) is superseded: refused, with the reason, in the same write that
-/// plans the new one. Returns the new steps and the superseded ones.
-pub fn plan_payouts(
-    balance: &BalanceAvailable,
-    account: Option<&AccountState>,
-    payouts: &[Step],
-    event_id: &str,
-    livemode: Option<bool>,
-    now: i64,
-) -> (Vec<Step>, Vec<Step>) {
-    let Some(account) = account else { return (Vec::new(), Vec::new()) };
-    if account.account_id != balance.account || account.payout_schedule_interval.as_deref() != Some("manual")
-    {
-        return (Vec::new(), Vec::new());
-    }
-    let mut seen = BTreeSet::new();
-    let mut planned = Vec::new();
-    let mut superseded = Vec::new();
-    for (currency, amount) in &balance.available {
-        // A currency listed twice is paid out once, from its first entry.
-        if !seen.insert(currency.as_str()) || *amount <= 0 {
-            continue;
-        }
-        let open: Vec<&Step> = payouts
-            .iter()
-            .filter(|step| {
-                step.kind == StepKind::Payout
-                    && step.destination == balance.account
-                    && !step.status.is_final()
-                    && step.currency.eq_ignore_ascii_case(currency)
-            })
-            .collect();
-        // A payout the platform asked for is the platform's to decide: a balance neither
-        // supersedes it nor pays out beside it, which would spend the same balance twice.
-        if open.iter().any(|step| step.may_have_been_sent() || step.requested.is_some()) {
-            continue;
-        }
-        let step_id = format!("po:{}:{event_id}:{currency}", balance.account);
-        for old in open {
-            let mut next = old.clone();
-            next.status = StepStatus::Refused;
-            next.reason = Some(format!("superseded by the newer balance of {event_id} ({step_id})"));
-            next.updated_at = now;
-            next.version += 1;
-            superseded.push(next);
-        }
-        planned.push(Step {
-            livemode,
-            ..Step::planned(
-                StepKind::Payout,
-                step_id,
-                balance.account.clone(),
-                *amount,
-                currency.clone(),
-                now,
-            )
-        });
-    }
-    (planned, superseded)
+    let cause = MoveCause::Refund { charge_id: refund.charge_id.clone(), failed_refund: None };
+    let moves = plan_moves(&clawback, steps, Some(&refund.charge_id), &cause, 0, now)?;
+    Ok((moves.new_steps, moves.step_updates))
 }
 
 fn value_at<'v>(value: &'v Value, path: &[&str]) -> Option<&'v Value> {

@@ -121,6 +121,59 @@ pub struct Step {
     /// from an event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested: Option<PlatformRequest>,
+    /// Why the step exists: the payment, refund, dispute, balance or request that planned it. Kept
+    /// when the step succeeds; `reason` is the why of a wait or a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<StepCause>,
+    /// A payout's `method` and `source_type`, and how old its funds are (payout policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payout: Option<super::payout::PayoutOptions>,
+    /// For a re-transfer (a refund that failed, a dispute won): the transfer step whose reversal
+    /// it gives back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gives_back: Option<String>,
+    /// A transfer Stripe made itself (a destination charge's): recorded so that a dispute can
+    /// reverse it, never sent.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub by_stripe: bool,
+}
+
+/// What planned a step, and the Stripe (or caller) id of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepCause {
+    /// The kind of cause.
+    #[serde(rename = "type")]
+    pub kind: CauseKind,
+    /// `pi_…`/`ch_…` for a payment or refund, `re_…` for a failed refund, `dp_…` for a dispute,
+    /// `evt_…` for a balance, the caller's reference for a platform request.
+    pub id: String,
+}
+
+impl StepCause {
+    /// A cause of `kind` with `id`.
+    pub fn new(kind: CauseKind, id: impl Into<String>) -> Self {
+        Self { kind, id: id.into() }
+    }
+}
+
+/// The kinds of [`StepCause`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CauseKind {
+    /// A platform payment's split.
+    Payment,
+    /// A refund of a platform charge.
+    Refund,
+    /// A refund that failed, whose reversal is given back.
+    RefundFailed,
+    /// A dispute whose funds Stripe withdrew from the platform.
+    Dispute,
+    /// A dispute won: its funds were reinstated.
+    DisputeWon,
+    /// `POST /transfers` or `POST /payouts`.
+    PlatformRequest,
+    /// A connected account's available balance.
+    Balance,
 }
 
 /// A step the platform asked for (`POST /transfers`, `POST /payouts`).
@@ -134,6 +187,10 @@ pub struct PlatformRequest {
     /// A payout's `method`: `standard` or `instant`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn is_zero(value: &i64) -> bool {
@@ -230,6 +287,10 @@ impl Step {
             sent_at: None,
             unresolved: None,
             requested: None,
+            cause: None,
+            payout: None,
+            gives_back: None,
+            by_stripe: false,
         }
     }
 

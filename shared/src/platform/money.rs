@@ -8,7 +8,7 @@ use super::request::Fields;
 use super::{ApiError, ApiReply, PlatformApi, json_object};
 use crate::domain::change::step_changes;
 use crate::domain::reference::{ReferenceKind, ReferenceRecord, ReferenceState, digest};
-use crate::domain::step::{PlatformRequest, Step, StepKind, StepRef};
+use crate::domain::step::{CauseKind, PlatformRequest, Step, StepCause, StepKind, StepRef};
 use crate::store::{AccountStore, CommitOutcome, PlatformWrite, StoreError};
 use crate::stripe::signature::Clock;
 
@@ -73,6 +73,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             description: description.map(str::to_owned),
             method: None,
         });
+        step.cause = Some(StepCause::new(CauseKind::PlatformRequest, reference));
         self.store_requested(ReferenceKind::Transfer, reference, fingerprint, step).await
     }
 
@@ -109,6 +110,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             description: None,
             method: method.map(str::to_owned),
         });
+        step.cause = Some(StepCause::new(CauseKind::PlatformRequest, reference));
         self.store_requested(ReferenceKind::Payout, reference, fingerprint, step).await
     }
 

@@ -5,8 +5,9 @@
 //! guard is `pk = PAY#<payment_key>`, `sk = PAYMENT`, beside its steps (`sk = STEP#<step_id>`); a
 //! payout step lives under its account. A platform reference is `pk = REF#<kind>#<reference>`,
 //! `sk = REF`. A change is `pk = FEED#<yyyy-mm-dd>`, `sk = <cursor>`, which the table's stream
-//! hands to the notifier. Three indexes: `steps_by_destination` (an account's steps), the sparse
-//! `open_steps` (steps not yet final, for the sweep) and `accounts_by_status` (the listing).
+//! hands to the notifier. Four indexes: `steps_by_destination` (an account's steps), the sparse
+//! `open_steps` (steps not yet final, for the sweep), `accounts_by_status` (the listing) and the
+//! sparse `payouts_due` (accounts whose payout funds are due, for the payout sweep).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,8 +27,8 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::{
-    AccountPage, AccountQuery, AccountStore, CHANGE_RETENTION_SECS, ChangePage, CommitOutcome, EventOutcome,
-    EventRecord, EventWrite, MAX_PAGE, PaymentState, PlatformWrite, StoreError,
+    AccountPage, AccountQuery, AccountStore, AccountWrite, CHANGE_RETENTION_SECS, ChangePage, CommitOutcome,
+    EventOutcome, EventRecord, EventWrite, MAX_PAGE, PaymentState, PlatformWrite, StoreError,
 };
 use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
 use crate::domain::change::Change;
@@ -66,6 +67,13 @@ const UPDATED_AT: &str = "updated_at";
 
 /// The listing index: keys `onboarding_status` and `account_id`, on account items only.
 const ACCOUNTS_BY_STATUS: &str = "accounts_by_status";
+/// The sparse index of accounts whose payout funds are due for the sweep: keys `payout_sweep`
+/// (always [`PAYOUT_SWEEP_DUE`], present only while the account has a due time) and
+/// `payout_due_at`.
+const PAYOUTS_DUE: &str = "payouts_due";
+const PAYOUT_SWEEP: &str = "payout_sweep";
+const PAYOUT_SWEEP_DUE: &str = "due";
+const PAYOUT_DUE_AT: &str = "payout_due_at";
 const REFERENCE_PREFIX: &str = "REF#";
 const REFERENCE_SK: &str = "REF";
 const REFERENCE_RECORD: &str = "record";
@@ -213,6 +221,15 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .attribute_definitions(attribute(ONBOARDING_STATUS).map_err(build_failed)?)
         .attribute_definitions(attribute(ACCOUNT_ID).map_err(build_failed)?)
         .global_secondary_indexes(index(ACCOUNTS_BY_STATUS, ONBOARDING_STATUS, ACCOUNT_ID)?)
+        .attribute_definitions(attribute(PAYOUT_SWEEP).map_err(build_failed)?)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(PAYOUT_DUE_AT)
+                .attribute_type(ScalarAttributeType::N)
+                .build()
+                .map_err(build_failed)?,
+        )
+        .global_secondary_indexes(index(PAYOUTS_DUE, PAYOUT_SWEEP, PAYOUT_DUE_AT)?)
         .stream_specification(
             StreamSpecification::builder()
                 .stream_enabled(true)
@@ -287,7 +304,7 @@ impl AccountStore for DynamoStore {
 
     async fn commit(&self, write: &EventWrite<'_>) -> Result<CommitOutcome, StoreError> {
         let record = write.record;
-        let only_the_record = write.account.is_none()
+        let only_the_record = write.accounts.is_empty()
             && write.new_steps.is_empty()
             && write.step_updates.is_empty()
             && write.payment.is_none()
@@ -307,7 +324,7 @@ impl AccountStore for DynamoStore {
         let put = |item: Item| Put::builder().table_name(&self.table).set_item(Some(item));
         let event_put = put(event_item(record)?).condition_expression(NOT_YET_WRITTEN);
         let mut puts = vec![event_put];
-        if let Some(state) = write.account {
+        for state in write.accounts {
             puts.push(versioned(put(account_item(state)?), state.version)?);
         }
         for step in write.new_steps {
@@ -622,6 +639,56 @@ impl AccountStore for DynamoStore {
         }
         Ok(Some(page))
     }
+
+    async fn commit_account(&self, write: &AccountWrite<'_>) -> Result<CommitOutcome, StoreError> {
+        let state = write.account;
+        if write.new_steps.is_empty() && write.step_updates.is_empty() && write.changes.is_empty() {
+            // Only the account: a plain conditional put, at half a transaction's cost.
+            return self.put_versioned(account_item(state)?, state.version).await;
+        }
+        let put = |item: Item| Put::builder().table_name(&self.table).set_item(Some(item));
+        let mut puts = vec![versioned(put(account_item(state)?), state.version)?];
+        for step in write.new_steps {
+            puts.push(put(step_item(step)?).condition_expression(NOT_YET_WRITTEN));
+        }
+        for step in write.step_updates {
+            puts.push(step_update(put(step_item(step)?), step)?);
+        }
+        for change in write.changes {
+            puts.push(change_put(put(change_item(change)?)));
+        }
+        Ok(match self.transact(puts).await? {
+            None => CommitOutcome::Committed,
+            Some(_) => CommitOutcome::Conflict,
+        })
+    }
+
+    /// One page of the sparse `payouts_due` index, which DynamoDB keeps eventually consistent:
+    /// the sweep's write is conditional on the version it read, and retries on a consistent read.
+    async fn list_payouts_due(&self, due_by: i64, limit: usize) -> Result<Vec<AccountState>, StoreError> {
+        let page_size = i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000);
+        let mut items = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PAYOUTS_DUE)
+            .key_condition_expression("#sweep = :due AND #due_at <= :by")
+            .expression_attribute_names("#sweep", PAYOUT_SWEEP)
+            .expression_attribute_names("#due_at", PAYOUT_DUE_AT)
+            .expression_attribute_values(":due", AttributeValue::S(PAYOUT_SWEEP_DUE.to_owned()))
+            .expression_attribute_values(":by", AttributeValue::N(due_by.to_string()))
+            .limit(page_size)
+            .into_paginator()
+            .items()
+            .send();
+        let mut accounts = Vec::new();
+        while accounts.len() < limit
+            && let Some(item) = items.next().await
+        {
+            accounts.push(account_from_item(&item.map_err(|err| unavailable("Query", &err))?)?);
+        }
+        Ok(accounts)
+    }
 }
 
 impl DynamoStore {
@@ -891,14 +958,20 @@ fn build_failed(err: BuildError) -> StoreError {
 fn account_item(state: &AccountState) -> Result<Item, StoreError> {
     let json = serde_json::to_string(state)
         .map_err(|err| StoreError::Unavailable(format!("could not serialize an account state: {err}")))?;
-    Ok(HashMap::from([
+    let mut item = HashMap::from([
         (PK.to_owned(), AttributeValue::S(account_pk(&state.account_id))),
         (SK.to_owned(), AttributeValue::S(ACCOUNT_SK.to_owned())),
         (VERSION.to_owned(), AttributeValue::N(state.version.to_string())),
         (ONBOARDING_STATUS.to_owned(), AttributeValue::S(state.onboarding_status.as_str().to_owned())),
         (ACCOUNT_ID.to_owned(), AttributeValue::S(state.account_id.to_string())),
         (STATE.to_owned(), AttributeValue::S(json)),
-    ]))
+    ]);
+    // Only accounts with payout funds due are in the sweep's index.
+    if let Some(due_at) = state.payout_funds.due_at {
+        item.insert(PAYOUT_SWEEP.to_owned(), AttributeValue::S(PAYOUT_SWEEP_DUE.to_owned()));
+        item.insert(PAYOUT_DUE_AT.to_owned(), AttributeValue::N(due_at.to_string()));
+    }
+    Ok(item)
 }
 
 fn account_from_item(item: &Item) -> Result<AccountState, StoreError> {

@@ -48,6 +48,9 @@ pub enum EventOutcome {
     /// A fund-flow event with nothing new to do (no splits, already planned, nothing refunded).
     #[default]
     Unchanged,
+    /// A dispute or failed refund of a charge not seen yet: kept on the payment's guard, so that
+    /// the charge's own event nets it out when it comes.
+    UnknownCharge,
 }
 
 impl EventOutcome {
@@ -65,6 +68,7 @@ impl EventOutcome {
             Self::FetchFailed => "fetch_failed",
             Self::Refused => "refused",
             Self::Unchanged => "unchanged",
+            Self::UnknownCharge => "unknown_charge",
         }
     }
 
@@ -82,6 +86,7 @@ impl EventOutcome {
             Self::FetchFailed,
             Self::Refused,
             Self::Unchanged,
+            Self::UnknownCharge,
         ]
         .into_iter()
         .find(|outcome| outcome.as_str() == name)
@@ -121,8 +126,9 @@ pub struct EventRecord {
 pub struct EventWrite<'a> {
     /// The event's record; must not exist yet.
     pub record: &'a EventRecord,
-    /// The account's next state; the stored one must be at `version - 1` (or absent for 1).
-    pub account: Option<&'a AccountState>,
+    /// The next state of each account the event changes; each stored one must be at
+    /// `version - 1` (or absent for 1).
+    pub accounts: &'a [AccountState],
     /// Steps planned by the event; none of them may exist yet.
     pub new_steps: &'a [Step],
     /// Steps the event settles (Stripe reporting a transfer or payout); each stored one must be at
@@ -138,17 +144,18 @@ pub struct EventWrite<'a> {
 impl<'a> EventWrite<'a> {
     /// Only the event record.
     pub fn record_only(record: &'a EventRecord) -> Self {
-        Self { record, account: None, new_steps: &[], step_updates: &[], payment: None, changes: &[] }
+        Self { record, accounts: &[], new_steps: &[], step_updates: &[], payment: None, changes: &[] }
     }
 
     /// The event record and, if given, the account's next state.
     pub fn with_account(record: &'a EventRecord, account: Option<&'a AccountState>) -> Self {
-        Self { record, account, new_steps: &[], step_updates: &[], payment: None, changes: &[] }
+        let accounts = account.map(std::slice::from_ref).unwrap_or_default();
+        Self { record, accounts, new_steps: &[], step_updates: &[], payment: None, changes: &[] }
     }
 
     /// The event record and the steps it planned.
     pub fn with_steps(record: &'a EventRecord, new_steps: &'a [Step]) -> Self {
-        Self { record, account: None, new_steps, step_updates: &[], payment: None, changes: &[] }
+        Self { record, accounts: &[], new_steps, step_updates: &[], payment: None, changes: &[] }
     }
 }
 
@@ -162,6 +169,20 @@ pub struct PlatformWrite<'a> {
     pub account: Option<&'a AccountState>,
     /// New steps; none of them may exist yet.
     pub new_steps: &'a [Step],
+    /// What the write changes, for the change feed.
+    pub changes: &'a [Change],
+}
+
+/// An account's next state and the payout steps planned with it, written atomically without an
+/// event record: what the payout sweep and `PUT /accounts/{id}/payout_policy` write.
+#[derive(Debug, Clone, Copy)]
+pub struct AccountWrite<'a> {
+    /// The account's next state; the stored one must be at `version - 1`.
+    pub account: &'a AccountState,
+    /// Steps planned with it; none of them may exist yet.
+    pub new_steps: &'a [Step],
+    /// Stored steps it moves (payouts a plan superseded); each stored one must be at `version - 1`.
+    pub step_updates: &'a [Step],
     /// What the write changes, for the change feed.
     pub changes: &'a [Change],
 }
@@ -383,6 +404,23 @@ pub trait AccountStore: Send + Sync + 'static {
         let _ = month;
         async { Err(no_ledger()) }
     }
+
+    /// Writes everything in `write` in one conditional write: `Committed`, or `Conflict` when the
+    /// account or a step moved first (or a new step exists already).
+    fn commit_account(
+        &self,
+        write: &AccountWrite<'_>,
+    ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+
+    /// Up to `limit` accounts whose payout funds are due (`payout_funds.due_at`) at or before
+    /// `due_by`, soonest first, read from an index that holds only such accounts (never a scan):
+    /// what the payout sweep plans for. The index may lag a write; the sweep's own write is
+    /// conditional on the account's version.
+    fn list_payouts_due(
+        &self,
+        due_by: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AccountState>, StoreError>> + Send;
 }
 
 /// What a store that keeps no ledger answers.

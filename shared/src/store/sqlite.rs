@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AccountPage, AccountQuery, AccountStore, BoxFuture, CHANGE_RETENTION_SECS, ChangePage, CommitOutcome,
-    EventOutcome, EventRecord, EventWrite, MAX_PAGE, PaymentState, PlatformWrite, StepQueue, StoreError,
+    AccountPage, AccountQuery, AccountStore, AccountWrite, BoxFuture, CHANGE_RETENTION_SECS, ChangePage,
+    CommitOutcome, EventOutcome, EventRecord, EventWrite, MAX_PAGE, PaymentState, PlatformWrite, StepQueue,
+    StoreError,
 };
 use crate::domain::account::{AccountId, AccountState};
 use crate::domain::change::Change;
@@ -27,6 +28,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     state TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS accounts_by_status ON accounts (onboarding_status, account_id);
+CREATE INDEX IF NOT EXISTS accounts_by_payout_due ON accounts (json_extract(state, '$.payout_funds.due_at'))
+    WHERE json_extract(state, '$.payout_funds.due_at') IS NOT NULL;
 CREATE TABLE IF NOT EXISTS events (
     event_id TEXT PRIMARY KEY,
     event_type TEXT NOT NULL,
@@ -397,11 +400,11 @@ impl SqliteStore {
         if inserted == 0 {
             return Ok(CommitOutcome::Duplicate);
         }
-        if let Some(state) = write.account
-            && Self::write_account_in(&transaction, state)? == CommitOutcome::Conflict
-        {
-            // Dropping the transaction rolls the event record back with it.
-            return Ok(CommitOutcome::Conflict);
+        for state in write.accounts {
+            if Self::write_account_in(&transaction, state)? == CommitOutcome::Conflict {
+                // Dropping the transaction rolls the event record back with it.
+                return Ok(CommitOutcome::Conflict);
+            }
         }
         if let Some(payment) = write.payment {
             let json = serde_json::to_string(payment).map_err(corrupt)?;
@@ -819,6 +822,43 @@ impl AccountStore for SqliteStore {
             page.changes.push(change);
         }
         Ok(Some(page))
+    }
+
+    async fn commit_account(&self, write: &AccountWrite<'_>) -> Result<CommitOutcome, StoreError> {
+        let mut connection = self.lock()?;
+        let transaction =
+            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+        if Self::write_account_in(&transaction, write.account)? == CommitOutcome::Conflict
+            || Self::insert_steps_in(&transaction, write.new_steps)? == CommitOutcome::Conflict
+        {
+            return Ok(CommitOutcome::Conflict);
+        }
+        for step in write.step_updates {
+            if Self::update_step_in(&transaction, step)? == CommitOutcome::Conflict {
+                return Ok(CommitOutcome::Conflict);
+            }
+        }
+        Self::insert_changes_in(&transaction, write.changes)?;
+        transaction.commit().map_err(unavailable)?;
+        Ok(CommitOutcome::Committed)
+    }
+
+    /// Reads the partial index on `payout_funds.due_at`, which holds only accounts with a due time.
+    async fn list_payouts_due(&self, due_by: i64, limit: usize) -> Result<Vec<AccountState>, StoreError> {
+        let connection = self.lock()?;
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT state FROM accounts
+                 WHERE json_extract(state, '$.payout_funds.due_at') IS NOT NULL
+                   AND json_extract(state, '$.payout_funds.due_at') <= ?1
+                 ORDER BY json_extract(state, '$.payout_funds.due_at'), account_id LIMIT ?2",
+            )
+            .map_err(unavailable)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement
+            .query_map(params![due_by, limit], |row| row.get::<_, String>(0))
+            .map_err(unavailable)?;
+        rows.map(|json| serde_json::from_str(&json.map_err(unavailable)?).map_err(corrupt)).collect()
     }
 }
 

@@ -2,34 +2,35 @@
 //! event, in one conditional write.
 
 use super::{Delivery, MAX_CONFLICT_RETRIES, WebhookError, WebhookService};
-use crate::domain::account::{AccountState, PayoutFailure};
+use crate::domain::account::AccountState;
 use crate::domain::change::{account_changes, steps_changes};
 use crate::domain::funds::{
-    FundEvent, FundPlan, Settlement, plan_payment, plan_payouts, plan_refund, settle,
+    FundContext, FundEvent, FundPlan, Settlement, plan_dispute, plan_payment, plan_refund,
+    plan_refund_failure, record_payout_outcome, settle,
 };
+use crate::domain::payout::{PayoutTrigger, plan_payouts, read_balance_entries};
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::stripe::event::Event;
 use crate::stripe::signature::Clock;
 
-/// What a plan was decided on: the stored steps and account it read, so that the write can say
+/// What a plan was decided on: the stored steps and accounts it read, so that the write can say
 /// what it changed.
 #[derive(Default)]
 struct Read {
     steps: Vec<Step>,
-    account: Option<AccountState>,
+    accounts: Vec<AccountState>,
 }
 
-/// A plan, the account state it writes, and what it was decided on.
+/// A plan and what it was decided on.
 struct Planned {
     plan: FundPlan,
-    account: Option<AccountState>,
     read: Read,
 }
 
 impl Planned {
     fn nothing(outcome: EventOutcome) -> Self {
-        Self { plan: FundPlan::nothing(outcome), account: None, read: Read::default() }
+        Self { plan: FundPlan::nothing(outcome), read: Read::default() }
     }
 }
 
@@ -45,16 +46,17 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         now: i64,
     ) -> Result<Delivery, WebhookError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let Planned { plan, account, read } = self.plan(fund_event, event, now).await?;
+            let Planned { plan, read } = self.plan(fund_event, event, now).await?;
             record.outcome = plan.outcome;
             record.reason.clone_from(&plan.reason);
             let mut changes = steps_changes(&read.steps, &plan.new_steps, &plan.step_updates, now);
-            if let Some(next) = &account {
-                changes.extend(account_changes(read.account.as_ref(), next, now));
+            for next in &plan.accounts {
+                let before = read.accounts.iter().find(|account| account.account_id == next.account_id);
+                changes.extend(account_changes(before, next, now));
             }
             let write = EventWrite {
                 record: &record,
-                account: account.as_ref(),
+                accounts: &plan.accounts,
                 new_steps: &plan.new_steps,
                 step_updates: &plan.step_updates,
                 payment: plan.payment.as_ref(),
@@ -66,7 +68,16 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                         tracing::warn!(reason, "fund-flow event refused; nothing will be sent for it");
                     }
                     tracing::info!(steps = plan.new_steps.len(), "fund-flow steps recorded");
-                    self.send(&plan.new_steps).await?;
+                    // A transfer netted away and back is queued again by its update.
+                    let requeued = plan.step_updates.iter().filter(|step| {
+                        step.status == StepStatus::Queued
+                            && read
+                                .steps
+                                .iter()
+                                .any(|was| was.step_id == step.step_id && was.status != StepStatus::Queued)
+                    });
+                    let queued: Vec<Step> = plan.new_steps.iter().chain(requeued).cloned().collect();
+                    self.send(&queued).await?;
                     return Ok(Delivery::Recorded(record.outcome));
                 }
                 CommitOutcome::Duplicate => {
@@ -90,7 +101,6 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         event: &Event,
     ) -> Result<Planned, StoreError> {
         let mut plan = FundPlan::nothing(EventOutcome::Unchanged);
-        let mut account = None;
         let mut read = Read::default();
         let mut refusals = Vec::new();
         for settlement in settlements {
@@ -110,50 +120,26 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                     continue;
                 }
             };
-            if let Some(next) = settled.step {
+            if let Some(next) = &settled.step {
                 plan.outcome = EventOutcome::Applied;
-                plan.step_updates.push(next);
+                plan.step_updates.push(next.clone());
             }
             if settled.payout_failure.is_none() && settled.payout_paid.is_none() {
                 continue;
             }
-            let Some(mut next) = self.store.load_account(&step.destination).await? else { continue };
-            read.account = Some(next.clone());
-            let changed = match (&settled.payout_failure, &settled.payout_paid) {
-                (Some((payout_id, failure_code)), _) => {
-                    next.payout_failure = Some(PayoutFailure {
-                        payout_id: payout_id.clone(),
-                        failure_code: failure_code.clone(),
-                        failed_at: event.created,
-                        step_id: Some(step.step_id.clone()),
-                    });
-                    true
-                }
-                // A later payout reaching the bank clears an earlier one's failure; the same
-                // payout's failure stands, since Stripe can fail a payout after paying it.
-                (None, Some(paid)) => {
-                    let cleared = next.payout_failure.as_ref().is_some_and(|failure| {
-                        failure.payout_id != *paid && failure.failed_at <= event.created
-                    });
-                    if cleared {
-                        next.payout_failure = None;
-                    }
-                    cleared
-                }
-                (None, None) => false,
-            };
-            if changed {
-                next.version += 1;
+            let Some(account) = self.store.load_account(&step.destination).await? else { continue };
+            if let Some(next) = record_payout_outcome(&account, &settled, event.created, &step.step_id) {
                 plan.outcome = EventOutcome::Applied;
-                account = Some(next);
+                plan.accounts.push(next);
             }
+            read.accounts.push(account);
         }
         if plan.outcome != EventOutcome::Applied && !refusals.is_empty() {
             plan = FundPlan::refused(refusals.join("; "));
         } else if !refusals.is_empty() {
             tracing::warn!(reasons = refusals.join("; "), "some settlements refused");
         }
-        Ok(Planned { plan, account, read })
+        Ok(Planned { plan, read })
     }
 
     /// Sends the steps that are still queued, after their commit.
@@ -173,12 +159,21 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             FundEvent::Payment(payment) => self.store.load_payment_steps(&payment.payment_key).await,
             FundEvent::Settlements(_) => Ok(Vec::new()),
             FundEvent::Refund(refund) => self.store.load_payment_steps(&refund.payment_key).await,
+            FundEvent::Dispute(dispute) => self.store.load_payment_steps(&dispute.payment_key).await,
+            FundEvent::RefundFailed(failure) => self.store.load_payment_steps(&failure.payment_key).await,
             FundEvent::BalanceAvailable(balance) => self.store.load_payouts(&balance.account).await,
         }
     }
 
     /// The plan for one event, from one read of what it depends on, and the account it changes.
     async fn plan(&self, fund_event: &FundEvent, event: &Event, now: i64) -> Result<Planned, StoreError> {
+        let context = FundContext {
+            event_id: &event.id,
+            event_type: &event.event_type,
+            livemode: event.livemode,
+            now,
+            policy: self.dispute_policy,
+        };
         Ok(match fund_event {
             FundEvent::Payment(payment) => {
                 let stored = self.store.load_payment(&payment.payment_key).await?;
@@ -187,14 +182,35 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                 if unguarded && stored.steps.iter().any(|step| step.kind == StepKind::Transfer) {
                     return Ok(Planned::nothing(EventOutcome::Unchanged));
                 }
-                let trigger = (event.id.as_str(), event.event_type.as_str());
-                let plan = plan_payment(payment, stored.record.as_ref(), trigger, event.livemode, now);
-                Planned { plan, account: None, read: Read { steps: stored.steps, account: None } }
+                let plan = plan_payment(payment, stored.record.as_ref(), &context);
+                Planned { plan, read: Read { steps: stored.steps, accounts: Vec::new() } }
             }
             FundEvent::Refund(refund) => {
                 let stored = self.store.load_payment(&refund.payment_key).await?;
-                let plan = plan_refund(refund, stored.record.as_ref(), &stored.steps, now);
-                Planned { plan, account: None, read: Read { steps: stored.steps, account: None } }
+                let plan = plan_refund(refund, stored.record.as_ref(), &stored.steps, &context);
+                Planned { plan, read: Read { steps: stored.steps, accounts: Vec::new() } }
+            }
+            FundEvent::RefundFailed(failure) => {
+                let stored = self.store.load_payment(&failure.payment_key).await?;
+                let plan = plan_refund_failure(failure, stored.record.as_ref(), &stored.steps, &context);
+                Planned { plan, read: Read { steps: stored.steps, accounts: Vec::new() } }
+            }
+            FundEvent::Dispute(dispute) => {
+                let stored = self.store.load_payment(&dispute.payment_key).await?;
+                let mut sellers: Vec<_> = stored
+                    .steps
+                    .iter()
+                    .filter(|step| step.kind == StepKind::Transfer)
+                    .map(|step| step.destination.clone())
+                    .collect();
+                sellers.sort();
+                sellers.dedup();
+                let mut accounts = Vec::new();
+                for seller in &sellers {
+                    accounts.extend(self.store.load_account(seller).await?);
+                }
+                let plan = plan_dispute(dispute, stored.record.as_ref(), &stored.steps, &accounts, &context);
+                Planned { plan, read: Read { steps: stored.steps, accounts } }
             }
             FundEvent::Settlements(settlements) => self.plan_settlements(settlements, event).await?,
             FundEvent::BalanceAvailable(balance) => {
@@ -207,23 +223,31 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                     return Ok(Planned::nothing(EventOutcome::Stale));
                 }
                 let payouts = self.store.load_payouts(&balance.account).await?;
-                let (steps, superseded) =
-                    plan_payouts(balance, Some(&account), &payouts, &event.id, event.livemode, now);
-                if steps.is_empty() {
+                // The fund event keeps each currency's total; the policy also needs its split by
+                // source type, so the object is read again.
+                let object = serde_json::from_str(event.object.get()).unwrap_or(serde_json::Value::Null);
+                let entries = read_balance_entries(&object);
+                let trigger =
+                    PayoutTrigger::Balance { event_id: &event.id, created: event.created, entries: &entries };
+                let planned =
+                    plan_payouts(&trigger, &account, &self.payout_settings, &payouts, event.livemode, now);
+                // The account is written with every plan (its held balances and the ordering
+                // guard), which makes two balance events for one account conflict: the second
+                // sees the first's payout as open instead of planning another.
+                let Some(next) = planned.account else {
                     return Ok(Planned::nothing(EventOutcome::Unchanged));
+                };
+                if !next.payout_funds.warnings.is_empty() {
+                    self.metrics.payout_funds_stale(next.payout_funds.warnings.len());
                 }
-                // Writing the account too makes two balance events for one account conflict, so
-                // that the second sees the first's payout as open instead of planning another.
-                let mut next = account.clone();
-                next.ordering.balance = Some(event.created);
-                next.version += 1;
                 let plan = FundPlan {
                     outcome: EventOutcome::Applied,
-                    new_steps: steps,
-                    step_updates: superseded,
+                    new_steps: planned.new_steps,
+                    step_updates: planned.superseded,
+                    accounts: vec![next],
                     ..FundPlan::default()
                 };
-                Planned { plan, account: Some(next), read: Read { steps: payouts, account: Some(account) } }
+                Planned { plan, read: Read { steps: payouts, accounts: vec![account] } }
             }
         })
     }

@@ -28,7 +28,7 @@ fn service() -> WebhookService<SqliteStore, FixedClock> {
     let settings = WebhookSettings {
         secrets: vec![WebhookSecret::new(LOCAL_SECRET)],
         tolerance_secs: 0,
-        expected_livemode: None,
+        ..WebhookSettings::unsigned(None)
     };
     WebhookService::with_clock(SqliteStore::in_memory().unwrap(), &settings, FixedClock(NOW))
 }
