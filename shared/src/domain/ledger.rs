@@ -586,11 +586,20 @@ impl LedgerDecision {
 }
 
 /// Merges `event` into `stored`. Pure: no I/O, no clock.
+///
+/// A refund or dispute of a charge the ledger has not recorded is not kept: most are of the
+/// platform's own charges (separate charges and transfers), which the ledger never books, and
+/// keeping them would cost a write and an item each for nothing.
 pub fn plan_ledger(stored: Option<&LedgerEntry>, event: &LedgerEvent) -> LedgerDecision {
     let mut next = stored.cloned().unwrap_or_else(|| LedgerEntry::new(event.key.clone()));
     let mut said = None;
     let mut changed = false;
-    for part in &event.parts {
+    let charges_first = event.parts.iter().filter(|part| matches!(part, LedgerPart::Charge(_)));
+    let others = event.parts.iter().filter(|part| !matches!(part, LedgerPart::Charge(_)));
+    for part in charges_first.chain(others) {
+        if next.charge.is_none() && matches!(part, LedgerPart::Refund(..) | LedgerPart::Dispute(..)) {
+            continue;
+        }
         let (merge, wrote) = next.merge(part);
         said = said.max(Some(merge));
         changed |= wrote;

@@ -185,9 +185,11 @@ fn a_refund_newer_than_the_charges_snapshot_counts_as_refunded() {
     let refund = json!({"id": "re_1", "object": "refund", "amount": 2_500, "charge": "ch_d", "currency": "usd",
         "status": "pending", "transfer_reversal": "trr_1", "created": JULY});
     let refund = read_ledger_event(&event("refund.created", JULY, None, refund)).unwrap();
-    let (_, totals) = apply_all(&[refund.clone(), charge.clone()]);
+    let (_, totals) = apply_all(&[charge.clone(), refund.clone()]);
     let june = totals[&bucket("usd", "2025-06")];
     assert_eq!((june.refunds, june.platform_absorbed_refunds), (2_500, 0));
+    let (entry, _) = apply_all(std::slice::from_ref(&refund));
+    assert_eq!(entry, None, "a refund of a charge never recorded is not kept");
     // The charge's own cumulative figure, once it says more, wins.
     let refunded =
         read_ledger_event(&event("charge.refunded", JULY + 1, None, destination_charge(4_000, "card")))
@@ -252,11 +254,10 @@ fn disputes_count_net_of_reinstatement_and_only_against_a_recorded_charge() {
     let reinstated =
         read_ledger_event(&event("charge.dispute.funds_reinstated", JULY + 5, None, dispute)).unwrap();
     let (entry, totals) = apply_all(std::slice::from_ref(&withdrawn));
-    assert!(totals.is_empty(), "a dispute of a charge never recorded books nothing");
-    assert_eq!(entry.unwrap().disputes.len(), 1, "but is kept for when the charge arrives");
+    assert_eq!((entry, totals.is_empty()), (None, true), "a dispute of a charge never recorded: nothing");
     let charge =
         read_ledger_event(&event("charge.succeeded", JUNE, None, destination_charge(0, "card"))).unwrap();
-    let (_, totals) = apply_all(&[withdrawn.clone(), charge.clone()]);
+    let (_, totals) = apply_all(&[charge.clone(), withdrawn.clone()]);
     assert_eq!(totals[&bucket("usd", "2025-06")].disputes, 10_000);
     assert_eq!(totals[&bucket("usd", "2025-06")].net(), -1_000);
     // A late withdrawal never undoes the reinstatement.
@@ -503,22 +504,31 @@ fn part_of(object: &Object, as_of: i64) -> LedgerPart {
 }
 
 proptest! {
-    /// Any sequence of deliveries (duplicates, any order, cumulative snapshots going up and down)
-    /// ends at the totals of applying only the newest snapshot of each object, once.
+    /// Any sequence of deliveries after the charge's first (duplicates, any order, cumulative
+    /// snapshots going up and down) ends at the totals of applying only the newest snapshot of each
+    /// object, once.
     #[test]
     fn any_delivery_order_ends_at_the_newest_snapshots_totals(
+        first_charge in (1u8..=2, 0i64..=10_000, 0i64..6),
         snapshots in prop::collection::vec((object_strategy(), 0i64..6), 1..14),
         order in prop::collection::vec(any::<prop::sample::Index>(), 1..40),
     ) {
-        let events: Vec<LedgerEvent> = snapshots
+        let (rank, refunded, at) = first_charge;
+        let charge = Object::Charge { rank, refunded, method: "card" };
+        let first = LedgerEvent { key: "ch_d".into(), parts: vec![part_of(&charge, JUNE + at)] };
+        let mut events: Vec<LedgerEvent> = snapshots
             .iter()
             .map(|(object, at)| LedgerEvent { key: "ch_d".into(), parts: vec![part_of(object, JUNE + at)] })
             .collect();
+        events.push(first.clone());
         // Every snapshot at least once, then repeats in any order.
         let mut deliveries: Vec<LedgerEvent> = order.iter().map(|index| events[index.index(events.len())].clone()).collect();
         deliveries.extend(events.iter().cloned());
         let rotate = order[0].index(deliveries.len());
         deliveries.rotate_left(rotate);
+        // Stripe sends a charge when it is made, long before its refunds and disputes: one of its
+        // snapshots comes first, and everything after it in any order, again and again.
+        deliveries.insert(0, first);
 
         let (entry, totals) = apply_all(&deliveries);
         let entry = entry.expect("something was applied");
