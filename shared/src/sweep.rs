@@ -70,7 +70,7 @@ pub fn can_receive_now(step: &Step, account: Option<&AccountState>) -> bool {
         (_, Some(account)) if account.deauthorized => false,
         (StepKind::Transfer, Some(account)) => account.can_receive_transfers(),
         (StepKind::Transfer, None) => true,
-        (StepKind::Payout, Some(account)) => account.payouts_enabled == Some(true),
+        (StepKind::Payout, Some(account)) => account.can_receive_payouts(),
         (StepKind::Payout, None) => false,
     }
 }

@@ -542,8 +542,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
 /// (a capability, payouts, or the platform's authorization came back).
 fn became_able_to_receive(before: Option<&AccountState>, after: &AccountState) -> bool {
     let transfers_active = AccountState::can_receive_transfers;
-    let payouts_enabled =
-        |account: &AccountState| !account.deauthorized && account.payouts_enabled == Some(true);
+    let payouts_enabled = AccountState::can_receive_payouts;
     (transfers_active(after) && !before.is_some_and(transfers_active))
         || (payouts_enabled(after) && !before.is_some_and(payouts_enabled))
 }

@@ -390,7 +390,7 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
             (StepKind::Payout, Some(account)) => {
                 if account.payout_schedule_interval.as_deref() != Some("manual") {
                     Readiness::Refuse("the account's payouts are no longer on a manual schedule".into())
-                } else if account.payouts_enabled == Some(true) {
+                } else if account.can_receive_payouts() {
                     Readiness::Ready
                 } else {
                     Readiness::Wait("payouts are not enabled on the account".into())

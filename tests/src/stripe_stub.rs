@@ -663,6 +663,28 @@ impl StripeStub {
         });
     }
 
+    /// Reverses `amount` of a transfer as Stripe does itself for a refund made with
+    /// `reverse_transfer`, with no metadata of Connect Flow's.
+    pub fn reverse_as_stripe(&self, transfer_id: &str, amount: i64) {
+        let mut ledger = self.shared.ledger();
+        let created = ledger.now;
+        let Some(transfer) = ledger.transfers.iter_mut().find(|transfer| transfer.id == transfer_id) else {
+            panic!("no transfer {transfer_id} to reverse");
+        };
+        transfer.amount_reversed += amount;
+        let (currency, destination) = (transfer.currency.clone(), transfer.destination.clone());
+        let id = ledger.next_id("trr");
+        ledger.reversals.push(StubReversal {
+            id,
+            transfer: transfer_id.to_owned(),
+            amount,
+            currency,
+            destination,
+            metadata: BTreeMap::new(),
+            created,
+        });
+    }
+
     /// What `account` holds of the platform's money: its transfers less their reversals.
     pub fn net_transferred_to(&self, account: &str) -> i64 {
         let ledger = self.shared.ledger();

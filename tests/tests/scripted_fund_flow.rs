@@ -316,21 +316,55 @@ impl<S: AccountStore + Clone> Script<S> {
 
         // Destination charges: Stripe made the transfer; a refund plans nothing whether or not the
         // platform asked Stripe to reverse it, and a lost dispute reverses Stripe's transfer.
-        for (charge, intent, transfer) in [("ch_d1", "pi_d1", "tr_d1"), ("ch_d2", "pi_d2", "tr_d2")] {
+        for (charge, intent, transfer) in
+            [("ch_d1", "pi_d1", "tr_d1"), ("ch_d2", "pi_d2", "tr_d2"), ("ch_d3", "pi_d3", "tr_d3")]
+        {
             self.stub.add_destination_transfer(transfer, "acct_A", 9_000, "usd", charge);
             let destination = json!({"id": charge, "object": "charge", "amount": 10_000, "amount_captured": 10_000,
                 "currency": "usd", "payment_intent": intent, "captured": true, "application_fee_amount": 1_000,
-                "transfer": transfer, "transfer_data": {"destination": "acct_A"}, "amount_refunded": 0});
+                "transfer": transfer, "transfer_data": {"destination": "acct_A"}, "amount_refunded": 0,
+                "status": "succeeded", "created": NOW - 150});
             self.deliver(&event(&format!("evt_{charge}"), "charge.succeeded", NOW - 150, None, destination))
                 .await;
         }
         let refunded = json!({"id": "ch_d1", "object": "charge", "amount": 10_000, "amount_captured": 10_000,
-            "currency": "usd", "payment_intent": "pi_d1", "captured": true, "amount_refunded": 10_000,
+            "currency": "usd", "payment_intent": "pi_d1", "captured": true, "amount_refunded": 10_000, "status": "succeeded", "created": NOW - 150,
+            "application_fee_amount": 1_000,
             "transfer": "tr_d1", "transfer_data": {"destination": "acct_A"}});
         self.deliver(&event("evt_d1r", "charge.refunded", NOW - 140, None, refunded)).await;
-        let d1 = self.store().load_payment_steps("pi_d1").await.unwrap();
-        assert_eq!(d1.len(), 1, "only Stripe's own transfer: {d1:?}");
-        assert!(d1[0].by_stripe && d1[0].status == StepStatus::Succeeded);
+        // d1's refund left the transfer alone (the platform keeps the loss); d3's asked Stripe to
+        // reverse it, which Stripe did itself.
+        let refund = |id: &str, charge: &str, intent: &str, reversal: Value| {
+            json!({"id": id, "object": "refund", "amount": 10_000, "currency": "usd", "charge": charge,
+                "payment_intent": intent, "status": "succeeded", "transfer_reversal": reversal, "created": NOW - 140})
+        };
+        self.deliver(&event(
+            "evt_d1re",
+            "refund.created",
+            NOW - 140,
+            None,
+            refund("re_d1", "ch_d1", "pi_d1", Value::Null),
+        ))
+        .await;
+        self.stub.reverse_as_stripe("tr_d3", 9_000);
+        let refunded_d3 = json!({"id": "ch_d3", "object": "charge", "amount": 10_000, "amount_captured": 10_000,
+            "currency": "usd", "payment_intent": "pi_d3", "captured": true, "amount_refunded": 10_000, "status": "succeeded", "created": NOW - 150,
+            "application_fee_amount": 1_000,
+            "transfer": "tr_d3", "transfer_data": {"destination": "acct_A"}});
+        self.deliver(&event("evt_d3r", "charge.refunded", NOW - 139, None, refunded_d3)).await;
+        self.deliver(&event(
+            "evt_d3re",
+            "refund.created",
+            NOW - 139,
+            None,
+            refund("re_d3", "ch_d3", "pi_d3", json!("trr_by_stripe")),
+        ))
+        .await;
+        for intent in ["pi_d1", "pi_d3"] {
+            let steps = self.store().load_payment_steps(intent).await.unwrap();
+            assert_eq!(steps.len(), 1, "only Stripe's own transfer: {steps:?}");
+            assert!(steps[0].by_stripe && steps[0].status == StepStatus::Succeeded);
+        }
         self.deliver(&event(
             "evt_d2x",
             "charge.dispute.funds_withdrawn",
@@ -356,7 +390,8 @@ impl<S: AccountStore + Clone> Script<S> {
 
     /// What the sellers hold after [`Self::run_money_back`]: the lost dispute and the refund that
     /// stands took their shares, the won dispute and the failed refund gave theirs back.
-    fn assert_money_back(&self) {
+    async fn assert_money_back(&self) {
+        use shared::platform::{ApiRequest, PlatformApi, PlatformSettings};
         // A: lost 0, won 7000, the refund that stands (10%) leaves 6300, d1 9000, d2 reversed 0.
         assert_eq!(self.stub.net_transferred_to("acct_A"), 7_000 + 6_300 + 9_000);
         assert_eq!(self.stub.net_transferred_to("acct_B"), 2_000 + 1_800);
@@ -364,13 +399,41 @@ impl<S: AccountStore + Clone> Script<S> {
         assert_eq!(tr_d2.amount_reversed, 9_000, "the lost destination charge's transfer came back");
         let tr_d1 = self.stub.transfers().into_iter().find(|t| t.id == "tr_d1").unwrap();
         assert_eq!(tr_d1.amount_reversed, 0, "Connect Flow never reverses a destination charge for a refund");
+        let by_connect_flow =
+            self.stub.reversals().iter().filter(|r| r.transfer == "tr_d3" && !r.metadata.is_empty()).count();
+        assert_eq!(by_connect_flow, 0, "Stripe reversed tr_d3 itself; Connect Flow added nothing");
+        // The seller's ledger: three destination charges, two refunded, one disputed and lost, and
+        // only d1's refund kept by the platform.
+        let api =
+            PlatformApi::with_clock(self.store().clone(), None, PlatformSettings::default(), FixedClock(NOW));
+        let reply = api
+            .handle(&ApiRequest {
+                method: "GET",
+                path: "/accounts/acct_A/ledger",
+                query: "from=2025-06&to=2025-06",
+                body: b"",
+                base_url: "",
+            })
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let usd = serde_json::from_str::<Value>(&reply.body).unwrap()["currencies"]["usd"].clone();
+        assert_eq!(
+            (usd["payments"].as_i64(), usd["gross"].as_i64(), usd["fees"].as_i64(), usd["refunds"].as_i64()),
+            (Some(3), Some(30_000), Some(3_000), Some(20_000)),
+            "{usd}"
+        );
+        assert_eq!(
+            (usd["disputes"].as_i64(), usd["platform_absorbed_refunds"].as_i64()),
+            (Some(10_000), Some(10_000)),
+            "{usd}"
+        );
     }
 }
 
 async fn money_back<S: AccountStore + Clone>(store: S, faults: bool) {
     let script = Script::start(store, faults).await;
     script.run_money_back().await;
-    script.assert_money_back();
+    script.assert_money_back().await;
     assert_eq!(script.stub.pending_faults(), 0, "every injected fault was hit");
 }
 

@@ -354,6 +354,11 @@ impl AccountState {
         };
         !self.deauthorized && self.capabilities.get(capability).is_some_and(|status| status == "active")
     }
+
+    /// Whether the account can be paid out: payouts are enabled and it is still connected.
+    pub fn can_receive_payouts(&self) -> bool {
+        !self.deauthorized && self.payouts_enabled == Some(true)
+    }
 }
 
 /// The onboarding-status rule of DESIGN.md for the account's API: first match wins.

@@ -192,7 +192,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
                 }
                 Some(record) if record.state == ReferenceState::Bound => {
                     let id = record.object_id.as_deref().unwrap_or_default();
-                    return Ok(ApiReply::of(200, &self.known_account(id).await?));
+                    return Ok(ApiReply::of(200, &self.shown_account(self.known_account(id).await?)));
                 }
                 // Nothing was created under a refused reference: it may be tried again, with any
                 // parameters, under the fresh key its refusal moved it to.
@@ -361,14 +361,14 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             let write =
                 PlatformWrite { reference: &bound, account: Some(&next), new_steps: &[], changes: &changes };
             match self.store.commit_platform(&write).await? {
-                CommitOutcome::Committed => return Ok(ApiReply::of(201, &next)),
+                CommitOutcome::Committed => return Ok(ApiReply::of(201, &self.shown_account(next))),
                 _ => {
                     // The account moved (a webhook), or the reference did: a concurrent call bound
                     // it, or marked it sent again while this one was at Stripe. Read both again.
                     match self.store.load_reference(ReferenceKind::Account, &record.reference).await? {
                         Some(stored) if stored.state == ReferenceState::Bound => {
                             let id = stored.object_id.as_deref().unwrap_or_default();
-                            return Ok(ApiReply::of(200, &self.known_account(id).await?));
+                            return Ok(ApiReply::of(200, &self.shown_account(self.known_account(id).await?)));
                         }
                         Some(stored) if stored.fingerprint == record.fingerprint => bound = bind_to(&stored),
                         _ => {}

@@ -498,7 +498,8 @@ impl Bench {
                 ensure!(answer == json!({ "batchItemFailures": [] }), "the worker answered {answer}");
             }
             Function::Sweeper => {
-                let resent = json!({ "queued": 1, "in_flight": 0, "waiting": 0 });
+                let resent = json!({ "queued": 1, "in_flight": 0, "waiting": 0,
+                    "payouts": { "accounts_due": 0, "payouts_planned": 0, "stale_funds": 0 } });
                 ensure!(answer == resent, "the sweeper answered {answer}, not {resent}");
             }
         }
