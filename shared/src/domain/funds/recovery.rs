@@ -201,12 +201,6 @@ pub fn plan_moves(
             return Err(format!("transfer {} does not fit in i64", split.step_id));
         };
         let target = clawback.share(split_amount, split.by_stripe);
-        if !split.by_stripe && (unsent(split) || is_netted_away(split)) {
-            if let Some(next) = renet(split, split_amount, target, now) {
-                moves.step_updates.push(next);
-            }
-            continue;
-        }
         let family: Vec<&Step> = std::iter::once(split)
             .chain(steps.iter().filter(|step| step.gives_back.as_deref() == Some(split.step_id.as_str())))
             .collect();
@@ -228,7 +222,17 @@ pub fn plan_moves(
             .filter(|step| counts(step))
             .map(|step| step.amount)
             .fold(0, i64::saturating_add);
-        let taken = split.netted.saturating_add(reversed).saturating_sub(given_back);
+        let moved = reversed.saturating_sub(given_back);
+        let mut netted = split.netted;
+        // A split not sent yet is netted, counting what reversals planned while it was in flight
+        // (it may have been refused since) already take back once it is made.
+        if !split.by_stripe && (unsent(split) || is_netted_away(split)) {
+            netted = target.saturating_sub(moved).clamp(0, split_amount);
+            if let Some(next) = renet(split, split_amount, netted, cause, now) {
+                moves.step_updates.push(next);
+            }
+        }
+        let taken = netted.saturating_add(moved);
         let mut owed = target.saturating_sub(taken);
         if owed > 0 {
             // Take back: first what a re-transfer has not sent yet, then by reversing.
@@ -327,18 +331,21 @@ impl MoveCause {
     }
 }
 
-/// A split not sent yet, netted to its target; `None` when it already is.
-fn renet(split: &Step, split_amount: i64, target: i64, now: i64) -> Option<Step> {
-    let target = target.clamp(0, split_amount);
-    if target == split.netted {
+/// A split not sent yet, netted by `netted`; `None` when it already is.
+fn renet(split: &Step, split_amount: i64, netted: i64, cause: &MoveCause, now: i64) -> Option<Step> {
+    if netted == split.netted {
         return None;
     }
     let mut next = split.clone();
-    next.netted = target;
-    next.amount = split_amount - target;
+    next.netted = netted;
+    next.amount = split_amount - netted;
     if next.amount == 0 {
         next.status = StepStatus::Refused;
-        next.reason = Some("the payment was refunded or disputed before this transfer was sent".to_owned());
+        let what = match cause {
+            MoveCause::Refund { .. } => "refunded",
+            MoveCause::Dispute(_) => "disputed",
+        };
+        next.reason = Some(format!("the payment was {what} before this transfer was sent"));
     } else if is_netted_away(split) {
         next.status = StepStatus::Queued;
         next.reason = None;

@@ -478,3 +478,40 @@ proptest! {
         }
     }
 }
+
+/// Found by the worker's interleaving property test: a reversal planned while its transfer was in
+/// flight, then the transfer refused for now (balance_insufficient, so never made) and the payment
+/// refunded whole. The transfer must still go for what the reversal takes back, or the reversal
+/// would wait forever on a transfer that was refused.
+#[test]
+fn a_reversal_planned_while_its_transfer_was_in_flight_is_counted_when_the_transfer_is_netted() {
+    let (mut record, steps) = paid();
+    let mut steps: Vec<Step> = steps
+        .into_iter()
+        .map(|step| Step { status: StepStatus::InFlight, stripe_id: None, ..step })
+        .collect();
+    let reverse = context(DisputePolicy::Reverse);
+    let planned = plan_refund(&snapshot(2500, NOW), Some(&record), &steps, &reverse);
+    apply(&mut record, &mut steps, planned);
+    assert_eq!(steps.iter().filter(|step| step.kind == StepKind::Reversal).count(), 2);
+    for step in steps.iter_mut().filter(|step| step.kind == StepKind::Transfer) {
+        step.status = StepStatus::Waiting;
+        step.attempt += 1;
+        step.version += 1;
+    }
+    let plan = plan_refund(&snapshot(10000, NOW + 5), Some(&record), &steps, &reverse);
+    apply(&mut record, &mut steps, plan);
+    for seller in [A, B] {
+        let transfer = steps
+            .iter()
+            .find(|step| step.kind == StepKind::Transfer && step.destination.as_str() == seller)
+            .unwrap();
+        let reversed: i64 = steps
+            .iter()
+            .filter(|step| step.kind == StepKind::Reversal && step.destination.as_str() == seller)
+            .map(|step| step.amount)
+            .sum();
+        assert_eq!(transfer.status, StepStatus::Waiting, "{seller}: still to be made, for its reversal");
+        assert_eq!(transfer.amount, reversed, "{seller}: made and reversed, it nets to nothing");
+    }
+}
