@@ -155,8 +155,11 @@ async fn one_history<S: AccountStore + Clone>(store: S, seed: u64, steps: usize)
             2 | 3 => {
                 // Stripe's cumulative `amount_refunded` only goes down when a refund fails (which
                 // recovery/tests.rs drives): each snapshot refunds at least what the last one did.
-                let amount_refunded =
-                    refunded.get(payment).copied().unwrap_or(0).max([2_500, 5_000, 7_300, AMOUNT][rng.below(4)]);
+                let amount_refunded = refunded
+                    .get(payment)
+                    .copied()
+                    .unwrap_or(0)
+                    .max([2_500, 5_000, 7_300, AMOUNT][rng.below(4)]);
                 refunded.insert(payment, amount_refunded);
                 let id = world.event_id();
                 let refund = charge_refunded(&id, payment, AMOUNT, amount_refunded, world.now() - 10);
