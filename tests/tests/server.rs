@@ -156,6 +156,54 @@ async fn send_signs_sample_files_and_posts_them() {
     server.stop().await;
 }
 
+/// The dispute samples through `connect-flow send` and `serve` (no Stripe key, so the transfer is
+/// still queued): the withdrawn dispute nets the transfer away before it is sent and shows on the
+/// account; the reinstatement queues it again whole.
+#[tokio::test]
+async fn a_dispute_and_its_reinstatement_through_serve() {
+    let server = RunningServer::start(&temp_db("dispute")).await;
+    let events = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events/stripe");
+    let url = format!("{}/webhooks/stripe", server.base);
+    let send = |names: &[&str]| {
+        let files: Vec<PathBuf> = names.iter().map(|name| events.join(name)).collect();
+        let url = url.clone();
+        async move {
+            assert!(connect_flow::commands::send(&files, &url, integration_tests::SECRET).await.unwrap())
+        }
+    };
+    send(&[
+        "account.updated.active.json",
+        "payment_intent.succeeded.json",
+        "charge.dispute.funds_withdrawn.json",
+    ])
+    .await;
+    let (_, account) = server.get("/accounts/acct_1QcFlowDemo0001").await;
+    assert_eq!(account["disputes"]["open"], 1, "{account}");
+    assert_eq!(account["disputes"]["cases"]["dp_1QcFlowDemoDispute01"]["status"], "needs_response");
+    let (_, steps) = server.get("/accounts/acct_1QcFlowDemo0001/steps").await;
+    let transfer = &steps[0];
+    assert_eq!(
+        (transfer["kind"].as_str(), transfer["status"].as_str(), transfer["amount"].as_i64()),
+        (Some("transfer"), Some("refused"), Some(0)),
+        "{steps}"
+    );
+    assert_eq!(transfer["reason"], "the payment was disputed before this transfer was sent");
+    assert_eq!(
+        transfer["cause"],
+        serde_json::json!({"type": "payment", "id": "pi_3Qc4Mm6UfM1CId1946Rd3Nf6"})
+    );
+    send(&["charge.dispute.funds_reinstated.json"]).await;
+    let (_, steps) = server.get("/accounts/acct_1QcFlowDemo0001/steps").await;
+    assert_eq!(
+        (steps[0]["status"].as_str(), steps[0]["amount"].as_i64()),
+        (Some("queued"), Some(7000)),
+        "{steps}"
+    );
+    let (_, account) = server.get("/accounts/acct_1QcFlowDemo0001").await;
+    assert_eq!(account["disputes"]["open"], 0, "won: {account}");
+    server.stop().await;
+}
+
 /// `serve` with `CONNECT_FLOW_API_TOKEN`: every platform route wants the token before it does
 /// anything; the webhook and the signed refresh route do not.
 #[tokio::test]
