@@ -125,6 +125,37 @@ async fn base64_payment_intent_to_an_unseen_seller_is_planned_and_its_replay_is_
     assert_eq!(record.event_type, "payment_intent.succeeded");
 }
 
+/// The dispute samples through the Lambda envelope: a dispute of a charge never seen is kept as
+/// `unknown_charge`; after the payment, its funds withdrawn net the unsent transfer away and are on
+/// the account; the reinstatement gives the transfer back whole.
+#[tokio::test]
+async fn a_dispute_through_the_lambda_envelope_moves_the_sellers_share_and_back() {
+    use shared::domain::step::StepStatus;
+    let service = service();
+    let account = AccountId::parse(DEMO_ACCOUNT).unwrap();
+    let withdrawn = envelope("apigw-v2.charge.dispute.funds_withdrawn.json");
+    let (status, body) = send(&service, &withdrawn).await;
+    assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("unknown_charge")), "{body}");
+    for name in ["apigw-v2.account.updated.active.json", "apigw-v2.payment_intent.succeeded.json"] {
+        let (status, body) = send(&service, &envelope(name)).await;
+        assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("applied")), "{name}: {body}");
+    }
+    let steps = service.store().load_account_steps(&account).await.unwrap();
+    assert_eq!(
+        (steps[0].status, steps[0].amount, steps[0].netted),
+        (StepStatus::Refused, 0, 7000),
+        "the dispute, kept before the payment, nets its transfer away: {steps:?}"
+    );
+    let (status, body) = send(&service, &envelope("apigw-v2.charge.dispute.funds_reinstated.json")).await;
+    assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("applied")), "{body}");
+    let steps = service.store().load_account_steps(&account).await.unwrap();
+    assert_eq!((steps[0].status, steps[0].amount), (StepStatus::Queued, 7000), "{steps:?}");
+    let state = service.store().load_account(&account).await.unwrap().expect("account stored");
+    assert_eq!(state.disputes.cases["dp_1QcFlowDemoDispute01"].status, "won");
+    let (status, body) = send(&service, &envelope("apigw-v2.refund.updated.failed.json")).await;
+    assert_eq!((status, body["received"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+}
+
 #[tokio::test]
 async fn forged_signature_is_refused_and_stores_nothing() {
     let envelope = envelope("apigw-v2.forged-signature.json");
