@@ -261,14 +261,14 @@ mod tests {
 
     fn step(step_id: &str, destination: &str, status: StepStatus) -> Step {
         Step {
-            step_id: step_id.to_owned(),
+            step_id: step_id.into(),
             kind: StepKind::Transfer,
             destination: AccountId::parse(destination).unwrap(),
             amount: 500,
             currency: "usd".to_owned(),
             source_charge: Some("ch_1".to_owned()),
             transfer_group: Some("pi_1".to_owned()),
-            payment_key: Some("pi_1".to_owned()),
+            payment_key: Some("pi_1".into()),
             reverses_step: None,
             status,
             reason: None,

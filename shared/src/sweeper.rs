@@ -236,7 +236,7 @@ mod tests {
 
     use super::*;
     use crate::domain::account::AccountId;
-    use crate::domain::step::{Step, StepKind, StepStatus};
+    use crate::domain::step::{Step, StepId, StepKind, StepStatus};
     use crate::metrics::{MemorySink, MetricsSettings};
     use crate::store::{AccountStore, EventOutcome, EventRecord, EventWrite};
 
@@ -303,7 +303,7 @@ mod tests {
                    "payouts": {"accounts_due": 0, "payouts_planned": 0, "stale_funds": 0}})
         );
 
-        let sent = |queue| -> Vec<String> {
+        let sent = |queue| -> Vec<StepId> {
             let messages = sqlite(&sweeper).receive(queue, NOW, 30, 10).unwrap();
             messages.into_iter().map(|message| message.step.step_id).collect()
         };

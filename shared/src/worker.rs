@@ -11,7 +11,7 @@ use crate::domain::account::AccountId;
 use crate::domain::change::step_changes;
 use crate::domain::funds::{PAYMENT_METADATA, STEP_METADATA};
 use crate::domain::payout::PayoutMethod;
-use crate::domain::step::{Step, StepKind, StepRef, StepStatus, UnresolvedCall};
+use crate::domain::step::{Step, StepId, StepKind, StepRef, StepStatus, UnresolvedCall};
 use crate::metrics::Metrics;
 use crate::store::{AccountStore, CommitOutcome, StoreError};
 use crate::stripe::client::{CreateTransfer, PayoutParams, StripeClient, StripeError, StripeObject};
@@ -66,10 +66,10 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     /// The message names a step that is not stored.
     #[error("no stored step {0}")]
-    UnknownStep(String),
+    UnknownStep(StepId),
     /// The step kept changing under the worker.
     #[error("step {0} kept changing concurrently")]
-    Contention(String),
+    Contention(StepId),
 }
 
 /// Whether a step can be sent now.

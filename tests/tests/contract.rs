@@ -263,7 +263,7 @@ async fn events_that_change_no_account_are_still_recorded<S: AccountStore>(store
 
 fn transfer_step(payment: &str, destination: &str, amount: i64) -> Step {
     Step {
-        step_id: format!("tr:{payment}:{destination}"),
+        step_id: format!("tr:{payment}:{destination}").into(),
         kind: StepKind::Transfer,
         destination: account_id(destination),
         amount,
@@ -298,8 +298,8 @@ async fn steps_commit_with_their_event_and_are_found_by_payment_and_account<S: A
         store.commit(&EventWrite::with_steps(&planned, &steps)).await.unwrap(),
         CommitOutcome::Committed
     );
-    assert_eq!(store.load_payment_steps("pi_1").await.unwrap(), steps);
-    assert_eq!(store.load_payment_steps("pi_2").await.unwrap(), []);
+    assert_eq!(store.load_payment_steps(&"pi_1".into()).await.unwrap(), steps);
+    assert_eq!(store.load_payment_steps(&"pi_2".into()).await.unwrap(), []);
     assert_eq!(store.load_account_steps(&account_id("acct_B")).await.unwrap(), [steps[1].clone()]);
     let replay = EventWrite::with_steps(&planned, &steps);
     assert_eq!(store.commit(&replay).await.unwrap(), CommitOutcome::Duplicate);
@@ -382,7 +382,7 @@ async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
         "currency": "usd", "payment_intent": "pi_1", "captured": true, "paid": true,
         "metadata": {"transfer:acct_A": "7000", "transfer:acct_B": "2000"}});
     assert_eq!(deliver(fund_event("evt_ch", "charge.succeeded", NOW - 99, None, charge)).await, unchanged);
-    let steps = service.store().load_payment_steps("pi_1").await.unwrap();
+    let steps = service.store().load_payment_steps(&"pi_1".into()).await.unwrap();
     let amounts: Vec<(&str, i64)> = steps.iter().map(|step| (step.step_id.as_str(), step.amount)).collect();
     assert_eq!(amounts, [("tr:pi_1:acct_A", 7000), ("tr:pi_1:acct_B", 2000)]);
     assert!(steps.iter().all(|step| step.status == StepStatus::Queued && step.source_charge.as_deref() == Some("ch_pi_1")));
@@ -403,7 +403,7 @@ async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
     );
     // The transfers were never sent, so the refunds take them back before they go: no reversals,
     // and nothing left to send.
-    let steps = service.store().load_payment_steps("pi_1").await.unwrap();
+    let steps = service.store().load_payment_steps(&"pi_1".into()).await.unwrap();
     let netted: Vec<(&str, i64, i64, StepStatus)> =
         steps.iter().map(|step| (step.step_id.as_str(), step.amount, step.netted, step.status)).collect();
     assert_eq!(
@@ -423,7 +423,7 @@ async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
         deliver(fund_event("evt_pi3", "payment_intent.succeeded", NOW - 74, None, early)).await,
         applied
     );
-    let planned = service.store().load_payment_steps("pi_3").await.unwrap();
+    let planned = service.store().load_payment_steps(&"pi_3".into()).await.unwrap();
     let kinds: Vec<(StepKind, i64, i64)> =
         planned.iter().map(|step| (step.kind, step.amount, step.netted)).collect();
     assert_eq!(kinds, [(StepKind::Transfer, 300, 300)]);
@@ -437,7 +437,7 @@ async fn fund_flow_events_plan_each_step_once<S: AccountStore>(store: S) {
         deliver(fund_event("evt_pi2", "payment_intent.succeeded", NOW - 70, None, over)).await,
         Delivery::Recorded(EventOutcome::Refused)
     );
-    let refused = service.store().load_payment_steps("pi_2").await.unwrap();
+    let refused = service.store().load_payment_steps(&"pi_2".into()).await.unwrap();
     assert_eq!(refused.len(), 2);
     assert!(refused.iter().all(|step| step.status == StepStatus::Refused && step.reason.is_some()));
 

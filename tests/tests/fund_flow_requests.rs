@@ -58,7 +58,7 @@ async fn requests_to_run(
 /// The stored step of `kind` for `pi_1` to `destination`.
 async fn payment_step(store: &DynamoStore, kind: StepKind, destination: &str) -> Step {
     store
-        .load_payment_steps("pi_1")
+        .load_payment_steps(&"pi_1".into())
         .await
         .unwrap()
         .into_iter()
@@ -253,7 +253,7 @@ async fn each_fund_flow_event_and_step_costs_the_requests_pinned_here() {
         println!("| {case} | `{}` |", requests.join(" + "));
     }
     // Sizes for the cost arithmetic: a step item is its JSON plus a few short key attributes.
-    let steps = store.load_payment_steps("pi_1").await.unwrap();
+    let steps = store.load_payment_steps(&"pi_1".into()).await.unwrap();
     let step_bytes: Vec<usize> =
         steps.iter().map(|step| serde_json::to_string(step).unwrap().len()).collect();
     let account = store.load_account(&manual).await.unwrap().unwrap();

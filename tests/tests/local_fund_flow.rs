@@ -218,7 +218,7 @@ async fn stripes_lifecycle_events_settle_steps_and_a_failed_payout_shows_on_the_
 
     // A step never sent (still queued) cannot be settled by any event: whoever reports it, it
     // has not moved money, and settling it would lose the transfer.
-    let planned = store.load_payment_steps("pi_5").await.unwrap().remove(0);
+    let planned = store.load_payment_steps(&"pi_5".into()).await.unwrap().remove(0);
     assert_eq!(planned.status, StepStatus::Queued);
     let transfer = json!({"id": "tr_from_stripe", "object": "transfer", "amount": 600, "currency": "usd",
         "destination": "acct_A", "metadata": {"connect_flow_step": planned.step_id, "connect_flow_payment": "pi_5"}});
@@ -307,7 +307,7 @@ async fn a_transfer_waits_for_its_destination_and_goes_when_the_capability_is_ac
     );
     deliver(&service, &paid).await;
     drain(&worker_for(&store, &stub)).await;
-    let step = store.load_payment_steps("pi_w").await.unwrap().remove(0);
+    let step = store.load_payment_steps(&"pi_w".into()).await.unwrap().remove(0);
     assert_eq!(step.status, StepStatus::Waiting);
     assert!(stub.transfers().is_empty(), "nothing is sent to a destination that cannot receive");
     // The waiting step is parked in the store and its message acknowledged: nothing is left to
@@ -349,7 +349,7 @@ async fn a_rejected_api_key_leaves_steps_to_retry_instead_of_failing_them() {
     // restricted key. The stand-in Stripe accepts only `sk_test_…` keys.
     config.api_key = shared::stripe::client::ApiKey::new("rk_test_revoked");
     let worker = StepWorker::with_clock(store.clone(), StripeClient::new(config).unwrap(), FixedClock(NOW));
-    let step = store.load_payment_steps("pi_k").await.unwrap().remove(0);
+    let step = store.load_payment_steps(&"pi_k".into()).await.unwrap().remove(0);
     assert!(matches!(
         worker.run(&step.reference()).await.unwrap(),
         shared::worker::Disposition::RetryLater(_)

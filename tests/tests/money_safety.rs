@@ -20,7 +20,7 @@ use integration_tests::{
 use serde_json::{Value, json};
 use shared::domain::account::{AccountId, AccountState, OnboardingStatus};
 use shared::domain::change::Change;
-use shared::domain::step::{Step, StepKind, StepRef, StepStatus, UnresolvedCall};
+use shared::domain::step::{PaymentKey, Step, StepKind, StepRef, StepStatus, UnresolvedCall};
 use shared::store::{
     AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, PaymentState, StoreError,
 };
@@ -62,11 +62,11 @@ impl<S: AccountStore> AccountStore for RacingStore<S> {
         self.inner.commit(write).await
     }
 
-    async fn load_payment_steps(&self, payment_key: &str) -> Result<Vec<Step>, StoreError> {
+    async fn load_payment_steps(&self, payment_key: &PaymentKey) -> Result<Vec<Step>, StoreError> {
         self.inner.load_payment_steps(payment_key).await
     }
 
-    async fn load_payment(&self, payment_key: &str) -> Result<PaymentState, StoreError> {
+    async fn load_payment(&self, payment_key: &PaymentKey) -> Result<PaymentState, StoreError> {
         let read = self.inner.load_payment(payment_key).await;
         let hold = self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if hold {
@@ -162,7 +162,7 @@ impl<S: AccountStore + Clone> Flow<S> {
     }
 
     async fn steps(&self, payment: &str) -> Vec<Step> {
-        self.store.load_payment_steps(payment).await.unwrap()
+        self.store.load_payment_steps(&payment.into()).await.unwrap()
     }
 
     async fn outcome(&self, event_id: &str) -> (EventOutcome, Option<String>) {
@@ -200,8 +200,8 @@ const SPLITS: [(&str, i64); 2] = [("acct_A", 7000), ("acct_B", 2000)];
 fn transfer_ref(payment: &str, account: &str) -> StepRef {
     StepRef {
         kind: StepKind::Transfer,
-        step_id: format!("tr:{payment}:{account}"),
-        payment_key: Some(payment.to_owned()),
+        step_id: format!("tr:{payment}:{account}").into(),
+        payment_key: Some(payment.into()),
         destination: AccountId::parse(account).unwrap(),
     }
 }

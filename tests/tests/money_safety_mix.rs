@@ -263,7 +263,7 @@ async fn one_history<S: AccountStore + Clone>(store: S, seed: u64, steps: usize)
     for (destination, split) in SPLITS {
         let mut owed = 0;
         for payment in PAYMENTS {
-            let planned = world.store.load_payment_steps(payment).await.unwrap();
+            let planned = world.store.load_payment_steps(&payment.into()).await.unwrap();
             if planned.is_empty() {
                 continue;
             }
@@ -272,7 +272,7 @@ async fn one_history<S: AccountStore + Clone>(store: S, seed: u64, steps: usize)
         }
         if world.net_to(destination) != owed {
             for payment in PAYMENTS {
-                for step in world.store.load_payment_steps(payment).await.unwrap() {
+                for step in world.store.load_payment_steps(&payment.into()).await.unwrap() {
                     eprintln!("{step:?}");
                 }
             }
@@ -291,7 +291,7 @@ async fn one_history<S: AccountStore + Clone>(store: S, seed: u64, steps: usize)
         assert!(made.insert(step.clone()), "seed {seed}: {step} was made twice");
     }
     for payment in PAYMENTS {
-        for step in world.store.load_payment_steps(payment).await.unwrap() {
+        for step in world.store.load_payment_steps(&payment.into()).await.unwrap() {
             assert!(
                 step.status.is_final(),
                 "seed {seed}: {} ended {:?}: {:?}",

@@ -248,7 +248,7 @@ async fn a_balance_split_by_source_type_is_paid_per_source_type<S: AccountStore 
     let split =
         json!([{"amount": 9000, "currency": "usd", "source_types": {"card": 7000, "bank_account": 2000}}]);
     flow.balance("evt_b1", split).await;
-    let ids: Vec<String> = flow.payouts().await.into_iter().map(|step| step.step_id).collect();
+    let ids: Vec<String> = flow.payouts().await.into_iter().map(|step| step.step_id.into()).collect();
     assert_eq!(ids, [format!("po:{SELLER}:evt_b1:usd:bank_account"), format!("po:{SELLER}:evt_b1:usd:card")]);
     flow.run_payouts().await;
     let mut sent: Vec<(i64, Option<String>)> =

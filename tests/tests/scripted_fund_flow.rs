@@ -80,7 +80,7 @@ impl<S: AccountStore + Clone> Script<S> {
     }
 
     async fn payment_steps(&self) -> Vec<Step> {
-        self.store().load_payment_steps("pi_s").await.unwrap()
+        self.store().load_payment_steps(&"pi_s".into()).await.unwrap()
     }
 
     async fn payout_steps(&self) -> Vec<Step> {
@@ -186,13 +186,13 @@ impl<S: AccountStore + Clone> Script<S> {
             "currency": "usd", "latest_charge": charge,
             "metadata": {"transfer:acct_A": "7000", "transfer:acct_B": "2000"}});
         self.deliver(&event(&format!("evt_{intent}"), "payment_intent.succeeded", at, None, payment)).await;
-        self.run_steps(self.store().load_payment_steps(intent).await.unwrap()).await;
+        self.run_steps(self.store().load_payment_steps(&intent.into()).await.unwrap()).await;
     }
 
     async fn settle_steps_of(&self, intent: &str) -> Vec<Step> {
-        let steps = self.store().load_payment_steps(intent).await.unwrap();
+        let steps = self.store().load_payment_steps(&intent.into()).await.unwrap();
         self.run_steps(steps).await;
-        self.store().load_payment_steps(intent).await.unwrap()
+        self.store().load_payment_steps(&intent.into()).await.unwrap()
     }
 
     /// Disputes, a failed refund and destination charges: every kind of money coming back.
@@ -361,7 +361,7 @@ impl<S: AccountStore + Clone> Script<S> {
         ))
         .await;
         for intent in ["pi_d1", "pi_d3"] {
-            let steps = self.store().load_payment_steps(intent).await.unwrap();
+            let steps = self.store().load_payment_steps(&intent.into()).await.unwrap();
             assert_eq!(steps.len(), 1, "only Stripe's own transfer: {steps:?}");
             assert!(steps[0].by_stripe && steps[0].status == StepStatus::Succeeded);
         }

@@ -415,11 +415,11 @@ async fn livemode_rule<S: AccountStore + Clone>(store: S) {
     assert_eq!(store.load_account(&account_id).await.unwrap().unwrap(), before);
     // A live payment plans no transfer.
     assert_eq!(deliver(payment("evt_live_pay", true)).await, (200, "livemode_mismatch".to_owned()));
-    assert!(store.load_payment_steps("pi_1").await.unwrap().is_empty());
+    assert!(store.load_payment_steps(&"pi_1".into()).await.unwrap().is_empty());
     assert!(store.load_account_steps(&account_id).await.unwrap().is_empty());
     // The same payment in test mode does.
     assert_eq!(deliver(payment("evt_test_pay", false)).await, (200, "applied".to_owned()));
-    assert_eq!(store.load_payment_steps("pi_1").await.unwrap().len(), 1);
+    assert_eq!(store.load_payment_steps(&"pi_1".into()).await.unwrap().len(), 1);
 }
 
 #[tokio::test]

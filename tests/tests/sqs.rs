@@ -98,7 +98,7 @@ fn mixed_steps() -> Vec<StepRef> {
                 1 => (StepKind::Reversal, format!("trr:tr:pi_{index}:{destination}:250"), payment_key),
                 _ => (StepKind::Payout, format!("po:{destination}:evt_{index}:usd"), None),
             };
-            StepRef { kind, step_id, payment_key, destination }
+            StepRef { kind, step_id: step_id.into(), payment_key: payment_key.map(Into::into), destination }
         })
         .collect()
 }
@@ -156,11 +156,11 @@ async fn each_step_reaches_its_fifo_queue_once_grouped_by_destination_and_dedupl
                 step.destination.as_str()
             );
             assert_eq!(attribute(message, MessageSystemAttributeName::MessageDeduplicationId), step.step_id);
-            by_group.entry(step.destination.as_str().to_owned()).or_default().push(step.step_id);
+            by_group.entry(step.destination.as_str().to_owned()).or_default().push(step.step_id.into());
         }
         let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for step in sent.iter() {
-            expected.entry(step.destination.as_str().to_owned()).or_default().push(step.step_id.clone());
+            expected.entry(step.destination.as_str().to_owned()).or_default().push(step.step_id.to_string());
         }
         assert_eq!(by_group, expected, "each step once, on its queue, in order within its group");
     }
@@ -174,7 +174,7 @@ async fn a_failed_send_names_the_count_and_no_message_body() {
     let steps = mixed_steps();
     let error = queue.send(&steps).await.unwrap_err().to_string();
     assert!(error.contains("23 of 23 steps not sent"), "{error}");
-    assert!(steps.iter().all(|step| !error.contains(&step.step_id)), "{error}");
+    assert!(steps.iter().all(|step| !error.contains(step.step_id.as_str())), "{error}");
 }
 
 fn endpoint() -> String {

@@ -79,7 +79,10 @@ fn check_sample(event: &SqsEvent, queue: &str, kinds: &[StepKind]) {
         match step_ref(record.body.as_deref()) {
             Some(step) => {
                 assert!(kinds.contains(&step.kind), "{:?} on {queue}", step.kind);
-                assert_eq!((group.as_str(), deduplication_id), (step.destination.as_str(), &step.step_id));
+                assert_eq!(
+                    (group.as_str(), deduplication_id.as_str()),
+                    (step.destination.as_str(), step.step_id.as_str())
+                );
             }
             None => strays += 1,
         }

@@ -78,8 +78,8 @@ impl Deployment {
 
     /// The ids of the payment's steps in the table.
     async fn stored_step_ids(&self) -> Vec<String> {
-        let steps = self.direct.load_payment_steps("pi_1").await.unwrap();
-        steps.into_iter().map(|step| step.step_id).collect()
+        let steps = self.direct.load_payment_steps(&"pi_1".into()).await.unwrap();
+        steps.into_iter().map(|step| step.step_id.into()).collect()
     }
 
     /// Every step id on the transfers queue, each message deleted once read.
@@ -208,7 +208,7 @@ impl Scenario {
                 }
             }
             Self::PaymentWithSplits => {
-                let payment = store.load_payment("pi_1").await.unwrap();
+                let payment = store.load_payment(&"pi_1".into()).await.unwrap();
                 assert_eq!(
                     payment.record.is_some(),
                     recorded,
@@ -421,15 +421,15 @@ async fn slow_but_answering_storage_is_cut_off_at_the_deadline() {
     let destination = AccountId::parse("acct_A").unwrap();
     let steps: Vec<Step> = (0..9)
         .map(|n| Step {
-            step_id: format!("rv:pi_1:acct_A:{n}"),
+            step_id: format!("rv:pi_1:acct_A:{n}").into(),
             kind: StepKind::Reversal,
             destination: destination.clone(),
             amount: 100 + n,
             currency: "usd".to_owned(),
             source_charge: Some("ch_1".to_owned()),
             transfer_group: Some("pi_1".to_owned()),
-            payment_key: Some("pi_1".to_owned()),
-            reverses_step: Some("tr:pi_1:acct_A".to_owned()),
+            payment_key: Some("pi_1".into()),
+            reverses_step: Some("tr:pi_1:acct_A".into()),
             // Claimed and sent, their results not yet recorded: what a settlement may settle.
             status: StepStatus::InFlight,
             reason: None,
@@ -480,18 +480,18 @@ async fn slow_but_answering_storage_is_cut_off_at_the_deadline() {
     assert!(deployment.proxy.injected("GetItem") >= 8, "the reads really were slowed");
     assert_eq!(deployment.proxy.seen("TransactWriteItems"), 0, "cut off before the write");
     assert_eq!(deployment.direct.load_event(EVENT_ID).await.unwrap(), None);
-    let stored = deployment.direct.load_payment_steps("pi_1").await.unwrap();
+    let stored = deployment.direct.load_payment_steps(&"pi_1".into()).await.unwrap();
     assert!(stored.iter().all(|step| step.status == StepStatus::InFlight && step.stripe_id.is_none()));
     deployment.proxy.heal();
     let (reply, _) = deployment.deliver(&event).await;
     assert_eq!((reply.status, outcome(&reply)), (200, "applied".to_owned()), "{}", reply.body);
     let mut settled: Vec<(String, StepStatus, Option<String>)> = deployment
         .direct
-        .load_payment_steps("pi_1")
+        .load_payment_steps(&"pi_1".into())
         .await
         .unwrap()
         .into_iter()
-        .map(|step| (step.step_id, step.status, step.stripe_id))
+        .map(|step| (step.step_id.into(), step.status, step.stripe_id))
         .collect();
     settled.sort_by(|a, b| a.0.cmp(&b.0));
     let expected: Vec<(String, StepStatus, Option<String>)> = (0..9)
@@ -541,7 +541,7 @@ async fn the_worker_fails_within_its_bound_and_pays_once_after() {
     let store = DynamoStore::new(deployment.proxy.dynamodb_client(&WORKER).await, deployment.table.clone());
     let worker =
         StepWorker::with_clock(store, StripeClient::new(stub.client_config()).unwrap(), FixedClock(NOW));
-    let steps = deployment.direct.load_payment_steps("pi_1").await.unwrap();
+    let steps = deployment.direct.load_payment_steps(&"pi_1".into()).await.unwrap();
     let step = steps[0].reference();
 
     deployment.proxy.fail_every(Some("GetItem"), Fault::Hang);

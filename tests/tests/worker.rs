@@ -26,7 +26,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use shared::domain::account::{AccountId, AccountState};
 use shared::domain::change::Change;
-use shared::domain::step::{Step, StepKind, StepRef, StepStatus, UnresolvedCall};
+use shared::domain::step::{PaymentKey, Step, StepKind, StepRef, StepStatus, UnresolvedCall};
 use shared::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use shared::stripe::client::{STRIPE_VERSION, StripeClient, StripeClientConfig};
 use shared::stripe::signature::FixedClock;
@@ -94,11 +94,14 @@ impl<S: AccountStore> AccountStore for CrashingStore<S> {
         self.inner.commit(write).await
     }
 
-    async fn load_payment_steps(&self, payment_key: &str) -> Result<Vec<Step>, StoreError> {
+    async fn load_payment_steps(&self, payment_key: &PaymentKey) -> Result<Vec<Step>, StoreError> {
         self.inner.load_payment_steps(payment_key).await
     }
 
-    async fn load_payment(&self, payment_key: &str) -> Result<shared::store::PaymentState, StoreError> {
+    async fn load_payment(
+        &self,
+        payment_key: &PaymentKey,
+    ) -> Result<shared::store::PaymentState, StoreError> {
         self.inner.load_payment(payment_key).await
     }
 
@@ -195,7 +198,7 @@ impl<S: AccountStore + Clone> Flow<S> {
     }
 
     async fn payment_steps(&self, payment: &str) -> Vec<Step> {
-        self.store.load_payment_steps(payment).await.unwrap()
+        self.store.load_payment_steps(&payment.into()).await.unwrap()
     }
 
     async fn step(&self, step_ref: &StepRef) -> Step {
@@ -612,7 +615,7 @@ async fn a_definite_refusal_fails_the_step_with_stripes_code<S: AccountStore + C
     );
     let reversal_destinations: Vec<String> = flow
         .store
-        .load_payment_steps("pi_1")
+        .load_payment_steps(&"pi_1".into())
         .await
         .unwrap()
         .into_iter()
@@ -1062,12 +1065,12 @@ async fn random_interleaving<S: AccountStore + Clone>(store: S, case: Interleavi
         }
     }
     let planned = |kind: StepKind| -> BTreeMap<String, Step> {
-        steps.iter().filter(|s| s.kind == kind).map(|s| (s.step_id.clone(), s.clone())).collect()
+        steps.iter().filter(|s| s.kind == kind).map(|s| (s.step_id.to_string(), s.clone())).collect()
     };
     let (planned_transfers, planned_reversals, planned_payouts) =
         (planned(StepKind::Transfer), planned(StepKind::Reversal), planned(StepKind::Payout));
     let made = |steps: &BTreeMap<String, Step>| -> Vec<String> {
-        steps.values().filter(|s| s.status == StepStatus::Succeeded).map(|s| s.step_id.clone()).collect()
+        steps.values().filter(|s| s.status == StepStatus::Succeeded).map(|s| s.step_id.to_string()).collect()
     };
 
     // The planned transfers are the splits: what was netted plus what was left to send.

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::step::StepId;
 use crate::stripe::event::{Event, is_plausible_id};
 
 /// A connected account's id (`acct_…`). Deserialising checks it as [`AccountId::parse`] does, so
@@ -154,7 +155,7 @@ pub struct PayoutFailure {
     pub failed_at: i64,
     /// The payout step Connect Flow planned it as, when it was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step_id: Option<String>,
+    pub step_id: Option<StepId>,
 }
 
 /// The `created` time of the newest event applied to each independently ordered part of an

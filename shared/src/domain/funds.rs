@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::account::{AccountDispute, AccountId, AccountState, PayoutFailure};
-use super::step::{CauseKind, Step, StepCause, StepKind, StepRef, StepStatus};
+use super::step::{CauseKind, PaymentKey, Step, StepCause, StepId, StepKind, StepRef, StepStatus};
 use crate::stripe::event::{Event, is_plausible_id};
 
 pub mod recovery;
@@ -51,7 +51,7 @@ pub struct Dispute {
     /// The disputed charge.
     pub charge_id: String,
     /// The charge's payment intent id, else the charge id.
-    pub payment_key: String,
+    pub payment_key: PaymentKey,
     /// The disputed amount.
     pub amount: i64,
     /// Lowercase ISO currency code.
@@ -74,7 +74,7 @@ pub struct RefundFailure {
     /// The refunded charge.
     pub charge_id: String,
     /// The charge's payment intent id, else the charge id.
-    pub payment_key: String,
+    pub payment_key: PaymentKey,
     /// The refund's amount.
     pub amount: i64,
     /// Lowercase ISO currency code.
@@ -101,7 +101,7 @@ pub struct DestinationTransfer {
 pub struct Payment {
     /// The payment intent id when there is one, else the charge id, so that both triggers of one
     /// payment plan the same step ids.
-    pub payment_key: String,
+    pub payment_key: PaymentKey,
     /// The charge the transfers are funded from (`source_transaction`), when the event names it.
     pub charge_id: Option<String>,
     /// Minor units received (`amount_received` or `amount_captured`, else `amount`).
@@ -123,7 +123,7 @@ pub struct Refund {
     /// The refunded charge (`ch_…`).
     pub charge_id: String,
     /// The charge's payment intent id, else the charge id: the key its transfers were planned under.
-    pub payment_key: String,
+    pub payment_key: PaymentKey,
     /// The charge's captured amount (`amount_captured` when positive, else `amount`).
     pub amount: i64,
     /// Everything refunded so far, in minor units.
@@ -151,7 +151,7 @@ pub struct ChargeAmount {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentRecord {
     /// The payment intent id, else the charge id.
-    pub payment_key: String,
+    pub payment_key: PaymentKey,
     /// The trigger whose splits planned the payment's transfers; a twin with other splits loses.
     pub planned_by: Option<PlannedBy>,
     /// The newest refund seen.
@@ -182,10 +182,9 @@ pub struct PlannedBy {
 
 impl PaymentRecord {
     /// The record to write after a plan read `current` (absent for a payment never planned).
-    pub fn next(current: Option<&Self>, payment_key: &str) -> Self {
-        let mut next = current
-            .cloned()
-            .unwrap_or_else(|| Self { payment_key: payment_key.to_owned(), ..Self::default() });
+    pub fn next(current: Option<&Self>, payment_key: &PaymentKey) -> Self {
+        let mut next =
+            current.cloned().unwrap_or_else(|| Self { payment_key: payment_key.clone(), ..Self::default() });
         next.version += 1;
         next
     }
@@ -337,12 +336,12 @@ fn read_settlements(event: &Event, object: &Value) -> Vec<Settlement> {
     let settlement = |object: &Value, kind: StepKind, destination: Option<&str>, outcome: SettlementKind| {
         let metadata = object.get("metadata")?;
         let step_id = metadata.get(STEP_METADATA)?.as_str().filter(|id| is_plausible_id(id))?;
-        let payment_key = metadata.get(PAYMENT_METADATA).and_then(Value::as_str).map(str::to_owned);
+        let payment_key = metadata.get(PAYMENT_METADATA).and_then(Value::as_str).map(PaymentKey::from);
         let stripe_id = object.get("id")?.as_str().filter(|id| is_plausible_id(id))?;
         Some(Settlement {
             step: StepRef {
                 kind,
-                step_id: step_id.to_owned(),
+                step_id: step_id.into(),
                 payment_key,
                 destination: AccountId::parse(destination?)?,
             },
@@ -472,7 +471,7 @@ pub fn record_payout_outcome(
     account: &AccountState,
     settled: &Settled,
     at: i64,
-    step_id: &str,
+    step_id: &StepId,
 ) -> Option<AccountState> {
     let mut next = account.clone();
     match (&settled.payout_failure, &settled.payout_paid) {
@@ -481,7 +480,7 @@ pub fn record_payout_outcome(
                 payout_id: payout_id.clone(),
                 failure_code: failure_code.clone(),
                 failed_at: at,
-                step_id: Some(step_id.to_owned()),
+                step_id: Some(step_id.clone()),
             });
         }
         (None, Some(paid)) => {
@@ -501,7 +500,7 @@ pub fn record_payout_outcome(
 }
 
 fn read_intent(intent: &Value) -> Option<Payment> {
-    let payment_key = id_of(intent.get("id"))?;
+    let payment_key = id_of(intent.get("id"))?.into();
     // `latest_charge` replaced `charges` in API version 2022-11-15.
     let charge_id = id_of(intent.get("latest_charge"))
         .or_else(|| id_of(value_at(intent, &["charges", "data"]).and_then(|data| data.get(0))));
@@ -531,7 +530,7 @@ fn read_dispute(event: &Event, dispute: &Value) -> Option<Dispute> {
     let charge_id = id_of(dispute.get("charge"))?;
     Some(Dispute {
         dispute_id: id_of(dispute.get("id"))?,
-        payment_key: id_of(dispute.get("payment_intent")).unwrap_or_else(|| charge_id.clone()),
+        payment_key: id_of(dispute.get("payment_intent")).unwrap_or_else(|| charge_id.clone()).into(),
         charge_id,
         amount: i64_at(dispute, "amount").filter(|amount| *amount >= 0)?,
         currency: currency_at(dispute)?,
@@ -555,7 +554,7 @@ fn read_refund_failure(event: &Event, refund: &Value) -> Option<RefundFailure> {
     let charge_id = id_of(refund.get("charge"))?;
     Some(RefundFailure {
         refund_id: id_of(refund.get("id"))?,
-        payment_key: id_of(refund.get("payment_intent")).unwrap_or_else(|| charge_id.clone()),
+        payment_key: id_of(refund.get("payment_intent")).unwrap_or_else(|| charge_id.clone()).into(),
         charge_id,
         amount: i64_at(refund, "amount").filter(|amount| *amount > 0)?,
         currency: currency_at(refund)?,
@@ -572,7 +571,7 @@ fn read_charge(charge: &Value) -> Option<Payment> {
     let charge_id = id_of(charge.get("id"))?;
     let amount = i64_at(charge, "amount_captured").or_else(|| i64_at(charge, "amount"))?;
     Some(Payment {
-        payment_key: id_of(charge.get("payment_intent")).unwrap_or_else(|| charge_id.clone()),
+        payment_key: id_of(charge.get("payment_intent")).unwrap_or_else(|| charge_id.clone()).into(),
         amount,
         currency: currency_at(charge)?,
         transfer_group: id_of(charge.get("transfer_group")),
@@ -590,7 +589,7 @@ fn read_refund(charge: &Value) -> Option<Refund> {
         .filter(|captured| *captured > 0)
         .or_else(|| i64_at(charge, "amount"))?;
     Some(Refund {
-        payment_key: id_of(charge.get("payment_intent")).unwrap_or_else(|| charge_id.clone()),
+        payment_key: id_of(charge.get("payment_intent")).unwrap_or_else(|| charge_id.clone()).into(),
         charge_id,
         amount,
         amount_refunded: i64_at(charge, "amount_refunded")?,
@@ -646,7 +645,9 @@ pub fn plan_transfers(payment: &Payment, now: i64) -> TransferPlan {
     }
     let transfer = |destination: AccountId, amount: i64, status: StepStatus, reason: Option<String>| Step {
         source_charge: payment.charge_id.clone(),
-        transfer_group: Some(payment.transfer_group.clone().unwrap_or_else(|| payment.payment_key.clone())),
+        transfer_group: Some(
+            payment.transfer_group.clone().unwrap_or_else(|| payment.payment_key.to_string()),
+        ),
         payment_key: Some(payment.payment_key.clone()),
         status,
         reason,

@@ -1,8 +1,131 @@
 //! Fund-flow steps: one transfer, reversal or payout each, with a deterministic id.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use super::account::AccountId;
+
+/// Declares an id newtype over `String`. `#[serde(transparent)]`: stored records, queue messages
+/// and Stripe metadata carry the bare string, as they did before the type existed, so nothing
+/// stored needs migrating. No check on reading, unlike [`AccountId`]: ids stored before the type
+/// existed must still read (a queue message's ids are checked by [`parse_step_message`]).
+macro_rules! string_id {
+    ($(#[$attr:meta])* $name:ident) => {
+        $(#[$attr])*
+        #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The id as it is stored and sent.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        /// The plain id, quoted as a string's is: log lines and test failures read as before.
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(id: String) -> Self {
+                Self(id)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(id: &str) -> Self {
+                Self(id.to_owned())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+    };
+}
+
+string_id! {
+    /// A step's id: deterministic from what planned it (`tr:<payment>:<account>`,
+    /// `trr:<transfer step>:<target>`, `po:…`), so that the same payment, refund or balance always
+    /// plans the same ids. Also the step's storage key and its idempotency key's stem.
+    StepId
+}
+
+string_id! {
+    /// The payment a transfer or reversal step belongs to, and the key its steps and guard are
+    /// stored under: the payment intent id (`pi_…`) when there is one, else the charge id
+    /// (`ch_…`), or `req:<reference>` for a transfer the platform asked for.
+    PaymentKey
+}
 
 /// What a step moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,7 +191,7 @@ impl StepStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// Deterministic: the same payment, refund or balance always plans the same ids.
-    pub step_id: String,
+    pub step_id: StepId,
     /// Transfer, reversal or payout.
     pub kind: StepKind,
     /// The connected account that receives (transfer, payout) or gives back (reversal).
@@ -84,9 +207,9 @@ pub struct Step {
     /// The payment a transfer or reversal belongs to (its payment intent id, or else its charge
     /// id); `None` for payouts. Steps are stored and looked up under it.
     #[serde(default)]
-    pub payment_key: Option<String>,
+    pub payment_key: Option<PaymentKey>,
     /// For a reversal: the transfer step it reverses.
-    pub reverses_step: Option<String>,
+    pub reverses_step: Option<StepId>,
     /// Where it stands.
     pub status: StepStatus,
     /// Why it waits, failed or was refused.
@@ -131,7 +254,7 @@ pub struct Step {
     /// For a re-transfer (a refund that failed, a dispute won): the transfer step whose reversal
     /// it gives back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gives_back: Option<String>,
+    pub gives_back: Option<StepId>,
     /// A transfer Stripe made itself (a destination charge's): recorded so that a dispute can
     /// reverse it, never sent.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -215,10 +338,10 @@ pub struct StepRef {
     /// What it moves, which decides its queue.
     pub kind: StepKind,
     /// The step's id.
-    pub step_id: String,
+    pub step_id: StepId,
     /// Its payment, for transfers and reversals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payment_key: Option<String>,
+    pub payment_key: Option<PaymentKey>,
     /// Its destination account.
     pub destination: AccountId,
 }
@@ -259,14 +382,14 @@ impl Step {
     /// its kind links it to (charge, transfer group, payment, the transfer it reverses).
     pub fn planned(
         kind: StepKind,
-        step_id: String,
+        step_id: impl Into<StepId>,
         destination: AccountId,
         amount: i64,
         currency: String,
         now: i64,
     ) -> Self {
         Self {
-            step_id,
+            step_id: step_id.into(),
             kind,
             destination,
             amount,
@@ -330,9 +453,30 @@ mod tests {
             "usd".to_owned(),
             1,
         );
-        let reference = StepRef { payment_key: Some("pi_1".to_owned()), ..step.reference() };
+        let reference = StepRef { payment_key: Some("pi_1".into()), ..step.reference() };
         let body = serde_json::to_string(&reference).unwrap();
         assert_eq!(parse_step_message(&body).unwrap(), reference);
+    }
+
+    /// The ids were `String`s before they were newtypes: stored steps, payment records and queue
+    /// messages must read and write exactly as they did.
+    #[test]
+    fn ids_are_written_as_the_bare_strings_they_were() {
+        let reference = StepRef {
+            kind: StepKind::Reversal,
+            step_id: "trr:tr:pi_1:acct_1:500".into(),
+            payment_key: Some("pi_1".into()),
+            destination: AccountId::parse("acct_1").unwrap(),
+        };
+        let body = r#"{"kind":"reversal","step_id":"trr:tr:pi_1:acct_1:500","payment_key":"pi_1","destination":"acct_1"}"#;
+        assert_eq!(serde_json::to_string(&reference).unwrap(), body);
+        assert_eq!(serde_json::from_str::<StepRef>(body).unwrap(), reference);
+        assert_eq!(
+            format!("{:?} {}", reference.step_id, reference.step_id),
+            r#""trr:tr:pi_1:acct_1:500" trr:tr:pi_1:acct_1:500"#
+        );
+        // Reading checks nothing: an id stored by any earlier version still reads.
+        assert_eq!(serde_json::from_str::<PaymentKey>(r#""req:a b""#).unwrap(), "req:a b");
     }
 
     #[test]

@@ -315,7 +315,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
         let Some(queue) = &self.queue else { return };
         let reference: StepRef = step.reference();
         if let Err(error) = queue.send(std::slice::from_ref(&reference)).await {
-            tracing::warn!(%error, step_id = step.step_id, "step stored but not queued; the sweep will send it");
+            tracing::warn!(%error, step_id = step.step_id.as_str(), "step stored but not queued; the sweep will send it");
         }
     }
 

@@ -8,7 +8,7 @@ use super::request::Fields;
 use super::{ApiError, ApiReply, PlatformApi, json_object};
 use crate::domain::change::step_changes;
 use crate::domain::reference::{ReferenceKind, ReferenceRecord, ReferenceState, digest};
-use crate::domain::step::{CauseKind, PlatformRequest, Step, StepCause, StepKind, StepRef};
+use crate::domain::step::{CauseKind, PaymentKey, PlatformRequest, Step, StepCause, StepKind, StepRef};
 use crate::store::{AccountStore, CommitOutcome, PlatformWrite, StoreError};
 use crate::stripe::signature::Clock;
 
@@ -65,7 +65,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             self.clock.now_unix(),
         );
         // Its own payment partition: no charge's refund plans against it.
-        step.payment_key = Some(format!("req:{key}"));
+        step.payment_key = Some(format!("req:{key}").into());
         step.source_charge = source_transaction.map(str::to_owned);
         step.transfer_group = transfer_group.map(str::to_owned);
         step.requested = Some(PlatformRequest {
@@ -140,9 +140,10 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
         };
         let (kind, payment_key) = match record.kind {
             ReferenceKind::Payout => (StepKind::Payout, None),
-            _ => (StepKind::Transfer, Some(format!("req:{}", digest(&record.reference)))),
+            _ => (StepKind::Transfer, Some(PaymentKey::from(format!("req:{}", digest(&record.reference))))),
         };
-        let step = StepRef { step_id: step_id.clone(), kind, destination: destination.clone(), payment_key };
+        let step =
+            StepRef { step_id: step_id.clone().into(), kind, destination: destination.clone(), payment_key };
         self.store.load_step(&step).await?.ok_or_else(corrupt)
     }
 
@@ -162,7 +163,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
         let step = Step { livemode: self.stripe_livemode(), ..step };
         let mut record = ReferenceRecord::claim(kind, reference, fingerprint.clone());
         record.state = ReferenceState::Bound;
-        record.object_id = Some(step.step_id.clone());
+        record.object_id = Some(step.step_id.clone().into());
         record.destination = Some(step.destination.clone());
         let changes = step_changes(None, &step, step.created_at);
         let write = PlatformWrite {
@@ -173,7 +174,11 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
         };
         match self.store.commit_platform(&write).await? {
             CommitOutcome::Committed => {
-                tracing::info!(step_id = step.step_id, kind = step.kind.as_str(), "platform request stored");
+                tracing::info!(
+                    step_id = step.step_id.as_str(),
+                    kind = step.kind.as_str(),
+                    "platform request stored"
+                );
                 self.send(&step).await;
                 Ok(ApiReply::of(202, &step))
             }

@@ -35,7 +35,7 @@ use crate::domain::change::Change;
 use crate::domain::funds::PaymentRecord;
 use crate::domain::ledger::{LedgerEntry, LedgerPlan, LedgerRow, Month};
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
-use crate::domain::step::{Step, StepRef, StepStatus};
+use crate::domain::step::{PaymentKey, Step, StepRef, StepStatus};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -345,12 +345,12 @@ impl AccountStore for DynamoStore {
         }
     }
 
-    async fn load_payment_steps(&self, payment_key: &str) -> Result<Vec<Step>, StoreError> {
+    async fn load_payment_steps(&self, payment_key: &PaymentKey) -> Result<Vec<Step>, StoreError> {
         self.partition_steps(format!("{PAYMENT_PREFIX}{payment_key}")).await
     }
 
     /// One consistent query of the payment's partition: its guard and its steps together.
-    async fn load_payment(&self, payment_key: &str) -> Result<PaymentState, StoreError> {
+    async fn load_payment(&self, payment_key: &PaymentKey) -> Result<PaymentState, StoreError> {
         let mut items = self
             .client
             .query()
@@ -378,7 +378,7 @@ impl AccountStore for DynamoStore {
             && let Some(refund) = legacy_refund
         {
             payment.record = Some(PaymentRecord {
-                payment_key: payment_key.to_owned(),
+                payment_key: payment_key.clone(),
                 refund: Some(refund),
                 ..PaymentRecord::default()
             });
@@ -889,7 +889,7 @@ fn step_item(step: &Step) -> Result<Item, StoreError> {
     let mut item = HashMap::from([
         (PK.to_owned(), AttributeValue::S(step_pk(step))),
         (SK.to_owned(), AttributeValue::S(format!("{STEP_SK_PREFIX}{}", step.step_id))),
-        (STEP_ID.to_owned(), AttributeValue::S(step.step_id.clone())),
+        (STEP_ID.to_owned(), AttributeValue::S(step.step_id.to_string())),
         (DESTINATION.to_owned(), AttributeValue::S(step.destination.to_string())),
         (VERSION.to_owned(), AttributeValue::N(step.version.to_string())),
         (UPDATED_AT.to_owned(), AttributeValue::N(step.updated_at.to_string())),

@@ -11,7 +11,7 @@ use crate::domain::fetch::{FetchRef, FetchStep};
 use crate::domain::funds::PaymentRecord;
 use crate::domain::ledger::{LedgerEntry, LedgerPlan, LedgerRow, Month};
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
-use crate::domain::step::{Step, StepRef, StepStatus};
+use crate::domain::step::{PaymentKey, Step, StepRef, StepStatus};
 
 pub mod dynamodb;
 pub mod sqlite;
@@ -276,13 +276,13 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Every step of one payment (its transfers and their reversals), ordered by id.
     fn load_payment_steps(
         &self,
-        payment_key: &str,
+        payment_key: &PaymentKey,
     ) -> impl Future<Output = Result<Vec<Step>, StoreError>> + Send;
 
     /// A payment's guard and all its steps, in one consistent read (one query on DynamoDB).
     fn load_payment(
         &self,
-        payment_key: &str,
+        payment_key: &PaymentKey,
     ) -> impl Future<Output = Result<PaymentState, StoreError>> + Send;
 
     /// Up to `limit` steps in `status` (one that is not final) last changed before

@@ -16,7 +16,7 @@ use crate::domain::fetch::FetchRef;
 use crate::domain::funds::PaymentRecord;
 use crate::domain::ledger::{LedgerEntry, LedgerPlan, LedgerRow, Month};
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
-use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
+use crate::domain::step::{PaymentKey, Step, StepKind, StepRef, StepStatus};
 
 mod ledger;
 
@@ -215,7 +215,7 @@ impl SqliteStore {
                 .execute(
                     "INSERT INTO payments (payment_key, version, record) VALUES (?1, 0, ?2)
                      ON CONFLICT (payment_key) DO NOTHING",
-                    params![record.payment_key, serde_json::to_string(&record).map_err(corrupt)?],
+                    params![record.payment_key.as_str(), serde_json::to_string(&record).map_err(corrupt)?],
                 )
                 .map_err(unavailable)?;
         }
@@ -414,12 +414,12 @@ impl SqliteStore {
                 transaction.execute(
                     "INSERT INTO payments (payment_key, version, record) VALUES (?1, 1, ?2)
                      ON CONFLICT (payment_key) DO UPDATE SET version = 1, record = ?2 WHERE payments.version = 0",
-                    params![payment.payment_key, json],
+                    params![payment.payment_key.as_str(), json],
                 )
             } else {
                 transaction.execute(
                     "UPDATE payments SET version = ?2, record = ?3 WHERE payment_key = ?1 AND version = ?4",
-                    params![payment.payment_key, version, json, version - 1],
+                    params![payment.payment_key.as_str(), version, json, version - 1],
                 )
             }
             .map_err(unavailable)?;
@@ -510,8 +510,8 @@ impl SqliteStore {
                     "INSERT INTO steps (step_id, payment_key, destination, version, step, status, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (step_id) DO NOTHING",
                     params![
-                        step.step_id,
-                        step.payment_key,
+                        step.step_id.as_str(),
+                        step.payment_key.as_deref(),
                         step.destination.as_str(),
                         version,
                         json,
@@ -551,7 +551,14 @@ impl SqliteStore {
             .execute(
                 "UPDATE steps SET version = ?2, step = ?3, status = ?5, updated_at = ?6
                  WHERE step_id = ?1 AND version = ?4",
-                params![step.step_id, version, json, version - 1, step.status.as_str(), step.updated_at],
+                params![
+                    step.step_id.as_str(),
+                    version,
+                    json,
+                    version - 1,
+                    step.status.as_str(),
+                    step.updated_at
+                ],
             )
             .map_err(unavailable)?;
         Ok(if updated == 1 { CommitOutcome::Committed } else { CommitOutcome::Conflict })
@@ -632,14 +639,16 @@ impl AccountStore for SqliteStore {
         self.commit_now(write)
     }
 
-    async fn load_payment_steps(&self, payment_key: &str) -> Result<Vec<Step>, StoreError> {
+    async fn load_payment_steps(&self, payment_key: &PaymentKey) -> Result<Vec<Step>, StoreError> {
         self.query_steps("SELECT step FROM steps WHERE payment_key = ?1 ORDER BY step_id", payment_key)
     }
 
-    async fn load_payment(&self, payment_key: &str) -> Result<PaymentState, StoreError> {
+    async fn load_payment(&self, payment_key: &PaymentKey) -> Result<PaymentState, StoreError> {
         let connection = self.lock()?;
         let json: Option<String> = connection
-            .query_row("SELECT record FROM payments WHERE payment_key = ?1", [payment_key], |row| row.get(0))
+            .query_row("SELECT record FROM payments WHERE payment_key = ?1", [payment_key.as_str()], |row| {
+                row.get(0)
+            })
             .optional()
             .map_err(unavailable)?;
         let record: Option<PaymentRecord> =

@@ -242,7 +242,7 @@ pub fn check(mix: &Mix, expected: &Expected, answers: &[Vec<Answer>], observed: 
             if step.destination.as_str() != account {
                 violations.push(format!("{}: listed under {account}", step.step_id));
             }
-            match expected.steps.get(&step.step_id) {
+            match expected.steps.get(step.step_id.as_str()) {
                 None => violations.push(format!("{}: stored but never planned by the mix", step.step_id)),
                 Some(want) => compare_step(step, want, &mut violations),
             }

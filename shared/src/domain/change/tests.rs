@@ -83,7 +83,7 @@ fn status_capabilities_deauthorization_and_payout_failures_are_each_reported() {
 fn step(status: StepStatus, version: u64) -> Step {
     let mut step = Step::planned(
         StepKind::Payout,
-        "po:acct_1ChangeA:evt_1:usd".into(),
+        "po:acct_1ChangeA:evt_1:usd",
         AccountId::parse("acct_1ChangeA").expect("an account id"),
         700,
         "usd".into(),

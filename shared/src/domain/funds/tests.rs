@@ -93,7 +93,7 @@ fn refused(plan: TransferPlan) -> (String, Vec<Step>) {
 
 fn transfer_step(destination: &str, amount: i64) -> Step {
     Step {
-        step_id: format!("tr:pi_1:{destination}"),
+        step_id: format!("tr:pi_1:{destination}").into(),
         kind: StepKind::Transfer,
         destination: account(destination),
         amount,

@@ -409,7 +409,7 @@ impl Bench {
             _ => (StepKind::Transfer, format!("tr:{payment}:{}", self.destination), Some(payment)),
         };
         let step = Step {
-            payment_key,
+            payment_key: payment_key.map(Into::into),
             ..Step::planned(kind, step_id, self.destination.clone(), 1_000, "usd".to_owned(), NOW)
         };
         if let Some(stripe) = &self.stripe {
@@ -453,7 +453,7 @@ impl Bench {
         let payment = format!("pi_sweep{}r{run}", std::process::id());
         let step_id = format!("tr:{payment}:{}", self.destination);
         Step {
-            payment_key: Some(payment),
+            payment_key: Some(payment.into()),
             ..Step::planned(
                 StepKind::Transfer,
                 step_id,

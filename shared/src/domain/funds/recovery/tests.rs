@@ -156,7 +156,7 @@ fn a_dispute_won_after_its_reversals_were_made_transfers_them_back() {
         .map(|step| if step.kind == StepKind::Reversal { made(step) } else { step })
         .collect();
     let plan = plan_dispute(&dispute("won", false, true, NOW + 10), Some(&record), &steps, &[], &reverse);
-    let back: Vec<(StepKind, String, i64, Option<String>)> = plan
+    let back: Vec<(StepKind, String, i64, Option<StepId>)> = plan
         .new_steps
         .iter()
         .map(|step| (step.kind, step.destination.to_string(), step.amount, step.gives_back.clone()))
@@ -164,8 +164,8 @@ fn a_dispute_won_after_its_reversals_were_made_transfers_them_back() {
     assert_eq!(
         back,
         [
-            (StepKind::Transfer, A.to_owned(), 6000, Some(format!("tr:pi_1:{A}"))),
-            (StepKind::Transfer, B.to_owned(), 3000, Some(format!("tr:pi_1:{B}"))),
+            (StepKind::Transfer, A.to_owned(), 6000, Some(format!("tr:pi_1:{A}").into())),
+            (StepKind::Transfer, B.to_owned(), 3000, Some(format!("tr:pi_1:{B}").into())),
         ]
     );
     assert!(
