@@ -425,18 +425,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         now: i64,
         ledger_outcome: Option<EventOutcome>,
     ) -> Result<Delivery, WebhookError> {
-        let mut record = EventRecord {
-            event_id: record_id.to_owned(),
-            event_type: event.event_type.clone(),
-            account_id: event.account.clone(),
-            created: Some(event.created),
-            livemode: event.livemode,
-            outcome: EventOutcome::Unhandled,
-            reason: None,
-            received_at: now,
-            expires_at: now + DEDUPE_RETENTION_SECS,
-            fetch: None,
-        };
+        let mut record = snapshot_record(event, record_id, now);
         if let Some(refusal) = self.refusal(&record, now) {
             record.outcome = refusal.0;
             record.reason = refusal.1;
@@ -535,6 +524,22 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             CommitOutcome::Duplicate => Delivery::Duplicate,
             CommitOutcome::Committed | CommitOutcome::Conflict => Delivery::Recorded(record.outcome),
         })
+    }
+}
+
+/// A snapshot event's record under `record_id`, before anything is decided.
+fn snapshot_record(event: &Event, record_id: &str, now: i64) -> EventRecord {
+    EventRecord {
+        event_id: record_id.to_owned(),
+        event_type: event.event_type.clone(),
+        account_id: event.account.clone(),
+        created: Some(event.created),
+        livemode: event.livemode,
+        outcome: EventOutcome::Unhandled,
+        reason: None,
+        received_at: now,
+        expires_at: now + DEDUPE_RETENTION_SECS,
+        fetch: None,
     }
 }
 

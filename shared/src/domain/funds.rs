@@ -234,8 +234,8 @@ impl FundPlan {
 pub struct BalanceAvailable {
     /// The connected account the balance belongs to.
     pub account: AccountId,
-    /// `(lowercase currency, minor units)` for each entry of `available[]` that could be read.
-    pub available: Vec<(String, i64)>,
+    /// Each entry of `available[]` that could be read, with its split by source type.
+    pub entries: Vec<super::payout::BalanceEntry>,
 }
 
 /// The outcome of planning a payment's transfers.
@@ -600,13 +600,8 @@ fn read_refund(charge: &Value) -> Option<Refund> {
 
 fn read_balance(event: &Event, balance: &Value) -> Option<BalanceAvailable> {
     let account = event.account.as_deref().and_then(AccountId::parse)?;
-    let available = balance
-        .get("available")?
-        .as_array()?
-        .iter()
-        .filter_map(|entry| Some((currency_at(entry)?, i64_at(entry, "amount")?)))
-        .collect();
-    Some(BalanceAvailable { account, available })
+    balance.get("available")?.as_array()?;
+    Some(BalanceAvailable { account, entries: super::payout::read_balance_entries(balance) })
 }
 
 /// Plans one transfer step per split, or refuses the whole plan with every reason found.

@@ -641,6 +641,13 @@ pub enum PayoutTrigger<'a> {
     Sweep,
 }
 
+/// Whether a `balance.available` of `created` is stale for `account`: two balance events of one
+/// second cannot be ordered, and the second may predate a payout the first planned, so only a
+/// strictly newer balance plans.
+pub fn is_stale_balance(account: &AccountState, created: i64) -> bool {
+    account.ordering.balance.is_some_and(|newest| created <= newest)
+}
+
 /// What one plan writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PayoutPlan {

@@ -8,7 +8,7 @@ use crate::domain::funds::{
     FundContext, FundEvent, FundPlan, Settlement, plan_dispute, plan_payment, plan_refund,
     plan_refund_failure, record_payout_outcome, settle,
 };
-use crate::domain::payout::{PayoutTrigger, plan_payouts, read_balance_entries};
+use crate::domain::payout::{PayoutTrigger, is_stale_balance, plan_payouts};
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::stripe::event::Event;
@@ -217,18 +217,15 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                 let Some(account) = self.store.load_account(&balance.account).await? else {
                     return Ok(Planned::nothing(EventOutcome::Unchanged));
                 };
-                // Two balance events of one second cannot be ordered, and the second may predate
-                // a payout the first planned: only a strictly newer balance plans.
-                if account.ordering.balance.is_some_and(|newest| event.created <= newest) {
+                if is_stale_balance(&account, event.created) {
                     return Ok(Planned::nothing(EventOutcome::Stale));
                 }
                 let payouts = self.store.load_payouts(&balance.account).await?;
-                // The fund event keeps each currency's total; the policy also needs its split by
-                // source type, so the object is read again.
-                let object = serde_json::from_str(event.object.get()).unwrap_or(serde_json::Value::Null);
-                let entries = read_balance_entries(&object);
-                let trigger =
-                    PayoutTrigger::Balance { event_id: &event.id, created: event.created, entries: &entries };
+                let trigger = PayoutTrigger::Balance {
+                    event_id: &event.id,
+                    created: event.created,
+                    entries: &balance.entries,
+                };
                 let planned =
                     plan_payouts(&trigger, &account, &self.payout_settings, &payouts, event.livemode, now);
                 // The account is written with every plan (its held balances and the ordering

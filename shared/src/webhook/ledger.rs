@@ -8,9 +8,7 @@
 
 use super::{Delivery, MAX_CONFLICT_RETRIES, WebhookError, WebhookService};
 use crate::domain::ledger::{LedgerDecision, LedgerEvent, plan_ledger, read_ledger_event, unread_outcome};
-use crate::store::{
-    AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, StoreError,
-};
+use crate::store::{AccountStore, CommitOutcome, StoreError};
 use crate::stripe::event::Event;
 use crate::stripe::signature::Clock;
 
@@ -39,19 +37,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
 
     /// Whether [`Self::refusal`] refuses the event: its record is then all it writes.
     fn refused_for_ledger(&self, event: &Event, now: i64) -> bool {
-        let probe = EventRecord {
-            event_id: event.id.clone(),
-            event_type: String::new(),
-            account_id: None,
-            created: Some(event.created),
-            livemode: event.livemode,
-            outcome: EventOutcome::Unhandled,
-            reason: None,
-            received_at: now,
-            expires_at: now + DEDUPE_RETENTION_SECS,
-            fetch: None,
-        };
-        self.refusal(&probe, now).is_some()
+        self.refusal(&super::snapshot_record(event, &event.id, now), now).is_some()
     }
 
     /// Commits the plan; when another delivery moved the entry first, merges again on a fresh read.

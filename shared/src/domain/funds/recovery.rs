@@ -234,6 +234,7 @@ pub fn plan_moves(
         }
         let taken = netted.saturating_add(moved);
         let mut owed = target.saturating_sub(taken);
+        let mover = Mover { split, target, cause, version, steps, now };
         if owed > 0 {
             // Take back: first what a re-transfer has not sent yet, then by reversing.
             for retransfer in family.iter().skip(1).filter(|step| unsent(step)).rev() {
@@ -255,7 +256,7 @@ pub fn plan_moves(
                 if amount <= 0 {
                     continue;
                 }
-                moves.new_steps.push(reversal(transfer, split, amount, target, cause, version, steps, now));
+                moves.new_steps.push(mover.reversal(transfer, amount));
                 owed -= amount;
             }
             if owed > 0 {
@@ -287,7 +288,7 @@ pub fn plan_moves(
                 }
             }
             if back > 0 {
-                moves.new_steps.push(retransfer(split, back, target, cause, version, steps, now));
+                moves.new_steps.push(mover.retransfer(back));
             }
         }
     }
@@ -374,58 +375,51 @@ fn fresh_id(base: String, version: u64, steps: &[Step]) -> String {
     if steps.iter().any(|step| step.step_id == base) { format!("{base}:v{version}") } else { base }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn reversal(
-    transfer: &Step,
-    split: &Step,
-    amount: i64,
+/// Builds the new moves of one split toward its target.
+struct Mover<'a> {
+    split: &'a Step,
     target: i64,
-    cause: &MoveCause,
+    cause: &'a MoveCause,
     version: u64,
-    steps: &[Step],
+    steps: &'a [Step],
     now: i64,
-) -> Step {
-    Step {
-        source_charge: split.source_charge.clone(),
-        transfer_group: transfer.transfer_group.clone(),
-        payment_key: split.payment_key.clone(),
-        reverses_step: Some(transfer.step_id.clone()),
-        livemode: split.livemode,
-        cause: Some(cause.taking_back()),
-        ..Step::planned(
-            StepKind::Reversal,
-            fresh_id(format!("trr:{}:{target}", transfer.step_id), version, steps),
-            transfer.destination.clone(),
-            amount,
-            transfer.currency.clone(),
-            now,
-        )
-    }
 }
 
-fn retransfer(
-    split: &Step,
-    amount: i64,
-    target: i64,
-    cause: &MoveCause,
-    version: u64,
-    steps: &[Step],
-    now: i64,
-) -> Step {
-    Step {
-        transfer_group: split.transfer_group.clone(),
-        payment_key: split.payment_key.clone(),
-        gives_back: Some(split.step_id.clone()),
-        livemode: split.livemode,
-        cause: Some(cause.giving_back()),
-        ..Step::planned(
-            StepKind::Transfer,
-            fresh_id(format!("{}:back:{target}", split.step_id), version, steps),
-            split.destination.clone(),
-            amount,
-            split.currency.clone(),
-            now,
-        )
+impl Mover<'_> {
+    /// A reversal of `amount` of `transfer` (the split, or one of its re-transfers).
+    fn reversal(&self, transfer: &Step, amount: i64) -> Step {
+        let id = format!("trr:{}:{}", transfer.step_id, self.target);
+        Step {
+            source_charge: self.split.source_charge.clone(),
+            reverses_step: Some(transfer.step_id.clone()),
+            ..self.step(StepKind::Reversal, id, transfer, amount, self.cause.taking_back())
+        }
+    }
+
+    /// A re-transfer of `amount` to the split's seller, paid from the platform's balance.
+    fn retransfer(&self, amount: i64) -> Step {
+        let id = format!("{}:back:{}", self.split.step_id, self.target);
+        Step {
+            gives_back: Some(self.split.step_id.clone()),
+            ..self.step(StepKind::Transfer, id, self.split, amount, self.cause.giving_back())
+        }
+    }
+
+    fn step(&self, kind: StepKind, id: String, of: &Step, amount: i64, cause: StepCause) -> Step {
+        Step {
+            transfer_group: of.transfer_group.clone(),
+            payment_key: self.split.payment_key.clone(),
+            livemode: self.split.livemode,
+            cause: Some(cause),
+            ..Step::planned(
+                kind,
+                fresh_id(id, self.version, self.steps),
+                of.destination.clone(),
+                amount,
+                of.currency.clone(),
+                self.now,
+            )
+        }
     }
 }
 

@@ -326,7 +326,9 @@ fn balance_available_reads_each_currency_of_a_connected_account() {
         panic!("not a balance")
     };
     assert_eq!(read.account, account(A));
-    assert_eq!(read.available, [("usd".to_owned(), 7000), ("gbp".to_owned(), 300)]);
+    let available: Vec<(&str, i64)> =
+        read.entries.iter().map(|entry| (entry.currency.as_str(), entry.amount)).collect();
+    assert_eq!(available, [("usd", 7000), ("gbp", 300)]);
 }
 
 #[test]
