@@ -427,15 +427,26 @@ impl SqliteStore {
                 return Ok(CommitOutcome::Conflict);
             }
         }
-        if Self::insert_steps_in(&transaction, write.new_steps)? == CommitOutcome::Conflict {
+        Self::finish_in(transaction, write.new_steps, write.step_updates, write.changes)
+    }
+
+    /// Writes a commit's steps and changes and commits it; a step that exists, or moved since it
+    /// was read, makes the whole transaction a conflict (dropping it rolls everything back).
+    fn finish_in(
+        transaction: rusqlite::Transaction<'_>,
+        new_steps: &[Step],
+        step_updates: &[Step],
+        changes: &[Change],
+    ) -> Result<CommitOutcome, StoreError> {
+        if Self::insert_steps_in(&transaction, new_steps)? == CommitOutcome::Conflict {
             return Ok(CommitOutcome::Conflict);
         }
-        for step in write.step_updates {
+        for step in step_updates {
             if Self::update_step_in(&transaction, step)? == CommitOutcome::Conflict {
                 return Ok(CommitOutcome::Conflict);
             }
         }
-        Self::insert_changes_in(&transaction, write.changes)?;
+        Self::insert_changes_in(&transaction, changes)?;
         transaction.commit().map_err(unavailable)?;
         Ok(CommitOutcome::Committed)
     }
@@ -469,12 +480,7 @@ impl SqliteStore {
         {
             return Ok(CommitOutcome::Conflict);
         }
-        if Self::insert_steps_in(&transaction, write.new_steps)? == CommitOutcome::Conflict {
-            return Ok(CommitOutcome::Conflict);
-        }
-        Self::insert_changes_in(&transaction, write.changes)?;
-        transaction.commit().map_err(unavailable)?;
-        Ok(CommitOutcome::Committed)
+        Self::finish_in(transaction, write.new_steps, &[], write.changes)
     }
 
     /// Writes an account's state if the stored one is at `version - 1` (or absent, for 1).
@@ -837,19 +843,10 @@ impl AccountStore for SqliteStore {
         let mut connection = self.lock()?;
         let transaction =
             connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-        if Self::write_account_in(&transaction, write.account)? == CommitOutcome::Conflict
-            || Self::insert_steps_in(&transaction, write.new_steps)? == CommitOutcome::Conflict
-        {
+        if Self::write_account_in(&transaction, write.account)? == CommitOutcome::Conflict {
             return Ok(CommitOutcome::Conflict);
         }
-        for step in write.step_updates {
-            if Self::update_step_in(&transaction, step)? == CommitOutcome::Conflict {
-                return Ok(CommitOutcome::Conflict);
-            }
-        }
-        Self::insert_changes_in(&transaction, write.changes)?;
-        transaction.commit().map_err(unavailable)?;
-        Ok(CommitOutcome::Committed)
+        Self::finish_in(transaction, write.new_steps, write.step_updates, write.changes)
     }
 
     /// Reads the partial index on `payout_funds.due_at`, which holds only accounts with a due time.
