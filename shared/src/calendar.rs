@@ -21,6 +21,13 @@ pub fn utc_date(unix_secs: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// A Unix time as API v2 writes timestamps, `yyyy-mm-ddThh:mm:ss.000Z`.
+pub fn utc_rfc3339(unix_secs: i64) -> String {
+    let seconds = unix_secs.rem_euclid(86_400);
+    let (hour, minute, second) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
+    format!("{}T{hour:02}:{minute:02}:{second:02}.000Z", utc_date(unix_secs))
+}
+
 /// The day count since 1970-01-01 of a proleptic Gregorian date, by Howard Hinnant's
 /// `days_from_civil`.
 pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
@@ -102,6 +109,8 @@ mod tests {
     fn rfc3339_timestamps_as_api_v2_writes_them() {
         assert_eq!(parse_rfc3339("2022-02-15T00:27:45.330Z"), Some(1_644_884_865));
         assert_eq!(parse_rfc3339("2024-03-07T18:27:56.000Z"), Some(1_709_836_076));
+        assert_eq!(utc_rfc3339(1_709_836_076), "2024-03-07T18:27:56.000Z");
+        assert_eq!(parse_rfc3339(&utc_rfc3339(-1)), Some(-1));
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00"), Some(0));
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00-00:30"), Some(1_800));

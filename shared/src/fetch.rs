@@ -103,7 +103,8 @@ fn splitmix(seed: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn seed_of(text: &str) -> u64 {
+/// A stable seed for [`backoff`]'s jitter from an id (FNV-1a).
+pub fn seed_of(text: &str) -> u64 {
     text.bytes()
         .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
@@ -355,21 +356,32 @@ impl<S: AccountStore, C: Clock> FetchWorker<S, C> {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Value, StripeError>>,
     {
-        let mut retry = 0;
-        loop {
-            self.pacer.wait().await;
-            match call().await {
-                Err(StripeError::RateLimited { retry_after, message }) => {
-                    let wait = backoff(retry, retry_after, seed);
-                    if retry >= RATE_LIMIT_RETRIES || wait > MAX_BACKOFF {
-                        return Err(StripeError::RateLimited { retry_after, message });
-                    }
-                    tracing::info!(wait_ms = wait.as_millis(), "Stripe rate-limited a read; backing off");
-                    self.pacer.hold_off(wait).await;
-                    retry += 1;
+        paced(&self.pacer, seed, call).await
+    }
+}
+
+/// Runs `call` in its slot on `pacer`, retrying a 429 after its backoff ([`backoff`], Stripe's
+/// `Retry-After` honoured) at most [`RATE_LIMIT_RETRIES`] times, and holding every other request on
+/// the pacer back meanwhile. `seed` picks the jitter.
+pub async fn paced<T, F, Fut>(pacer: &Pacer, seed: u64, call: F) -> Result<T, StripeError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StripeError>>,
+{
+    let mut retry = 0;
+    loop {
+        pacer.wait().await;
+        match call().await {
+            Err(StripeError::RateLimited { retry_after, message }) => {
+                let wait = backoff(retry, retry_after, seed);
+                if retry >= RATE_LIMIT_RETRIES || wait > MAX_BACKOFF {
+                    return Err(StripeError::RateLimited { retry_after, message });
                 }
-                other => return other,
+                tracing::info!(wait_ms = wait.as_millis(), "Stripe rate-limited a read; backing off");
+                pacer.hold_off(wait).await;
+                retry += 1;
             }
+            other => return other,
         }
     }
 }

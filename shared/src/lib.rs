@@ -3,12 +3,14 @@
 pub mod aws;
 pub mod calendar;
 pub mod config;
+pub mod doctor;
 pub mod domain;
 pub mod eventbridge;
 pub mod fetch;
 pub mod metrics;
 pub mod notifier;
 pub mod platform;
+pub mod reconcile;
 pub mod secrets;
 pub mod sqs_worker;
 pub mod store;

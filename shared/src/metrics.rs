@@ -55,6 +55,15 @@ pub mod names {
     /// Currencies of manual-payout accounts whose funds have sat unpaid past the configured share
     /// of Stripe's manual-payout limit, counted each time a plan finds them so.
     pub const PAYOUT_FUNDS_STALE: &str = "PayoutFundsStale";
+    /// Listed events a reconciler run found unrecorded and fed through the pipeline.
+    pub const EVENTS_REPLAYED: &str = "EventsReplayed";
+    /// Steps a reconciler run's sweep sent back to their queue.
+    pub const STEPS_RESUMED: &str = "StepsResumed";
+    /// Accounts whose stored state a reconciler run's drift check found different and corrected.
+    pub const ACCOUNTS_CORRECTED: &str = "AccountsCorrected";
+    /// Seconds between a reconciler run and the cursor it left: alarmed on past 25 days, before
+    /// Stripe's 30-day event window closes.
+    pub const RECONCILE_CURSOR_AGE: &str = "ReconcileCursorAgeSeconds";
 }
 
 /// Dimension names, as they appear in CloudWatch.
@@ -150,6 +159,16 @@ const STEPS_SWEPT: &[Directive] = &[Directive {
 const PAYOUT_FUNDS_STALE: &[Directive] =
     &[Directive { dimension_sets: &[&[FUNCTION_NAME]], metrics: &[count(names::PAYOUT_FUNDS_STALE)] }];
 
+const RECONCILED: &[Directive] = &[Directive {
+    dimension_sets: &[&[FUNCTION_NAME]],
+    metrics: &[
+        count(names::EVENTS_REPLAYED),
+        count(names::STEPS_RESUMED),
+        count(names::ACCOUNTS_CORRECTED),
+        count(names::RECONCILE_CURSOR_AGE),
+    ],
+}];
+
 /// The kinds of document written: each has fixed dimensions and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Family {
@@ -161,10 +180,11 @@ enum Family {
     StripeCalls,
     StepsSwept,
     PayoutFundsStale,
+    Reconciled,
 }
 
 impl Family {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Events,
         Self::SignatureFailures,
         Self::WebhookErrors,
@@ -173,6 +193,7 @@ impl Family {
         Self::StripeCalls,
         Self::StepsSwept,
         Self::PayoutFundsStale,
+        Self::Reconciled,
     ];
 
     /// The dimensions whose values each data point carries, besides `FunctionName`.
@@ -184,7 +205,7 @@ impl Family {
             Self::StepsFinished => &[KIND, OUTCOME],
             Self::StripeCalls => &[OPERATION, STATUS_CLASS],
             Self::StepsSwept => &[STATUS],
-            Self::PayoutFundsStale => &[],
+            Self::PayoutFundsStale | Self::Reconciled => &[],
         }
     }
 
@@ -199,6 +220,7 @@ impl Family {
             Self::StripeCalls => STRIPE_CALLS,
             Self::StepsSwept => STEPS_SWEPT,
             Self::PayoutFundsStale => PAYOUT_FUNDS_STALE,
+            Self::Reconciled => RECONCILED,
         }
     }
 
@@ -403,6 +425,19 @@ impl Metrics {
         // A sweep never nears 2^53 steps, so the conversion is exact.
         #[allow(clippy::cast_precision_loss)]
         self.add(Family::StepsSwept, &[status], &[count as f64]);
+    }
+
+    /// What one reconciler run did, and how old the cursor it left is.
+    pub fn reconciled(&self, run: &crate::domain::reconcile::ReconcileRun) {
+        // Counts and ages this small are exact in an f64.
+        #[allow(clippy::cast_precision_loss)]
+        let values = [
+            run.events_replayed as f64,
+            run.steps_resumed as f64,
+            run.accounts_corrected as f64,
+            run.finished_at.saturating_sub(run.cursor).max(0) as f64,
+        ];
+        self.add(Family::Reconciled, &[], &values);
     }
 
     /// `count` currencies of manual-payout accounts found with funds unpaid past the configured

@@ -142,6 +142,7 @@ pub struct WebhookService<S, C = SystemClock> {
     payout_settings: PayoutSettings,
     clock: C,
     metrics: Metrics,
+    signature_failures: crate::doctor::SignatureFailureCount,
 }
 
 impl<S: AccountStore> WebhookService<S> {
@@ -168,7 +169,14 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
             payout_settings: PayoutSettings::default(),
             clock,
             metrics: Metrics::disabled(),
+            signature_failures: Default::default(),
         }
+    }
+
+    /// Counts deliveries refused for their signature in `count` too, for `healthz?deep=1`.
+    pub fn with_signature_failure_count(mut self, count: crate::doctor::SignatureFailureCount) -> Self {
+        self.signature_failures = count;
+        self
     }
 
     /// Records each delivery's metrics in `metrics`, written when the delivery is answered.
@@ -261,7 +269,10 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
                     other => tracing::warn!(reason = other.kind(), "webhook refused"),
                 }
                 match &error {
-                    WebhookError::Signature(_) => self.metrics.signature_failure(error.kind()),
+                    WebhookError::Signature(_) => {
+                        self.metrics.signature_failure(error.kind());
+                        self.signature_failures.record();
+                    }
                     _ => self.metrics.webhook_error(error.kind()),
                 }
                 Reply::from_error(&error)
@@ -298,6 +309,20 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         });
         self.metrics.flush();
         accepted.map(|accepted| accepted.delivery)
+    }
+
+    /// Records a listed snapshot event without deciding anything from it, as unhandled with
+    /// `reason`: what the reconciler does with an event rendered in an API version the parsers do
+    /// not read, rather than guess at its fields. A thin event carries no API version of its own,
+    /// so it is processed as a delivery.
+    pub async fn record_unread(&self, body: &[u8], reason: String) -> Result<Delivery, WebhookError> {
+        let now = self.clock.now_unix();
+        let ParsedBody::Snapshot(event) = parse_event(body)? else {
+            return self.process_unsigned(body).await;
+        };
+        let mut record = snapshot_record(&event, &event.id, now);
+        record.reason = Some(reason);
+        self.commit_record(&record).await
     }
 
     async fn accept_verified(&self, body: &[u8], now: i64) -> Result<Accepted, WebhookError> {

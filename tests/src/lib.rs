@@ -454,3 +454,17 @@ pub fn lambda_sqs_event(
 pub fn batch_failures(response: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<&str> {
     response.batch_item_failures.iter().map(|failure| failure.item_identifier.as_str()).collect()
 }
+
+/// The workspace's `connect-flow` binary, next to the running test's own (or `CONNECT_FLOW_BIN`):
+/// `cargo test --workspace` builds it; with `-p integration-tests` alone, run
+/// `cargo build -p connect-flow` first. A missing binary fails the test, it never skips.
+pub fn connect_flow_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("CONNECT_FLOW_BIN") {
+        return std::path::PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test knows its path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("tests run from target/<profile>/deps");
+    let path = dir.join(format!("connect-flow{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is missing: run `cargo build -p connect-flow` first", path.display());
+    path
+}

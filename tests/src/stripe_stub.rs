@@ -99,6 +99,11 @@ use serde_json::{Value, json};
 use shared::stripe::client::{ApiKey, StripeClientConfig};
 use tokio::sync::{Notify, oneshot};
 
+mod events;
+use events::StubEvent;
+#[path = "stripe_stub_endpoints.rs"]
+mod endpoints;
+
 /// A secret key the stub accepts (it accepts any `sk_test_…`).
 pub const STUB_API_KEY: &str = "sk_test_connect_flow_stub";
 
@@ -371,6 +376,14 @@ struct Injected {
     fault: Fault,
 }
 
+/// Requests a second past which the stub answers 429, and the current one-second window.
+#[derive(Debug)]
+struct RateLimit {
+    per_second: usize,
+    window_start: std::time::Instant,
+    in_window: usize,
+}
+
 #[derive(Debug, Default)]
 struct Ledger {
     now: i64,
@@ -388,6 +401,18 @@ struct Ledger {
     objects: BTreeMap<String, BTreeMap<Option<String>, Value>>,
     /// Thin events by id.
     thin_events: BTreeMap<String, Value>,
+    /// Webhook endpoints and event destinations, for the doctor.
+    endpoints: endpoints::Endpoints,
+    /// Events [`StripeStub::emit_event`] emitted, oldest first.
+    events: Vec<StubEvent>,
+    /// Thin events [`StripeStub::emit_thin_event`] emitted, oldest first, as listed.
+    v2_events: Vec<Value>,
+    /// [`StripeStub::set_rate_limit`]'s limit, and the window it counts in.
+    rate_limit: Option<RateLimit>,
+    /// Requests answered 429 by the rate limit.
+    rate_limited: usize,
+    /// Path prefixes the key has no permission for ([`StripeStub::deny_permission`]).
+    denied: Vec<String>,
     transfers: Vec<StubTransfer>,
     reversals: Vec<StubReversal>,
     payouts: Vec<StubPayout>,
@@ -531,6 +556,26 @@ impl StripeStub {
         account.payouts_enabled = payouts_enabled;
     }
 
+    /// Makes `id` one of the platform's connected accounts as `GET /v1/accounts` lists them,
+    /// created at `created` (a Custom account with `transfers` requested), as if the platform had
+    /// created it some other way than through this stub.
+    pub fn add_listed_account(&self, id: &str, created: i64) {
+        let mut ledger = self.shared.ledger();
+        ledger.accounts.entry(id.to_owned()).or_default();
+        ledger.created_accounts.push(StubCreatedAccount {
+            id: id.to_owned(),
+            country: "US".to_owned(),
+            email: None,
+            dashboard: "none".to_owned(),
+            fees_payer: "application".to_owned(),
+            losses_payments: "application".to_owned(),
+            requirement_collection: "application".to_owned(),
+            capabilities: vec!["transfers".to_owned()],
+            metadata: BTreeMap::new(),
+            created,
+        });
+    }
+
     /// Sets a connected account's balance in `currency`, adding the account if it is unknown.
     pub fn set_account_balance(&self, id: &str, currency: &str, amount: i64) {
         self.shared
@@ -628,6 +673,46 @@ impl StripeStub {
             ledger.context_accounts.insert(context.to_owned());
         }
         ledger.thin_events.insert(id, event);
+    }
+
+    /// Emits a snapshot event: `GET /v1/events` lists it from now on, under `Stripe-Account` when
+    /// it has an `account`, and `delivery_success` filters on `delivered` (whether the test
+    /// delivered it). Emit in `created` order: lists are held oldest first, as emitted.
+    ///
+    /// # Panics
+    ///
+    /// If `event` has no string `id`.
+    pub fn emit_event(&self, event: Value, delivered: bool) {
+        let event = StubEvent::of(event, delivered).expect("an event has a string id");
+        self.shared.ledger().events.push(event);
+    }
+
+    /// Emits a thin event: stored as by [`Self::put_thin_event`], and listed by
+    /// `GET /v2/core/events` (its `created`, a Unix time or RFC 3339, listed as RFC 3339).
+    pub fn emit_thin_event(&self, event: Value) {
+        self.put_thin_event(event.clone());
+        self.shared.ledger().v2_events.push(events::listed_thin_event(event));
+    }
+
+    /// Answers 429 with `Retry-After: 1` to every request past `per_second` in any one-second
+    /// window, as Stripe's rate limiter does under load; `None` lifts the limit.
+    pub fn set_rate_limit(&self, per_second: Option<usize>) {
+        self.shared.ledger().rate_limit = per_second.map(|per_second| RateLimit {
+            per_second,
+            window_start: std::time::Instant::now(),
+            in_window: 0,
+        });
+    }
+
+    /// How many requests the rate limit answered 429.
+    pub fn rate_limited_count(&self) -> usize {
+        self.shared.ledger().rate_limited
+    }
+
+    /// Makes the key lack the permission for every request whose path starts with `path_prefix`:
+    /// 403 with Stripe's restricted-key refusal, before anything runs.
+    pub fn deny_permission(&self, path_prefix: &str) {
+        self.shared.ledger().denied.push(path_prefix.to_owned());
     }
 
     /// Every transfer created, in order.
@@ -837,6 +922,15 @@ impl Reply {
     }
 
     /// Stripe's 429, asking the client to wait `retry_after` seconds.
+    /// 403 for a restricted key without the endpoint's permission, in Stripe's words.
+    fn permission_denied(presented_key: &str) -> Self {
+        let message = format!(
+            "The provided key '{}' does not have the required permissions for this endpoint on account 'acct_stub_platform'. Having the 'rak_event_read' permission would allow this request to continue.",
+            masked(presented_key)
+        );
+        Self::error(StatusCode::FORBIDDEN, "invalid_request_error", None, message)
+    }
+
     fn rate_limited(retry_after: u32) -> Self {
         let mut reply = Self::error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -1020,6 +1114,12 @@ enum Route {
     ListV2Accounts,
     /// `GET /v2/core/events/{id}`.
     RetrieveThinEvent(String),
+    /// `GET /v1/events`.
+    ListEvents,
+    /// `GET /v2/core/events`.
+    ListV2Events,
+    /// `GET /v1/webhook_endpoints`, `GET /v2/core/event_destinations`.
+    Endpoints(endpoints::EndpointsRoute),
     /// Any other `GET /v1/…`: a stored object, a created transfer or payout, or 404.
     RetrieveObject(String),
 }
@@ -1037,6 +1137,9 @@ impl Route {
                 | Self::ListPayouts
                 | Self::ListAccounts
                 | Self::ListV2Accounts
+                | Self::ListEvents
+                | Self::ListV2Events
+                | Self::Endpoints(_)
         )
     }
 
@@ -1047,6 +1150,9 @@ impl Route {
 }
 
 fn route(method: &Method, path: &str) -> Option<Route> {
+    if let Some(route) = endpoints::route(method, path) {
+        return Some(Route::Endpoints(route));
+    }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("POST", ["v1", "transfers"]) => Some(Route::CreateTransfer),
@@ -1072,6 +1178,8 @@ fn route(method: &Method, path: &str) -> Option<Route> {
         }
         ("POST", ["v2", "core", "accounts"]) => Some(Route::CreateV2Account),
         ("GET", ["v2", "core", "accounts"]) => Some(Route::ListV2Accounts),
+        ("GET", ["v1", "events"]) => Some(Route::ListEvents),
+        ("GET", ["v2", "core", "events"]) => Some(Route::ListV2Events),
         ("GET", ["v2", "core", "events", id]) if !id.is_empty() => {
             Some(Route::RetrieveThinEvent((*id).to_owned()))
         }
@@ -1140,6 +1248,21 @@ fn begin(shared: &Shared, call: Call) -> Begun {
             message,
         ));
     }
+    if let Some(limit) = &mut ledger.rate_limit {
+        let now = std::time::Instant::now();
+        if now.duration_since(limit.window_start) >= std::time::Duration::from_secs(1) {
+            limit.window_start = now;
+            limit.in_window = 0;
+        }
+        limit.in_window += 1;
+        if limit.in_window > limit.per_second {
+            ledger.rate_limited += 1;
+            return Begun::Answered(Reply::rate_limited(1));
+        }
+    }
+    if ledger.denied.iter().any(|prefix| call.path.starts_with(prefix.as_str())) {
+        return Begun::Answered(Reply::permission_denied(presented));
+    }
     let Some(route) = route(&call.method, &call.path) else {
         return Begun::Answered(Reply::unrecognized(&call.method, &call.path));
     };
@@ -1155,7 +1278,9 @@ fn begin(shared: &Shared, call: Call) -> Begun {
         }
     };
     // "All API requests to the API /v2 namespace must include the Stripe-Version header."
-    if matches!(route, Route::CreateV2Account | Route::ListV2Accounts) && call.stripe_version.is_none() {
+    if matches!(route, Route::CreateV2Account | Route::ListV2Accounts | Route::ListV2Events)
+        && call.stripe_version.is_none()
+    {
         return Begun::Answered(Reply::invalid(
             None,
             "API v2 requests must include a Stripe-Version header.",
@@ -1562,6 +1687,9 @@ fn execute(ledger: &mut Ledger, request: &Request) -> (Reply, bool) {
         Route::CreateLoginLink(id) => create_login_link(ledger, request, id),
         Route::CreateV2Account => create_v2_account(ledger, request),
         Route::ListV2Accounts => list_v2_accounts(ledger, request),
+        Route::ListEvents => events::list_events(ledger, request),
+        Route::Endpoints(route) => endpoints::execute(ledger, request, route),
+        Route::ListV2Events => events::list_v2_events(ledger, request),
     };
     match result {
         Ok(reply) => (reply, true),

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use integration_tests::DYNAMODB_ENDPOINT;
 
-const FUNCTIONS: [&str; 5] = ["webhook", "transfer-worker", "payout-worker", "sweeper", "fetch-worker"];
+const FUNCTIONS: [&str; 5] = ["webhook", "transfer-worker", "payout-worker", "reconciler", "fetch-worker"];
 
 #[test]
 fn each_function_binary_answers_through_the_runtime_api() {

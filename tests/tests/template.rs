@@ -1,8 +1,9 @@
 //! `infra/template.yaml` and the workspace agree: every Lambda binary of the workspace is a function
 //! of the template, every function of the template builds a Lambda binary of the workspace, and each
 //! function is built, triggered and fed by its queue the way the workers' code relies on. The
-//! sweeper runs on a schedule through a role that may only invoke it, with only the table and queue
-//! rights the sweep uses, on the index the store queries; and every alarm on the functions' own
+//! reconciler runs on a schedule through a role that may only invoke it, with only the table, queue
+//! and Stripe key rights a replayed event and the sweeps use, on the indexes the store queries, and
+//! an alarm on a cursor falling behind Stripe's event window; and every alarm on the functions' own
 //! metrics watches a dimension set the code publishes. Every route of the HTTP API but the webhook
 //! and the onboarding refresh link needs SigV4; the platform API may use only its table, its two
 //! step queues and its two secrets; the notifier reads only inserted change items from the table's
@@ -15,11 +16,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
+use shared::domain::reconcile::{CURSOR_ALARM_AGE_SECS, ReconcileRun};
+use shared::metrics::names;
 use shared::metrics::{MemorySink, Metrics, MetricsSettings};
+use shared::reconcile::{
+    DEFAULT_REQUESTS_PER_SECOND, DEFAULT_RUNS_PER_WEEK, RECONCILE_RATE, RECONCILE_RUNS_PER_WEEK,
+    RECONCILER_LAMBDA_TIMEOUT, ReconcileSettings,
+};
 use shared::store::EventOutcome;
-use shared::sweeper::SWEEPER_LAMBDA_TIMEOUT;
 use shared::worker::MAX_RECEIVES;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -276,7 +283,7 @@ fn every_function_without_a_route_is_fed_by_a_fifo_queue_with_partial_batch_fail
         let events = function["Properties"]["Events"].as_hash();
         let has_route =
             events.into_iter().flatten().any(|(_, event)| event["Type"].as_str() == Some("HttpApi"));
-        // A scheduled function is checked by the_sweeper_runs_on_a_schedule_…, the stream-fed
+        // A scheduled function is checked by the_reconciler_runs_on_a_schedule_…, the stream-fed
         // notifier by the_notifier_reads_inserted_change_items_…, below.
         if has_route || scheduled.contains(id) || id == notifier {
             continue;
@@ -363,23 +370,23 @@ fn every_function_logs_to_a_log_group_of_its_own() {
     }
 }
 
-/// The sweeper's only trigger is one EventBridge Scheduler schedule, on the `SweepSchedule`
+/// The reconciler's only trigger is one EventBridge Scheduler schedule, on the `ReconcileSchedule`
 /// parameter (every 15 minutes by default), whose role Scheduler alone may assume, for this stack's
-/// schedule group alone, and which may do nothing but invoke the sweeper.
+/// schedule group alone, and which may do nothing but invoke the reconciler.
 #[test]
-fn the_sweeper_runs_on_a_schedule_through_a_role_that_may_only_invoke_it() {
+fn the_reconciler_runs_on_a_schedule_through_a_role_that_may_only_invoke_it() {
     let template = template();
-    let (sweeper, function) = function_building(&template, "sweeper");
+    let (reconciler, function) = function_building(&template, "reconciler");
     assert!(
         function["Properties"]["Events"].is_badvalue(),
-        "{sweeper}: SAM events add triggers and policies"
+        "{reconciler}: SAM events add triggers and policies"
     );
     let mappings = resources_of_type(&template, "AWS::Lambda::EventSourceMapping");
     assert!(
         !mappings
             .iter()
-            .any(|(_, mapping)| referenced_id(&mapping["Properties"]["FunctionName"]) == Some(sweeper)),
-        "{sweeper} reads no queue"
+            .any(|(_, mapping)| referenced_id(&mapping["Properties"]["FunctionName"]) == Some(reconciler)),
+        "{reconciler} reads no queue"
     );
 
     let schedules = resources_of_type(&template, "AWS::Scheduler::Schedule");
@@ -388,16 +395,19 @@ fn the_sweeper_runs_on_a_schedule_through_a_role_that_may_only_invoke_it() {
     let properties = &schedule["Properties"];
     assert_eq!(
         referenced_id(&properties["Target"]["Arn"]),
-        Some(sweeper),
-        "{schedule_id} invokes the sweeper"
+        Some(reconciler),
+        "{schedule_id} invokes the reconciler"
     );
     assert_eq!(properties["State"].as_str(), Some("ENABLED"), "{schedule_id}");
     assert_eq!(properties["FlexibleTimeWindow"]["Mode"].as_str(), Some("OFF"), "{schedule_id}");
     let input = properties["Target"]["Input"].as_str().expect("the schedule sends an explicit payload");
     serde_json::from_str::<Value>(input).expect("the payload is JSON, which the Lambda runtime parses");
     let parameter = properties["ScheduleExpression"].as_str().expect("a schedule expression");
-    assert_eq!(parameter, "SweepSchedule", "{schedule_id}: the expression is the SweepSchedule parameter");
-    assert_eq!(template["Parameters"][parameter]["Default"].as_str(), Some("rate(15 minutes)"));
+    assert_eq!(
+        parameter, "ReconcileSchedule",
+        "{schedule_id}: the expression is the ReconcileSchedule parameter"
+    );
+    assert_eq!(template["Parameters"][parameter]["Default"].as_str(), Some(RECONCILE_SCHEDULE_DEFAULT));
 
     let group = properties["GroupName"].as_str().expect("the schedule is in a group of the stack");
     assert_eq!(template["Resources"][group]["Type"].as_str(), Some("AWS::Scheduler::ScheduleGroup"));
@@ -426,50 +436,114 @@ fn the_sweeper_runs_on_a_schedule_through_a_role_that_may_only_invoke_it() {
     }
     assert_eq!(
         grants(role_id, &statements),
-        pairs(&[("lambda:InvokeFunction", &format!("{sweeper}.Arn"))]),
-        "{role_id} may invoke the sweeper and nothing else"
+        pairs(&[("lambda:InvokeFunction", &format!("{reconciler}.Arn"))]),
+        "{role_id} may invoke the reconciler and nothing else"
     );
 }
 
-/// The sweeper finds its store and queues under the variables the code reads, may call exactly
-/// what `shared::sweep` calls (Query on the open-steps and payouts-due indexes, GetItem, Query and
-/// PutItem on the table for the payout sweep, SendMessage on the two queues), is not retried when
-/// a sweep fails, and has the timeout the code plans for.
+/// `ReconcileSchedule`'s default.
+const RECONCILE_SCHEDULE_DEFAULT: &str = "rate(15 minutes)";
+/// The seconds between two runs at [`RECONCILE_SCHEDULE_DEFAULT`].
+const RECONCILE_INTERVAL_SECS: u64 = 15 * 60;
+
+/// The reconciler finds its store, the three queues, the Stripe key and its pacing under the
+/// variables the code reads; may do on the table what a delivery does (a replayed event goes
+/// through the webhook's pipeline) plus the sweep's, the drift check's and the change feed's
+/// Queries on their indexes, send to the queues a delivery sends to, and read the Stripe key:
+/// nothing else. A failed run is not retried, raises an alarm, and the run ends before the next
+/// one starts, with the timeout the code plans for.
 #[test]
-fn the_sweeper_may_only_read_open_steps_and_accounts_and_send_to_the_queues() {
+fn the_reconciler_may_only_apply_events_sweep_and_read_the_stripe_key() {
     let template = template();
-    let (sweeper, function) = function_building(&template, "sweeper");
+    let (reconciler, function) = function_building(&template, "reconciler");
+    let (webhook, webhook_function) = function_building(&template, "webhook");
     let properties = &function["Properties"];
     let variables = &properties["Environment"]["Variables"];
+    let webhook_variables = &webhook_function["Properties"]["Environment"]["Variables"];
     for (name, resource) in [
         (shared::config::TABLE_NAME, "Table"),
         (shared::store::sqs::TRANSFERS_QUEUE_URL, "TransfersQueue"),
         (shared::store::sqs::PAYOUTS_QUEUE_URL, "PayoutsQueue"),
+        (shared::store::sqs::FETCH_QUEUE_URL, "FetchQueue"),
+        // The variable shared::sqs_worker::stripe_client_from_env resolves the key from.
+        (shared::config::API_KEY_SECRET_ARN, "StripeApiKeySecretArn"),
+        (RECONCILE_RUNS_PER_WEEK, "ReconcileRunsPerWeek"),
     ] {
-        assert_eq!(variables[name].as_str(), Some(resource), "{sweeper}: {name}");
+        assert_eq!(variables[name].as_str(), Some(resource), "{reconciler}: {name}");
     }
+    for name in [shared::config::LIVEMODE, shared::config::DISPUTE_POLICY] {
+        assert_eq!(
+            variables[name], webhook_variables[name],
+            "{reconciler} applies a replayed event as the webhook applies a delivery: {name}"
+        );
+    }
+    assert!(
+        variables[shared::stripe::client::API_KEY_VAR].is_badvalue(),
+        "{reconciler}: the Stripe key is read from its secret"
+    );
+
+    // The pacing the template sets is one the code accepts, and the default runs a week match the
+    // default schedule, so that the drift check's share reaches every account in a week.
+    let rate = variables[RECONCILE_RATE].as_str().expect("a rate (a string)").to_owned();
+    let runs_default = template["Parameters"]["ReconcileRunsPerWeek"]["Default"]
+        .as_i64()
+        .expect("ReconcileRunsPerWeek's default is a number")
+        .to_string();
+    let lookup = |name: &str| match name {
+        RECONCILE_RATE => Some(rate.clone()),
+        RECONCILE_RUNS_PER_WEEK => Some(runs_default.clone()),
+        _ => None,
+    };
+    let settings = ReconcileSettings::from_lookup(lookup).expect("the template's pacing is accepted");
+    assert_eq!(settings.requests_per_second, DEFAULT_REQUESTS_PER_SECOND, "{reconciler}: {RECONCILE_RATE}");
+    assert!(settings.requests_per_second < 25, "Stripe's live-mode read limit is 25 a second");
+    assert_eq!(settings.runs_per_week, DEFAULT_RUNS_PER_WEEK, "ReconcileRunsPerWeek's default");
     assert_eq!(
-        function_grants(sweeper, function),
-        pairs(&[
-            ("dynamodb:Query", "${Table.Arn}/index/open_steps"),
-            ("dynamodb:Query", "${Table.Arn}/index/payouts_due"),
-            ("dynamodb:GetItem", "Table.Arn"),
-            ("dynamodb:Query", "Table.Arn"),
-            ("dynamodb:PutItem", "Table.Arn"),
-            ("sqs:SendMessage", "TransfersQueue.Arn"),
-            ("sqs:SendMessage", "PayoutsQueue.Arn"),
-        ]),
-        "{sweeper}'s policy"
+        DEFAULT_RUNS_PER_WEEK,
+        7 * 24 * 60 * 60 / RECONCILE_INTERVAL_SECS,
+        "{RECONCILE_SCHEDULE_DEFAULT}"
+    );
+
+    let mut table = grants_with_prefix(webhook, webhook_function, "dynamodb:");
+    table.extend(pairs(&[
+        ("dynamodb:Query", "${Table.Arn}/index/open_steps"),
+        ("dynamodb:Query", "${Table.Arn}/index/payouts_due"),
+        ("dynamodb:Query", "${Table.Arn}/index/accounts_by_status"),
+    ]));
+    assert_eq!(
+        grants_with_prefix(reconciler, function, "dynamodb:"),
+        table,
+        "{reconciler}: the webhook's table rights, and Query on the sweeps' and the drift check's indexes"
     );
     assert_eq!(
-        function_property(&template, function, "Timeout").as_i64(),
-        i64::try_from(SWEEPER_LAMBDA_TIMEOUT.as_secs()).ok(),
-        "{sweeper}: shared::sweeper::SWEEPER_LAMBDA_TIMEOUT"
+        grants_with_prefix(reconciler, function, "sqs:"),
+        grants_with_prefix(webhook, webhook_function, "sqs:"),
+        "{reconciler} sends where a delivery sends"
+    );
+    let mut expected = table;
+    expected.extend(pairs(&[
+        ("sqs:SendMessage", "TransfersQueue.Arn"),
+        ("sqs:SendMessage", "PayoutsQueue.Arn"),
+        ("sqs:SendMessage", "FetchQueue.Arn"),
+        ("secretsmanager:GetSecretValue", "StripeApiKeySecretArn"),
+    ]));
+    assert_eq!(function_grants(reconciler, function), expected, "{reconciler}'s policy");
+
+    let timeout = function_property(&template, function, "Timeout").as_i64();
+    assert_eq!(
+        timeout,
+        i64::try_from(RECONCILER_LAMBDA_TIMEOUT.as_secs()).ok(),
+        "{reconciler}: shared::reconcile::RECONCILER_LAMBDA_TIMEOUT"
+    );
+    assert!(
+        timeout.and_then(|secs| u64::try_from(secs).ok()).map(Duration::from_secs)
+            < Some(Duration::from_secs(RECONCILE_INTERVAL_SECS)),
+        "{reconciler}: a run ends before the next {RECONCILE_SCHEDULE_DEFAULT} run starts"
     );
     assert_eq!(
         properties["EventInvokeConfig"]["MaximumRetryAttempts"].as_i64(),
         Some(0),
-        "{sweeper}: the next scheduled run is the retry"
+        "{reconciler}: the next scheduled run is the retry"
     );
     let errors_alarm =
         resources_of_type(&template, "AWS::CloudWatch::Alarm").into_iter().any(|(_, alarm)| {
@@ -479,11 +553,50 @@ fn the_sweeper_may_only_read_open_steps_and_accounts_and_send_to_the_queues() {
                 && alarm["Dimensions"].as_vec().is_some_and(|dimensions| {
                     dimensions.iter().any(|dimension| {
                         dimension["Name"].as_str() == Some("FunctionName")
-                            && dimension["Value"].as_str() == Some(sweeper)
+                            && dimension["Value"].as_str() == Some(reconciler)
                     })
                 })
         });
-    assert!(errors_alarm, "a failed sweep raises an alarm");
+    assert!(errors_alarm, "a failed reconciler run raises an alarm");
+}
+
+/// A cursor left older than `shared::domain::reconcile::CURSOR_ALARM_AGE_SECS` (a run that keeps
+/// stopping short), or a reconciler that stops reporting at all, raises an alarm on the metric
+/// the reconciler publishes, before Stripe's 30-day event window closes.
+#[test]
+fn a_reconciler_cursor_falling_behind_raises_an_alarm() {
+    let template = template();
+    let (reconciler, _) = function_building(&template, "reconciler");
+    let alarms: Vec<_> = resources_of_type(&template, "AWS::CloudWatch::Alarm")
+        .into_iter()
+        .filter(|(_, alarm)| alarm["Properties"]["MetricName"].as_str() == Some(names::RECONCILE_CURSOR_AGE))
+        .collect();
+    assert_eq!(alarms.len(), 1, "one alarm on {}", names::RECONCILE_CURSOR_AGE);
+    let (id, alarm) = alarms[0];
+    let properties = &alarm["Properties"];
+    let dimensions: Vec<(&str, &str)> = properties["Dimensions"]
+        .as_vec()
+        .expect("dimensions")
+        .iter()
+        .map(|dimension| {
+            (dimension["Name"].as_str().unwrap_or(""), dimension["Value"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(dimensions, [("FunctionName", reconciler)], "{id}: the reconciler's own metric");
+    assert_eq!(properties["Statistic"].as_str(), Some("Maximum"), "{id}: the oldest cursor of the period");
+    assert_eq!(properties["Threshold"].as_i64(), Some(CURSOR_ALARM_AGE_SECS), "{id}: CURSOR_ALARM_AGE_SECS");
+    assert_eq!(properties["ComparisonOperator"].as_str(), Some("GreaterThanThreshold"), "{id}");
+    assert_eq!(
+        properties["TreatMissingData"].as_str(),
+        Some("breaching"),
+        "{id}: a reconciler that stops running stops publishing"
+    );
+    let period = properties["Period"].as_i64().expect("a period");
+    let evaluated = period * properties["EvaluationPeriods"].as_i64().expect("evaluation periods");
+    assert!(
+        CURSOR_ALARM_AGE_SECS + evaluated < 30 * 24 * 60 * 60,
+        "{id}: a cursor past the threshold is alarmed on before Stripe's window closes"
+    );
 }
 
 /// One of `shared/src/store/dynamodb.rs`'s name constants, read from its source, so that the
@@ -584,6 +697,7 @@ fn published_dimension_sets() -> BTreeMap<String, BTreeSet<BTreeSet<String>>> {
     metrics.stripe_call("create_transfer", Some(401), std::time::Duration::from_millis(5));
     metrics.steps_swept("queued", 1);
     metrics.payout_funds_stale(1);
+    metrics.reconciled(&ReconcileRun::default());
     metrics.flush();
     let mut published: BTreeMap<String, BTreeSet<BTreeSet<String>>> = BTreeMap::new();
     for line in sink.take() {
@@ -731,7 +845,7 @@ fn http_routes(template: &Yaml) -> Vec<Route<'_>> {
 const UNAUTHENTICATED_ROUTES: [&str; 2] = ["POST /webhooks/stripe", "GET /onboarding/refresh"];
 
 /// The platform API's routes (DESIGN.md, "Platform API").
-const PLATFORM_API_ROUTES: [&str; 16] = [
+const PLATFORM_API_ROUTES: [&str; 17] = [
     "POST /accounts",
     "GET /accounts",
     "GET /accounts/{id}",
@@ -747,6 +861,7 @@ const PLATFORM_API_ROUTES: [&str; 16] = [
     "GET /accounts/{id}/tax",
     "GET /reports/fees",
     "GET /healthz",
+    "GET /console",
     "GET /onboarding/refresh",
 ];
 

@@ -2,6 +2,9 @@
 
 pub mod bench;
 pub mod commands;
+pub mod doctor;
 pub mod envelope;
 pub mod load;
+pub mod progress;
+pub mod reconcile;
 pub mod server;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use connect_flow::envelope::{EnvelopeKind, lambda_envelope};
-use connect_flow::{bench, commands, server};
+use connect_flow::{bench, commands, reconcile, server};
 use shared::config::{WEBHOOK_SECRETS, WebhookSettings};
 use shared::fetch::FetchWorker;
 use shared::metrics::Metrics;
@@ -69,6 +69,12 @@ enum Command {
     /// Load a running `serve` over loopback with a seeded mix of signed events, then check
     /// that each was applied exactly once.
     Bench(bench::BenchArgs),
+    /// Check the Stripe set-up (webhook endpoints, event destinations, enabled events, API
+    /// version) with STRIPE_API_KEY; print one line per finding, exit 1 unless all are ok.
+    Doctor(connect_flow::doctor::DoctorArgs),
+    /// Replay the events deliveries missed, correct accounts that drifted from Stripe, and sweep
+    /// the steps nothing else would move; prints one JSON report.
+    Reconcile(reconcile::ReconcileArgs),
     /// Check a Stripe-Signature header for the body on standard input.
     Verify {
         /// A signing secret; repeat for several.
@@ -132,10 +138,17 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             let accounts_api = PlatformSettings::accounts_api_from_lookup(|name| std::env::var(name).ok())?;
             // `PlatformApi::new` reads the tax thresholds itself; a bad one stops the start here.
             shared::domain::ledger::TaxThresholds::from_env()?;
+            // One count for the webhook to add to and `healthz?deep=1` to read.
+            let signature_failures = shared::doctor::SignatureFailureCount::default();
             let platform = PlatformApi::new(store.clone(), stripe, platform_settings)
                 .with_accounts_api(accounts_api)
-                .with_queue(Arc::clone(&queue));
-            let service = Arc::new(WebhookService::new(store, &settings).with_queue(queue));
+                .with_queue(Arc::clone(&queue))
+                .with_signature_failure_count(signature_failures.clone());
+            let service = Arc::new(
+                WebhookService::new(store, &settings)
+                    .with_queue(queue)
+                    .with_signature_failure_count(signature_failures),
+            );
             let app = server::App::new(service, platform, std::env::var(shared::platform::API_TOKEN).ok());
             server::serve_app(listener, app, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -143,10 +156,16 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             .await?;
             Ok(true)
         }
+        Command::Doctor(args) => connect_flow::doctor::doctor(&args, &mut std::io::stdout().lock()).await,
         Command::Send { files, url, secret } => commands::send(&files, &url, first_secret(&secret)?).await,
         Command::Bench(args) => {
             let secret = first_secret(&args.secret)?.to_owned();
             bench::bench(args, &secret).await
+        }
+        Command::Reconcile(args) => {
+            shared::telemetry::init_text_logs();
+            emit(&reconcile::reconcile(&args).await?);
+            Ok(true)
         }
         Command::Sign { file, secret, timestamp, envelope, base64 } => {
             let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -6,5 +6,6 @@ pub mod fetch;
 pub mod funds;
 pub mod ledger;
 pub mod payout;
+pub mod reconcile;
 pub mod reference;
 pub mod step;

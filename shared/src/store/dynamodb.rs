@@ -34,12 +34,14 @@ use crate::domain::account::{AccountId, AccountState, OnboardingStatus};
 use crate::domain::change::Change;
 use crate::domain::funds::PaymentRecord;
 use crate::domain::ledger::{LedgerEntry, LedgerPlan, LedgerRow, Month};
+use crate::domain::reconcile::ReconcilerState;
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
 use crate::domain::step::{PaymentKey, Step, StepRef, StepStatus};
 
 type Item = HashMap<String, AttributeValue>;
 
 mod ledger;
+mod reconcile;
 
 const PK: &str = "pk";
 const SK: &str = "sk";
@@ -266,6 +268,18 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
 }
 
 impl AccountStore for DynamoStore {
+    async fn load_reconciler(&self) -> Result<Option<ReconcilerState>, StoreError> {
+        self.load_reconciler_now().await
+    }
+
+    async fn save_reconciler(
+        &self,
+        state: &ReconcilerState,
+        replace_unreadable: bool,
+    ) -> Result<CommitOutcome, StoreError> {
+        self.save_reconciler_now(state, replace_unreadable).await
+    }
+
     async fn load_ledger_entry(&self, key: &str) -> Result<Option<LedgerEntry>, StoreError> {
         self.load_ledger_entry_now(key).await
     }

@@ -10,6 +10,7 @@ use crate::domain::change::Change;
 use crate::domain::fetch::{FetchRef, FetchStep};
 use crate::domain::funds::PaymentRecord;
 use crate::domain::ledger::{LedgerEntry, LedgerPlan, LedgerRow, Month};
+use crate::domain::reconcile::ReconcilerState;
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
 use crate::domain::step::{PaymentKey, Step, StepRef, StepStatus};
 
@@ -403,6 +404,25 @@ pub trait AccountStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<LedgerRow>, StoreError>> + Send {
         let _ = month;
         async { Err(no_ledger()) }
+    }
+
+    /// The reconciler's state: `None` before its first run, `Corrupt` when it cannot be read (the
+    /// reconciler then starts over from [`crate::domain::reconcile::FIRST_RUN_LOOKBACK_SECS`]).
+    /// The default is for a store that keeps none: it refuses.
+    fn load_reconciler(&self) -> impl Future<Output = Result<Option<ReconcilerState>, StoreError>> + Send {
+        async { Err(StoreError::Unavailable("this store keeps no reconciler state".to_owned())) }
+    }
+
+    /// Writes the reconciler's state if the stored one is at `state.version - 1` (or absent, for
+    /// version 1), or over whatever is stored with `replace_unreadable`: `Committed`, or
+    /// `Conflict` when another run wrote first.
+    fn save_reconciler(
+        &self,
+        state: &ReconcilerState,
+        replace_unreadable: bool,
+    ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send {
+        let _ = (state, replace_unreadable);
+        async { Err(StoreError::Unavailable("this store keeps no reconciler state".to_owned())) }
     }
 
     /// Writes everything in `write` in one conditional write: `Committed`, or `Conflict` when the

@@ -15,10 +15,12 @@ use crate::domain::change::Change;
 use crate::domain::fetch::FetchRef;
 use crate::domain::funds::PaymentRecord;
 use crate::domain::ledger::{LedgerEntry, LedgerPlan, LedgerRow, Month};
+use crate::domain::reconcile::ReconcilerState;
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
 use crate::domain::step::{PaymentKey, Step, StepKind, StepRef, StepStatus};
 
 mod ledger;
+mod reconcile;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
@@ -163,6 +165,7 @@ impl SqliteStore {
             .map_err(unavailable)?;
         connection.execute_batch(SCHEMA).map_err(unavailable)?;
         connection.execute_batch(ledger::LEDGER_SCHEMA).map_err(unavailable)?;
+        connection.execute_batch(reconcile::RECONCILER_SCHEMA).map_err(unavailable)?;
         for (table, column, backfill) in ADDED_COLUMNS {
             let present: bool = connection
                 .query_row(
@@ -609,6 +612,18 @@ impl StepQueue for SqliteStore {
 }
 
 impl AccountStore for SqliteStore {
+    async fn load_reconciler(&self) -> Result<Option<ReconcilerState>, StoreError> {
+        self.load_reconciler_now()
+    }
+
+    async fn save_reconciler(
+        &self,
+        state: &ReconcilerState,
+        replace_unreadable: bool,
+    ) -> Result<CommitOutcome, StoreError> {
+        self.save_reconciler_now(state, replace_unreadable)
+    }
+
     async fn load_ledger_entry(&self, key: &str) -> Result<Option<LedgerEntry>, StoreError> {
         self.load_ledger_entry_now(key)
     }

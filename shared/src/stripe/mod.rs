@@ -1,7 +1,9 @@
 //! Stripe's side of the wire: webhook signatures, the event envelope, and the API client.
 
 pub mod client;
+pub mod endpoints;
 pub mod event;
+pub mod events;
 pub mod onboarding;
 pub mod signature;
 pub mod v2;

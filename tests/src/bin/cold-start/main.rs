@@ -3,8 +3,9 @@
 //! Each run starts the function's binary as Lambda would (`AWS_LAMBDA_RUNTIME_API` and the usual
 //! Lambda variables, nothing else from this process's environment), against a stand-in Runtime API
 //! on loopback, DynamoDB and SQS (and Secrets Manager with `--secrets-manager`) on moto server, and,
-//! for the workers, the stand-in Stripe. It hands the function two invocations (for the sweeper,
-//! its schedule's payload, with one stranded step in the table) and records:
+//! for the workers and the reconciler, the stand-in Stripe. It hands the function two invocations
+//! (for the reconciler, its schedule's payload, with one stranded step in the table and nothing
+//! for Stripe's lists to answer) and records:
 //!
 //! - **init**: from spawning the process to its first poll for an invocation;
 //! - **cold**: from spawning the process to the first answer arriving;
@@ -14,19 +15,20 @@
 //! - **peak RSS**: the process's `VmHWM` after the second answer.
 //!
 //! Every answer is checked (a webhook's 200 `applied`, a worker's empty list of failures and the
-//! transfer or payout on the stand-in Stripe, the sweeper's report of the one step it re-sent, the
-//! fetch worker's empty list of failures and both thin events `applied`), so a run that measures a
+//! transfer or payout on the stand-in Stripe, the reconciler's report of a run that listed and
+//! replayed nothing, corrected nothing and re-sent the one step, after the lists it made, the fetch
+//! worker's empty list of failures and both thin events `applied`), so a run that measures a
 //! failure fails loudly.
 //!
 //! ```sh
-//! cargo build --release -p webhook -p transfer-worker -p payout-worker -p sweeper -p fetch-worker
+//! cargo build --release -p webhook -p transfer-worker -p payout-worker -p reconciler -p fetch-worker
 //! CONNECT_FLOW_TEST_DYNAMODB_ENDPOINT=http://127.0.0.1:PORT \
 //!   cargo run -p integration-tests --bin cold-start -- --profile release --runs 20
 //! ```
 //!
 //! Options: `--profile debug|release` (the binaries in `target/<profile>`, default release),
 //! `--bin-dir DIR` (the binaries elsewhere), `--runs N` (default 20), `--function NAME` (repeatable;
-//! default webhook, transfer-worker, payout-worker, sweeper, fetch-worker), `--secrets-manager` (the deployed set-up: the
+//! default webhook, transfer-worker, payout-worker, reconciler, fetch-worker), `--secrets-manager` (the deployed set-up: the
 //! webhook secrets and the Stripe key are read from Secrets Manager at start), `--set NAME=VALUE`
 //! (repeatable; one more variable for the function, to try a setting).
 
@@ -67,27 +69,27 @@ enum Function {
     Webhook,
     TransferWorker,
     PayoutWorker,
-    Sweeper,
+    Reconciler,
     FetchWorker,
 }
 
 impl Function {
     const ALL: [Self; 5] =
-        [Self::Webhook, Self::TransferWorker, Self::PayoutWorker, Self::Sweeper, Self::FetchWorker];
+        [Self::Webhook, Self::TransferWorker, Self::PayoutWorker, Self::Reconciler, Self::FetchWorker];
 
     fn binary(self) -> &'static str {
         match self {
             Self::Webhook => "webhook",
             Self::TransferWorker => "transfer-worker",
             Self::PayoutWorker => "payout-worker",
-            Self::Sweeper => "sweeper",
+            Self::Reconciler => "reconciler",
             Self::FetchWorker => "fetch-worker",
         }
     }
 
     fn parse(name: &str) -> anyhow::Result<Self> {
         Self::ALL.into_iter().find(|function| function.binary() == name).with_context(|| {
-            format!("unknown function {name:?}: expected webhook, transfer-worker, payout-worker, sweeper or fetch-worker")
+            format!("unknown function {name:?}: expected webhook, transfer-worker, payout-worker, reconciler or fetch-worker")
         })
     }
 }
@@ -258,15 +260,22 @@ impl Bench {
         let destination =
             AccountId::parse(&format!("acct_coldstart{pid}")).context("a well-formed account id")?;
         let stripe = match function {
-            Function::Sweeper => {
+            Function::Reconciler => {
                 let (transfers, payouts) = shared::store::sqs::create_queues(
                     &sqs_client().await,
-                    &format!("cold-start-{pid}-sweep"),
+                    &format!("cold-start-{pid}-reconcile"),
                 )
                 .await?;
                 env.push((shared::store::sqs::TRANSFERS_QUEUE_URL, transfers));
                 env.push((shared::store::sqs::PAYOUTS_QUEUE_URL, payouts));
-                None
+                // Known to Stripe, so that listing its events (it has an open step) is answered;
+                // it has no event, and the platform none, so every list is empty.
+                let stub = StripeStub::start().await;
+                stub.add_account(destination.as_str(), true, true);
+                env.push(("STRIPE_API_BASE", stub.base_url().to_owned()));
+                let (plain, arn) = (shared::stripe::client::API_KEY_VAR, shared::config::API_KEY_SECRET_ARN);
+                env.push(secret_variable(secrets_manager, plain, arn, STUB_API_KEY).await?);
+                Some(stub)
             }
             Function::Webhook => {
                 let (transfers, payouts) =
@@ -319,6 +328,7 @@ impl Bench {
             format!("arn:aws:lambda:us-east-1:123456789012:function:connect-flow-{}", self.function.binary());
         let mut api = RuntimeApi::start(invocations.to_vec(), arn).await?;
         let objects_before = self.stripe_objects();
+        let requests_before = self.stripe.as_ref().map_or(0, |stripe| stripe.received().len());
         let log = File::create(&self.log)?;
         let started = Instant::now();
         let mut child = Command::new(binary)
@@ -340,6 +350,9 @@ impl Bench {
         for answer in &answers {
             self.check(answer)?;
         }
+        if self.function == Function::Reconciler {
+            self.check_reconciler_lists(requests_before, &answers)?;
+        }
         if self.function == Function::FetchWorker {
             for k in 0..2 {
                 let event_id = format!("evt_coldthin{}r{run}k{k}", std::process::id());
@@ -353,7 +366,7 @@ impl Bench {
     }
 
     /// The `k`th invocation of run `run`: a new account's event for the webhook (then an update
-    /// to it), a new queued step for the workers, the schedule's payload for the sweeper (with
+    /// to it), a new queued step for the workers, the schedule's payload for the reconciler (with
     /// one stranded step in the table for both of a run's sweeps).
     async fn invocation(&self, run: usize, k: usize) -> anyhow::Result<Invocation> {
         let pid = std::process::id();
@@ -375,11 +388,11 @@ impl Bench {
                 record["attributes"]["MessageDeduplicationId"] = json!(fetch.event_id);
                 batch
             }
-            Function::Sweeper => {
+            Function::Reconciler => {
                 if k == 0 {
                     self.strand_one_step(run).await?;
                 }
-                let path = format!("{EVENTS}/scheduler/sweeper.json");
+                let path = format!("{EVENTS}/scheduler/reconciler.json");
                 serde_json::from_str(&std::fs::read_to_string(&path).context(path)?)?
             }
         };
@@ -472,7 +485,7 @@ impl Bench {
     fn expected_stripe_objects(&self) -> usize {
         match self.function {
             Function::TransferWorker | Function::PayoutWorker => 2,
-            Function::Webhook | Function::Sweeper | Function::FetchWorker => 0,
+            Function::Webhook | Function::Reconciler | Function::FetchWorker => 0,
         }
     }
 
@@ -497,11 +510,68 @@ impl Bench {
             Function::TransferWorker | Function::PayoutWorker | Function::FetchWorker => {
                 ensure!(answer == json!({ "batchItemFailures": [] }), "the worker answered {answer}");
             }
-            Function::Sweeper => {
-                let resent = json!({ "queued": 1, "in_flight": 0, "waiting": 0,
-                    "payouts": { "accounts_due": 0, "payouts_planned": 0, "stale_funds": 0 } });
-                ensure!(answer == resent, "the sweeper answered {answer}, not {resent}");
+            Function::Reconciler => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+                let started_at = answer["started_at"].as_i64().context("the report's started_at")?;
+                ensure!(
+                    (now - RUN_LIMIT.as_secs() as i64..=now).contains(&started_at),
+                    "the reconciler answered {answer}"
+                );
+                let expected = [
+                    ("events_listed", json!(0)),
+                    ("events_replayed", json!(0)),
+                    ("steps_resumed", json!(1)),
+                    ("accounts_checked", json!(0)),
+                    ("accounts_corrected", json!(0)),
+                    // A run that finished leaves its start as the next run's cursor.
+                    ("cursor", json!(started_at)),
+                ];
+                for (field, value) in expected {
+                    ensure!(
+                        answer[field] == value,
+                        "the reconciler answered {answer}: {field} is not {value}"
+                    );
+                }
+                ensure!(answer.get("error").is_none(), "the reconciler answered {answer}");
             }
+        }
+        Ok(())
+    }
+
+    /// Fails unless each of the reconciler's two runs listed the platform's events, API v2's, the
+    /// accounts created since its cursor and the events of the one account with an open step,
+    /// once each, and counted in its report exactly the requests the stand-in Stripe received.
+    fn check_reconciler_lists(&self, requests_before: usize, answers: &[Vec<u8>]) -> anyhow::Result<()> {
+        let stripe = self.stripe.as_ref().context("the reconciler's stand-in Stripe")?;
+        let received = stripe.received().split_off(requests_before);
+        let mut reported = 0;
+        for answer in answers {
+            let answer: Value = serde_json::from_slice(answer)?;
+            reported += answer["stripe_requests"].as_u64().context("the report's stripe_requests")?;
+        }
+        ensure!(
+            reported == received.len() as u64,
+            "the reconciler reported {reported} Stripe requests; the stand-in received {}",
+            received.len()
+        );
+        let destination = Some(self.destination.as_str().to_owned());
+        for (path, account) in [
+            ("/v1/events", None),
+            ("/v2/core/events", None),
+            ("/v1/accounts", None),
+            ("/v1/events", destination),
+        ] {
+            let calls = received
+                .iter()
+                .filter(|request| {
+                    request.method == "GET" && request.path == path && request.stripe_account == account
+                })
+                .count();
+            ensure!(
+                calls == answers.len(),
+                "GET {path} (Stripe-Account {account:?}) came {calls} times in {} runs",
+                answers.len()
+            );
         }
         Ok(())
     }
