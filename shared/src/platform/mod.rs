@@ -16,6 +16,7 @@ use crate::stripe::client::StripeClient;
 use crate::stripe::signature::{Clock, SystemClock};
 
 mod accounts;
+pub mod console;
 pub mod error;
 pub mod lambda;
 pub mod ledger;
@@ -141,6 +142,7 @@ pub struct PlatformApi<S, C = SystemClock> {
     payout_settings: PayoutSettings,
     tax_thresholds: crate::domain::ledger::TaxThresholds,
     clock: C,
+    signature_failures: Option<crate::doctor::SignatureFailureCount>,
 }
 
 impl<S: AccountStore> PlatformApi<S> {
@@ -168,7 +170,15 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             payout_settings: PayoutSettings::default(),
             tax_thresholds: Default::default(),
             clock,
+            signature_failures: None,
         }
+    }
+
+    /// Answers `healthz?deep=1` with the webhook's in-process count of signature failures (`serve`);
+    /// without it, the answer says the count is CloudWatch's.
+    pub fn with_signature_failure_count(mut self, count: crate::doctor::SignatureFailureCount) -> Self {
+        self.signature_failures = Some(count);
+        self
     }
 
     /// Shows `settings` (the deployment's default payout policy) on accounts without their own,
@@ -231,6 +241,14 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
             ["payouts"] if post => self.request_payout(request.body).await,
             ["changes"] if get => self.list_changes(request.query).await,
             ["onboarding", "refresh"] if get => self.refresh_link(request).await,
+            ["console"] if get => self.console().await,
+            ["healthz"] if get && crate::doctor::asks_deep(request.query) => {
+                self.store.load_event("healthz").await?;
+                let base_url = self.settings.public_url.as_deref().unwrap_or(request.base_url);
+                let count = self.signature_failures.as_ref();
+                let (status, body) = crate::doctor::deep_health(self.stripe.as_ref(), base_url, count).await;
+                Ok(ApiReply::json(status, body.to_string()))
+            }
             ["healthz"] if get => {
                 self.store.load_event("healthz").await?;
                 Ok(ApiReply::json(200, json!({ "status": "ok" }).to_string()))
@@ -242,6 +260,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
                 wrong_method()
             }
             ["accounts", _, "payout_policy"] => wrong_method(),
+            ["console"] => wrong_method(),
             ["accounts", _, "ledger" | "tax"] | ["reports", "fees"] => wrong_method(),
             _ => Err(ApiError::NotFound("no such route".to_owned())),
         }
