@@ -168,7 +168,7 @@ pub enum ReconcileError {
 /// What a long run reports as it goes: `reconcile` draws it as a progress bar.
 pub trait Progress: Send + Sync {
     /// A phase begins: `total` items, when known.
-    fn phase(&self, name: &'static str, total: Option<u64>);
+    fn phase(&self, name: &str, total: Option<u64>);
     /// `count` more items of the current phase are done.
     fn advance(&self, count: u64);
     /// The run is over.
@@ -180,7 +180,7 @@ pub trait Progress: Send + Sync {
 pub struct NoProgress;
 
 impl Progress for NoProgress {
-    fn phase(&self, _name: &'static str, _total: Option<u64>) {}
+    fn phase(&self, _name: &str, _total: Option<u64>) {}
     fn advance(&self, _count: u64) {}
     fn finish(&self) {}
 }

@@ -15,6 +15,7 @@ use std::time::Instant;
 use integration_tests::stripe_stub::StripeStub;
 use integration_tests::{
     DYNAMODB_ENDPOINT, NOW, RecordingQueue, RequestLog, account_updated, dynamo_store_logged, pipeline,
+    settings as webhook_settings,
 };
 use serde_json::Value;
 use shared::domain::reconcile::ReconcileRun;
@@ -22,6 +23,8 @@ use shared::reconcile::{ReconcileSettings, Reconciler};
 use shared::store::StepQueue;
 use shared::store::sqlite::SqliteStore;
 use shared::stripe::client::StripeClient;
+use shared::stripe::signature::FixedClock;
+use shared::webhook::WebhookService;
 
 /// Stripe's read limit for the reconciler, to say how long the requests take against the real API.
 const STRIPE_RATE: f64 = 20.0;
@@ -96,8 +99,11 @@ async fn run_twice<S: shared::store::AccountStore + Clone>(
         max_account_lists: usize::MAX,
         ..Default::default()
     };
+    // The run comes a schedule period after the deliveries, as on AWS: the DynamoDB change feed
+    // lists a change only once it has settled.
+    let later = WebhookService::with_clock(store, &webhook_settings(), FixedClock(NOW + 900));
     let reconciler = Reconciler::new(
-        pipeline(store).with_queue(Arc::clone(&queue)),
+        later.with_queue(Arc::clone(&queue)),
         StripeClient::new(stub.client_config()).expect("a client"),
         queue,
         settings,

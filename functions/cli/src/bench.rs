@@ -13,8 +13,11 @@ use shared::stripe::signature::{Clock, SystemClock};
 
 use crate::load::check::{Expected, check, observe_records};
 use crate::load::mix::Mix;
+use crate::load::mix::MixEvent;
 use crate::load::observe_http;
-use crate::load::run::{HttpTarget, Limits, Stats, run};
+use crate::load::run::{Answer, HttpTarget, Limits, Stats, Target, run};
+use crate::progress::Bars;
+use shared::reconcile::Progress;
 
 /// How many violations are printed; the count is always given in full.
 const SHOWN_VIOLATIONS: usize = 20;
@@ -87,13 +90,20 @@ pub async fn bench(args: BenchArgs, secret: &str) -> anyhow::Result<bool> {
         // A day back, so that no event looks newer than the clock.
         let mix =
             Arc::new(Mix::generate(args.seed, &level_tag, args.events, SystemClock.now_unix() - 86_400));
-        let target = Arc::new(HttpTarget::new(&args.url, concurrency)?);
+        let progress = Arc::new(Bars::on_stderr());
+        progress.phase(
+            &format!("deliveries at concurrency {concurrency}"),
+            Some(mix.delivery_count().min(args.events) as u64),
+        );
+        let target =
+            Arc::new(Counted { inner: HttpTarget::new(&args.url, concurrency)?, progress: progress.clone() });
         let limits = Limits {
             max_deliveries: args.events,
             max_duration: Duration::from_secs(args.max_seconds),
             retries: args.retries,
         };
         let result = run(mix.clone(), target, secret, concurrency, limits).await;
+        progress.finish();
         let expected = Expected::of(&mix, &result.sent());
         let mut observed = observe_http(&reader, &args.url, &expected).await?;
         if let Some(db) = &args.db {
@@ -115,6 +125,20 @@ pub async fn bench(args: BenchArgs, secret: &str) -> anyhow::Result<bool> {
         print_report(&report, args.json)?;
     }
     Ok(all_good)
+}
+
+/// A target that counts each answered delivery on a progress bar.
+struct Counted<T> {
+    inner: T,
+    progress: Arc<Bars>,
+}
+
+impl<T: Target> Target for Counted<T> {
+    async fn deliver(&self, sender: usize, event: &MixEvent, signature: String) -> Answer {
+        let answer = self.inner.deliver(sender, event, signature).await;
+        self.progress.advance(1);
+        answer
+    }
 }
 
 fn print_report(report: &LevelReport, json: bool) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
 /// One phase as the plain-line form counts it.
 struct Phase {
-    name: &'static str,
+    name: String,
     total: Option<u64>,
     done: u64,
     started: Instant,
@@ -59,7 +59,7 @@ impl Bars {
 }
 
 impl Progress for Bars {
-    fn phase(&self, name: &'static str, total: Option<u64>) {
+    fn phase(&self, name: &str, total: Option<u64>) {
         match &self.bar {
             Some(bar) => {
                 let mut bar = bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -75,7 +75,7 @@ impl Progress for Bars {
                 if let Ok(style) = ProgressStyle::with_template(template) {
                     next.set_style(style.progress_chars("=> "));
                 }
-                next.set_message(name);
+                next.set_message(name.to_owned());
                 next.enable_steady_tick(Duration::from_millis(200));
                 *bar = Some(next);
             }
@@ -83,7 +83,7 @@ impl Progress for Bars {
                 let mut phase = self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 Self::end_plain_phase(&mut phase);
                 let now = Instant::now();
-                *phase = Some(Phase { name, total, done: 0, started: now, last_line: now });
+                *phase = Some(Phase { name: name.to_owned(), total, done: 0, started: now, last_line: now });
             }
         }
     }
