@@ -20,7 +20,7 @@ use shared::domain::ledger::Month;
 use shared::domain::reconcile::{FIRST_RUN_LOOKBACK_SECS, ReconcileRun};
 use shared::domain::step::{Step, StepKind, StepStatus};
 use shared::reconcile::{ReconcileError, ReconcileSettings, Reconciler};
-use shared::store::{AccountStore, EventOutcome, EventRecord, EventWrite, StepQueue};
+use shared::store::{AccountStore, EventOutcome, EventRecord, StepQueue};
 use shared::stripe::client::StripeClient;
 use shared::stripe::signature::{Clock, FixedClock};
 use shared::webhook::WebhookService;
@@ -331,19 +331,9 @@ async fn a_waiting_step_stays_off_the_queue_for_a_day_then_goes_when_its_account
         NOW,
     );
     step.status = StepStatus::Waiting;
-    let record = EventRecord {
-        event_id: "evt_wait_plan".into(),
-        event_type: "test.plan".into(),
-        account_id: None,
-        created: Some(NOW),
-        livemode: Some(false),
-        outcome: EventOutcome::Applied,
-        reason: None,
-        received_at: NOW,
-        expires_at: NOW + 86_400 * 30,
-        fetch: None,
-    };
-    store.commit(&EventWrite::with_steps(&record, std::slice::from_ref(&step))).await.unwrap();
+    integration_tests::store_planned_steps(&store, "evt_wait_plan", std::slice::from_ref(&step))
+        .await
+        .unwrap();
     let stub = StripeStub::start().await;
     stub.put_object(None, "/v1/accounts/acct_wait", restricted["data"]["object"].clone());
     let queue = Arc::new(RecordingQueue::default());

@@ -129,8 +129,13 @@ mod tests {
     #[test]
     fn a_plain_line_gives_the_count_the_rate_and_the_time_left() {
         let started = Instant::now().checked_sub(Duration::from_secs(10)).unwrap();
-        let phase =
-            Phase { name: "checking accounts", total: Some(300), done: 100, started, last_line: started };
+        let phase = Phase {
+            name: "checking accounts".to_owned(),
+            total: Some(300),
+            done: 100,
+            started,
+            last_line: started,
+        };
         let line = phase.line();
         assert!(line.starts_with("checking accounts: 100/300 (10/s, about 20 s left)"), "{line}");
         let open = Phase { total: None, ..phase };

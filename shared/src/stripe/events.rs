@@ -52,11 +52,7 @@ impl StripeClient {
         created_gte: i64,
         starting_after: Option<&str>,
     ) -> Result<ListPage, StripeError> {
-        let url =
-            self.list_url("/v1/events", &[("created[gte]", created_gte.to_string())], starting_after)?;
-        let request =
-            self.request(reqwest::Method::GET, url, account).build().map_err(|e| self.build_error(&e))?;
-        v1_page(self.send("list_events", request).await?)
+        self.list_created_since("list_events", "/v1/events", account, created_gte, starting_after).await
     }
 
     /// `GET /v1/accounts` created at or after `created_gte`, one page from `starting_after`.
@@ -65,11 +61,22 @@ impl StripeClient {
         created_gte: i64,
         starting_after: Option<&str>,
     ) -> Result<ListPage, StripeError> {
-        let url =
-            self.list_url("/v1/accounts", &[("created[gte]", created_gte.to_string())], starting_after)?;
+        self.list_created_since("list_accounts", "/v1/accounts", None, created_gte, starting_after).await
+    }
+
+    /// One page of a v1 list filtered by `created[gte]`.
+    async fn list_created_since(
+        &self,
+        operation: &'static str,
+        path: &str,
+        account: Option<&AccountId>,
+        created_gte: i64,
+        starting_after: Option<&str>,
+    ) -> Result<ListPage, StripeError> {
+        let url = self.list_url(path, &[("created[gte]", created_gte.to_string())], starting_after)?;
         let request =
-            self.request(reqwest::Method::GET, url, None).build().map_err(|e| self.build_error(&e))?;
-        v1_page(self.send("list_accounts", request).await?)
+            self.request(reqwest::Method::GET, url, account).build().map_err(|e| self.build_error(&e))?;
+        v1_page(self.send(operation, request).await?)
     }
 
     /// `GET /v2/core/events` created at or after `created_gte`, or the page `next_page_url` names
