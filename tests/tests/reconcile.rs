@@ -465,3 +465,35 @@ async fn sqlite_drift_with_no_event_is_corrected_once() {
 async fn dynamodb_drift_with_no_event_is_corrected_once() {
     drift_with_no_event_is_corrected_once(dynamo_store().await).await;
 }
+
+/// More active accounts than a run may list: the ones with open steps come first, the rest are
+/// counted as skipped, and their events wait (the drift check still reads them).
+#[tokio::test]
+async fn a_run_lists_at_most_its_limit_of_accounts_open_steps_first() {
+    let store = sqlite_store();
+    let day = day();
+    let stub = stub_with(&day).await;
+    let step = Step::planned(
+        StepKind::Transfer,
+        "tr_cap_step",
+        AccountId::parse(&account(7)).unwrap(),
+        100,
+        "usd".into(),
+        NOW,
+    );
+    integration_tests::store_planned_steps(&store, "evt_cap_plan", std::slice::from_ref(&step))
+        .await
+        .unwrap();
+    let settings =
+        ReconcileSettings { requests_per_second: 200, max_account_lists: 1, ..ReconcileSettings::default() };
+    let run = reconciler_with(pipeline(store.clone()), &stub, Arc::default(), settings)
+        .run(None, None)
+        .await
+        .unwrap();
+    assert_eq!((run.accounts_listed, run.accounts_skipped), (1, ACCOUNTS as u64 - 1), "{run:?}");
+    let listed: Vec<_> = stub.received().into_iter().filter(|request| request.path == "/v1/events").collect();
+    let on_accounts: Vec<_> = listed.iter().filter_map(|request| request.stripe_account.clone()).collect();
+    assert_eq!(on_accounts, [account(7)], "the account with an open step is listed first");
+    assert!(store.load_event("evt_acct_0_07").await.unwrap().is_some());
+    assert_eq!(store.load_event("evt_acct_0_00").await.unwrap(), None, "a skipped account's events wait");
+}
