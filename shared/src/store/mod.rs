@@ -73,24 +73,25 @@ impl EventOutcome {
         }
     }
 
+    /// Every outcome, in the order they are declared.
+    pub const ALL: [Self; 12] = [
+        Self::Applied,
+        Self::Stale,
+        Self::Unreadable,
+        Self::Unhandled,
+        Self::NoAccount,
+        Self::LivemodeMismatch,
+        Self::MisroutedThinEvent,
+        Self::FetchQueued,
+        Self::FetchFailed,
+        Self::Refused,
+        Self::Unchanged,
+        Self::UnknownCharge,
+    ];
+
     /// Reads an outcome's stable name.
     pub fn parse(name: &str) -> Option<Self> {
-        [
-            Self::Applied,
-            Self::Stale,
-            Self::Unreadable,
-            Self::Unhandled,
-            Self::NoAccount,
-            Self::LivemodeMismatch,
-            Self::MisroutedThinEvent,
-            Self::FetchQueued,
-            Self::FetchFailed,
-            Self::Refused,
-            Self::Unchanged,
-            Self::UnknownCharge,
-        ]
-        .into_iter()
-        .find(|outcome| outcome.as_str() == name)
+        Self::ALL.into_iter().find(|outcome| outcome.as_str() == name)
     }
 }
 
@@ -469,5 +470,19 @@ pub trait StepQueue: Send + Sync + 'static {
                 fetches.len()
             )))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventOutcome;
+
+    #[test]
+    fn every_outcome_reads_back_from_its_name_which_is_its_serde_name() {
+        for outcome in EventOutcome::ALL {
+            assert_eq!(EventOutcome::parse(outcome.as_str()), Some(outcome));
+            assert_eq!(serde_json::to_value(outcome).unwrap(), serde_json::json!(outcome.as_str()));
+        }
+        assert_eq!(EventOutcome::parse("applied "), None);
     }
 }
