@@ -425,7 +425,10 @@ impl<S: AccountStore, C: Clock> Reconciler<S, C> {
                     self.stripe.list_events(Some(account), from, cursor.as_deref()).await
                 });
             match listed.await {
-                Ok(page) => keep(page, self.progress.as_ref()),
+                Ok(page) => keep(
+                    page.into_iter().map(|event| on_account(event, account)).collect(),
+                    self.progress.as_ref(),
+                ),
                 Err(ReconcileError::Refused { error, .. }) if error.refused_account_access() => {
                     tracing::info!(
                         account_id = account.as_str(),
@@ -716,6 +719,16 @@ impl<S: AccountStore, C: Clock> Reconciler<S, C> {
         }
         Ok(())
     }
+}
+
+/// An event listed under `Stripe-Account: account` is that account's, whatever its body says:
+/// its `account` is set to the one it was listed for, so that a connected account's own charge
+/// can never pass for one of the platform's (and plan a transfer from the platform's balance).
+fn on_account(mut event: Value, account: &AccountId) -> Value {
+    if let Some(fields) = event.as_object_mut() {
+        fields.insert("account".to_owned(), Value::String(account.to_string()));
+    }
+    event
 }
 
 fn fetched_last(fetched: &[Fetched]) -> Option<AccountId> {

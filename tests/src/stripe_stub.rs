@@ -687,6 +687,15 @@ impl StripeStub {
         self.shared.ledger().events.push(event);
     }
 
+    /// Emits an event that happened on connected account `account` but whose body names none (or
+    /// another), as a connected account's own object might: listed under `Stripe-Account: account`
+    /// only, with its body as given.
+    pub fn emit_event_on(&self, account: &str, event: Value) {
+        let mut event = StubEvent::of(event, false).expect("an event has a string id");
+        event.account = Some(account.to_owned());
+        self.shared.ledger().events.push(event);
+    }
+
     /// Emits a thin event: stored as by [`Self::put_thin_event`], and listed by
     /// `GET /v2/core/events` (its `created`, a Unix time or RFC 3339, listed as RFC 3339).
     pub fn emit_thin_event(&self, event: Value) {

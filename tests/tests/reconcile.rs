@@ -497,3 +497,26 @@ async fn a_run_lists_at_most_its_limit_of_accounts_open_steps_first() {
     assert!(store.load_event("evt_acct_0_07").await.unwrap().is_some());
     assert_eq!(store.load_event("evt_acct_0_00").await.unwrap(), None, "a skipped account's events wait");
 }
+
+/// A seller's own charge, listed under its account, whose body names no account and carries
+/// `transfer:` metadata as one of the platform's would: replayed as that account's event, it
+/// plans no transfer from the platform.
+#[tokio::test]
+async fn an_event_listed_under_a_connected_account_is_that_account_s_whatever_its_body_says() {
+    let store = sqlite_store();
+    let stub = StripeStub::start().await;
+    let seller = account(3);
+    let mut forged =
+        charge_succeeded("evt_sellers_own_charge", "pi_sellers_own", 5_000, &[(seller.as_str(), 4_900)]);
+    forged["created"] = json!(NOW - 600);
+    stub.emit_event_on(&seller, forged);
+    stub.add_listed_account(&seller, NOW - 900);
+    let queue = Arc::new(RecordingQueue::default());
+    let run = reconciler(pipeline(store.clone()), &stub, Arc::clone(&queue)).run(None, None).await.unwrap();
+    assert_eq!(run.events_replayed, 1, "{run:?}");
+    let record = store.load_event("evt_sellers_own_charge").await.unwrap().unwrap();
+    assert_eq!(record.account_id.as_deref(), Some(seller.as_str()), "{record:?}");
+    assert!(queue.take().is_empty(), "no transfer was planned from the seller's own charge");
+    let steps = store.load_account_steps(&AccountId::parse(&seller).unwrap()).await.unwrap();
+    assert!(steps.is_empty(), "{steps:?}");
+}
