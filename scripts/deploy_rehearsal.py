@@ -1415,7 +1415,7 @@ def main():
     if not args.no_build and Path(args.bin_dir).resolve() == (ROOT / "target" / "debug"):
         # The binaries must be this code's. After `cargo test --workspace` this compiles only each
         # function's thin main.rs and links it: --workspace unifies the dependencies' features as
-        # the tests' build did, so every library is reused (tests/tests/lambda_runtime.rs too).
+        # the tests' build did, so every library is reused (tests/tests/integration/lambda_runtime.rs too).
         log("== cargo build --workspace --bins (reuses what cargo test built)")
         subprocess.run(
             ["cargo", "build", "--quiet", "--locked", "--workspace", "--bins"], cwd=ROOT, check=True

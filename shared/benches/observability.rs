@@ -20,10 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use shared::clock::FixedClock;
 use shared::config::WebhookSettings;
 use shared::metrics::{Metrics, MetricsSettings, MetricsSink};
 use shared::store::sqlite::SqliteStore;
-use shared::stripe::signature::{FixedClock, WebhookSecret, sign};
+use shared::stripe::signature::{WebhookSecret, sign};
 use shared::telemetry::{LogFormat, lambda_subscriber, log_filter};
 use shared::webhook::WebhookService;
 

@@ -25,16 +25,15 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use crate::app::{Backend, Wire};
 use crate::aws::{WEBHOOK, WEBHOOK_DEADLINE};
-use crate::config::{ConfigError, StoreLocation, WebhookSettings};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{ConfigError, WebhookSettings};
 use crate::metrics::Metrics;
 use crate::sqs_worker::{QueueRunner, handle_sqs_batch_by, invocation_deadline};
-use crate::store::dynamodb::DynamoStore;
-use crate::store::sqlite::SqliteStore;
-use crate::store::sqs::{self, FETCH_QUEUE_URL, SqsQueue};
-use crate::store::{AccountStore, BoxFuture, StoreError};
+use crate::store::sqs;
+use crate::store::{AccountStore, BoxFuture, StepQueue, StoreError};
 use crate::stripe::event::is_plausible_id;
-use crate::stripe::signature::{Clock, SystemClock};
 use crate::webhook::WebhookService;
 
 /// The EventBridge `source` the intake accepts: the Stripe partner event source's name.
@@ -410,44 +409,37 @@ pub fn run_eventbridge_intake_function() -> Pin<Box<dyn Future<Output = Result<(
 async fn run() -> Result<(), lambda_runtime::Error> {
     crate::telemetry::init_lambda_logs();
     let settings = IntakeSettings::from_env()?;
-    let location = StoreLocation::from_env()?;
     // The webhook's bounds, because each message is the webhook's work under the webhook's
     // deadline ([`MESSAGE_DEADLINE`]): under the workers' 5 s per call, one slow call would use
     // the whole deadline, where the webhook's let a retry or a second call fit inside it.
     let aws = WEBHOOK.load().await;
+    let backend = Backend::from_env(&aws)?;
     let dead_letters = SqsDeadLetters::new(aws_sdk_sqs::Client::new(&aws), settings.dead_letter_url.clone());
     let webhook_settings = settings.webhook_settings();
     tracing::info!(source = settings.source.as_str(), "accepting events from this EventBridge source only");
-    match location {
-        StoreLocation::DynamoDb(table) => {
-            let service = WebhookService::new(
-                DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table),
-                &webhook_settings,
-            );
-            let service = match sqs::queue_urls_from_env() {
-                Some((transfers, payouts)) => {
-                    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), transfers, payouts)
-                        .with_fetch_queue(std::env::var(FETCH_QUEUE_URL).ok());
-                    service.with_queue(Arc::new(queue))
-                }
-                None => {
-                    tracing::warn!(
-                        "{} or {} is not set: planned steps stay queued in the table and are not sent",
-                        sqs::TRANSFERS_QUEUE_URL,
-                        sqs::PAYOUTS_QUEUE_URL
-                    );
-                    service
-                }
-            };
-            serve(EventBridgeIntake::new(service, dead_letters, settings.source)).await
+    backend.run(Intake { settings: webhook_settings, dead_letters, source: settings.source }).await
+}
+
+/// The intake on whichever store the environment named.
+struct Intake {
+    settings: WebhookSettings,
+    dead_letters: SqsDeadLetters,
+    source: String,
+}
+
+impl Wire for Intake {
+    type Output = Result<(), lambda_runtime::Error>;
+
+    async fn wire<S: AccountStore + Clone>(
+        self,
+        store: S,
+        queue: Option<Arc<dyn StepQueue>>,
+    ) -> Self::Output {
+        let mut service = WebhookService::new(store, &self.settings);
+        if let Some(queue) = queue {
+            service = service.with_queue(queue);
         }
-        // Locally (cargo lambda watch) the embedded store is also the step queue, as in `connect-flow serve`.
-        StoreLocation::Sqlite(path) => {
-            let store = SqliteStore::open(&path, SystemClock.now_unix())?;
-            let queue = Arc::new(store.clone());
-            let service = WebhookService::new(store, &webhook_settings).with_queue(queue);
-            serve(EventBridgeIntake::new(service, dead_letters, settings.source)).await
-        }
+        serve(EventBridgeIntake::new(service, self.dead_letters, self.source)).await
     }
 }
 
@@ -477,9 +469,10 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::clock::FixedClock;
     use crate::domain::account::{AccountId, OnboardingStatus};
     use crate::store::EventOutcome;
-    use crate::stripe::signature::FixedClock;
+    use crate::store::sqlite::SqliteStore;
 
     const SOURCE: &str = "aws.partner/stripe.com/ed_test_connectflow";
     const NOW: i64 = 1_750_000_000;

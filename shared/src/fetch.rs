@@ -7,26 +7,20 @@
 //! read, and a snapshot event older than a fetch is stale against it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use serde_json::Value;
-use tracing::Instrument;
 
-use crate::config::{StoreLocation, WebhookSettings};
+use crate::app::{Backend, StartError, Wire};
+use crate::clock::{Clock, SystemClock};
+use crate::config::WebhookSettings;
 use crate::domain::account::AccountId;
 use crate::domain::fetch::{FetchRef, FetchStatus, FetchStep, FetchTarget, fetched_as_snapshot, observed_at};
 use crate::metrics::Metrics;
-use crate::sqs_worker::{
-    DeployedQueue, QueueRunner, handle_sqs_batch_by, invocation_deadline, serve_queue, stripe_client_from_env,
-};
-use crate::store::dynamodb::DynamoStore;
-use crate::store::sqlite::{FETCH_QUEUE, SqliteStore};
-use crate::store::sqs::{self, SqsQueue};
-use crate::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, StoreError};
+use crate::sqs_worker::{QueueRunner, serve_queue, stripe_client_from_env};
+use crate::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, StepQueue, StoreError};
 use crate::stripe::client::{StripeClient, StripeError};
 use crate::stripe::event::Event;
-use crate::stripe::signature::{Clock, SystemClock};
 use crate::webhook::{Delivery, WebhookService};
 use crate::worker::MAX_RECEIVES;
 
@@ -178,6 +172,15 @@ impl<S: AccountStore, C: Clock> FetchWorker<S, C> {
     /// The store this worker reads and writes.
     pub fn store(&self) -> &S {
         self.webhook.store()
+    }
+
+    /// The metrics this worker records.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn clock(&self) -> &C {
+        self.webhook.clock()
     }
 
     /// Runs one fetch step to its end, or says why it must be retried, and counts the outcome.
@@ -458,86 +461,44 @@ impl<S: AccountStore, C: Clock> QueueRunner for FetchWorker<S, C> {
     }
 }
 
-/// How long a received fetch stays hidden before the embedded queue offers it again.
-const VISIBILITY_SECS: i64 = 30;
-
-impl<C: Clock> FetchWorker<SqliteStore, C> {
-    /// One pass over the embedded fetch queue, as [`crate::worker::StepWorker::drain_embedded`]
-    /// does for steps. Returns how many messages it handled.
-    pub async fn drain_embedded(&self) -> Result<usize, StoreError> {
-        let now = self.webhook.clock().now_unix();
-        let store = self.store();
-        let messages = store.receive_fetches(now, VISIBILITY_SECS, 10)?;
-        for (fetch, receives) in &messages {
-            let span = tracing::info_span!("fetch", event_id = %fetch.event_id, receives);
-            let done =
-                matches!(self.run(fetch).instrument(span.clone()).await, Ok(FetchDisposition::Done(_)));
-            let _entered = span.enter();
-            if done {
-                store.acknowledge(FETCH_QUEUE, &fetch.event_id)?;
-            } else if *receives >= MAX_RECEIVES {
-                tracing::error!(receives, "fetch dead-lettered");
-                store.dead_letter(FETCH_QUEUE, &fetch.event_id)?;
-            }
-        }
-        self.metrics.flush();
-        Ok(messages.len())
-    }
-}
-
-/// The fetch worker a Lambda function runs, on the store its environment names.
-pub enum DeployedFetchWorker {
-    /// On the deployed table.
-    DynamoDb(FetchWorker<DynamoStore>),
-    /// On the embedded store, for local runs.
-    Sqlite(FetchWorker<SqliteStore>),
+/// The fetch worker a Lambda function runs, on whichever store its environment names.
+struct DeployedFetchWorker {
+    stripe: StripeClient,
+    pacer: Arc<Pacer>,
+    settings: WebhookSettings,
 }
 
 impl DeployedFetchWorker {
-    /// Reads the store, the queues for planned steps, the Stripe key and the pace.
-    pub async fn from_env(aws: &aws_config::SdkConfig) -> Result<Self, crate::sqs_worker::StartError> {
-        let location = StoreLocation::from_env()?;
+    /// Reads the Stripe key, the pace and the webhook settings the applied objects go through.
+    async fn from_env(aws: &aws_config::SdkConfig) -> Result<Self, StartError> {
         let stripe = stripe_client_from_env(aws).await?;
         let rate = match std::env::var(FETCH_RATE) {
             Ok(rate) => rate.trim().parse().map_err(|_| format!("{FETCH_RATE} is not a whole number"))?,
             Err(_) => DEFAULT_FETCH_RATE,
         };
-        let pacer = Arc::new(Pacer::per_second(rate));
         let settings = WebhookSettings::without_signatures(|name| std::env::var(name).ok())?;
-        let metrics = Metrics::from_env();
-        Ok(match location {
-            StoreLocation::DynamoDb(table) => {
-                let mut webhook = WebhookService::new(
-                    DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), table),
-                    &settings,
-                );
-                // The steps an applied event plans (payouts after a balance, waiting steps an account
-                // can now receive) are queued as the webhook queues them.
-                if let Some((transfers, payouts)) = sqs::queue_urls_from_env() {
-                    webhook = webhook.with_queue(Arc::new(SqsQueue::new(
-                        aws_sdk_sqs::Client::new(aws),
-                        transfers,
-                        payouts,
-                    )));
-                }
-                Self::DynamoDb(FetchWorker::new(webhook, stripe).with_pacer(pacer).with_metrics(metrics))
-            }
-            StoreLocation::Sqlite(path) => {
-                let store = SqliteStore::open(&path, SystemClock.now_unix())?;
-                let webhook = WebhookService::new(store.clone(), &settings).with_queue(Arc::new(store));
-                Self::Sqlite(FetchWorker::new(webhook, stripe).with_pacer(pacer).with_metrics(metrics))
-            }
-        })
+        Ok(Self { stripe, pacer: Arc::new(Pacer::per_second(rate)), settings })
     }
 }
 
-impl DeployedQueue for DeployedFetchWorker {
-    async fn handle(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
-        let deadline = invocation_deadline(deadline);
-        match self {
-            Self::DynamoDb(worker) => handle_sqs_batch_by(worker, event, deadline).await,
-            Self::Sqlite(worker) => handle_sqs_batch_by(worker, event, deadline).await,
+impl Wire for DeployedFetchWorker {
+    type Output = Result<(), lambda_runtime::Error>;
+
+    async fn wire<S: AccountStore + Clone>(
+        self,
+        store: S,
+        queue: Option<Arc<dyn StepQueue>>,
+    ) -> Self::Output {
+        let mut webhook = WebhookService::new(store, &self.settings);
+        // The steps an applied event plans (payouts after a balance, waiting steps an account can
+        // now receive) are queued as the webhook queues them.
+        if let Some(queue) = queue {
+            webhook = webhook.with_queue(queue);
         }
+        serve_queue(
+            FetchWorker::new(webhook, self.stripe).with_pacer(self.pacer).with_metrics(Metrics::from_env()),
+        )
+        .await
     }
 }
 
@@ -546,5 +507,6 @@ impl DeployedQueue for DeployedFetchWorker {
 pub async fn run_fetch_worker_function() -> Result<(), lambda_runtime::Error> {
     crate::telemetry::init_lambda_logs();
     let aws = crate::aws::WORKER.load().await;
-    serve_queue(DeployedFetchWorker::from_env(&aws).await?).await
+    let backend = Backend::from_env(&aws)?;
+    backend.run(DeployedFetchWorker::from_env(&aws).await?).await
 }

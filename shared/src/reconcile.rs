@@ -30,6 +30,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::calendar::parse_rfc3339;
+use crate::clock::{Clock, SystemClock};
 use crate::domain::account::{AccountDecision, AccountEvent, AccountId, AccountState, AccountsApi, decide};
 use crate::domain::payout::PayoutSettings;
 use crate::domain::reconcile::{ReconcileRun, ReconcilerState};
@@ -40,7 +41,6 @@ use crate::store::{AccountQuery, AccountStore, CommitOutcome, MAX_PAGE, StepQueu
 use crate::stripe::client::{StripeClient, StripeError};
 use crate::stripe::event::Event;
 use crate::stripe::events::ListPage;
-use crate::stripe::signature::{Clock, SystemClock};
 use crate::sweep::{SweepSettings, sweep, sweep_payouts};
 use crate::webhook::{Delivery, WebhookError, WebhookService};
 
@@ -790,6 +790,10 @@ impl ReconcileSettings {
     }
 }
 
+/// How long before the invocation's deadline an unfinished run is stopped, so that the failure is
+/// answered and logged rather than cut off by Lambda.
+pub const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The reconciler's `Timeout` in infra/template.yaml: below its 15-minute schedule, so that runs
 /// never overlap.
 pub const RECONCILER_LAMBDA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(840);
@@ -803,10 +807,7 @@ pub fn run_reconciler_function()
 }
 
 async fn run_function() -> Result<(), lambda_runtime::Error> {
-    use crate::config::{StoreLocation, WebhookSettings};
-    use crate::store::dynamodb::DynamoStore;
-    use crate::store::sqlite::SqliteStore;
-    use crate::store::sqs::{self, SqsQueue};
+    use crate::config::WebhookSettings;
 
     crate::telemetry::init_lambda_logs();
     let lookup = |name: &str| std::env::var(name).ok();
@@ -814,35 +815,40 @@ async fn run_function() -> Result<(), lambda_runtime::Error> {
     let webhook_settings = WebhookSettings::without_signatures(lookup)?;
     let payouts = PayoutSettings::from_lookup(lookup)?;
     let aws = crate::aws::WORKER.load().await;
+    let backend = crate::app::Backend::from_env(&aws)?.requiring_queues()?;
     let stripe = crate::sqs_worker::stripe_client_from_env(&aws).await?.with_metrics(Metrics::from_env());
-    match StoreLocation::from_env()? {
-        StoreLocation::DynamoDb(table) => {
-            let (transfers, payouts_url) = sqs::queue_urls_from_env()
-                .ok_or(crate::config::ConfigError::Missing(sqs::TRANSFERS_QUEUE_URL))?;
-            let queue: Arc<dyn StepQueue> = Arc::new(
-                SqsQueue::new(aws_sdk_sqs::Client::new(&aws), transfers, payouts_url)
-                    .with_fetch_queue(std::env::var(sqs::FETCH_QUEUE_URL).ok()),
-            );
-            let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table);
-            let webhook = WebhookService::new(store, &webhook_settings)
-                .with_payout_settings(payouts)
-                .with_queue(Arc::clone(&queue));
-            serve_runs(Reconciler::new(webhook, stripe, queue, settings).with_metrics(Metrics::from_env()))
-                .await
-        }
-        StoreLocation::Sqlite(path) => {
-            let store = SqliteStore::open(&path, SystemClock.now_unix())?;
-            let queue: Arc<dyn StepQueue> = Arc::new(store.clone());
-            let webhook = WebhookService::new(store, &webhook_settings)
-                .with_payout_settings(payouts)
-                .with_queue(Arc::clone(&queue));
-            serve_runs(Reconciler::new(webhook, stripe, queue, settings).with_metrics(Metrics::from_env()))
-                .await
-        }
+    backend.run(DeployedReconciler { settings, webhook_settings, payouts, stripe }).await
+}
+
+/// The reconciler on whichever store the environment named.
+struct DeployedReconciler {
+    settings: ReconcileSettings,
+    webhook_settings: crate::config::WebhookSettings,
+    payouts: PayoutSettings,
+    stripe: StripeClient,
+}
+
+impl crate::app::Wire for DeployedReconciler {
+    type Output = Result<(), lambda_runtime::Error>;
+
+    async fn wire<S: AccountStore + Clone>(
+        self,
+        store: S,
+        queue: Option<Arc<dyn StepQueue>>,
+    ) -> Self::Output {
+        let queue =
+            queue.ok_or(crate::config::ConfigError::Missing(crate::store::sqs::TRANSFERS_QUEUE_URL))?;
+        let webhook = WebhookService::new(store, &self.webhook_settings)
+            .with_payout_settings(self.payouts)
+            .with_queue(Arc::clone(&queue));
+        serve_runs(
+            Reconciler::new(webhook, self.stripe, queue, self.settings).with_metrics(Metrics::from_env()),
+        )
+        .await
     }
 }
 
-/// One run per invocation, stopped [`crate::sweeper::DEADLINE_MARGIN`] before its deadline; a
+/// One run per invocation, stopped [`DEADLINE_MARGIN`] before its deadline; a
 /// deadline already past is not a real one (`cargo lambda watch` sends 1970) and is ignored.
 async fn serve_runs<S: AccountStore>(reconciler: Reconciler<S>) -> Result<(), lambda_runtime::Error> {
     use lambda_runtime::LambdaEvent;
@@ -856,7 +862,7 @@ async fn serve_runs<S: AccountStore>(reconciler: Reconciler<S>) -> Result<(), la
                 .deadline()
                 .duration_since(std::time::SystemTime::now())
                 .ok()
-                .map(|left| Instant::now() + left.saturating_sub(crate::sweeper::DEADLINE_MARGIN));
+                .map(|left| Instant::now() + left.saturating_sub(DEADLINE_MARGIN));
             reconciler.run(None, deadline).await.map_err(lambda_runtime::Error::from)
         }
     }))

@@ -13,15 +13,14 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
 use tracing::Instrument;
 
+use crate::app::{Backend, Wire};
 use crate::aws::WORKER_STEP_WORST_CASE;
-use crate::config::{API_KEY_SECRET_ARN, StoreLocation};
+use crate::clock::Clock;
+use crate::config::API_KEY_SECRET_ARN;
 use crate::domain::step::{StepMessageError, parse_step_message};
 use crate::metrics::Metrics;
-use crate::store::AccountStore;
-use crate::store::dynamodb::DynamoStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::{AccountStore, StepQueue};
 use crate::stripe::client::{API_KEY_VAR, StripeClient, StripeClientConfig};
-use crate::stripe::signature::{Clock, SystemClock};
 use crate::worker::{Disposition, StepWorker};
 
 /// The record attribute that names a FIFO message's group.
@@ -29,45 +28,7 @@ const MESSAGE_GROUP_ID: &str = "MessageGroupId";
 /// The record attribute that counts a message's receives.
 const RECEIVE_COUNT: &str = "ApproximateReceiveCount";
 
-/// A failure to start a worker: configuration, the secret, or the Stripe client.
-pub type StartError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The worker a Lambda function runs, built once per cold start on the store its environment
-/// names ([`StoreLocation`]): DynamoDB when deployed, or a SQLite file under `cargo lambda watch`.
-pub enum DeployedWorker {
-    /// On the deployed table.
-    DynamoDb(StepWorker<DynamoStore>),
-    /// On the embedded store, for local runs.
-    Sqlite(StepWorker<SqliteStore>),
-}
-
-impl DeployedWorker {
-    /// Reads the store and the Stripe key: the key from the secret named by
-    /// `STRIPE_API_KEY_SECRET_ARN` (deployed) or from `STRIPE_API_KEY` (local).
-    pub async fn from_env(aws: &aws_config::SdkConfig) -> Result<Self, StartError> {
-        let location = StoreLocation::from_env()?;
-        let stripe = stripe_client_from_env(aws).await?;
-        Ok(match location {
-            StoreLocation::DynamoDb(table) => Self::DynamoDb(StepWorker::new(
-                DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), table),
-                stripe,
-            )),
-            StoreLocation::Sqlite(path) => {
-                Self::Sqlite(StepWorker::new(SqliteStore::open(&path, SystemClock.now_unix())?, stripe))
-            }
-        })
-    }
-}
-
-impl DeployedQueue for DeployedWorker {
-    async fn handle(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
-        let deadline = invocation_deadline(deadline);
-        match self {
-            Self::DynamoDb(worker) => handle_sqs_batch_by(worker, event, deadline).await,
-            Self::Sqlite(worker) => handle_sqs_batch_by(worker, event, deadline).await,
-        }
-    }
-}
+pub use crate::app::StartError;
 
 /// The Stripe client of a deployed function: the key from the secret named by
 /// `STRIPE_API_KEY_SECRET_ARN` (deployed) or from `STRIPE_API_KEY` (local).
@@ -77,23 +38,33 @@ pub async fn stripe_client_from_env(aws: &aws_config::SdkConfig) -> Result<Strip
     Ok(StripeClient::new(StripeClientConfig::from_lookup(|name| env.lookup(name))?)?)
 }
 
-/// A queue-fed function built for its environment's store, which runs one batch before the
-/// invocation's `deadline`.
-pub trait DeployedQueue: Send + Sync + 'static {
-    /// Runs one batch; see [`handle_sqs_batch_by`]. A deadline already past when the batch arrives
-    /// is not a real one, and is ignored ([`invocation_deadline`]).
-    fn handle(&self, event: SqsEvent, deadline: SystemTime) -> impl Future<Output = SqsBatchResponse> + Send;
-}
-
 /// A queue-fed Lambda function's whole life once it is built (once per cold start, with the
-/// bounded SDK settings): every batch the runtime hands over, each before its deadline.
-pub async fn serve_queue<Q: DeployedQueue>(queue: Q) -> Result<(), lambda_runtime::Error> {
-    let queue = Arc::new(queue);
+/// bounded SDK settings): every batch the runtime hands over, each before its invocation's
+/// deadline. A deadline already past when the batch arrives is not a real one, and is ignored
+/// ([`invocation_deadline`]).
+pub async fn serve_queue<R: QueueRunner + 'static>(runner: R) -> Result<(), lambda_runtime::Error> {
+    let runner = Arc::new(runner);
     lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let queue = Arc::clone(&queue);
-        async move { Ok::<_, lambda_runtime::Error>(queue.handle(event.payload, event.context.deadline()).await) }
+        let runner = Arc::clone(&runner);
+        async move {
+            let deadline = invocation_deadline(event.context.deadline());
+            Ok::<_, lambda_runtime::Error>(
+                handle_sqs_batch_by(runner.as_ref(), event.payload, deadline).await,
+            )
+        }
     }))
     .await
+}
+
+/// The step worker on whichever store the environment named.
+struct DeployedWorker(StripeClient);
+
+impl Wire for DeployedWorker {
+    type Output = Result<(), lambda_runtime::Error>;
+
+    async fn wire<S: AccountStore + Clone>(self, store: S, _: Option<Arc<dyn StepQueue>>) -> Self::Output {
+        serve_queue(StepWorker::new(store, self.0)).await
+    }
 }
 
 /// The transfer and payout workers' whole life: logs, the worker read from the environment once
@@ -102,7 +73,8 @@ pub async fn run_worker_function() -> Result<(), lambda_runtime::Error> {
     crate::telemetry::init_lambda_logs();
     // Bounded retries and timeouts, so that one step always fits in the Lambda timeout.
     let aws = crate::aws::WORKER.load().await;
-    serve_queue(DeployedWorker::from_env(&aws).await?).await
+    let backend = Backend::from_env(&aws)?;
+    backend.run(DeployedWorker(stripe_client_from_env(&aws).await?)).await
 }
 
 /// What runs the messages of one queue: a step worker, or the fetch worker.
@@ -250,12 +222,12 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::clock::FixedClock;
     use crate::domain::account::AccountId;
     use crate::domain::step::{Step, StepKind, StepStatus};
     use crate::store::sqlite::SqliteStore;
     use crate::store::{EventOutcome, EventRecord, EventWrite};
     use crate::stripe::client::{ApiKey, StripeClient, StripeClientConfig};
-    use crate::stripe::signature::FixedClock;
 
     const NOW: i64 = 1_750_000_000;
 
@@ -266,7 +238,7 @@ mod tests {
             destination: AccountId::parse(destination).unwrap(),
             amount: 500,
             currency: "usd".to_owned(),
-            source_charge: Some("ch_1".to_owned()),
+            source_charge: Some("ch_1".into()),
             transfer_group: Some("pi_1".to_owned()),
             payment_key: Some("pi_1".into()),
             reverses_step: None,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tracing::Instrument;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::WebhookSettings;
 use crate::domain::account::{AccountDecision, AccountEvent, AccountId, AccountState, NoAccount, decide};
 use crate::domain::change::account_changes;
@@ -20,7 +21,7 @@ use crate::store::{
     StoreError,
 };
 use crate::stripe::event::{EnvelopeError, Event, ParsedBody, ThinEvent, parse_event};
-use crate::stripe::signature::{Clock, SignatureError, SignatureVerifier, SystemClock};
+use crate::stripe::signature::{SignatureError, SignatureVerifier};
 
 /// The largest body accepted: Stripe's events are far smaller, so anything bigger is refused
 /// before it is verified.

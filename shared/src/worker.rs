@@ -5,8 +5,7 @@
 //! call repeated after a crash replays what Stripe did the first time. Every status change is a
 //! conditional write on the step's version.
 
-use tracing::Instrument;
-
+use crate::clock::{Clock, SystemClock};
 use crate::domain::account::AccountId;
 use crate::domain::change::step_changes;
 use crate::domain::funds::{PAYMENT_METADATA, STEP_METADATA};
@@ -15,7 +14,6 @@ use crate::domain::step::{Step, StepId, StepKind, StepRef, StepStatus, Unresolve
 use crate::metrics::Metrics;
 use crate::store::{AccountStore, CommitOutcome, StoreError};
 use crate::stripe::client::{CreateTransfer, PayoutParams, StripeClient, StripeError, StripeObject};
-use crate::stripe::signature::{Clock, SystemClock};
 
 /// How many times a step is re-read when another writer moved it in between.
 const MAX_CONFLICT_RETRIES: usize = 8;
@@ -124,6 +122,10 @@ impl<S: AccountStore, C: Clock> StepWorker<S, C> {
     /// The store this worker reads and writes.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    pub(crate) fn clock(&self) -> &C {
+        &self.clock
     }
 
     /// Runs one step to a final status, or says why it must wait, and counts the outcome.
@@ -544,53 +546,5 @@ fn fell_back(code: &str) -> String {
     format!("Stripe refused it as an instant payout ({code}); sent as a standard payout")
 }
 
-/// How long a received message stays hidden before the embedded queue offers it again.
-const VISIBILITY_SECS: i64 = 30;
-
 /// After this many receives a message is dead-lettered, as SQS does past `maxReceiveCount`.
 pub const MAX_RECEIVES: u32 = 10;
-
-/// How many messages one pass takes from each embedded queue, as one SQS batch would.
-const BATCH: usize = 10;
-
-impl<C: Clock> StepWorker<crate::store::sqlite::SqliteStore, C> {
-    /// One pass over both embedded queues: runs every visible message once, acknowledges the
-    /// finished ones and dead-letters those received too often. Returns how many it handled.
-    pub async fn drain_embedded(&self) -> Result<usize, StoreError> {
-        let now = self.clock.now_unix();
-        let mut handled = 0;
-        for queue in ["transfers", "payouts"] {
-            for message in self.store.receive(queue, now, VISIBILITY_SECS, BATCH)? {
-                handled += 1;
-                let span = tracing::info_span!(
-                    "step",
-                    step_id = %message.message_id,
-                    kind = message.step.kind.as_str(),
-                    account_id = message.step.destination.as_str(),
-                    queue
-                );
-                let outcome = self.run(&message.step).instrument(span.clone()).await;
-                let _entered = span.enter();
-                match outcome {
-                    Ok(Disposition::Done(_)) => {
-                        self.store.acknowledge(queue, &message.message_id)?;
-                        continue;
-                    }
-                    Ok(Disposition::Parked(reason)) => {
-                        tracing::info!(reason, "step waits in the store");
-                        self.store.acknowledge(queue, &message.message_id)?;
-                        continue;
-                    }
-                    Ok(Disposition::RetryLater(reason)) => tracing::info!(reason, "step will be retried"),
-                    Err(error) => tracing::warn!(%error, "step not run; will be retried"),
-                }
-                if message.receive_count >= MAX_RECEIVES {
-                    tracing::error!(receives = message.receive_count, "step dead-lettered");
-                    self.store.dead_letter(queue, &message.message_id)?;
-                }
-            }
-        }
-        self.metrics.flush();
-        Ok(handled)
-    }
-}

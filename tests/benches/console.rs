@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use integration_tests::{settings, store_planned_steps};
+use shared::clock::{Clock, SystemClock};
 use shared::domain::account::{AccountDispute, AccountId, AccountState, OnboardingStatus, PayoutFailure};
 use shared::domain::change::steps_changes;
 use shared::domain::step::{Step, StepKind, StepStatus};
@@ -19,7 +20,6 @@ use shared::store::sqlite::SqliteStore;
 use shared::store::{
     AccountStore, AccountWrite, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite,
 };
-use shared::stripe::signature::{Clock, SystemClock};
 use shared::webhook::WebhookService;
 
 fn env_usize(name: &str, default: usize) -> usize {

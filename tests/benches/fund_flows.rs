@@ -24,6 +24,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use integration_tests::stripe_stub::StripeStub;
 use integration_tests::{NOW, account_updated, pipeline, signed, sqlite_store, store_planned_steps};
 use serde_json::{Value, json};
+use shared::clock::FixedClock;
 use shared::domain::funds::{
     DisputePolicy, FundContext, FundEvent, Payment, PaymentRecord, TransferPlan, plan_dispute, plan_payment,
     plan_refund_failure, plan_reversals, plan_transfers, read_fund_event,
@@ -32,7 +33,6 @@ use shared::domain::step::{Step, StepStatus};
 use shared::store::{AccountStore, CommitOutcome};
 use shared::stripe::client::StripeClient;
 use shared::stripe::event::{Event, ParsedBody, parse_event};
-use shared::stripe::signature::FixedClock;
 use shared::webhook::WebhookService;
 use shared::worker::{Disposition, StepWorker};
 use tokio::runtime::Runtime;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use integration_tests::{account_updated, settings, signed};
+use shared::clock::{Clock, SystemClock};
 use shared::store::sqlite::SqliteStore;
-use shared::stripe::signature::{Clock, SystemClock};
 use shared::webhook::WebhookService;
 
 const ACCOUNTS: usize = 1_000;

@@ -18,12 +18,12 @@ use integration_tests::{
     settings as webhook_settings,
 };
 use serde_json::Value;
+use shared::clock::FixedClock;
 use shared::domain::reconcile::ReconcileRun;
 use shared::reconcile::{ReconcileSettings, Reconciler};
 use shared::store::StepQueue;
 use shared::store::sqlite::SqliteStore;
 use shared::stripe::client::StripeClient;
-use shared::stripe::signature::FixedClock;
 use shared::webhook::WebhookService;
 
 /// Stripe's read limit for the reconciler, to say how long the requests take against the real API.

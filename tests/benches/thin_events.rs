@@ -17,12 +17,12 @@ use connect_flow::server::{WakingQueue, run_workers};
 use integration_tests::stripe_stub::StripeStub;
 use integration_tests::{settings, signed};
 use serde_json::{Value, json};
+use shared::clock::{Clock, SystemClock};
 use shared::domain::account::AccountId;
 use shared::fetch::FetchWorker;
 use shared::store::AccountStore;
 use shared::store::sqlite::SqliteStore;
 use shared::stripe::client::StripeClient;
-use shared::stripe::signature::{Clock, SystemClock};
 use shared::webhook::WebhookService;
 use shared::worker::StepWorker;
 

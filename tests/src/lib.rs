@@ -14,13 +14,14 @@ use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 
 use serde_json::{Value, json};
+use shared::clock::FixedClock;
 use shared::config::WebhookSettings;
 use shared::store::dynamodb::{DynamoStore, create_table};
 use shared::store::sqlite::SqliteStore;
 use shared::store::{
     CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite, StoreError,
 };
-use shared::stripe::signature::{FixedClock, WebhookSecret, sign};
+use shared::stripe::signature::{WebhookSecret, sign};
 use shared::webhook::WebhookService;
 
 /// The signing secret every test deployment uses.
@@ -266,7 +267,7 @@ impl TestClock {
     }
 }
 
-impl shared::stripe::signature::Clock for TestClock {
+impl shared::clock::Clock for TestClock {
     fn now_unix(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
     }

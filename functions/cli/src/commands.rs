@@ -4,8 +4,9 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use shared::clock::{Clock, SystemClock};
 use shared::stripe::event::peek_event;
-use shared::stripe::signature::{Clock, SignatureVerifier, SystemClock, WebhookSecret, sign};
+use shared::stripe::signature::{SignatureVerifier, WebhookSecret, sign};
 
 /// What `verify` concluded: the line to print and whether the header was valid for the body.
 #[derive(Debug, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use connect_flow::envelope::{EnvelopeKind, lambda_envelope};
 use connect_flow::{bench, commands, reconcile, server};
+use shared::clock::{Clock, SystemClock};
 use shared::config::{WEBHOOK_SECRETS, WebhookSettings};
 use shared::fetch::FetchWorker;
 use shared::metrics::Metrics;
@@ -15,7 +16,7 @@ use shared::platform::{PlatformApi, PlatformSettings};
 use shared::store::StepQueue;
 use shared::store::sqlite::SqliteStore;
 use shared::stripe::client::{API_KEY_VAR, StripeClient, StripeClientConfig};
-use shared::stripe::signature::{Clock, DEFAULT_TOLERANCE_SECS, SystemClock, WebhookSecret, sign};
+use shared::stripe::signature::{DEFAULT_TOLERANCE_SECS, WebhookSecret, sign};
 use shared::webhook::WebhookService;
 use shared::worker::StepWorker;
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use shared::clock::{Clock, SystemClock};
 use shared::config::WebhookSettings;
 use shared::domain::payout::PayoutSettings;
 use shared::fetch::FetchWorker;
@@ -12,7 +13,6 @@ use shared::reconcile::{ReconcileSettings, Reconciler};
 use shared::store::StepQueue;
 use shared::store::sqlite::SqliteStore;
 use shared::stripe::client::{StripeClient, StripeClientConfig};
-use shared::stripe::signature::{Clock, SystemClock};
 use shared::webhook::WebhookService;
 
 use crate::progress::Bars;

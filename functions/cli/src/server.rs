@@ -5,23 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, to_bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use shared::domain::fetch::FetchRef;
 use shared::domain::step::StepRef;
 use shared::fetch::FetchWorker;
-use shared::platform::{
-    ApiError, ApiReply, ApiRequest, MAX_BODY_BYTES as API_BODY_BYTES, PlatformApi, PlatformSettings,
-    is_public_route,
-};
+use shared::http::{BaseUrl, PlatformAuth, Routes};
+use shared::platform::{PlatformApi, PlatformSettings};
 use shared::store::sqlite::SqliteStore;
 use shared::store::{BoxFuture, StepQueue, StoreError};
-use shared::webhook::{MAX_BODY_BYTES, Reply, WebhookService};
+use shared::webhook::WebhookService;
 use shared::worker::StepWorker;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -50,25 +42,22 @@ impl App {
     }
 }
 
-#[derive(Clone)]
-struct Routes {
-    app: App,
-    /// [`answers_without_token`] for this listener.
-    open_without_token: bool,
-    base_url: String,
-}
-
 /// Whether platform calls without a token are answered: only when no token is configured and the
 /// listener is on a loopback address.
 pub fn answers_without_token(api_token: Option<&str>, local: SocketAddr) -> bool {
     api_token.is_none() && local.ip().is_loopback()
 }
 
-/// The HTTP routes of DESIGN.md over one pipeline.
+/// The HTTP routes of DESIGN.md over one pipeline: the same router the Lambda functions run.
 fn router(app: App, local: SocketAddr) -> Router {
     let open_without_token = answers_without_token(app.api_token.as_deref(), local);
-    let routes = Routes { app, open_without_token, base_url: format!("http://{local}") };
-    Router::new().route("/webhooks/stripe", post(receive_webhook)).fallback(platform_call).with_state(routes)
+    shared::http::router(Routes {
+        webhook: Some(app.webhook),
+        platform: Some(app.platform),
+        auth: PlatformAuth::Bearer { token: app.api_token, open_without_token },
+        base_url: BaseUrl::Fixed(format!("http://{local}")),
+        webhook_deadline: None,
+    })
 }
 
 /// Serves the webhook and the read-only platform API on `listener` until `shutdown` completes.
@@ -99,81 +88,6 @@ pub async fn serve_app(
         }
     }
     axum::serve(listener, router(app, local)).with_graceful_shutdown(shutdown).await
-}
-
-fn reply(reply: Reply) -> Response {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, "application/json")], reply.body).into_response()
-}
-
-fn api_reply(reply: ApiReply) -> Response {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, [(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response();
-    if let Some(location) = reply.location.and_then(|location| location.parse().ok()) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
-}
-
-/// The declared length is over `limit`: refused before anything is read.
-fn declared_over(headers: &HeaderMap, limit: usize) -> bool {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<usize>().ok())
-        .is_some_and(|length| length > limit)
-}
-
-async fn receive_webhook(State(routes): State<Routes>, headers: HeaderMap, body: Body) -> Response {
-    if declared_over(&headers, MAX_BODY_BYTES) {
-        return reply(Reply::body_too_large());
-    }
-    // Reading stops at the limit, so a body without a truthful length is never buffered whole.
-    let Ok(body) = to_bytes(body, MAX_BODY_BYTES).await else { return reply(Reply::body_too_large()) };
-    let signature = headers.get("stripe-signature").and_then(|value| value.to_str().ok());
-    reply(routes.app.webhook.handle(signature, &body).await)
-}
-
-/// Whether the request carries `Authorization: Bearer <token>`, compared in constant time.
-fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
-}
-
-/// Every route but the webhook: authenticated before anything else, then the platform API.
-async fn platform_call(
-    State(routes): State<Routes>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let path = uri.path();
-    let authenticated = match &routes.app.api_token {
-        Some(token) => bearer_matches(&headers, token),
-        None => routes.open_without_token,
-    };
-    if !authenticated && !is_public_route(method.as_str(), path) {
-        return api_reply(ApiError::Unauthenticated.reply());
-    }
-    if declared_over(&headers, API_BODY_BYTES) {
-        return api_reply(ApiError::BodyTooLarge.reply());
-    }
-    let Ok(body) = to_bytes(body, API_BODY_BYTES).await else {
-        return api_reply(ApiError::BodyTooLarge.reply());
-    };
-    let request = ApiRequest {
-        method: method.as_str(),
-        path,
-        query: uri.query().unwrap_or_default(),
-        body: &body,
-        base_url: &routes.base_url,
-    };
-    api_reply(routes.app.platform.handle(&request).await)
 }
 
 /// How often the in-process workers look for steps that became visible again.
@@ -236,7 +150,7 @@ pub async fn run_workers(
             () = wake.notified() => {}
             _ = tick.tick() => {}
             _ = sweep_tick.tick() => {
-                let now = shared::stripe::signature::Clock::now_unix(&shared::stripe::signature::SystemClock);
+                let now = shared::clock::Clock::now_unix(&shared::clock::SystemClock);
                 if let Err(store_error) = shared::sweep::sweep(worker.store(), worker.store(), now, &settings).await {
                     tracing::error!(error = %store_error, "the sweep could not run");
                 }

@@ -12,9 +12,10 @@ use connect_flow::load::check::{Expected, check, observe_store};
 use connect_flow::load::mix::{Kind, Mix, MixEvent};
 use connect_flow::load::run::{Answer, Limits, Target, run};
 use serde_json::Value;
+use shared::clock::{Clock, SystemClock};
 use shared::config::WebhookSettings;
 use shared::store::sqlite::SqliteStore;
-use shared::stripe::signature::{Clock, SystemClock, WebhookSecret};
+use shared::stripe::signature::WebhookSecret;
 use shared::webhook::WebhookService;
 
 const SECRET: &str = "whsec_load_tests";

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::account::{AccountDispute, AccountId, AccountState, PayoutFailure};
-use super::step::{CauseKind, PaymentKey, Step, StepCause, StepId, StepKind, StepRef, StepStatus};
+use super::step::{CauseKind, ChargeId, PaymentKey, Step, StepCause, StepId, StepKind, StepRef, StepStatus};
 use crate::stripe::event::{Event, is_plausible_id};
 
 pub mod recovery;
@@ -49,7 +49,7 @@ pub struct Dispute {
     /// `dp_…`.
     pub dispute_id: String,
     /// The disputed charge.
-    pub charge_id: String,
+    pub charge_id: ChargeId,
     /// The charge's payment intent id, else the charge id.
     pub payment_key: PaymentKey,
     /// The disputed amount.
@@ -72,7 +72,7 @@ pub struct RefundFailure {
     /// `re_…`.
     pub refund_id: String,
     /// The refunded charge.
-    pub charge_id: String,
+    pub charge_id: ChargeId,
     /// The charge's payment intent id, else the charge id.
     pub payment_key: PaymentKey,
     /// The refund's amount.
@@ -103,7 +103,7 @@ pub struct Payment {
     /// payment plan the same step ids.
     pub payment_key: PaymentKey,
     /// The charge the transfers are funded from (`source_transaction`), when the event names it.
-    pub charge_id: Option<String>,
+    pub charge_id: Option<ChargeId>,
     /// Minor units received (`amount_received` or `amount_captured`, else `amount`).
     pub amount: i64,
     /// Lowercase ISO currency code.
@@ -121,7 +121,7 @@ pub struct Payment {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Refund {
     /// The refunded charge (`ch_…`).
-    pub charge_id: String,
+    pub charge_id: ChargeId,
     /// The charge's payment intent id, else the charge id: the key its transfers were planned under.
     pub payment_key: PaymentKey,
     /// The charge's captured amount (`amount_captured` when positive, else `amount`).
@@ -507,7 +507,7 @@ fn read_intent(intent: &Value) -> Option<Payment> {
     let amount = i64_at(intent, "amount_received").or_else(|| i64_at(intent, "amount"))?;
     Some(Payment {
         payment_key,
-        charge_id,
+        charge_id: charge_id.map(ChargeId::from),
         amount,
         currency: currency_at(intent)?,
         transfer_group: id_of(intent.get("transfer_group")),
@@ -531,7 +531,7 @@ fn read_dispute(event: &Event, dispute: &Value) -> Option<Dispute> {
     Some(Dispute {
         dispute_id: id_of(dispute.get("id"))?,
         payment_key: id_of(dispute.get("payment_intent")).unwrap_or_else(|| charge_id.clone()).into(),
-        charge_id,
+        charge_id: charge_id.into(),
         amount: i64_at(dispute, "amount").filter(|amount| *amount >= 0)?,
         currency: currency_at(dispute)?,
         status: dispute
@@ -555,7 +555,7 @@ fn read_refund_failure(event: &Event, refund: &Value) -> Option<RefundFailure> {
     Some(RefundFailure {
         refund_id: id_of(refund.get("id"))?,
         payment_key: id_of(refund.get("payment_intent")).unwrap_or_else(|| charge_id.clone()).into(),
-        charge_id,
+        charge_id: charge_id.into(),
         amount: i64_at(refund, "amount").filter(|amount| *amount > 0)?,
         currency: currency_at(refund)?,
         refund_created: i64_at(refund, "created").unwrap_or(event.created),
@@ -577,7 +577,7 @@ fn read_charge(charge: &Value) -> Option<Payment> {
         transfer_group: id_of(charge.get("transfer_group")),
         splits: splits_of(charge),
         destination: destination_of(charge, amount, id_of(charge.get("transfer"))),
-        charge_id: Some(charge_id),
+        charge_id: Some(charge_id.into()),
     })
 }
 
@@ -590,7 +590,7 @@ fn read_refund(charge: &Value) -> Option<Refund> {
         .or_else(|| i64_at(charge, "amount"))?;
     Some(Refund {
         payment_key: id_of(charge.get("payment_intent")).unwrap_or_else(|| charge_id.clone()).into(),
-        charge_id,
+        charge_id: charge_id.into(),
         amount,
         amount_refunded: i64_at(charge, "amount_refunded")?,
         currency: currency_at(charge)?,
@@ -1031,7 +1031,7 @@ fn dispute_summaries(
             next.disputes.cases.insert(
                 dispute_id.clone(),
                 AccountDispute {
-                    charge_id: dispute.charge_id.clone(),
+                    charge_id: dispute.charge_id.to_string(),
                     status: dispute.status.clone(),
                     currency: dispute.currency.clone(),
                     unrecovered: *unrecovered,

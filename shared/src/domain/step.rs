@@ -127,6 +127,12 @@ string_id! {
     PaymentKey
 }
 
+string_id! {
+    /// A charge's id (`ch_…`, or `py_…` for a payment on a connected account): what disputes and
+    /// refunds name, and the key a payment's guard is found by when they come before it.
+    ChargeId
+}
+
 /// What a step moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -201,7 +207,7 @@ pub struct Step {
     /// Lowercase ISO currency code.
     pub currency: String,
     /// The charge a transfer is funded from (`source_transaction`), or a reversal undoes.
-    pub source_charge: Option<String>,
+    pub source_charge: Option<ChargeId>,
     /// The payment's `transfer_group`.
     pub transfer_group: Option<String>,
     /// The payment a transfer or reversal belongs to (its payment intent id, or else its charge

@@ -22,6 +22,7 @@ use serde_json::Value;
 use super::request::Fields;
 use super::{ApiError, ApiReply, PlatformApi, json_object};
 use crate::calendar::parse_rfc3339;
+use crate::clock::Clock;
 use crate::domain::account::{
     AccountDecision, AccountEvent, AccountEventKind, AccountId, AccountState, AccountsApi, decide,
 };
@@ -31,7 +32,6 @@ use crate::domain::step::UnresolvedCall;
 use crate::store::{AccountStore, CommitOutcome, PlatformWrite};
 use crate::stripe::client::StripeError;
 use crate::stripe::onboarding::{CreateAccount, REFERENCE_METADATA};
-use crate::stripe::signature::Clock;
 use crate::stripe::v2_accounts::{
     CreateV2Account, V2_KEY_REUSE_LIMIT_SECS, V2AccountLookup, v2_capability, v2_fees_collector,
 };

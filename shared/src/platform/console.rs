@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Display};
 
 use crate::calendar::utc_rfc3339;
+use crate::clock::Clock;
 use crate::domain::account::{AccountState, OnboardingStatus, is_open_dispute};
 use crate::domain::change::STEP_STATUS_CHANGED;
 use crate::domain::reconcile::{CURSOR_ALARM_AGE_SECS, ReconcileRun};
 use crate::domain::step::{Step, StepStatus};
 use crate::store::{AccountQuery, AccountStore, MAX_PAGE, StoreError};
-use crate::stripe::signature::Clock;
 
 use super::{ApiError, ApiReply, PlatformApi};
 
@@ -1256,7 +1256,7 @@ mod tests {
     /// The route, as both front ends hand it over: HTML for `GET`, 405 for anything else.
     #[test]
     fn the_platform_api_answers_get_console_with_html_and_refuses_other_methods() {
-        use crate::stripe::signature::FixedClock;
+        use crate::clock::FixedClock;
         let store = SqliteStore::in_memory().unwrap();
         put(&store, &account("acct_1Route", OnboardingStatus::Restricted, None));
         let api =

@@ -7,11 +7,11 @@ use serde_json::{Value, json};
 
 use super::request::Query;
 use super::{ApiError, ApiReply, PlatformApi};
+use crate::clock::Clock;
 use crate::config::ConfigError;
 use crate::domain::account::AccountId;
 use crate::domain::ledger::{LedgerRow, MAX_LEDGER_MONTHS, Month, TaxThresholds, Totals, per_currency};
 use crate::store::AccountStore;
-use crate::stripe::signature::Clock;
 
 /// 1099-K: the USD gross volume (minor units) a year must exceed.
 pub const TAX_1099K_GROSS: &str = "CONNECT_FLOW_TAX_1099K_GROSS";

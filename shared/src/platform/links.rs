@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 use super::request::{Fields, checked_url};
 use super::token::{self, LinkGrant, TOKEN_LIFETIME_SECS};
 use super::{ApiError, ApiReply, ApiRequest, PlatformApi, json_object};
+use crate::clock::Clock;
 use crate::domain::reference::digest;
 use crate::store::AccountStore;
 use crate::stripe::client::StripeError;
 use crate::stripe::onboarding::{AccountLink, CreateAccountLink};
-use crate::stripe::signature::Clock;
 
 /// Stripe's refusal of a login link for an account without the Express dashboard says this.
 const NOT_EXPRESS_PHRASE: &str = "not an Express account";

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::ConfigError;
 use crate::domain::account::{AccountId, AccountState, AccountsApi, OnboardingStatus};
 use crate::domain::payout::PayoutSettings;
 use crate::domain::step::{Step, StepRef, StepStatus};
 use crate::store::{AccountQuery, AccountStore, MAX_PAGE, StepQueue};
 use crate::stripe::client::StripeClient;
-use crate::stripe::signature::{Clock, SystemClock};
 
 mod accounts;
 pub mod console;

@@ -6,11 +6,13 @@ use serde_json::json;
 
 use super::request::Fields;
 use super::{ApiError, ApiReply, PlatformApi, json_object};
+use crate::clock::Clock;
 use crate::domain::change::step_changes;
 use crate::domain::reference::{ReferenceKind, ReferenceRecord, ReferenceState, digest};
-use crate::domain::step::{CauseKind, PaymentKey, PlatformRequest, Step, StepCause, StepKind, StepRef};
+use crate::domain::step::{
+    CauseKind, ChargeId, PaymentKey, PlatformRequest, Step, StepCause, StepKind, StepRef,
+};
 use crate::store::{AccountStore, CommitOutcome, PlatformWrite, StoreError};
-use crate::stripe::signature::Clock;
 
 impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
     pub(super) async fn request_transfer(&self, body: &[u8]) -> Result<ApiReply, ApiError> {
@@ -66,7 +68,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
         );
         // Its own payment partition: no charge's refund plans against it.
         step.payment_key = Some(format!("req:{key}").into());
-        step.source_charge = source_transaction.map(str::to_owned);
+        step.source_charge = source_transaction.map(ChargeId::from);
         step.transfer_group = transfer_group.map(str::to_owned);
         step.requested = Some(PlatformRequest {
             reference: reference.to_owned(),

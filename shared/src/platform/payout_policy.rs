@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::request::{Fields, is_supported_currency};
 use super::{ApiError, ApiReply, PlatformApi, json_object};
+use crate::clock::Clock;
 use crate::config::ConfigError;
 use crate::domain::account::AccountState;
 use crate::domain::change::account_changes;
@@ -16,7 +17,6 @@ use crate::domain::payout::{
     PayoutMethod, PayoutPolicy, PayoutSchedule, PayoutSettings, PolicySource,
 };
 use crate::store::{AccountStore, AccountWrite, CommitOutcome, StoreError};
-use crate::stripe::signature::Clock;
 
 /// The default policy's hold, in days (0 to 365; default 0).
 pub const PAYOUT_HOLD_DAYS: &str = "CONNECT_FLOW_PAYOUT_HOLD_DAYS";

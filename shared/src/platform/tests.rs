@@ -5,9 +5,9 @@ use serde_json::Value;
 
 use super::lambda::handle;
 use super::{PlatformApi, PlatformSettings};
+use crate::clock::Clock;
 use crate::config::WebhookSettings;
 use crate::store::sqlite::SqliteStore;
-use crate::stripe::signature::Clock;
 use crate::webhook::WebhookService;
 
 /// The local-only secret the envelopes are signed with.

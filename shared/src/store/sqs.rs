@@ -56,6 +56,11 @@ impl SqsQueue {
         self
     }
 
+    /// Whether fetch steps have a queue to go to.
+    pub fn has_fetch_queue(&self) -> bool {
+        self.fetch_url.is_some()
+    }
+
     /// Sends one batch of at most ten messages; returns how many were not accepted, and why.
     async fn send_batch(&self, url: &str, messages: &[Outgoing<'_>]) -> Result<Option<Rejected>, StoreError> {
         let mut request = self.client.send_message_batch().queue_url(url);

@@ -2,6 +2,7 @@
 //! event, in one conditional write.
 
 use super::{Delivery, MAX_CONFLICT_RETRIES, WebhookError, WebhookService};
+use crate::clock::Clock;
 use crate::domain::account::AccountState;
 use crate::domain::change::{account_changes, steps_changes};
 use crate::domain::funds::{
@@ -12,7 +13,6 @@ use crate::domain::payout::{PayoutTrigger, is_stale_balance, plan_payouts};
 use crate::domain::step::{Step, StepKind, StepRef, StepStatus};
 use crate::store::{AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, StoreError};
 use crate::stripe::event::Event;
-use crate::stripe::signature::Clock;
 
 /// What a plan was decided on: the stored steps and accounts it read, so that the write can say
 /// what it changed.

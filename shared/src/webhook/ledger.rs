@@ -7,10 +7,10 @@
 //! totals move only by what the entry's contribution changed.
 
 use super::{Delivery, MAX_CONFLICT_RETRIES, WebhookError, WebhookService};
+use crate::clock::Clock;
 use crate::domain::ledger::{LedgerDecision, LedgerEvent, plan_ledger, read_ledger_event, unread_outcome};
 use crate::store::{AccountStore, CommitOutcome, StoreError};
 use crate::stripe::event::Event;
-use crate::stripe::signature::Clock;
 
 impl<S: AccountStore, C: Clock> WebhookService<S, C> {
     /// Records `event` (as [`Self::record_event`] does) and then writes what it says to the

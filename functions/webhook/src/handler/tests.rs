@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Request};
 use serde_json::Value;
+use shared::clock::FixedClock;
 use shared::config::WebhookSettings;
 use shared::domain::account::{AccountId, OnboardingStatus};
 use shared::store::AccountStore;
 use shared::store::sqlite::SqliteStore;
-use shared::stripe::signature::{FixedClock, WebhookSecret};
+use shared::stripe::signature::WebhookSecret;
 use shared::webhook::{MAX_BODY_BYTES, WebhookService};
 
 use super::handle;

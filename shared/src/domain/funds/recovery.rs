@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::PaymentRecord;
-use crate::domain::step::{CauseKind, Step, StepCause, StepKind, StepStatus};
+use crate::domain::step::{CauseKind, ChargeId, Step, StepCause, StepKind, StepStatus};
 
 /// What a deployment does when Stripe withdraws a disputed charge's funds from the platform
 /// (`CONNECT_FLOW_DISPUTE_POLICY`).
@@ -41,7 +41,7 @@ impl DisputePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DisputeRecord {
     /// The disputed charge.
-    pub charge_id: String,
+    pub charge_id: ChargeId,
     /// The disputed amount, in minor units of `currency`.
     pub amount: i64,
     /// Lowercase ISO currency code.
@@ -301,7 +301,7 @@ pub enum MoveCause {
     /// A refund snapshot (`ch_…`) or a failed refund (`re_…`).
     Refund {
         /// The charge, for a snapshot.
-        charge_id: String,
+        charge_id: ChargeId,
         /// The refund that failed, when one did.
         failed_refund: Option<String>,
     },
@@ -313,7 +313,7 @@ impl MoveCause {
     /// The cause a step taking money back carries.
     fn taking_back(&self) -> StepCause {
         match self {
-            Self::Refund { charge_id, .. } => StepCause::new(CauseKind::Refund, charge_id),
+            Self::Refund { charge_id, .. } => StepCause::new(CauseKind::Refund, charge_id.as_str()),
             Self::Dispute(dispute) => StepCause::new(CauseKind::Dispute, dispute),
         }
     }
@@ -325,7 +325,7 @@ impl MoveCause {
                 StepCause::new(CauseKind::RefundFailed, refund)
             }
             Self::Refund { charge_id, failed_refund: None } => {
-                StepCause::new(CauseKind::RefundFailed, charge_id)
+                StepCause::new(CauseKind::RefundFailed, charge_id.as_str())
             }
             Self::Dispute(dispute) => StepCause::new(CauseKind::DisputeWon, dispute),
         }

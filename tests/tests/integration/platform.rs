@@ -77,7 +77,7 @@ impl<S: AccountStore + Clone> Api<S> {
     }
 
     fn clock_now(&self) -> i64 {
-        shared::stripe::signature::Clock::now_unix(&self.clock)
+        shared::clock::Clock::now_unix(&self.clock)
     }
 
     fn stripe_posts(&self) -> usize {

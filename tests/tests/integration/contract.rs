@@ -232,11 +232,8 @@ async fn refused_deliveries_store_nothing<S: AccountStore>(store: S) {
 async fn events_that_change_no_account_are_still_recorded<S: AccountStore>(store: S) {
     let mut settings = integration_tests::settings();
     settings.expected_livemode = Some(true);
-    let service = shared::webhook::WebhookService::with_clock(
-        store,
-        &settings,
-        shared::stripe::signature::FixedClock(NOW),
-    );
+    let service =
+        shared::webhook::WebhookService::with_clock(store, &settings, shared::clock::FixedClock(NOW));
     let unknown = json!({"id": "evt_unknown", "object": "event", "type": "llama.created", "created": NOW,
         "livemode": true, "data": {"object": {"id": "llama_1", "object": "llama"}}});
     let test_mode = json!({"id": "evt_testmode", "object": "event", "type": "account.updated", "created": NOW,

@@ -39,7 +39,7 @@ impl<S: AccountStore + Clone> Rig<S> {
     }
 
     fn now(&self) -> i64 {
-        shared::stripe::signature::Clock::now_unix(&self.clock)
+        shared::clock::Clock::now_unix(&self.clock)
     }
 
     /// Delivers `event` signed now; it must be answered 200. Returns the answer's outcome.

@@ -18,6 +18,7 @@ use integration_tests::{
     NOW, RecordingQueue, TestClock, account_updated, manual_payout_account_updated, settings, signed,
 };
 use serde_json::{Value, json};
+use shared::clock::Clock;
 use shared::domain::account::{AccountId, AccountState, OnboardingStatus};
 use shared::domain::change::Change;
 use shared::domain::step::{PaymentKey, Step, StepKind, StepRef, StepStatus, UnresolvedCall};
@@ -25,7 +26,6 @@ use shared::store::{
     AccountStore, CommitOutcome, EventOutcome, EventRecord, EventWrite, PaymentState, StoreError,
 };
 use shared::stripe::client::{ApiKey, StripeClient, StripeClientConfig};
-use shared::stripe::signature::Clock;
 use shared::sweep::{SweepSettings, sweep};
 use shared::webhook::{Delivery, WebhookService};
 use shared::worker::{Disposition, StepWorker};

@@ -9,12 +9,13 @@ use integration_tests::log_capture::capture_logs_at;
 use integration_tests::stripe_stub::{STUB_API_KEY, StripeStub};
 use integration_tests::{NOW, SECRET, account_updated, pipeline, signed, sqlite_store};
 use serde_json::{Value, json};
+use shared::clock::FixedClock;
 use shared::domain::account::AccountId;
 use shared::metrics::{MemorySink, Metrics, MetricsSettings};
 use shared::sqs_worker::handle_sqs_batch;
 use shared::store::AccountStore;
 use shared::stripe::client::StripeClient;
-use shared::stripe::signature::{FixedClock, WebhookSecret, sign};
+use shared::stripe::signature::{WebhookSecret, sign};
 use shared::worker::StepWorker;
 
 /// Written into every body; it must appear in no line.

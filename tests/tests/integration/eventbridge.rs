@@ -18,6 +18,7 @@ use integration_tests::{
     sqlite_store, sqs_client,
 };
 use serde_json::{Value, json};
+use shared::clock::FixedClock;
 use shared::domain::account::{AccountId, OnboardingStatus};
 use shared::eventbridge::{
     DeadLetters, EVENTBRIDGE_SOURCE, EventBridgeIntake, INTAKE_DLQ_URL, IntakeRefusal, IntakeSettings,
@@ -26,7 +27,6 @@ use shared::eventbridge::{
 use shared::store::dynamodb::DynamoStore;
 use shared::store::sqs::{SqsQueue, create_queue_with_dlq, create_queues};
 use shared::store::{AccountStore, BoxFuture, EventOutcome, StepQueue, StoreError};
-use shared::stripe::signature::FixedClock;
 use shared::webhook::WebhookService;
 
 /// The partner event source the samples come from.

@@ -43,7 +43,7 @@ impl<S: AccountStore + Clone> Rig<S> {
 
     /// Delivers `event`, signed now, and returns the status and the answer's outcome.
     async fn deliver(&self, event: &Value) -> (u16, String) {
-        let (header, body) = signed(event, shared::stripe::signature::Clock::now_unix(&self.clock));
+        let (header, body) = signed(event, shared::clock::Clock::now_unix(&self.clock));
         let reply = self.webhook.handle(Some(&header), &body).await;
         let answer: Value = serde_json::from_str(&reply.body).expect("JSON answer");
         (reply.status, answer["outcome"].as_str().unwrap_or_default().to_owned())

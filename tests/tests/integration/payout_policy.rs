@@ -11,6 +11,7 @@ use integration_tests::{
     NOW, RecordingQueue, RequestLog, TestClock, dynamo_store_logged, on_both_stores, settings, signed,
 };
 use serde_json::{Value, json};
+use shared::clock::Clock;
 use shared::domain::account::AccountId;
 use shared::domain::payout::{DAY_SECS, PayoutMethod, PayoutPolicy, PayoutSchedule, PayoutSettings, Weekday};
 use shared::domain::step::{Step, StepStatus};
@@ -18,7 +19,6 @@ use shared::metrics::{MemorySink, Metrics, MetricsSettings};
 use shared::platform::{ApiRequest, PlatformApi, PlatformSettings};
 use shared::store::{AccountStore, EventOutcome};
 use shared::stripe::client::StripeClient;
-use shared::stripe::signature::Clock;
 use shared::sweep::{PayoutSweepReport, sweep_payouts};
 use shared::webhook::{Delivery, WebhookService};
 use shared::worker::{Disposition, StepWorker};

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use integration_tests::{account_updated, settings, signed};
 use serde_json::Value;
+use shared::clock::{Clock, SystemClock};
 use shared::store::sqlite::SqliteStore;
-use shared::stripe::signature::{Clock, SystemClock};
 use shared::webhook::WebhookService;
 use tokio::sync::oneshot;
 

@@ -17,6 +17,7 @@ use integration_tests::{
     signed, sqs_client, sqs_client_logged,
 };
 use serde_json::{Value, json};
+use shared::clock::FixedClock;
 use shared::domain::account::AccountId;
 use shared::domain::step::{StepKind, StepRef};
 use shared::sqs_worker::handle_sqs_batch;
@@ -24,7 +25,6 @@ use shared::store::StepQueue;
 use shared::store::dynamodb::DynamoStore;
 use shared::store::sqs::{MAX_BATCH_ENTRIES, SqsQueue, create_queues};
 use shared::stripe::client::StripeClient;
-use shared::stripe::signature::FixedClock;
 use shared::webhook::WebhookService;
 use shared::worker::StepWorker;
 

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use integration_tests::stripe_stub::{STUB_API_KEY, StripeStub};
 use integration_tests::{settings, sqlite_store};
 use serde_json::{Value, json};
+use shared::clock::SystemClock;
 use shared::doctor::{HANDLED_EVENT_TYPES, Listener, SignatureFailureCount};
 use shared::platform::{PlatformApi, PlatformSettings};
 use shared::stripe::client::{STRIPE_VERSION, StripeClient};
-use shared::stripe::signature::SystemClock;
 use shared::webhook::WebhookService;
 
 /// A `serve` on loopback whose platform API checks against `stub`, without a token.

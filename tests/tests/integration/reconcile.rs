@@ -15,6 +15,7 @@ use integration_tests::{
     NOW, RecordingQueue, TestClock, account_updated, dynamo_store, pipeline, settings, sqlite_store,
 };
 use serde_json::{Value, json};
+use shared::clock::{Clock, FixedClock};
 use shared::domain::account::AccountId;
 use shared::domain::ledger::Month;
 use shared::domain::reconcile::{FIRST_RUN_LOOKBACK_SECS, ReconcileRun};
@@ -22,7 +23,6 @@ use shared::domain::step::{Step, StepKind, StepStatus};
 use shared::reconcile::{ReconcileError, ReconcileSettings, Reconciler};
 use shared::store::{AccountStore, EventOutcome, EventRecord, StepQueue};
 use shared::stripe::client::StripeClient;
-use shared::stripe::signature::{Clock, FixedClock};
 use shared::webhook::WebhookService;
 
 const ACCOUNTS: usize = 12;

@@ -5,11 +5,11 @@
 use integration_tests::stripe_stub::{Fault, StripeStub};
 use integration_tests::{NOW, account_updated, manual_payout_account_updated, pipeline, signed};
 use serde_json::{Value, json};
+use shared::clock::FixedClock;
 use shared::domain::account::AccountId;
 use shared::domain::step::{Step, StepStatus};
 use shared::store::{AccountStore, EventOutcome};
 use shared::stripe::client::StripeClient;
-use shared::stripe::signature::FixedClock;
 use shared::webhook::WebhookService;
 use shared::worker::{Disposition, StepWorker};
 

@@ -20,13 +20,13 @@ use integration_tests::{
 };
 use serde_json::{Value, json};
 use shared::aws::{WEBHOOK, WEBHOOK_DEADLINE, WEBHOOK_LAMBDA_TIMEOUT, WORKER, WORKER_LAMBDA_TIMEOUT};
+use shared::clock::FixedClock;
 use shared::domain::account::AccountId;
 use shared::domain::step::{Step, StepKind, StepStatus};
 use shared::store::dynamodb::{DynamoStore, create_table};
 use shared::store::sqs::{SqsQueue, create_queues};
 use shared::store::{AccountStore, CommitOutcome, EventOutcome};
 use shared::stripe::client::StripeClient;
-use shared::stripe::signature::FixedClock;
 use shared::webhook::{Reply, WebhookService};
 use shared::worker::{Disposition, StepWorker};
 
@@ -426,7 +426,7 @@ async fn slow_but_answering_storage_is_cut_off_at_the_deadline() {
             destination: destination.clone(),
             amount: 100 + n,
             currency: "usd".to_owned(),
-            source_charge: Some("ch_1".to_owned()),
+            source_charge: Some("ch_1".into()),
             transfer_group: Some("pi_1".to_owned()),
             payment_key: Some("pi_1".into()),
             reverses_step: Some("tr:pi_1:acct_A".into()),

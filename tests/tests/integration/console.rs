@@ -6,6 +6,7 @@ use std::sync::Arc;
 use integration_tests::fund_events::payment_succeeded;
 use integration_tests::{account_updated, settings, signed};
 use serde_json::{Value, json};
+use shared::clock::{Clock, SystemClock};
 use shared::domain::account::AccountId;
 use shared::domain::change::steps_changes;
 use shared::domain::reconcile::{ReconcileRun, ReconcilerState};
@@ -15,7 +16,6 @@ use shared::store::sqlite::SqliteStore;
 use shared::store::{
     AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite,
 };
-use shared::stripe::signature::{Clock, SystemClock};
 use shared::webhook::WebhookService;
 
 const TOKEN: &str = "console-test-token";

@@ -1047,7 +1047,7 @@ async fn the_changes_the_store_commits_are_the_ones_the_bus_receives() {
     assert_eq!(webhook.handle(Some(&header), &body).await.status, 200);
 
     clock.advance(FEED_SETTLE_SECS + 1);
-    let now = shared::stripe::signature::Clock::now_unix(&clock);
+    let now = shared::clock::Clock::now_unix(&clock);
     let listed =
         shared::store::AccountStore::list_changes(&store, None, 100, now).await.unwrap().unwrap().changes;
     // Per seller its status and its one capability; per transfer its step; the activation two more.

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use aws_lambda_events::sqs::SqsEvent;
 use integration_tests::store_planned_steps;
+use shared::clock::FixedClock;
 use shared::domain::step::{Step, StepKind, StepRef, StepStatus};
 use shared::sqs_worker::handle_sqs_batch;
 use shared::store::sqlite::SqliteStore;
 use shared::stripe::client::{ApiKey, StripeClient, StripeClientConfig};
-use shared::stripe::signature::FixedClock;
 use shared::worker::StepWorker;
 
 /// Each worker's sample batch, the queue it comes from, and the step kinds that queue carries.

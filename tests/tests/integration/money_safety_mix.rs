@@ -18,8 +18,8 @@ use integration_tests::fund_events::{
 use integration_tests::stripe_stub::{Fault, StripeStub};
 use integration_tests::{NOW, RecordingQueue, TestClock, account_updated, settings, signed};
 use serde_json::{Value, json};
+use shared::clock::Clock;
 use shared::store::AccountStore;
-use shared::stripe::signature::Clock;
 use shared::sweep::{SweepSettings, sweep};
 use shared::webhook::WebhookService;
 use shared::worker::{Disposition, StepWorker};

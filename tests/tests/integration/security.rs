@@ -15,6 +15,7 @@ use integration_tests::{
 };
 use serde_json::{Value, json};
 use shared::aws::WEBHOOK;
+use shared::clock::{Clock, FixedClock, SystemClock};
 use shared::config::{
     ConfigError, LIVEMODE, WEBHOOK_SECRETS, WEBHOOK_SECRETS_ARN, WEBHOOK_TOLERANCE_SECS, WebhookSettings,
 };
@@ -23,9 +24,7 @@ use shared::domain::step::StepStatus;
 use shared::store::sqlite::SqliteStore;
 use shared::store::{AccountStore, EventOutcome, StepQueue};
 use shared::stripe::client::{API_BASE_VAR, API_KEY_VAR, ApiKey, StripeClient, StripeClientConfig};
-use shared::stripe::signature::{
-    Clock, FixedClock, SignatureError, SignatureVerifier, SystemClock, WebhookSecret, sign,
-};
+use shared::stripe::signature::{SignatureError, SignatureVerifier, WebhookSecret, sign};
 use shared::webhook::{MAX_BODY_BYTES, WebhookService};
 use shared::worker::StepWorker;
 
@@ -244,7 +243,7 @@ fn debug_output_of_every_holder_of_a_secret_is_redacted() {
 
 /// The body of `SignatureVerifier::verify`, from the verifier's source.
 fn verify_source() -> &'static str {
-    let source = include_str!("../../shared/src/stripe/signature.rs");
+    let source = include_str!("../../../shared/src/stripe/signature.rs");
     let start = source.find("pub fn verify(").expect("signature.rs defines verify");
     let body = &source[start..];
     &body[..body.find("\n    }\n").expect("verify ends")]

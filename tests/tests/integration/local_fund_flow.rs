@@ -10,12 +10,12 @@ use integration_tests::{
     NOW, account_updated, manual_payout_account_updated, pipeline, signed, sqlite_store,
 };
 use serde_json::{Value, json};
+use shared::clock::FixedClock;
 use shared::domain::account::AccountId;
 use shared::domain::step::{StepKind, StepRef, StepStatus};
 use shared::store::sqlite::SqliteStore;
 use shared::store::{AccountStore, BoxFuture, StepQueue, StoreError};
 use shared::stripe::client::StripeClient;
-use shared::stripe::signature::FixedClock;
 use shared::webhook::WebhookService;
 use shared::worker::StepWorker;
 

@@ -11,7 +11,7 @@
 //! exactly-once check against the threaded server would be checking moto.
 //!
 //! The short run is part of the normal test run. The figures come from the longer one:
-//! `cargo test -p integration-tests --test load -- --ignored --nocapture` (about 3 minutes).
+//! `cargo test -p integration-tests --test integration load:: -- --ignored --nocapture` (about 3 minutes).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -26,10 +26,10 @@ use connect_flow::load::count_ids;
 use connect_flow::load::mix::{Mix, MixEvent};
 use connect_flow::load::run::{Answer, Limits, Target, run};
 use integration_tests::{RequestLog, SECRET, settings};
+use shared::clock::{Clock, SystemClock};
 use shared::domain::step::{StepRef, StepStatus};
 use shared::store::dynamodb::{DynamoStore, create_table};
 use shared::store::sqs::{SqsQueue, create_queues};
-use shared::stripe::signature::{Clock, SystemClock};
 use shared::webhook::WebhookService;
 
 const CONCURRENCY: usize = 8;
