@@ -7,6 +7,7 @@ use crate::clock::Clock;
 use crate::fetch::{FetchDisposition, FetchWorker};
 use crate::store::StoreError;
 use crate::store::sqlite::{FETCH_QUEUE, SqliteStore};
+use crate::stripe::api::StripeApi;
 use crate::worker::{Disposition, MAX_RECEIVES, StepWorker};
 
 /// How long a received message stays hidden before the embedded queue offers it again.
@@ -15,7 +16,7 @@ const VISIBILITY_SECS: i64 = 30;
 /// How many messages one pass takes from each embedded queue, as one SQS batch would.
 const BATCH: usize = 10;
 
-impl<C: Clock> StepWorker<SqliteStore, C> {
+impl<C: Clock, A: StripeApi> StepWorker<SqliteStore, C, A> {
     /// One pass over both embedded queues: runs every visible message once, acknowledges the
     /// finished ones and dead-letters those received too often. Returns how many it handled.
     pub async fn drain_embedded(&self) -> Result<usize, StoreError> {

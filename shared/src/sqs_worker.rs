@@ -20,6 +20,7 @@ use crate::config::API_KEY_SECRET_ARN;
 use crate::domain::step::{StepMessageError, parse_step_message};
 use crate::metrics::Metrics;
 use crate::store::{AccountStore, StepQueue};
+use crate::stripe::api::StripeApi;
 use crate::stripe::client::{API_KEY_VAR, StripeClient, StripeClientConfig};
 use crate::worker::{Disposition, StepWorker};
 
@@ -169,7 +170,7 @@ async fn handle_record<R: QueueRunner>(
     runner.handle_body(body).await
 }
 
-impl<S: AccountStore, C: Clock> QueueRunner for StepWorker<S, C> {
+impl<S: AccountStore, C: Clock, A: StripeApi> QueueRunner for StepWorker<S, C, A> {
     async fn handle_body(&self, body: &str) -> bool {
         let step = match parse_step_message(body) {
             Ok(step) => step,

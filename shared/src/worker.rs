@@ -13,6 +13,7 @@ use crate::domain::payout::PayoutMethod;
 use crate::domain::step::{Step, StepId, StepKind, StepRef, StepStatus, UnresolvedCall};
 use crate::metrics::Metrics;
 use crate::store::{AccountStore, CommitOutcome, StoreError};
+use crate::stripe::api::StripeApi;
 use crate::stripe::client::{CreateTransfer, PayoutParams, StripeClient, StripeError, StripeObject};
 
 /// How many times a step is re-read when another writer moved it in between.
@@ -85,24 +86,24 @@ enum Readiness {
 }
 
 /// Runs steps from the store against Stripe.
-pub struct StepWorker<S, C = SystemClock> {
+pub struct StepWorker<S, C = SystemClock, A = StripeClient> {
     store: S,
-    stripe: StripeClient,
+    stripe: A,
     clock: C,
     metrics: Metrics,
 }
 
-impl<S: AccountStore> StepWorker<S> {
+impl<S: AccountStore, A: StripeApi> StepWorker<S, SystemClock, A> {
     /// A worker on the system clock, with metrics as the environment asks ([`Metrics::from_env`]:
     /// on in Lambda, off elsewhere unless `CONNECT_FLOW_METRICS=emf`).
-    pub fn new(store: S, stripe: StripeClient) -> Self {
+    pub fn new(store: S, stripe: A) -> Self {
         Self::with_clock(store, stripe, SystemClock).with_metrics(Metrics::from_env())
     }
 }
 
-impl<S: AccountStore, C: Clock> StepWorker<S, C> {
+impl<S: AccountStore, C: Clock, A: StripeApi> StepWorker<S, C, A> {
     /// A worker on the given clock, without metrics.
-    pub fn with_clock(store: S, stripe: StripeClient, clock: C) -> Self {
+    pub fn with_clock(store: S, stripe: A, clock: C) -> Self {
         Self { store, stripe, clock, metrics: Metrics::disabled() }
     }
 
@@ -548,3 +549,6 @@ fn fell_back(code: &str) -> String {
 
 /// After this many receives a message is dead-lettered, as SQS does past `maxReceiveCount`.
 pub const MAX_RECEIVES: u32 = 10;
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,6 @@
 //! Stripe's side of the wire: webhook signatures, the event envelope, and the API client.
 
+pub mod api;
 pub mod client;
 pub mod endpoints;
 pub mod event;
