@@ -435,10 +435,7 @@ impl Wire for Intake {
         store: S,
         queue: Option<Arc<dyn StepQueue>>,
     ) -> Self::Output {
-        let mut service = WebhookService::new(store, &self.settings);
-        if let Some(queue) = queue {
-            service = service.with_queue(queue);
-        }
+        let service = WebhookService::new(store, &self.settings).with_queue_if_any(queue);
         serve(EventBridgeIntake::new(service, self.dead_letters, self.source)).await
     }
 }

@@ -489,12 +489,9 @@ impl Wire for DeployedFetchWorker {
         store: S,
         queue: Option<Arc<dyn StepQueue>>,
     ) -> Self::Output {
-        let mut webhook = WebhookService::new(store, &self.settings);
         // The steps an applied event plans (payouts after a balance, waiting steps an account can
         // now receive) are queued as the webhook queues them.
-        if let Some(queue) = queue {
-            webhook = webhook.with_queue(queue);
-        }
+        let webhook = WebhookService::new(store, &self.settings).with_queue_if_any(queue);
         serve_queue(
             FetchWorker::new(webhook, self.stripe).with_pacer(self.pacer).with_metrics(Metrics::from_env()),
         )

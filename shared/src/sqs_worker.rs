@@ -224,8 +224,7 @@ mod tests {
 
     use super::*;
     use crate::clock::FixedClock;
-    use crate::domain::account::AccountId;
-    use crate::domain::step::{Step, StepKind, StepStatus};
+    use crate::domain::step::{Step, StepStatus};
     use crate::store::sqlite::SqliteStore;
     use crate::store::{EventOutcome, EventRecord, EventWrite};
     use crate::stripe::client::{ApiKey, StripeClient, StripeClientConfig};
@@ -234,31 +233,9 @@ mod tests {
 
     fn step(step_id: &str, destination: &str, status: StepStatus) -> Step {
         Step {
-            step_id: step_id.into(),
-            kind: StepKind::Transfer,
-            destination: AccountId::parse(destination).unwrap(),
-            amount: 500,
-            currency: "usd".to_owned(),
-            source_charge: Some("ch_1".into()),
-            transfer_group: Some("pi_1".to_owned()),
-            payment_key: Some("pi_1".into()),
-            reverses_step: None,
             status,
-            reason: None,
             stripe_id: (status == StepStatus::Succeeded).then(|| format!("tr_{destination}")),
-            attempt: 0,
-            created_at: NOW,
-            updated_at: NOW,
-            version: 1,
-            livemode: Some(false),
-            netted: 0,
-            sent_at: None,
-            unresolved: None,
-            requested: None,
-            cause: None,
-            gives_back: None,
-            by_stripe: false,
-            payout: None,
+            ..Step::queued_transfer(step_id, destination, NOW)
         }
     }
 

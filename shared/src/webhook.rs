@@ -200,6 +200,12 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
         self
     }
 
+    /// [`Self::with_queue`] when there is a queue (how [`crate::app::Backend`] hands it over).
+    pub fn with_queue_if_any(mut self, queue: Option<Arc<dyn StepQueue>>) -> Self {
+        self.queue = queue.or(self.queue);
+        self
+    }
+
     /// The store this pipeline writes to.
     pub fn store(&self) -> &S {
         &self.store

@@ -36,10 +36,7 @@ impl Wire for Webhook {
         store: S,
         queue: Option<Arc<dyn StepQueue>>,
     ) -> Self::Output {
-        let mut service = WebhookService::new(store, &self.0);
-        if let Some(queue) = queue {
-            service = service.with_queue(queue);
-        }
+        let service = WebhookService::new(store, &self.0).with_queue_if_any(queue);
         shared::http::run_on_lambda(shared::http::router(Routes {
             webhook: Some(Arc::new(service)),
             platform: None,

@@ -267,6 +267,41 @@ pub struct Step {
     pub by_stripe: bool,
 }
 
+#[cfg(test)]
+impl Step {
+    /// A queued test-mode transfer of 500 usd to `destination` out of `ch_1` (payment `pi_1`),
+    /// planned at `now`: the one step fixture the library's unit tests share.
+    pub(crate) fn queued_transfer(step_id: &str, destination: &str, now: i64) -> Self {
+        Self {
+            step_id: step_id.into(),
+            kind: StepKind::Transfer,
+            destination: AccountId::parse(destination).expect("a test account id"),
+            amount: 500,
+            currency: "usd".to_owned(),
+            source_charge: Some("ch_1".into()),
+            transfer_group: Some("pi_1".to_owned()),
+            payment_key: Some("pi_1".into()),
+            reverses_step: None,
+            status: StepStatus::Queued,
+            reason: None,
+            stripe_id: None,
+            attempt: 0,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+            livemode: Some(false),
+            netted: 0,
+            sent_at: None,
+            unresolved: None,
+            requested: None,
+            cause: None,
+            gives_back: None,
+            by_stripe: false,
+            payout: None,
+        }
+    }
+}
+
 /// What planned a step, and the Stripe (or caller) id of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepCause {

@@ -62,11 +62,9 @@ impl Wire for Platform {
         store: S,
         queue: Option<Arc<dyn StepQueue>>,
     ) -> Self::Output {
-        let mut api =
-            PlatformApi::new(store, self.stripe, self.settings).with_accounts_api(self.accounts_api);
-        if let Some(queue) = queue {
-            api = api.with_queue(queue);
-        }
+        let api = PlatformApi::new(store, self.stripe, self.settings)
+            .with_accounts_api(self.accounts_api)
+            .with_queue_if_any(queue);
         serve(api).await
     }
 }

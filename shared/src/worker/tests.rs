@@ -136,33 +136,7 @@ impl StripeApi for Scripted {
 }
 
 fn transfer_step() -> Step {
-    Step {
-        step_id: "tr:pi_scripted:acct_1ScriptedSeller1".into(),
-        kind: StepKind::Transfer,
-        destination: AccountId::parse(SELLER).unwrap(),
-        amount: 700,
-        currency: "usd".to_owned(),
-        source_charge: Some("ch_scripted".into()),
-        transfer_group: Some("pi_scripted".to_owned()),
-        payment_key: Some("pi_scripted".into()),
-        reverses_step: None,
-        status: StepStatus::Queued,
-        reason: None,
-        stripe_id: None,
-        attempt: 0,
-        created_at: NOW,
-        updated_at: NOW,
-        version: 1,
-        livemode: Some(false),
-        netted: 0,
-        sent_at: None,
-        unresolved: None,
-        requested: None,
-        cause: None,
-        gives_back: None,
-        by_stripe: false,
-        payout: None,
-    }
+    Step { amount: 700, ..Step::queued_transfer("tr:pi_scripted:acct_1ScriptedSeller1", SELLER, NOW) }
 }
 
 async fn worker(stripe: Scripted) -> (StepWorker<SqliteStore, FixedClock, Scripted>, StepRef) {
