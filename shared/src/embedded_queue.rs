@@ -5,8 +5,8 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::fetch::{FetchDisposition, FetchWorker};
-use crate::store::StoreError;
 use crate::store::sqlite::{FETCH_QUEUE, SqliteStore};
+use crate::store::{Queue, StoreError};
 use crate::stripe::api::StripeApi;
 use crate::worker::{Disposition, MAX_RECEIVES, StepWorker};
 
@@ -22,7 +22,7 @@ impl<C: Clock, A: StripeApi> StepWorker<SqliteStore, C, A> {
     pub async fn drain_embedded(&self) -> Result<usize, StoreError> {
         let now = self.clock().now_unix();
         let mut handled = 0;
-        for queue in ["transfers", "payouts"] {
+        for queue in Queue::STEPS.map(Queue::as_str) {
             for message in self.store().receive(queue, now, VISIBILITY_SECS, BATCH)? {
                 handled += 1;
                 let span = tracing::info_span!(

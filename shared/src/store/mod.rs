@@ -12,7 +12,7 @@ use crate::domain::funds::PaymentRecord;
 use crate::domain::ledger::{LedgerEntry, LedgerPlan, LedgerRow, Month};
 use crate::domain::reconcile::ReconcilerState;
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
-use crate::domain::step::{PaymentKey, Step, StepRef, StepStatus};
+use crate::domain::step::{PaymentKey, Step, StepKind, StepRef, StepStatus};
 
 pub mod dynamodb;
 pub mod sqlite;
@@ -451,6 +451,40 @@ fn no_ledger() -> StoreError {
 
 /// A boxed future, so that [`StepQueue`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The queues planned work goes to: SQS FIFO queues when deployed, the embedded store's queue
+/// table locally, under the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Queue {
+    /// Transfer and reversal steps.
+    Transfers,
+    /// Payout steps: their own queue, so that a slow payout never holds up a transfer.
+    Payouts,
+    /// Thin events' fetch steps.
+    Fetches,
+}
+
+impl Queue {
+    /// The two queues steps go to.
+    pub const STEPS: [Self; 2] = [Self::Transfers, Self::Payouts];
+
+    /// The queue a step of `kind` goes to.
+    pub fn of(kind: StepKind) -> Self {
+        match kind {
+            StepKind::Transfer | StepKind::Reversal => Self::Transfers,
+            StepKind::Payout => Self::Payouts,
+        }
+    }
+
+    /// The queue's name in the embedded store (and in logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transfers => "transfers",
+            Self::Payouts => "payouts",
+            Self::Fetches => "fetches",
+        }
+    }
+}
 
 /// Where planned steps go to be run: SQS FIFO queues on AWS, a table in the embedded store.
 ///

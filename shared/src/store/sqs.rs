@@ -11,8 +11,7 @@ use aws_sdk_sqs::error::{BuildError, DisplayErrorContext, ProvideErrorMetadata, 
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use sha2::{Digest, Sha256};
 
-use super::sqlite::queue_for;
-use super::{BoxFuture, StepQueue, StoreError};
+use super::{BoxFuture, Queue, StepQueue, StoreError};
 use crate::domain::fetch::FetchRef;
 use crate::domain::step::StepRef;
 use crate::worker::MAX_RECEIVES;
@@ -131,11 +130,12 @@ impl StepQueue for SqsQueue {
             let mut not_sent = 0;
             let mut routed = 0;
             let mut codes = BTreeSet::new();
-            // One routing rule for both stores: the embedded queue's name picks the SQS queue.
-            for (queue, url) in [("transfers", &self.transfers_url), ("payouts", &self.payouts_url)] {
+            // One routing rule for both stores ([`Queue::of`]).
+            for (queue, url) in [(Queue::Transfers, &self.transfers_url), (Queue::Payouts, &self.payouts_url)]
+            {
                 let for_queue = steps
                     .iter()
-                    .filter(|step| queue_for(step.kind) == queue)
+                    .filter(|step| Queue::of(step.kind) == queue)
                     .map(|step| {
                         Ok(Outgoing {
                             body: serialized(step)?,
