@@ -69,7 +69,7 @@ impl Backend {
 
     /// Refuses a deployed backend without queues, for a function whose whole job is to send
     /// steps (the reconciler): it would otherwise run and move nothing.
-    pub fn requiring_queues(self) -> Result<Self, ConfigError> {
+    pub(crate) fn requiring_queues(self) -> Result<Self, ConfigError> {
         match self {
             Self::DynamoDb { queue: None, .. } => Err(ConfigError::Missing(sqs::TRANSFERS_QUEUE_URL)),
             backend => Ok(backend),
@@ -146,7 +146,7 @@ mod tests {
     #[tokio::test]
     async fn a_table_without_queue_urls_runs_without_a_queue_unless_queues_are_required() {
         let without = || backend(&[("CONNECT_FLOW_TABLE", "accounts")]).unwrap();
-        assert_eq!(without().run(Shape).await.1, false);
+        assert!(!without().run(Shape).await.1);
         assert!(matches!(without().requiring_queues(), Err(ConfigError::Missing(sqs::TRANSFERS_QUEUE_URL))));
     }
 

@@ -39,21 +39,23 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 
 /// The conservative floor taken for Stripe's (unpublished) webhook timeout; see the module docs.
-pub const STRIPE_WEBHOOK_TIMEOUT_FLOOR: Duration = Duration::from_secs(10);
+#[cfg(test)]
+pub(crate) const STRIPE_WEBHOOK_TIMEOUT_FLOOR: Duration = Duration::from_secs(10);
 /// The webhook Lambda's `Timeout` in infra/template.yaml.
 pub const WEBHOOK_LAMBDA_TIMEOUT: Duration = Duration::from_secs(10);
 /// The transfer and payout workers' `Timeout` in infra/template.yaml.
 pub const WORKER_LAMBDA_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a cold start adds before the first request is handled, besides reading the secret: the
 /// runtime's start and the clients' construction, which take tens of milliseconds in practice.
-pub const COLD_START_ALLOWANCE: Duration = Duration::from_secs(1);
+#[cfg(test)]
+pub(crate) const COLD_START_ALLOWANCE: Duration = Duration::from_secs(1);
 /// The longest a webhook delivery is worked on before it is answered 500 (Stripe then retries).
 pub const WEBHOOK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// DynamoDB calls in one worker step (see the module docs).
-pub const WORKER_DYNAMODB_CALLS_PER_STEP: u32 = 4;
+pub(crate) const WORKER_DYNAMODB_CALLS_PER_STEP: u32 = 4;
 /// The longest one worker step takes when nothing conflicts.
-pub const WORKER_STEP_WORST_CASE: Duration = WORKER
+pub(crate) const WORKER_STEP_WORST_CASE: Duration = WORKER
     .operation_timeout
     .saturating_mul(WORKER_DYNAMODB_CALLS_PER_STEP)
     .saturating_add(crate::stripe::client::DEFAULT_TIMEOUT);
@@ -119,14 +121,14 @@ impl SdkBounds {
 
     /// The longest backoff before the `retry`th retry (1-based): the SDK's exponential backoff,
     /// at its largest jitter.
-    pub fn backoff_before_retry(&self, retry: u32) -> Duration {
+    pub(crate) fn backoff_before_retry(&self, retry: u32) -> Duration {
         let doubling = 2u32.checked_pow(retry.saturating_sub(1)).unwrap_or(u32::MAX);
         self.initial_backoff.saturating_mul(doubling).min(self.max_backoff)
     }
 
     /// The longest every attempt and backoff of one operation take, before the operation
     /// timeout cuts them short.
-    pub fn attempts_worst_case(&self) -> Duration {
+    pub(crate) fn attempts_worst_case(&self) -> Duration {
         let backoffs =
             (1..self.max_attempts).fold(Duration::ZERO, |sum, retry| sum + self.backoff_before_retry(retry));
         self.attempt_timeout.saturating_mul(self.max_attempts) + backoffs
@@ -150,7 +152,8 @@ impl SdkBounds {
 
 /// The webhook's worst-case answer time on a cold start: the secret's read, the runtime's start,
 /// and the deadline.
-pub fn webhook_cold_worst_case() -> Duration {
+#[cfg(test)]
+pub(crate) fn webhook_cold_worst_case() -> Duration {
     WEBHOOK.operation_worst_case() + COLD_START_ALLOWANCE + WEBHOOK_DEADLINE
 }
 

@@ -22,7 +22,7 @@ pub fn utc_date(unix_secs: i64) -> String {
 }
 
 /// A Unix time as API v2 writes timestamps, `yyyy-mm-ddThh:mm:ss.000Z`.
-pub fn utc_rfc3339(unix_secs: i64) -> String {
+pub(crate) fn utc_rfc3339(unix_secs: i64) -> String {
     let seconds = unix_secs.rem_euclid(86_400);
     let (hour, minute, second) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
     format!("{}T{hour:02}:{minute:02}:{second:02}.000Z", utc_date(unix_secs))
@@ -30,7 +30,7 @@ pub fn utc_rfc3339(unix_secs: i64) -> String {
 
 /// The day count since 1970-01-01 of a proleptic Gregorian date, by Howard Hinnant's
 /// `days_from_civil`.
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
     let year_of_era = year.rem_euclid(400);

@@ -20,7 +20,7 @@ pub const DISPUTE_POLICY: &str = "CONNECT_FLOW_DISPUTE_POLICY";
 pub const TABLE_NAME: &str = "CONNECT_FLOW_TABLE";
 /// A SQLite file the Lambda functions use instead of DynamoDB when run locally (`cargo lambda
 /// watch`); ignored when [`TABLE_NAME`] is set.
-pub const LOCAL_DB: &str = "CONNECT_FLOW_DB";
+pub(crate) const LOCAL_DB: &str = "CONNECT_FLOW_DB";
 
 /// A configuration value that is missing or cannot be used. Names the variable, never its value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -130,7 +130,7 @@ fn expected_livemode(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<
 
 /// Where a Lambda function keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
+pub(crate) enum StoreLocation {
     /// The deployed store: this DynamoDB table.
     DynamoDb(String),
     /// The embedded store, for running the functions locally: this SQLite file.
@@ -138,11 +138,6 @@ pub enum StoreLocation {
 }
 
 impl StoreLocation {
-    /// Reads [`TABLE_NAME`], or else [`LOCAL_DB`], from the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
     /// The table wins, so that a deployed function (which always has one) never falls back to a
     /// file that would vanish with its sandbox.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {

@@ -168,7 +168,7 @@ pub const HANDLED_EVENT_TYPES: &[HandledEvent] = &[
 
 /// A webhook endpoint as `GET /v1/webhook_endpoints` lists it, read leniently.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookEndpoint {
+pub(crate) struct WebhookEndpoint {
     /// `we_…`.
     pub id: String,
     /// Where Stripe delivers.
@@ -185,7 +185,7 @@ pub struct WebhookEndpoint {
 
 impl WebhookEndpoint {
     /// Reads one listed object; `None` without an id.
-    pub fn from_json(object: &Value) -> Option<Self> {
+    pub(crate) fn from_json(object: &Value) -> Option<Self> {
         let text = |name: &str| object.get(name).and_then(Value::as_str).map(str::to_owned);
         let application = object.get("application").is_some_and(|value| !value.is_null());
         // Not in Stripe's object, but a caller's own JSON (or an older stand-in) may say it.
@@ -211,7 +211,7 @@ impl WebhookEndpoint {
 
 /// An event destination as `GET /v2/core/event_destinations` lists it, read leniently.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventDestination {
+pub(crate) struct EventDestination {
     /// `ed_…`.
     pub id: String,
     /// `webhook_endpoint` or `amazon_eventbridge`.
@@ -228,7 +228,7 @@ pub struct EventDestination {
 
 impl EventDestination {
     /// Reads one listed object; `None` without an id.
-    pub fn from_json(object: &Value) -> Option<Self> {
+    pub(crate) fn from_json(object: &Value) -> Option<Self> {
         let text = |name: &str| object.get(name).and_then(Value::as_str).map(str::to_owned);
         Some(Self {
             id: text("id")?,
@@ -243,7 +243,7 @@ impl EventDestination {
 
 /// What `GET /v2/core/event_destinations` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destinations {
+pub(crate) enum Destinations {
     /// 404: the account has no event destinations API.
     NotAvailable,
     /// The destinations.
@@ -329,7 +329,7 @@ fn handled_for(handled: &[HandledEvent], listener: Listener) -> Vec<&'static str
 
 /// The endpoint findings: one Connect and one account endpoint at `webhook_url` (any URL when
 /// `None`, said so), each `enabled`, on `pinned_version`, with every `handled` type of its kind.
-pub fn check_endpoints(
+pub(crate) fn check_endpoints(
     endpoints: &[WebhookEndpoint],
     webhook_url: Option<&str>,
     handled: &[HandledEvent],
@@ -459,7 +459,7 @@ fn check_events(listener: Listener, at_url: &[&WebhookEndpoint], wanted: &[&str]
 
 /// The event destination findings: not available is fine (said so); each webhook destination at
 /// `webhook_url` (every one when `None`) must be enabled, and a snapshot one on `pinned_version`.
-pub fn check_destinations(
+pub(crate) fn check_destinations(
     destinations: &Destinations,
     webhook_url: Option<&str>,
     pinned_version: &str,
@@ -531,7 +531,7 @@ pub fn check_destinations(
 
 /// The signature-failure finding. Stripe never returns a secret, so a wrong or missing one shows
 /// only here; a count that was not read is said to be so, never reported as zero.
-pub fn check_signature_failures(source: &SignatureFailures) -> Finding {
+pub(crate) fn check_signature_failures(source: &SignatureFailures) -> Finding {
     match source {
         SignatureFailures::InProcess(0) => Finding::ok("signature failures: 0 since serve started"),
         SignatureFailures::InProcess(count) => Finding::wrong(
@@ -607,7 +607,7 @@ pub async fn diagnose(
 }
 
 /// The findings as `healthz?deep=1` answers them, with the in-process count when there is one.
-pub fn report_json(findings: &[Finding], signature_failures: Option<u64>) -> Value {
+pub(crate) fn report_json(findings: &[Finding], signature_failures: Option<u64>) -> Value {
     json!({
         "status": if all_ok(findings) { "ok" } else { "failing" },
         "findings": findings,
@@ -616,14 +616,14 @@ pub fn report_json(findings: &[Finding], signature_failures: Option<u64>) -> Val
 }
 
 /// Whether a `/healthz` query asks for the deep check (`deep=1` or `deep=true`).
-pub fn asks_deep(query: &str) -> bool {
+pub(crate) fn asks_deep(query: &str) -> bool {
     query.split('&').any(|pair| matches!(pair, "deep=1" | "deep=true"))
 }
 
 /// `healthz?deep=1`: the doctor's checks with the platform's key against `{public_url}/webhooks/
 /// stripe`; 200 when every finding is `ok`, 503 otherwise, and 503 naming the problem without a
 /// key. `count` is `serve`'s in-process count; a deployed stack has none and says whose it is.
-pub async fn deep_health(
+pub(crate) async fn deep_health(
     stripe: Option<&StripeClient>,
     public_url: &str,
     count: Option<&SignatureFailureCount>,

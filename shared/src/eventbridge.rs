@@ -41,15 +41,15 @@ pub const EVENTBRIDGE_SOURCE: &str = "CONNECT_FLOW_EVENTBRIDGE_SOURCE";
 /// The URL of the SQS queue refused messages are sent to.
 pub const INTAKE_DLQ_URL: &str = "CONNECT_FLOW_INTAKE_DLQ_URL";
 /// How every Stripe partner event source's name starts (the rest is the event destination's id).
-pub const STRIPE_PARTNER_SOURCE_PREFIX: &str = "aws.partner/stripe.com/";
+pub(crate) const STRIPE_PARTNER_SOURCE_PREFIX: &str = "aws.partner/stripe.com/";
 /// The message attribute that carries a dead-lettered message's [`IntakeRefusal::kind`].
 pub const REASON_ATTRIBUTE: &str = "reason";
 /// The longest one message is worked on: the webhook's deadline, since it is the webhook's work
 /// ([`crate::aws`] shows that an account event's calls fit inside it). Dropping an unfinished
 /// message is safe for the same reason as there: its write is atomic and conditional.
-pub const MESSAGE_DEADLINE: Duration = WEBHOOK_DEADLINE;
+pub(crate) const MESSAGE_DEADLINE: Duration = WEBHOOK_DEADLINE;
 /// The longest one message takes at worst: its deadline, then one dead-letter send.
-pub const MESSAGE_WORST_CASE: Duration = MESSAGE_DEADLINE.saturating_add(WEBHOOK.operation_timeout);
+pub(crate) const MESSAGE_WORST_CASE: Duration = MESSAGE_DEADLINE.saturating_add(WEBHOOK.operation_timeout);
 
 /// Why a message was not taken as a Stripe event. `kind()` is the stable name logged and put on
 /// the dead-lettered message.
@@ -298,7 +298,7 @@ impl<S: AccountStore, D: DeadLetters, C: Clock> EventBridgeIntake<S, D, C> {
     }
 
     /// Runs one batch before the invocation's `deadline`; see [`Self::handle_by`].
-    pub async fn handle_invocation(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
+    pub(crate) async fn handle_invocation(&self, event: SqsEvent, deadline: SystemTime) -> SqsBatchResponse {
         self.handle_by(event, invocation_deadline(deadline)).await
     }
 
@@ -312,7 +312,7 @@ impl<S: AccountStore, D: DeadLetters, C: Clock> EventBridgeIntake<S, D, C> {
     /// message without a body, and any later message of a failed FIFO group. No message starts
     /// once less than [`MESSAGE_WORST_CASE`] is left before `deadline`: those are handed back, so
     /// that the invocation never times out, which would count a receive against all of them.
-    pub async fn handle_by(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
+    pub(crate) async fn handle_by(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
         handle_sqs_batch_by(self, event, deadline).await
     }
 }

@@ -25,10 +25,10 @@ use crate::webhook::{Delivery, WebhookService};
 use crate::worker::MAX_RECEIVES;
 
 /// The variable that sets how many Stripe reads per second one fetch worker makes.
-pub const FETCH_RATE: &str = "CONNECT_FLOW_FETCH_RATE";
+pub(crate) const FETCH_RATE: &str = "CONNECT_FLOW_FETCH_RATE";
 /// Reads per second per worker by default. The template runs at most two workers, so a deployment
 /// stays under Stripe's 20 per second with room for the transfer workers' lookups.
-pub const DEFAULT_FETCH_RATE: u32 = 9;
+pub(crate) const DEFAULT_FETCH_RATE: u32 = 9;
 /// Attempts without Stripe's definite answer before a fetch step ends `failed`: fewer than the
 /// queue's receives ([`MAX_RECEIVES`]), so that it ends in the store, not in the dead-letter queue.
 pub const MAX_FETCH_ATTEMPTS: u32 = 5;
@@ -98,7 +98,7 @@ fn splitmix(seed: u64) -> u64 {
 }
 
 /// A stable seed for [`backoff`]'s jitter from an id (FNV-1a).
-pub fn seed_of(text: &str) -> u64 {
+pub(crate) fn seed_of(text: &str) -> u64 {
     text.bytes()
         .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
@@ -366,7 +366,7 @@ impl<S: AccountStore, C: Clock> FetchWorker<S, C> {
 /// Runs `call` in its slot on `pacer`, retrying a 429 after its backoff ([`backoff`], Stripe's
 /// `Retry-After` honoured) at most [`RATE_LIMIT_RETRIES`] times, and holding every other request on
 /// the pacer back meanwhile. `seed` picks the jitter.
-pub async fn paced<T, F, Fut>(pacer: &Pacer, seed: u64, call: F) -> Result<T, StripeError>
+pub(crate) async fn paced<T, F, Fut>(pacer: &Pacer, seed: u64, call: F) -> Result<T, StripeError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, StripeError>>,

@@ -157,7 +157,7 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Whether API Gateway authorised the request with IAM: its context names the signing identity.
-pub fn has_iam_identity<B>(request: &axum::http::Request<B>) -> bool {
+pub(crate) fn has_iam_identity<B>(request: &axum::http::Request<B>) -> bool {
     let Some(RequestContext::ApiGatewayV2(context)) = request.extensions().get::<RequestContext>() else {
         return false;
     };
@@ -189,7 +189,7 @@ async fn platform<S: AccountStore, C: Clock>(
 }
 
 /// The platform API's answer to one request: authenticated before anything else is read.
-pub async fn platform_answer<S: AccountStore, C: Clock>(
+pub(crate) async fn platform_answer<S: AccountStore, C: Clock>(
     api: &PlatformApi<S, C>,
     auth: &PlatformAuth,
     base_url: &BaseUrl,

@@ -18,11 +18,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 /// `emf` writes metrics to standard output, `off` turns them off; unset means on in Lambda only.
-pub const METRICS_VAR: &str = "CONNECT_FLOW_METRICS";
+pub(crate) const METRICS_VAR: &str = "CONNECT_FLOW_METRICS";
 /// The CloudWatch namespace the metrics go to.
-pub const NAMESPACE_VAR: &str = "CONNECT_FLOW_METRICS_NAMESPACE";
+pub(crate) const NAMESPACE_VAR: &str = "CONNECT_FLOW_METRICS_NAMESPACE";
 /// The namespace when [`NAMESPACE_VAR`] is unset.
-pub const DEFAULT_NAMESPACE: &str = "ConnectFlow";
+pub(crate) const DEFAULT_NAMESPACE: &str = "ConnectFlow";
 /// Set by Lambda in every function; its value is the `FunctionName` dimension.
 const FUNCTION_NAME_VAR: &str = "AWS_LAMBDA_FUNCTION_NAME";
 /// The `FunctionName` dimension outside Lambda.
@@ -35,32 +35,32 @@ const MAX_DIMENSION_VALUE_LEN: usize = 100;
 /// Metric names, as they appear in CloudWatch.
 pub mod names {
     /// Accepted webhook deliveries, by `EventType` and `Outcome`.
-    pub const EVENTS_RECEIVED: &str = "EventsReceived";
+    pub(crate) const EVENTS_RECEIVED: &str = "EventsReceived";
     /// Deliveries of an event already recorded.
-    pub const DUPLICATES: &str = "Duplicates";
+    pub(crate) const DUPLICATES: &str = "Duplicates";
     /// Events older than the stored state they touch.
-    pub const STALE: &str = "Stale";
+    pub(crate) const STALE: &str = "Stale";
     /// Deliveries refused for their signature, by `Reason`.
-    pub const SIGNATURE_FAILURES: &str = "SignatureFailures";
+    pub(crate) const SIGNATURE_FAILURES: &str = "SignatureFailures";
     /// Deliveries refused or failed for anything but the signature, by `Reason`.
-    pub const WEBHOOK_ERRORS: &str = "WebhookErrors";
+    pub(crate) const WEBHOOK_ERRORS: &str = "WebhookErrors";
     /// Steps sent to the queue, by `Kind`.
-    pub const STEPS_QUEUED: &str = "StepsQueued";
+    pub(crate) const STEPS_QUEUED: &str = "StepsQueued";
     /// Worker runs of a step, by `Kind` and `Outcome`.
-    pub const STEPS_FINISHED: &str = "StepsFinished";
+    pub(crate) const STEPS_FINISHED: &str = "StepsFinished";
     /// Stripe API call latency, by `Operation` and `StatusClass`.
-    pub const STRIPE_CALL_LATENCY: &str = "StripeCallLatency";
+    pub(crate) const STRIPE_CALL_LATENCY: &str = "StripeCallLatency";
     /// Steps the sweep sent back to the queue, by the `Status` it found them in.
-    pub const STEPS_SWEPT: &str = "StepsSwept";
+    pub(crate) const STEPS_SWEPT: &str = "StepsSwept";
     /// Currencies of manual-payout accounts whose funds have sat unpaid past the configured share
     /// of Stripe's manual-payout limit, counted each time a plan finds them so.
-    pub const PAYOUT_FUNDS_STALE: &str = "PayoutFundsStale";
+    pub(crate) const PAYOUT_FUNDS_STALE: &str = "PayoutFundsStale";
     /// Listed events a reconciler run found unrecorded and fed through the pipeline.
-    pub const EVENTS_REPLAYED: &str = "EventsReplayed";
+    pub(crate) const EVENTS_REPLAYED: &str = "EventsReplayed";
     /// Steps a reconciler run's sweep sent back to their queue.
-    pub const STEPS_RESUMED: &str = "StepsResumed";
+    pub(crate) const STEPS_RESUMED: &str = "StepsResumed";
     /// Accounts whose stored state a reconciler run's drift check found different and corrected.
-    pub const ACCOUNTS_CORRECTED: &str = "AccountsCorrected";
+    pub(crate) const ACCOUNTS_CORRECTED: &str = "AccountsCorrected";
     /// Seconds between a reconciler run and the cursor it left: alarmed on past 25 days, before
     /// Stripe's 30-day event window closes.
     pub const RECONCILE_CURSOR_AGE: &str = "ReconcileCursorAgeSeconds";
@@ -69,23 +69,23 @@ pub mod names {
 /// Dimension names, as they appear in CloudWatch.
 pub mod dimensions {
     /// The Lambda function's name (`connect-flow` outside Lambda).
-    pub const FUNCTION_NAME: &str = "FunctionName";
+    pub(crate) const FUNCTION_NAME: &str = "FunctionName";
     /// A Stripe event type, e.g. `account.updated`.
-    pub const EVENT_TYPE: &str = "EventType";
+    pub(crate) const EVENT_TYPE: &str = "EventType";
     /// What happened: an event's or a step's outcome.
-    pub const OUTCOME: &str = "Outcome";
+    pub(crate) const OUTCOME: &str = "Outcome";
     /// Why a delivery was refused: the error kind.
-    pub const REASON: &str = "Reason";
+    pub(crate) const REASON: &str = "Reason";
     /// A step's kind: `transfer`, `reversal` or `payout`.
     pub const KIND: &str = "Kind";
     /// A Stripe call: `create_transfer`, `create_transfer_reversal`, `create_payout`, `retrieve_account`,
     /// and the lookups `find_transfer`, `find_reversal`, `find_payout`.
-    pub const OPERATION: &str = "Operation";
+    pub(crate) const OPERATION: &str = "Operation";
     /// How a Stripe call ended: `2xx`, `4xx`, `auth_refused` (the platform key), `account_refused`
     /// (one connected account's access), `rate_limited`, `5xx`, `no_response`.
-    pub const STATUS_CLASS: &str = "StatusClass";
+    pub(crate) const STATUS_CLASS: &str = "StatusClass";
     /// A step's status when the sweep found it: `queued`, `in_flight` or `waiting`.
-    pub const STATUS: &str = "Status";
+    pub(crate) const STATUS: &str = "Status";
 }
 
 use dimensions::{EVENT_TYPE, FUNCTION_NAME, KIND, OPERATION, OUTCOME, REASON, STATUS, STATUS_CLASS};
@@ -93,7 +93,7 @@ use dimensions::{EVENT_TYPE, FUNCTION_NAME, KIND, OPERATION, OUTCOME, REASON, ST
 /// A CloudWatch unit. Counts are summed before they are written; latencies are written one by one,
 /// so that CloudWatch can compute percentiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
+pub(crate) enum Unit {
     /// A number of things.
     Count,
     /// A duration.
@@ -237,7 +237,7 @@ pub trait MetricsSink: Send + Sync {
 
 /// Standard output, where Lambda sends every line to CloudWatch Logs.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct StdoutSink;
+pub(crate) struct StdoutSink;
 
 impl MetricsSink for StdoutSink {
     fn write_line(&self, line: &str) {
@@ -372,7 +372,7 @@ impl Metrics {
     }
 
     /// Whether anything is recorded.
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.0.is_some()
     }
 
@@ -450,7 +450,7 @@ impl Metrics {
 
     /// A Stripe call that took `elapsed` and was refused because the platform has no access to the
     /// connected account it named.
-    pub fn stripe_call_refused_by_account(&self, operation: &str, elapsed: Duration) {
+    pub(crate) fn stripe_call_refused_by_account(&self, operation: &str, elapsed: Duration) {
         self.add(Family::StripeCalls, &[operation, "account_refused"], &[elapsed.as_secs_f64() * 1000.0]);
     }
 

@@ -48,22 +48,23 @@ use crate::domain::change::Change;
 use crate::metrics::{DEFAULT_NAMESPACE, Metrics, MetricsSettings, MetricsSink, NAMESPACE_VAR, StdoutSink};
 
 /// The variable naming the EventBridge bus changes are put on.
-pub const EVENT_BUS_VAR: &str = "CONNECT_FLOW_EVENT_BUS";
+pub(crate) const EVENT_BUS_VAR: &str = "CONNECT_FLOW_EVENT_BUS";
 /// Every event's `source`.
 pub const SOURCE: &str = "connect-flow";
 /// The feed item's attribute holding the change's JSON; an item without it is not a change.
-pub const CHANGE_ATTRIBUTE: &str = "change";
+pub(crate) const CHANGE_ATTRIBUTE: &str = "change";
 /// `PutEvents` takes at most ten entries a call.
-pub const MAX_ENTRIES_PER_CALL: usize = 10;
+pub(crate) const MAX_ENTRIES_PER_CALL: usize = 10;
 /// `PutEvents` takes at most 256 KB a call, counted as [`entry_size`] counts.
-pub const MAX_CALL_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_CALL_BYTES: usize = 256 * 1024;
 /// The notifier's `Timeout` in infra/template.yaml. A batch of 100 records is ten calls of tens
 /// of milliseconds; when EventBridge is slow, the deadline guard answers before the timeout.
-pub const NOTIFIER_LAMBDA_TIMEOUT: Duration = Duration::from_secs(30);
+#[cfg(test)]
+pub(crate) const NOTIFIER_LAMBDA_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest one `PutEvents` call takes, the SDK's retries included: the workers' bounds.
-pub const CALL_WORST_CASE: Duration = crate::aws::WORKER.operation_timeout;
+pub(crate) const CALL_WORST_CASE: Duration = crate::aws::WORKER.operation_timeout;
 /// What is kept back from the deadline besides the call itself: time to log and answer.
-pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+pub(crate) const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Entry error codes that fail again however often they are sent (EventBridge's API reference
 /// lists only `InternalFailure` and `ThrottlingException` as retryable); anything else is retried.
@@ -91,14 +92,14 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Three calls, 100 ms then 200 ms ceilings: under a second of waiting per batch of ten even
     /// when EventBridge throttles, while Lambda's own retry (ten, from the stream) is the outer loop.
-    pub const DEFAULT: Self = Self {
+    pub(crate) const DEFAULT: Self = Self {
         attempts: 3,
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(1),
     };
 
     /// The ceiling before the `retry`th retry (1-based), before jitter.
-    pub fn ceiling(&self, retry: u32) -> Duration {
+    pub(crate) fn ceiling(&self, retry: u32) -> Duration {
         let doubling = 2u32.checked_pow(retry.saturating_sub(1)).unwrap_or(u32::MAX);
         self.initial_backoff.saturating_mul(doubling).min(self.max_backoff)
     }
@@ -188,7 +189,7 @@ fn read_change(record: &EventRecord) -> Read {
 
 /// An entry's size as EventBridge counts it against [`MAX_CALL_BYTES`]: 14 bytes for the time,
 /// plus the source, detail type, detail and resources in UTF-8.
-pub fn entry_size(entry: &PutEventsRequestEntry) -> usize {
+pub(crate) fn entry_size(entry: &PutEventsRequestEntry) -> usize {
     let text = |value: Option<&str>| value.map_or(0, str::len);
     let time = if entry.time().is_some() { 14 } else { 0 };
     time + text(entry.source())
@@ -239,7 +240,11 @@ impl Notifier {
 
     /// Publishes the changes of `records` in order, in calls of up to ten entries, starting no
     /// call that might not finish before `deadline`; stops at the first record that fails.
-    pub async fn publish_before(&self, records: &[EventRecord], deadline: Option<Instant>) -> BatchOutcome {
+    pub(crate) async fn publish_before(
+        &self,
+        records: &[EventRecord],
+        deadline: Option<Instant>,
+    ) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let mut pending = Vec::new();
         // The first unreadable record is a failure point: nothing from it on is published.
@@ -400,7 +405,7 @@ fn time_for_a_call(deadline: Option<Instant>, backoff: Duration) -> bool {
 }
 
 /// Reads the bus name from `lookup`; it must be set and not blank.
-pub fn event_bus_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+pub(crate) fn event_bus_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
     lookup(EVENT_BUS_VAR)
         .map(|bus| bus.trim().to_owned())
         .filter(|bus| !bus.is_empty())

@@ -49,24 +49,24 @@ pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 20;
 /// Runs a week at the default 15-minute schedule.
 pub const DEFAULT_RUNS_PER_WEEK: u64 = 7 * 24 * 4;
 /// Accounts the drift check re-fetches per run before it has seen a whole lap of them.
-pub const DEFAULT_FIRST_LAP_SHARE: u64 = 500;
+pub(crate) const DEFAULT_FIRST_LAP_SHARE: u64 = 500;
 /// The fewest accounts a run re-fetches once the lap's size is known.
-pub const DEFAULT_MIN_SHARE: u64 = 20;
+pub(crate) const DEFAULT_MIN_SHARE: u64 = 20;
 /// Accounts whose events one run lists: 250 s of requests at 20 a second.
-pub const DEFAULT_MAX_ACCOUNT_LISTS: usize = 5_000;
+pub(crate) const DEFAULT_MAX_ACCOUNT_LISTS: usize = 5_000;
 /// The oldest API version the parsers are tested with (the oldest sample in `events/`).
-pub const OLDEST_READ_API_VERSION: &str = "2017-08-15";
+pub(crate) const OLDEST_READ_API_VERSION: &str = "2017-08-15";
 /// The newest API version the parsers are tested with (the ledger's fee events, in `tests/`).
-pub const NEWEST_READ_API_VERSION: &str = "2025-03-31.basil";
+pub(crate) const NEWEST_READ_API_VERSION: &str = "2025-03-31.basil";
 /// The prefix of a drift check's record id: `reconcile.{account}.{unix}`.
-pub const DRIFT_RECORD_PREFIX: &str = "reconcile.";
+pub(crate) const DRIFT_RECORD_PREFIX: &str = "reconcile.";
 /// Pages any one list reads in a run: 100,000 objects, far past a 15-minute window.
 const MAX_LIST_PAGES: usize = 1000;
 
 /// Why a listed event is not read, if it is not: its API version is outside the range the parsers
 /// are tested with. Stripe renders a listed event in the API version that was the account's
 /// default when the event was created, which need not be the webhook endpoint's. Pure.
-pub fn unread_api_version(api_version: Option<&str>) -> Option<String> {
+pub(crate) fn unread_api_version(api_version: Option<&str>) -> Option<String> {
     let version = api_version?;
     let date = |version: &'_ str| version.get(..10).unwrap_or(version).to_owned();
     if date(version) < date(OLDEST_READ_API_VERSION) || date(version) > date(NEWEST_READ_API_VERSION) {
@@ -92,7 +92,7 @@ pub fn differs(current: Option<&AccountState>, next: &AccountState) -> bool {
 /// How many accounts a run re-fetches: enough that a lap of `lap_accounts` takes at most
 /// `runs_per_week` runs, and never fewer than `min_share`; `first_lap_share` before a lap's size
 /// is known. Pure.
-pub fn drift_share(lap_accounts: u64, runs_per_week: u64, min_share: u64, first_lap_share: u64) -> u64 {
+pub(crate) fn drift_share(lap_accounts: u64, runs_per_week: u64, min_share: u64, first_lap_share: u64) -> u64 {
     if lap_accounts == 0 {
         return first_lap_share.max(min_share);
     }
@@ -177,7 +177,7 @@ pub trait Progress: Send + Sync {
 
 /// No progress shown.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct NoProgress;
+pub(crate) struct NoProgress;
 
 impl Progress for NoProgress {
     fn phase(&self, _name: &str, _total: Option<u64>) {}
@@ -792,7 +792,7 @@ impl ReconcileSettings {
 
 /// How long before the invocation's deadline an unfinished run is stopped, so that the failure is
 /// answered and logged rather than cut off by Lambda.
-pub const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The reconciler's `Timeout` in infra/template.yaml: below its 15-minute schedule, so that runs
 /// never overlap.

@@ -47,7 +47,7 @@ pub struct SecretOverlay {
 
 impl SecretOverlay {
     /// An overlay that overrides nothing: every lookup goes to the environment.
-    pub fn passthrough(name_var: &'static str) -> Self {
+    pub(crate) fn passthrough(name_var: &'static str) -> Self {
         Self { name_var, value: None }
     }
 

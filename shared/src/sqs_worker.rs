@@ -43,7 +43,7 @@ pub async fn stripe_client_from_env(aws: &aws_config::SdkConfig) -> Result<Strip
 /// bounded SDK settings): every batch the runtime hands over, each before its invocation's
 /// deadline. A deadline already past when the batch arrives is not a real one, and is ignored
 /// ([`invocation_deadline`]).
-pub async fn serve_queue<R: QueueRunner + 'static>(runner: R) -> Result<(), lambda_runtime::Error> {
+pub(crate) async fn serve_queue<R: QueueRunner + 'static>(runner: R) -> Result<(), lambda_runtime::Error> {
     let runner = Arc::new(runner);
     lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<SqsEvent>| {
         let runner = Arc::clone(&runner);
@@ -97,7 +97,7 @@ pub trait QueueRunner: Send + Sync {
 /// The instant of an invocation's `deadline`, or `None` for one already past when the batch
 /// arrives, which is not a real one: Lambda's always lies ahead, while `cargo lambda watch` sends a
 /// relative 600000 that reads as 1970.
-pub fn invocation_deadline(deadline: SystemTime) -> Option<Instant> {
+pub(crate) fn invocation_deadline(deadline: SystemTime) -> Option<Instant> {
     deadline.duration_since(SystemTime::now()).ok().map(|left| Instant::now() + left)
 }
 
@@ -111,7 +111,7 @@ pub async fn handle_sqs_batch<R: QueueRunner>(runner: &R, event: SqsEvent) -> Sq
 /// ([`WORKER_STEP_WORST_CASE`]) is left before `deadline`: those messages are handed back for
 /// redelivery, so that a batch of slow steps never times the invocation out, which would count a
 /// receive against every message in it, finished or not.
-pub async fn handle_sqs_batch_by<R: QueueRunner>(
+pub(crate) async fn handle_sqs_batch_by<R: QueueRunner>(
     runner: &R,
     event: SqsEvent,
     deadline: Option<Instant>,

@@ -64,7 +64,7 @@ impl SweepReport {
 /// Whether a waiting step's account can take it now, by what the store knows. An account the
 /// store has not heard of is the worker's to ask Stripe about; a reversal waits on its transfer,
 /// which only the worker reads.
-pub fn can_receive_now(step: &Step, account: Option<&AccountState>) -> bool {
+pub(crate) fn can_receive_now(step: &Step, account: Option<&AccountState>) -> bool {
     match (step.kind, account) {
         (StepKind::Reversal, _) => true,
         (_, Some(account)) if account.deauthorized => false,

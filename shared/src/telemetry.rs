@@ -21,9 +21,9 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields, MakeWrit
 use tracing_subscriber::registry::LookupSpan;
 
 /// Set by Lambda to the function's log format, `JSON` or `Text`.
-pub const LOG_FORMAT_VAR: &str = "AWS_LAMBDA_LOG_FORMAT";
+pub(crate) const LOG_FORMAT_VAR: &str = "AWS_LAMBDA_LOG_FORMAT";
 /// Set by Lambda to the function's application log level.
-pub const LOG_LEVEL_VAR: &str = "AWS_LAMBDA_LOG_LEVEL";
+pub(crate) const LOG_LEVEL_VAR: &str = "AWS_LAMBDA_LOG_LEVEL";
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,7 +35,7 @@ const MAX_CONFLICT_RETRIES: usize = 8;
 
 /// How far ahead of this machine's clock an event may be dated. Stripe's clock and ours agree to
 /// well within this; an event dated further ahead would outrank every genuine later one.
-pub const MAX_FUTURE_SKEW_SECS: i64 = 300;
+pub(crate) const MAX_FUTURE_SKEW_SECS: i64 = 300;
 
 /// Why a delivery was refused. The one place these become HTTP statuses is [`WebhookError::status`].
 #[derive(Debug, thiserror::Error)]
@@ -322,7 +322,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
     /// `reason`: what the reconciler does with an event rendered in an API version the parsers do
     /// not read, rather than guess at its fields. A thin event carries no API version of its own,
     /// so it is processed as a delivery.
-    pub async fn record_unread(&self, body: &[u8], reason: String) -> Result<Delivery, WebhookError> {
+    pub(crate) async fn record_unread(&self, body: &[u8], reason: String) -> Result<Delivery, WebhookError> {
         let now = self.clock.now_unix();
         let ParsedBody::Snapshot(event) = parse_event(body)? else {
             return self.process_unsigned(body).await;
@@ -435,7 +435,7 @@ impl<S: AccountStore, C: Clock> WebhookService<S, C> {
     /// Applies an object a thin event's fetch step retrieved, as its snapshot twin `event`,
     /// recorded under `record_id` (not the thin event's own id, whose record holds the fetch
     /// step). Queues what it plans, as a delivery would.
-    pub async fn apply_fetched(
+    pub(crate) async fn apply_fetched(
         &self,
         event: &Event,
         record_id: &str,

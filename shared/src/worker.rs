@@ -28,7 +28,7 @@ const REFUSED_FOR_NOW: [&str; 3] =
 /// How long an idempotency key may be sent again without a lookup first. Stripe prunes keys
 /// after 24 hours, and a pruned key creates anew; the hour's margin covers clock skew and a slow
 /// call.
-pub const KEY_REUSE_LIMIT_SECS: i64 = 23 * 60 * 60;
+pub(crate) const KEY_REUSE_LIMIT_SECS: i64 = 23 * 60 * 60;
 
 /// How far back a payout lookup lists, before the step's first send: Stripe's clock and ours
 /// may disagree a little.

@@ -8,18 +8,18 @@ use super::account::{AccountId, AccountState};
 use super::step::{Step, StepStatus};
 
 /// `account.onboarding_status_changed`: `data` is `{from, to}`.
-pub const ONBOARDING_STATUS_CHANGED: &str = "account.onboarding_status_changed";
+pub(crate) const ONBOARDING_STATUS_CHANGED: &str = "account.onboarding_status_changed";
 /// `account.capability_changed`: `data` is `{capability, from, to}`.
-pub const CAPABILITY_CHANGED: &str = "account.capability_changed";
+pub(crate) const CAPABILITY_CHANGED: &str = "account.capability_changed";
 /// `account.deauthorized`: `data` is `{}`.
-pub const DEAUTHORIZED: &str = "account.deauthorized";
+pub(crate) const DEAUTHORIZED: &str = "account.deauthorized";
 /// `step.status_changed`: `data` is `{step_id, kind, from, to, reason}`.
-pub const STEP_STATUS_CHANGED: &str = "step.status_changed";
+pub(crate) const STEP_STATUS_CHANGED: &str = "step.status_changed";
 /// `payout.failed`: `data` is `{step_id, failure_code}`.
-pub const PAYOUT_FAILED: &str = "payout.failed";
+pub(crate) const PAYOUT_FAILED: &str = "payout.failed";
 /// `account.payout_policy_changed`: `data` is `{from, to}`, each the account's own policy or
 /// `null` for the deployment's default.
-pub const PAYOUT_POLICY_CHANGED: &str = "account.payout_policy_changed";
+pub(crate) const PAYOUT_POLICY_CHANGED: &str = "account.payout_policy_changed";
 
 /// One change, as `GET /changes` lists it and the notifier publishes it. It carries ids and
 /// statuses only: never personal data or secrets.
@@ -56,7 +56,7 @@ impl Change {
 }
 
 /// What changed between an account's stored state (`None` for a new one) and its next state.
-pub fn account_changes(before: Option<&AccountState>, after: &AccountState, at: i64) -> Vec<Change> {
+pub(crate) fn account_changes(before: Option<&AccountState>, after: &AccountState, at: i64) -> Vec<Change> {
     let account = &after.account_id;
     let version = after.version;
     let mut changes = Vec::new();
@@ -118,7 +118,7 @@ pub fn account_changes(before: Option<&AccountState>, after: &AccountState, at: 
 /// What changed between a step's stored state (`None` for a new one) and its next state: its
 /// status, except a move to `in_flight`. A payout's failure is told by the account's change ([`account_changes`]), since a paid
 /// payout can still fail after its step succeeded.
-pub fn step_changes(before: Option<&Step>, after: &Step, at: i64) -> Vec<Change> {
+pub(crate) fn step_changes(before: Option<&Step>, after: &Step, at: i64) -> Vec<Change> {
     let from = before.map(|step| step.status);
     // `in_flight` is the worker's claim before it calls Stripe, not news for the platform; telling
     // it would make every claim a transaction, doubling a step's write cost.

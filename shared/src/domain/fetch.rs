@@ -68,7 +68,7 @@ pub enum FetchTarget {
 
 impl FetchTarget {
     /// The id of the object it names below the account, when it names one.
-    pub fn object_id(&self) -> Option<&str> {
+    pub(crate) fn object_id(&self) -> Option<&str> {
         match self {
             Self::Capability { id }
             | Self::Person { id }
@@ -138,7 +138,7 @@ impl FetchStep {
 
 /// What a thin event asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FetchPlan {
+pub(crate) enum FetchPlan {
     /// Retrieve this and apply it.
     Fetch(FetchStep),
     /// Its type touches an account, but it names none.
@@ -148,7 +148,7 @@ pub enum FetchPlan {
 }
 
 /// Decides a thin event's fetch step from its type, `context` and `related_object`. Pure.
-pub fn plan_fetch(thin: &ThinEvent) -> FetchPlan {
+pub(crate) fn plan_fetch(thin: &ThinEvent) -> FetchPlan {
     let Some(event_type) = thin.event_type.as_deref() else { return FetchPlan::Unhandled };
     let related = thin.related_object.as_ref();
     let related_id = related.map(|related| related.id.clone());
@@ -229,7 +229,7 @@ fn account_in_url(related: Option<&RelatedObject>) -> Option<AccountId> {
 /// The snapshot event a fetched object is applied as: the same decide-and-conditional-write path
 /// as a delivery of its snapshot twin.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     /// The snapshot type, e.g. `account.updated` or `v2.core.account`.
     pub event_type: String,
     /// The event's `account`: the connected account, or `None` for the platform's own objects.
@@ -239,7 +239,7 @@ pub struct Fetched {
 }
 
 /// The snapshot twin of a fetched object. `thin_type` is the thin event's type.
-pub fn fetched_as_snapshot(step: &FetchStep, thin_type: &str, object: Value) -> Fetched {
+pub(crate) fn fetched_as_snapshot(step: &FetchStep, thin_type: &str, object: Value) -> Fetched {
     let account = step.account.clone();
     let (event_type, account, object) = match &step.target {
         FetchTarget::V2Account | FetchTarget::V2AccountOfEvent => {
@@ -285,7 +285,7 @@ pub fn fetched_as_snapshot(step: &FetchStep, thin_type: &str, object: Value) -> 
 /// The guard a fetched object is ordered by: no earlier than the event, and no earlier than the
 /// moment the request left, since the object Stripe returns is at least that new. Our clock and
 /// Stripe's agree to well within a second or two.
-pub fn observed_at(event_created: Option<i64>, request_sent_at: i64) -> i64 {
+pub(crate) fn observed_at(event_created: Option<i64>, request_sent_at: i64) -> i64 {
     event_created.map_or(request_sent_at, |created| created.max(request_sent_at))
 }
 

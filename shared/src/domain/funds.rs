@@ -22,7 +22,7 @@ const SPLIT_PREFIX: &str = "transfer:";
 /// be matched back to the step.
 pub const STEP_METADATA: &str = "connect_flow_step";
 /// The payment a transfer or reversal step belongs to (where the step is stored).
-pub const PAYMENT_METADATA: &str = "connect_flow_payment";
+pub(crate) const PAYMENT_METADATA: &str = "connect_flow_payment";
 
 /// What a fund-flow event asks for, read leniently.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +190,7 @@ impl PaymentRecord {
     }
 
     /// The charge's captured amount, from its payment or else its refund.
-    pub fn charge_amount(&self) -> Option<i64> {
+    pub(crate) fn charge_amount(&self) -> Option<i64> {
         self.charge.as_ref().map(|charge| charge.amount).or(self.refund.as_ref().map(|refund| refund.amount))
     }
 
@@ -467,7 +467,7 @@ pub fn settle(step: &Step, settlement: &Settlement, now: i64) -> Result<Settled,
 /// The account after Stripe reported on one of its payouts, when that changes it: a failure is
 /// recorded; a later payout reaching the bank clears an earlier one's failure, while the same
 /// payout's failure stands, since Stripe can fail a payout after paying it.
-pub fn record_payout_outcome(
+pub(crate) fn record_payout_outcome(
     account: &AccountState,
     settled: &Settled,
     at: i64,

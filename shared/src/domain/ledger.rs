@@ -15,12 +15,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::account::AccountId;
-use crate::calendar::{civil_from_days, days_from_civil};
+use crate::calendar::civil_from_days;
 use crate::store::EventOutcome;
 use crate::stripe::event::{Event, is_plausible_id};
 
 /// The longest range `GET /accounts/{id}/ledger` reads, in months.
-pub const MAX_LEDGER_MONTHS: i64 = 24;
+pub(crate) const MAX_LEDGER_MONTHS: i64 = 24;
 
 /// A calendar month in UTC, written `yyyy-mm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -73,20 +73,21 @@ impl Month {
     }
 
     /// December of `year`.
-    pub fn december(year: u32) -> Option<Self> {
+    pub(crate) fn december(year: u32) -> Option<Self> {
         Self::new(year, 12)
     }
 
     /// How many months `from` to `self` span, both included: 1 for the same month, 0 or less when
     /// `self` is before `from`.
-    pub fn months_since(self, from: Self) -> i64 {
+    pub(crate) fn months_since(self, from: Self) -> i64 {
         let index = |month: Self| i64::from(month.year) * 12 + i64::from(month.month);
         index(self) - index(from) + 1
     }
 
     /// The Unix second this month starts at.
-    pub fn start_unix(self) -> i64 {
-        days_from_civil(i64::from(self.year), self.month(), 1) * 86_400
+    #[cfg(test)]
+    pub(crate) fn start_unix(self) -> i64 {
+        crate::calendar::days_from_civil(i64::from(self.year), self.month(), 1) * 86_400
     }
 }
 
@@ -154,7 +155,7 @@ pub struct Totals {
 
 impl Totals {
     /// Each field's stored name, in one order both stores use.
-    pub const FIELDS: [&'static str; 10] = [
+    pub(crate) const FIELDS: [&'static str; 10] = [
         "payments",
         "gross",
         "fees",
@@ -184,7 +185,7 @@ impl Totals {
     }
 
     /// The totals whose fields are `value(name)` for each name in [`Self::FIELDS`].
-    pub fn from_fields(mut value: impl FnMut(&'static str) -> i64) -> Self {
+    pub(crate) fn from_fields(mut value: impl FnMut(&'static str) -> i64) -> Self {
         Self {
             payments: value("payments"),
             gross: value("gross"),
@@ -215,17 +216,17 @@ impl Totals {
     }
 
     /// Field by field difference, saturating.
-    pub fn minus(self, other: Self) -> Self {
+    pub(crate) fn minus(self, other: Self) -> Self {
         self.zip(other, i64::saturating_sub)
     }
 
     /// Whether every field is zero.
-    pub fn is_zero(&self) -> bool {
+    pub(crate) fn is_zero(&self) -> bool {
         self.fields().iter().all(|(_, value)| *value == 0)
     }
 
     /// Application fees net of fee refunds.
-    pub fn net_fees(&self) -> i64 {
+    pub(crate) fn net_fees(&self) -> i64 {
         self.fees.saturating_sub(self.fees_refunded)
     }
 
@@ -462,7 +463,7 @@ impl LedgerEntry {
 }
 
 /// Whether a payment method type is in person (Stripe Terminal).
-pub fn is_in_person(method: &str) -> bool {
+pub(crate) fn is_in_person(method: &str) -> bool {
     matches!(method, "card_present" | "interac_present")
 }
 
@@ -471,7 +472,7 @@ pub fn is_in_person(method: &str) -> bool {
 ///
 /// Everything about a payment (its refunds, disputes and the platform-absorbed refunds) is booked
 /// in the payment's month; a fee in its own month and currency; a transfer in its own month.
-pub fn contribution(entry: &LedgerEntry) -> BTreeMap<Bucket, Totals> {
+pub(crate) fn contribution(entry: &LedgerEntry) -> BTreeMap<Bucket, Totals> {
     let mut buckets: BTreeMap<Bucket, Totals> = BTreeMap::new();
     let mut add = |account: &AccountId, month: Month, currency: &str, totals: Totals| {
         let bucket = Bucket { account: account.clone(), month, currency: currency.to_owned() };
@@ -541,7 +542,7 @@ pub fn contribution(entry: &LedgerEntry) -> BTreeMap<Bucket, Totals> {
 }
 
 /// What each bucket gains going from `before`'s contribution to `after`'s; only changed buckets.
-pub fn deltas(before: Option<&LedgerEntry>, after: &LedgerEntry) -> Vec<(Bucket, Totals)> {
+pub(crate) fn deltas(before: Option<&LedgerEntry>, after: &LedgerEntry) -> Vec<(Bucket, Totals)> {
     let old = before.map(contribution).unwrap_or_default();
     let mut changed = contribution(after);
     for (bucket, totals) in old {
@@ -616,14 +617,14 @@ pub fn plan_ledger(stored: Option<&LedgerEntry>, event: &LedgerEvent) -> LedgerD
 }
 
 /// The event types the webhook handles only for the ledger.
-pub fn is_ledger_only_type(event_type: &str) -> bool {
+pub(crate) fn is_ledger_only_type(event_type: &str) -> bool {
     event_type.starts_with("application_fee.")
 }
 
 /// The outcome of an event handled only for the ledger that [`read_ledger_event`] could not read:
 /// a fee refund object without its fee says nothing the ledger keeps (Stripe updates a fee refund
 /// only for its metadata), any other such event lacked what it needs.
-pub fn unread_outcome(event: &Event) -> Option<EventOutcome> {
+pub(crate) fn unread_outcome(event: &Event) -> Option<EventOutcome> {
     match event.event_type.as_str() {
         "application_fee.refund.updated" => Some(EventOutcome::Unchanged),
         other if is_ledger_only_type(other) => Some(EventOutcome::Unreadable),
@@ -872,7 +873,7 @@ fn read_transfer(transfer: &Value, as_of: i64) -> Option<LedgerEvent> {
 }
 
 /// Sums rows per currency.
-pub fn per_currency<'a>(rows: impl IntoIterator<Item = &'a LedgerRow>) -> BTreeMap<String, Totals> {
+pub(crate) fn per_currency<'a>(rows: impl IntoIterator<Item = &'a LedgerRow>) -> BTreeMap<String, Totals> {
     let mut sums: BTreeMap<String, Totals> = BTreeMap::new();
     for row in rows {
         let slot = sums.entry(row.bucket.currency.clone()).or_default();
@@ -894,7 +895,7 @@ pub struct TaxThresholds {
 }
 
 /// The 1099-NEC/MISC threshold for payments made before 2026.
-pub const NEC_AMOUNT_BEFORE_2026: i64 = 60_000;
+pub(crate) const NEC_AMOUNT_BEFORE_2026: i64 = 60_000;
 
 impl Default for TaxThresholds {
     /// Today's: 1099-K above $20,000 and above 200 payments; 1099-NEC/MISC at $2,000 for payments

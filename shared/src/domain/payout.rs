@@ -22,22 +22,22 @@ use super::step::{CauseKind, Step, StepCause, StepKind, StepStatus};
 /// Seconds in a day.
 pub const DAY_SECS: i64 = 24 * 60 * 60;
 /// The longest hold a policy may ask for.
-pub const MAX_HOLD_DAYS: u32 = 365;
+pub(crate) const MAX_HOLD_DAYS: u32 = 365;
 /// The longest wait after a failed payout a policy may ask for.
-pub const MAX_RETRY_AFTER_DAYS: u32 = 365;
+pub(crate) const MAX_RETRY_AFTER_DAYS: u32 = 365;
 /// How long the next payout of a currency waits after one failed, unless the external account
 /// changes first.
-pub const DEFAULT_RETRY_AFTER_DAYS: u32 = 3;
+pub(crate) const DEFAULT_RETRY_AFTER_DAYS: u32 = 3;
 /// The share of Stripe's manual-payout limit after which unpaid funds are warned about, in percent.
-pub const DEFAULT_STALE_PERCENT: u32 = 80;
+pub(crate) const DEFAULT_STALE_PERCENT: u32 = 80;
 /// The most lots one balance keeps; past it, the two closest in time are merged (dated by the
 /// younger, so that merged funds never look older).
-pub const MAX_LOTS: usize = 24;
+pub(crate) const MAX_LOTS: usize = 24;
 /// The source type Stripe pays out from when a payout names none.
-pub const DEFAULT_SOURCE_TYPE: &str = "card";
+pub(crate) const DEFAULT_SOURCE_TYPE: &str = "card";
 /// The largest minimum a policy may set, in minor units (a billion of the currency's major unit
 /// at two decimals): far past any real payout, and far from overflowing a sum of them.
-pub const MAX_MINIMUM: i64 = 100_000_000_000;
+pub(crate) const MAX_MINIMUM: i64 = 100_000_000_000;
 
 /// A UTC weekday, as `weekly:<day>` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -133,7 +133,7 @@ impl PayoutSchedule {
     }
 
     /// The next time after `now` at which [`Self::allows`] may turn true.
-    pub fn next_opening(self, now: i64) -> i64 {
+    pub(crate) fn next_opening(self, now: i64) -> i64 {
         let today = now.div_euclid(DAY_SECS);
         let days_ahead = match self {
             Self::OnAvailable | Self::Daily => 1,
@@ -270,7 +270,7 @@ impl PayoutPolicy {
     }
 
     /// The smallest payout of `currency`: its minimum, and never less than one minor unit.
-    pub fn minimum_of(&self, currency: &str) -> i64 {
+    pub(crate) fn minimum_of(&self, currency: &str) -> i64 {
         self.minimum.get(currency).copied().unwrap_or(0).max(1)
     }
 
@@ -321,12 +321,12 @@ impl Default for PayoutSettings {
 
 impl PayoutSettings {
     /// The policy `account` follows: its own, or the default.
-    pub fn policy_of<'a>(&'a self, account: &'a AccountState) -> &'a PayoutPolicy {
+    pub(crate) fn policy_of<'a>(&'a self, account: &'a AccountState) -> &'a PayoutPolicy {
         account.payout_policy.as_ref().map_or(&self.policy, |own| &own.policy)
     }
 
     /// The policy `account` follows, with whose it is, for its JSON.
-    pub fn shown_policy(&self, account: &AccountState) -> AccountPayoutPolicy {
+    pub(crate) fn shown_policy(&self, account: &AccountState) -> AccountPayoutPolicy {
         match &account.payout_policy {
             Some(own) => AccountPayoutPolicy { source: PolicySource::Account, policy: own.policy.clone() },
             None => AccountPayoutPolicy { source: PolicySource::Default, policy: self.policy.clone() },
@@ -337,7 +337,7 @@ impl PayoutSettings {
 /// Stripe's manual-payout limit for an account's country, in days: funds must be paid out within
 /// it (2 years in the United States, 10 days in Thailand, 90 days elsewhere). An account whose
 /// country is unknown gets the shortest common limit, 90 days, so that a warning is never late.
-pub fn manual_payout_limit_days(country: Option<&str>) -> u32 {
+pub(crate) fn manual_payout_limit_days(country: Option<&str>) -> u32 {
     match country.map(str::to_ascii_uppercase).as_deref() {
         Some("US") => 730,
         Some("TH") => 10,
@@ -380,7 +380,7 @@ impl HeldBalance {
     }
 
     /// What has been held since `cutoff` or before.
-    pub fn held_since(&self, cutoff: i64) -> i64 {
+    pub(crate) fn held_since(&self, cutoff: i64) -> i64 {
         self.lots
             .iter()
             .filter(|lot| lot.since <= cutoff)
@@ -389,7 +389,7 @@ impl HeldBalance {
 
     /// Brings the lots to the balance `amount` seen at `at`: a rise is a new lot dated `at`, a fall
     /// takes the oldest lots first.
-    pub fn observe(&mut self, amount: i64, at: i64) {
+    pub(crate) fn observe(&mut self, amount: i64, at: i64) {
         let amount = amount.max(0);
         let total = self.total();
         if amount > total {
@@ -413,7 +413,7 @@ impl HeldBalance {
     }
 
     /// Takes `amount` from the oldest lots (all of them, if they hold less).
-    pub fn take_oldest(&mut self, mut amount: i64) {
+    pub(crate) fn take_oldest(&mut self, mut amount: i64) {
         for lot in &mut self.lots {
             if amount <= 0 {
                 break;
@@ -426,7 +426,7 @@ impl HeldBalance {
     }
 
     /// Takes every lot held since `cutoff` or before: their total and the youngest one's date.
-    pub fn take_held_since(&mut self, cutoff: i64) -> (i64, Option<i64>) {
+    pub(crate) fn take_held_since(&mut self, cutoff: i64) -> (i64, Option<i64>) {
         let mut amount = 0i64;
         let mut youngest = None;
         self.lots.retain(|lot| {
@@ -553,7 +553,7 @@ pub struct PayoutOptions {
 }
 
 /// The source type a payout step draws from: its own, else `card`.
-pub fn source_type_of(step: &Step) -> &str {
+pub(crate) fn source_type_of(step: &Step) -> &str {
     step.payout.as_ref().and_then(|options| options.source_type.as_deref()).unwrap_or(DEFAULT_SOURCE_TYPE)
 }
 
@@ -593,7 +593,7 @@ impl BalanceEntry {
 
 /// Reads `available[]` of a balance object: entries whose currency or amount cannot be read are
 /// skipped, and so are source types that are not plain names or whose amount is not an integer.
-pub fn read_balance_entries(balance: &Value) -> Vec<BalanceEntry> {
+pub(crate) fn read_balance_entries(balance: &Value) -> Vec<BalanceEntry> {
     let Some(available) = balance.get("available").and_then(Value::as_array) else { return Vec::new() };
     available
         .iter()
@@ -627,7 +627,7 @@ fn is_source_type_name(name: &str) -> bool {
 
 /// What asks for a plan.
 #[derive(Debug, Clone, Copy)]
-pub enum PayoutTrigger<'a> {
+pub(crate) enum PayoutTrigger<'a> {
     /// A `balance.available` event on the account, newer than any applied before.
     Balance {
         /// `evt_…`.
@@ -644,13 +644,13 @@ pub enum PayoutTrigger<'a> {
 /// Whether a `balance.available` of `created` is stale for `account`: two balance events of one
 /// second cannot be ordered, and the second may predate a payout the first planned, so only a
 /// strictly newer balance plans.
-pub fn is_stale_balance(account: &AccountState, created: i64) -> bool {
+pub(crate) fn is_stale_balance(account: &AccountState, created: i64) -> bool {
     account.ordering.balance.is_some_and(|newest| created <= newest)
 }
 
 /// What one plan writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PayoutPlan {
+pub(crate) struct PayoutPlan {
     /// The account's next state, one version up; `None` when nothing about it changed (and then
     /// nothing is planned either).
     pub account: Option<AccountState>,
@@ -669,7 +669,7 @@ pub struct PayoutPlan {
 /// unsent payout of ours stands if the new balance still covers it and is superseded (refused, its
 /// funds held again) if not. Then funds held at least `hold_days` are paid, if the schedule allows
 /// it, no failed payout holds the currency, and they reach the minimum.
-pub fn plan_payouts(
+pub(crate) fn plan_payouts(
     trigger: &PayoutTrigger<'_>,
     account: &AccountState,
     settings: &PayoutSettings,
@@ -939,7 +939,7 @@ fn replaced_since(account: &AccountState, currency: Option<&str>, failed_at: i64
 
 /// What identifies the external accounts payouts of `currency` (all, for `None`) may go to: a
 /// change of any of them (added, removed, re-verified, made default) shows here.
-pub fn external_accounts_of(account: &AccountState, currency: Option<&str>) -> String {
+pub(crate) fn external_accounts_of(account: &AccountState, currency: Option<&str>) -> String {
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
     account
         .external_accounts
@@ -965,7 +965,7 @@ pub fn external_accounts_of(account: &AccountState, currency: Option<&str>) -> S
 /// Whether payouts of `currency` go to an external account that supports Instant Payouts: the
 /// currency's default external account (or its only one) lists `instant` among its
 /// `available_payout_methods`.
-pub fn supports_instant(account: &AccountState, currency: &str) -> bool {
+pub(crate) fn supports_instant(account: &AccountState, currency: &str) -> bool {
     let of_currency: Vec<&ExternalAccountSummary> = account
         .external_accounts
         .values()

@@ -9,11 +9,11 @@ use super::account::AccountId;
 pub const FIRST_RUN_LOOKBACK_SECS: i64 = 3 * 24 * 60 * 60;
 /// How much earlier than its cursor each run lists, so that an event Stripe lists a little after
 /// its `created` is not missed; the dedupe record makes the overlap free of effects.
-pub const CURSOR_OVERLAP_SECS: i64 = 10 * 60;
+pub(crate) const CURSOR_OVERLAP_SECS: i64 = 10 * 60;
 /// Stripe keeps events for 30 days; a cursor older than this is alarmed on before that closes.
 pub const CURSOR_ALARM_AGE_SECS: i64 = 25 * 24 * 60 * 60;
 /// How many runs the state keeps for the console and for `reconcile`'s report.
-pub const RUNS_KEPT: usize = 20;
+pub(crate) const RUNS_KEPT: usize = 20;
 
 /// The reconciler's state, one item per deployment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +77,7 @@ pub struct ReconcileRun {
 impl ReconcilerState {
     /// Where a run at `now` lists from: the cursor less the overlap, or, with no state,
     /// [`FIRST_RUN_LOOKBACK_SECS`] ago.
-    pub fn list_from(state: Option<&Self>, now: i64) -> i64 {
+    pub(crate) fn list_from(state: Option<&Self>, now: i64) -> i64 {
         match state {
             Some(state) if state.cursor > 0 => state.cursor.saturating_sub(CURSOR_OVERLAP_SECS),
             _ => now.saturating_sub(FIRST_RUN_LOOKBACK_SECS),

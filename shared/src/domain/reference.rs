@@ -9,7 +9,7 @@ use super::account::AccountId;
 use super::step::UnresolvedCall;
 
 /// The longest reference accepted.
-pub const MAX_REFERENCE_LEN: usize = 200;
+pub(crate) const MAX_REFERENCE_LEN: usize = 200;
 
 /// What a reference names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +107,7 @@ impl ReferenceRecord {
 
 /// Whether `reference` is one Connect Flow accepts: 1 to [`MAX_REFERENCE_LEN`] printable ASCII
 /// characters, none of them `#` (the DynamoDB key separator).
-pub fn is_valid_reference(reference: &str) -> bool {
+pub(crate) fn is_valid_reference(reference: &str) -> bool {
     (1..=MAX_REFERENCE_LEN).contains(&reference.len())
         && reference.bytes().all(|byte| byte.is_ascii_graphic() && byte != b'#')
 }

@@ -459,7 +459,7 @@ impl Step {
     }
 
     /// Whether a call under the current attempt's key may have reached Stripe.
-    pub fn may_have_been_sent(&self) -> bool {
+    pub(crate) fn may_have_been_sent(&self) -> bool {
         self.status == StepStatus::InFlight || self.status == StepStatus::Succeeded
     }
 

@@ -347,7 +347,7 @@ impl<S: AccountStore, C: Clock> PlatformApi<S, C> {
                 account_id: account_id.clone(),
                 event_id: "",
                 created,
-                object: object.clone(),
+                object: object.into(),
             };
             let mut next = match decide(&event, current.as_ref()) {
                 AccountDecision::Apply(next) => *next,

@@ -27,19 +27,19 @@ use super::{ApiError, ApiReply, PlatformApi};
 /// The page's `Content-Type`.
 pub const HTML: &str = "text/html; charset=utf-8";
 /// Stuck accounts listed per onboarding status; the rest are counted.
-pub const ACCOUNTS_SHOWN_PER_STATUS: usize = 50;
+pub(crate) const ACCOUNTS_SHOWN_PER_STATUS: usize = 50;
 /// The most `list_accounts` pages one render reads (100 accounts each).
-pub const MAX_ACCOUNT_PAGES: usize = 300;
+pub(crate) const MAX_ACCOUNT_PAGES: usize = 300;
 /// Open steps counted per status; past this the count reads "1000+".
-pub const OPEN_STEPS_COUNTED: usize = 1000;
+pub(crate) const OPEN_STEPS_COUNTED: usize = 1000;
 /// Steps listed per table (the oldest open ones of each status, the oldest failed ones).
-pub const STEPS_SHOWN: usize = 20;
+pub(crate) const STEPS_SHOWN: usize = 20;
 /// The most change-feed pages read for failed steps (100 changes each).
-pub const FEED_PAGES: usize = 20;
+pub(crate) const FEED_PAGES: usize = 20;
 /// Failed payouts and dispute cases listed; the rest are counted.
-pub const ROWS_SHOWN: usize = 50;
+pub(crate) const ROWS_SHOWN: usize = 50;
 /// Reconciler runs shown, newest first.
-pub const RUNS_SHOWN: usize = 10;
+pub(crate) const RUNS_SHOWN: usize = 10;
 /// Requirements listed per account and list before "+N more".
 const REQUIREMENTS_SHOWN: usize = 8;
 
@@ -294,7 +294,7 @@ pub struct ConsoleView {
 }
 
 /// The statuses in the funnel's order: from first contact to done, then the two dead ends.
-pub const FUNNEL: [OnboardingStatus; 7] = [
+pub(crate) const FUNNEL: [OnboardingStatus; 7] = [
     OnboardingStatus::Onboarding,
     OnboardingStatus::ActionRequired,
     OnboardingStatus::PendingVerification,
@@ -610,7 +610,7 @@ code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:#eff2f5;pa
 ";
 
 /// Renders the page.
-pub fn render(view: &ConsoleView) -> String {
+pub(crate) fn render(view: &ConsoleView) -> String {
     let mut html = Html(String::with_capacity(64 * 1024));
     html.raw(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\

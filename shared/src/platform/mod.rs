@@ -33,11 +33,11 @@ use token::LinkSecret;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The HMAC key for onboarding refresh tokens.
-pub const LINK_SECRET: &str = "CONNECT_FLOW_LINK_SECRET";
+pub(crate) const LINK_SECRET: &str = "CONNECT_FLOW_LINK_SECRET";
 /// Its Secrets Manager ARN, deployed.
-pub const LINK_SECRET_ARN: &str = "CONNECT_FLOW_LINK_SECRET_ARN";
+pub(crate) const LINK_SECRET_ARN: &str = "CONNECT_FLOW_LINK_SECRET_ARN";
 /// The public base URL of this deployment, for the refresh links it hands Stripe.
-pub const PUBLIC_URL: &str = "CONNECT_FLOW_PUBLIC_URL";
+pub(crate) const PUBLIC_URL: &str = "CONNECT_FLOW_PUBLIC_URL";
 /// The bearer token `serve` requires on the platform routes.
 pub const API_TOKEN: &str = "CONNECT_FLOW_API_TOKEN";
 /// Which Accounts API `POST /accounts` creates accounts with: `v1` (the default) or `v2`.
@@ -85,7 +85,7 @@ pub struct ApiRequest<'a> {
 
 /// Whether a route is the one platform route without the API's authentication: the refresh link,
 /// which carries its own signed token.
-pub fn is_public_route(method: &str, path: &str) -> bool {
+pub(crate) fn is_public_route(method: &str, path: &str) -> bool {
     method == "GET" && path.trim_end_matches('/') == "/onboarding/refresh"
 }
 

@@ -10,7 +10,7 @@ use sha2::Sha256;
 use crate::domain::account::AccountId;
 
 /// How long a refresh token lives.
-pub const TOKEN_LIFETIME_SECS: i64 = 7 * 24 * 60 * 60;
+pub(crate) const TOKEN_LIFETIME_SECS: i64 = 7 * 24 * 60 * 60;
 
 /// The HMAC key for refresh tokens (`CONNECT_FLOW_LINK_SECRET`). Never shown.
 #[derive(Clone)]

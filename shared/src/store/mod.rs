@@ -201,7 +201,7 @@ pub struct AccountQuery<'a> {
 }
 
 /// The most items one page holds.
-pub const MAX_PAGE: usize = 100;
+pub(crate) const MAX_PAGE: usize = 100;
 
 /// One page of accounts, ordered by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -222,7 +222,7 @@ pub struct ChangePage {
 }
 
 /// How long a change item is kept: a consumer further behind than this must re-read the accounts.
-pub const CHANGE_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;
+pub(crate) const CHANGE_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;
 
 /// A payment as stored: its guard (absent until its first plan) and its steps, ordered by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -466,7 +466,7 @@ pub enum Queue {
 
 impl Queue {
     /// The two queues steps go to.
-    pub const STEPS: [Self; 2] = [Self::Transfers, Self::Payouts];
+    pub(crate) const STEPS: [Self; 2] = [Self::Transfers, Self::Payouts];
 
     /// The queue a step of `kind` goes to.
     pub fn of(kind: StepKind) -> Self {

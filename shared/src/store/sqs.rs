@@ -56,7 +56,8 @@ impl SqsQueue {
     }
 
     /// Whether fetch steps have a queue to go to.
-    pub fn has_fetch_queue(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn has_fetch_queue(&self) -> bool {
         self.fetch_url.is_some()
     }
 
@@ -183,13 +184,8 @@ impl StepQueue for SqsQueue {
     }
 }
 
-/// The two queue URLs from the environment, when both are set.
-pub fn queue_urls_from_env() -> Option<(String, String)> {
-    queue_urls_from_lookup(|name| std::env::var(name).ok())
-}
-
 /// The two queue URLs read through `lookup`, when both are set and not blank.
-pub fn queue_urls_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Option<(String, String)> {
+pub(crate) fn queue_urls_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Option<(String, String)> {
     let read = |name| lookup(name).map(|url| url.trim().to_owned()).filter(|url| !url.is_empty());
     Some((read(TRANSFERS_QUEUE_URL)?, read(PAYOUTS_QUEUE_URL)?))
 }
@@ -256,7 +252,7 @@ pub fn deduplication_id(step_id: &str) -> String {
 
 /// SQS's error code for a service error; otherwise what kept the request from completing. Never
 /// the request, which holds the body.
-pub fn sdk_failure<E, R>(err: &SdkError<E, R>) -> String
+pub(crate) fn sdk_failure<E, R>(err: &SdkError<E, R>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,

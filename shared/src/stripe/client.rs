@@ -20,11 +20,11 @@ use crate::domain::funds::STEP_METADATA;
 use crate::metrics::Metrics;
 
 /// Stripe's API host.
-pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
+pub(crate) const DEFAULT_API_BASE: &str = "https://api.stripe.com";
 /// The API version every request pins, so that response shapes do not change under us.
 pub const STRIPE_VERSION: &str = "2024-06-20";
 /// How long one request may take, connection included, before it counts as a retryable failure.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The variable that holds the Stripe secret key.
 pub const API_KEY_VAR: &str = "STRIPE_API_KEY";
 /// The variable that overrides the API base URL (tests point it at a stand-in server).
@@ -483,7 +483,7 @@ impl StripeClient {
 
     /// [`Self::create_payout`] with a `method` (`standard` or `instant`) and a `source_type`
     /// (`card`, `bank_account`, `fpx`: the balance it draws from) when they are given.
-    pub async fn create_payout_by(
+    pub(crate) async fn create_payout_by(
         &self,
         account: &AccountId,
         amount: i64,

@@ -21,7 +21,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl StripeClient {
     /// Every webhook endpoint of the account, as Stripe lists them.
-    pub async fn list_webhook_endpoints(&self) -> Result<Vec<Value>, StripeError> {
+    pub(crate) async fn list_webhook_endpoints(&self) -> Result<Vec<Value>, StripeError> {
         let mut endpoints = Vec::new();
         let mut starting_after: Option<String> = None;
         for _ in 0..MAX_LIST_PAGES {
@@ -51,7 +51,7 @@ impl StripeClient {
     }
 
     /// Every event destination, or `None` when the account has no event destinations API (404).
-    pub async fn list_event_destinations(&self) -> Result<Option<Vec<Value>>, StripeError> {
+    pub(crate) async fn list_event_destinations(&self) -> Result<Option<Vec<Value>>, StripeError> {
         let mut destinations = Vec::new();
         let mut target = DESTINATIONS_PATH.to_owned();
         for _ in 0..MAX_LIST_PAGES {

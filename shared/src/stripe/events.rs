@@ -56,7 +56,7 @@ impl StripeClient {
     }
 
     /// `GET /v1/accounts` created at or after `created_gte`, one page from `starting_after`.
-    pub async fn list_accounts_created(
+    pub(crate) async fn list_accounts_created(
         &self,
         created_gte: i64,
         starting_after: Option<&str>,

@@ -42,7 +42,7 @@ impl StripeClient {
 impl StripeClient {
     /// `GET /v2/core/events/{id}`: the thin event with its `data`, with `Stripe-Context` when the
     /// event had one.
-    pub async fn retrieve_v2_event(
+    pub(crate) async fn retrieve_v2_event(
         &self,
         event_id: &str,
         context: Option<&str>,
@@ -54,7 +54,7 @@ impl StripeClient {
 
     /// `GET /v1/{segments…}`, on `account` (`Stripe-Account`) when given: one v1 object. Every
     /// segment is checked as an id, so no event can steer the path.
-    pub async fn retrieve_v1(
+    pub(crate) async fn retrieve_v1(
         &self,
         operation: &'static str,
         segments: &[&str],

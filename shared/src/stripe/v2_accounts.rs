@@ -57,7 +57,7 @@ use crate::domain::account::AccountId;
 
 /// How long a v2 idempotency key may be sent again: Stripe treats requests under one key as the
 /// same request for 30 days; a day's margin covers clock skew and a slow call.
-pub const V2_KEY_REUSE_LIMIT_SECS: i64 = 29 * 24 * 60 * 60;
+pub(crate) const V2_KEY_REUSE_LIMIT_SECS: i64 = 29 * 24 * 60 * 60;
 
 /// The list path a lookup pages through; a `next_page_url` elsewhere is refused.
 const LIST_PATH: &str = "/v2/core/accounts";
@@ -113,7 +113,7 @@ const MERCHANT_CAPABILITIES: &[&str] = &[
 /// The v2 capability, as its dotted path under `configuration`, that a v1 capability name asks
 /// for: `card_payments` → `merchant.card_payments`, `transfers` →
 /// `recipient.stripe_balance.stripe_transfers`. `None` for a name with no v2 equivalent.
-pub fn v2_capability(v1_name: &str) -> Option<String> {
+pub(crate) fn v2_capability(v1_name: &str) -> Option<String> {
     match v1_name {
         "transfers" => Some(crate::domain::account::V2_TRANSFERS_CAPABILITY.to_owned()),
         "us_bank_account_ach_payments" => Some("merchant.ach_debit_payments".to_owned()),
@@ -124,7 +124,7 @@ pub fn v2_capability(v1_name: &str) -> Option<String> {
 
 /// The platform's `fees_payer` as v2's `fees_collector`: an account that pays its own fees has
 /// Stripe collect them.
-pub fn v2_fees_collector(fees_payer: &str) -> Option<&'static str> {
+pub(crate) fn v2_fees_collector(fees_payer: &str) -> Option<&'static str> {
     match fees_payer {
         "account" => Some("stripe"),
         "application" => Some("application"),

@@ -59,7 +59,7 @@ pub struct DisputeRecord {
 impl DisputeRecord {
     /// Whether the platform is out of this dispute's funds now: withdrawn and not given back.
     /// Inquiries (`warning_*`) never move money.
-    pub fn funds_gone(&self) -> bool {
+    pub(crate) fn funds_gone(&self) -> bool {
         self.withdrawn && !self.reinstated && !self.status.starts_with("warning_")
     }
 }
@@ -78,7 +78,7 @@ pub struct FailedRefund {
 /// The share of a charge that is gone from the platform now, which the sellers' transfers are
 /// brought to in proportion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Clawback {
+pub(crate) struct Clawback {
     /// The charge's captured amount.
     pub amount: i64,
     /// Refunded and not failed.
@@ -98,7 +98,7 @@ impl Clawback {
 }
 
 /// `floor(split × part / whole)`, with `part` clamped to `0..=whole`; 0 for a non-positive whole.
-pub fn proportion(split: i64, part: i64, whole: i64) -> i64 {
+pub(crate) fn proportion(split: i64, part: i64, whole: i64) -> i64 {
     if whole <= 0 || split <= 0 {
         return 0;
     }
@@ -109,7 +109,7 @@ pub fn proportion(split: i64, part: i64, whole: i64) -> i64 {
 
 /// What is refunded now: the newest `charge.refunded` snapshot, less each failed refund that
 /// snapshot still counted (one created no later than the snapshot, failed no earlier than it).
-pub fn refunded_now(record: &PaymentRecord) -> i64 {
+pub(crate) fn refunded_now(record: &PaymentRecord) -> i64 {
     let Some(refund) = &record.refund else { return 0 };
     let still_counted: i64 = record
         .failed_refunds
@@ -121,7 +121,7 @@ pub fn refunded_now(record: &PaymentRecord) -> i64 {
 }
 
 /// Disputed and not given back, in `currency`.
-pub fn disputed_now(record: &PaymentRecord) -> i64 {
+pub(crate) fn disputed_now(record: &PaymentRecord) -> i64 {
     record
         .disputes
         .values()
@@ -131,7 +131,7 @@ pub fn disputed_now(record: &PaymentRecord) -> i64 {
 }
 
 /// The payment's clawback under `policy`, when the charge's amount is known.
-pub fn clawback(record: &PaymentRecord, policy: DisputePolicy) -> Option<Clawback> {
+pub(crate) fn clawback(record: &PaymentRecord, policy: DisputePolicy) -> Option<Clawback> {
     let amount = record.charge_amount()?;
     let disputed = if policy == DisputePolicy::Reverse { disputed_now(record) } else { 0 };
     Some(Clawback { amount, refunded: refunded_now(record), disputed })
@@ -187,7 +187,7 @@ fn is_netted_away(step: &Step) -> bool {
 /// before it reverses; money given back shrinks a reversal not sent yet before it re-transfers.
 /// Stripe-made transfers (destination charges) are only reversed for disputes: Stripe itself
 /// reverses them for refunds made with `reverse_transfer`.
-pub fn plan_moves(
+pub(crate) fn plan_moves(
     clawback: &Clawback,
     steps: &[Step],
     charge_id: Option<&str>,
@@ -297,7 +297,7 @@ pub fn plan_moves(
 
 /// Why new moves are planned: the event's kind and the Stripe id it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MoveCause {
+pub(crate) enum MoveCause {
     /// A refund snapshot (`ch_…`) or a failed refund (`re_…`).
     Refund {
         /// The charge, for a snapshot.
@@ -426,7 +426,7 @@ impl Mover<'_> {
 /// Each split's destination and its share of the disputes the platform is out of, for the
 /// accounts' dispute summaries under `hold` and `none` (under `reverse`, the reversals are the
 /// record, and nothing is left unrecovered).
-pub fn held_shares(
+pub(crate) fn held_shares(
     record: &PaymentRecord,
     steps: &[Step],
     policy: DisputePolicy,
