@@ -38,6 +38,7 @@ use crate::domain::step::StepStatus;
 use crate::fetch::{Pacer, paced, seed_of};
 use crate::metrics::Metrics;
 use crate::store::{AccountQuery, AccountStore, CommitOutcome, MAX_PAGE, StepQueue, StoreError};
+use crate::stripe::api::StripeReads;
 use crate::stripe::client::{StripeClient, StripeError};
 use crate::stripe::event::Event;
 use crate::stripe::events::ListPage;
@@ -92,7 +93,12 @@ pub fn differs(current: Option<&AccountState>, next: &AccountState) -> bool {
 /// How many accounts a run re-fetches: enough that a lap of `lap_accounts` takes at most
 /// `runs_per_week` runs, and never fewer than `min_share`; `first_lap_share` before a lap's size
 /// is known. Pure.
-pub(crate) fn drift_share(lap_accounts: u64, runs_per_week: u64, min_share: u64, first_lap_share: u64) -> u64 {
+pub(crate) fn drift_share(
+    lap_accounts: u64,
+    runs_per_week: u64,
+    min_share: u64,
+    first_lap_share: u64,
+) -> u64 {
     if lap_accounts == 0 {
         return first_lap_share.max(min_share);
     }
@@ -211,9 +217,9 @@ struct Collected {
 }
 
 /// The reconciler over one store, Stripe client and queue.
-pub struct Reconciler<S, C = SystemClock> {
+pub struct Reconciler<S, C = SystemClock, A = StripeClient> {
     webhook: WebhookService<S, C>,
-    stripe: StripeClient,
+    stripe: A,
     queue: Arc<dyn StepQueue>,
     settings: ReconcileSettings,
     pacer: Pacer,
@@ -222,12 +228,12 @@ pub struct Reconciler<S, C = SystemClock> {
     progress: Arc<dyn Progress>,
 }
 
-impl<S: AccountStore, C: Clock> Reconciler<S, C> {
+impl<S: AccountStore, C: Clock, A: StripeReads> Reconciler<S, C, A> {
     /// A reconciler that applies through `webhook` (whose queue takes what it plans), reads from
     /// `stripe`, and sweeps to `queue`.
     pub fn new(
         webhook: WebhookService<S, C>,
-        stripe: StripeClient,
+        stripe: A,
         queue: Arc<dyn StepQueue>,
         settings: ReconcileSettings,
     ) -> Self {
@@ -622,14 +628,7 @@ impl<S: AccountStore, C: Clock> Reconciler<S, C> {
     }
 
     async fn retrieve(&self, account: &AccountState) -> Result<Value, StripeError> {
-        match account.api {
-            AccountsApi::V1 => {
-                self.stripe
-                    .retrieve_v1("retrieve_account", &["accounts", account.account_id.as_str()], None)
-                    .await
-            }
-            AccountsApi::V2 => self.stripe.retrieve_v2_account(&account.account_id, None).await,
-        }
+        self.stripe.retrieve_account_as(&account.account_id, account.api).await
     }
 
     /// Applies the listed events not recorded yet, oldest first; returns how many were gone
@@ -689,7 +688,7 @@ impl<S: AccountStore, C: Clock> Reconciler<S, C> {
                 id: format!("{DRIFT_RECORD_PREFIX}{}.{sent_at}", account.account_id),
                 event_type: event_type.to_owned(),
                 created: *sent_at,
-                livemode: self.stripe.livemode(),
+                livemode: self.stripe.key_livemode(),
                 api_version: None,
                 account: Some(account.account_id.to_string()),
                 object,
@@ -904,3 +903,6 @@ mod tests {
         assert!(listed(serde_json::json!({"created": 1})).is_none());
     }
 }
+
+#[cfg(test)]
+mod scripted;
