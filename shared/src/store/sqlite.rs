@@ -1,14 +1,13 @@
 //! The embedded store: one SQLite file, the local default.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AccountPage, AccountQuery, AccountStore, AccountWrite, BoxFuture, CHANGE_RETENTION_SECS, ChangePage,
-    CommitOutcome, EventOutcome, EventRecord, EventWrite, MAX_PAGE, PaymentState, PlatformWrite, StepQueue,
-    StoreError,
+    AccountPage, AccountQuery, AccountStore, AccountWrite, BoxFuture, ChangePage, CommitOutcome,
+    EventOutcome, EventRecord, EventWrite, MAX_PAGE, PaymentState, PlatformWrite, StepQueue, StoreError,
 };
 use crate::domain::account::{AccountId, AccountState};
 use crate::domain::change::Change;
@@ -21,6 +20,14 @@ use crate::domain::step::{PaymentKey, Step, StepKind, StepRef, StepStatus};
 
 mod ledger;
 mod reconcile;
+mod rows;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use rows::{AccountRow, ChangeRow, EventCommit, Finish, StepRow};
+pub use writer::GroupCommitStats;
+use writer::Workers;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
@@ -122,12 +129,14 @@ pub fn queue_for(kind: StepKind) -> &'static str {
 
 /// Connected-account state in a SQLite file, safe to share between tasks.
 ///
-/// One connection behind a mutex: every operation is a short transaction, and SQLite serialises
-/// writers anyway. `BEGIN IMMEDIATE` makes a second process wait for the write lock instead of
-/// failing half way through.
+/// Every write goes to one writer thread, which commits whatever writes are waiting in one
+/// transaction (group commit: one fsync for many deliveries) and answers each only after that
+/// commit; see [`writer`]. Reads run on reader threads with connections of their own. No call
+/// blocks the async runtime's threads, except the few synchronous methods of the embedded queue.
+/// `BEGIN IMMEDIATE` makes a second process wait for the write lock instead of failing half way.
 #[derive(Clone)]
 pub struct SqliteStore {
-    connection: Arc<Mutex<Connection>>,
+    workers: Arc<Workers>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -144,25 +153,65 @@ fn corrupt(error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("sqlite: {error}"))
 }
 
+/// How a connection is set up. WAL lets readers proceed during a write; synchronous=FULL makes
+/// every acknowledged event survive a power cut, since Stripe will not resend what we answered
+/// 200 to.
+const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;";
+
+/// Enough cached statements for every statement the writer runs, so none is parsed twice.
+const STATEMENT_CACHE: usize = 64;
+
+fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(corrupt)
+}
+
+fn parse_all<T: serde::de::DeserializeOwned>(rows: Vec<String>) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(|json| parse_json(json)).collect()
+}
+
+/// The JSON column of every row `sql` selects with `key` as its one parameter.
+fn query_json(connection: &Connection, sql: &str, key: &str) -> Result<Vec<String>, StoreError> {
+    let mut statement = connection.prepare_cached(sql).map_err(unavailable)?;
+    let rows = statement.query_map([key], |row| row.get::<_, String>(0)).map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`, and drops event records past their expiry.
     pub fn open(path: impl AsRef<Path>, now: i64) -> Result<Self, StoreError> {
-        Self::from_connection(Connection::open(path).map_err(unavailable)?, now)
+        let path = path.as_ref().to_owned();
+        let connection = Connection::open(&path).map_err(unavailable)?;
+        let in_memory = connection.path().is_none_or(str::is_empty);
+        Self::prepare(&connection, now)?;
+        let open_reader = || -> Result<Connection, StoreError> {
+            let reader = Connection::open(&path).map_err(unavailable)?;
+            reader
+                .execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = 1;")
+                .map_err(unavailable)?;
+            reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            Ok(reader)
+        };
+        let open_reader: Option<&dyn Fn() -> Result<Connection, StoreError>> =
+            if in_memory { None } else { Some(&open_reader) };
+        Ok(Self { workers: Arc::new(Workers::start(connection, open_reader)?) })
     }
 
     /// A store that lives only in memory, for tests and benchmarks.
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::from_connection(Connection::open_in_memory().map_err(unavailable)?, 0)
+        let connection = Connection::open_in_memory().map_err(unavailable)?;
+        Self::prepare(&connection, 0)?;
+        // No second connection can see this database: reads go to the writer thread.
+        Ok(Self { workers: Arc::new(Workers::start(connection, None)?) })
     }
 
-    fn from_connection(connection: Connection, now: i64) -> Result<Self, StoreError> {
-        // WAL lets readers proceed during a write; synchronous=FULL makes every acknowledged
-        // event survive a power cut, since Stripe will not resend what we answered 200 to.
-        connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-            )
-            .map_err(unavailable)?;
+    /// How many transactions the writer committed and how many writes they carried, since open.
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.workers.stats()
+    }
+
+    fn prepare(connection: &Connection, now: i64) -> Result<(), StoreError> {
+        connection.execute_batch(PRAGMAS).map_err(unavailable)?;
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         connection.execute_batch(SCHEMA).map_err(unavailable)?;
         connection.execute_batch(ledger::LEDGER_SCHEMA).map_err(unavailable)?;
         connection.execute_batch(reconcile::RECONCILER_SCHEMA).map_err(unavailable)?;
@@ -183,10 +232,10 @@ impl SqliteStore {
             }
         }
         connection.execute_batch(OPEN_STEPS_INDEX).map_err(unavailable)?;
-        Self::migrate_legacy_refunds(&connection)?;
+        Self::migrate_legacy_refunds(connection)?;
         connection.execute("DELETE FROM events WHERE expires_at < ?1", [now]).map_err(unavailable)?;
         connection.execute("DELETE FROM changes WHERE expires_at < ?1", [now]).map_err(unavailable)?;
-        Ok(Self { connection: Arc::new(Mutex::new(connection)) })
+        Ok(())
     }
 
     /// Moves the refunds an earlier version kept in their own table into each payment's guard
@@ -227,7 +276,8 @@ impl SqliteStore {
 
     /// Checks that the database answers.
     pub fn ping(&self) -> Result<(), StoreError> {
-        self.lock()?.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)
+        self.workers
+            .read_blocking(|connection| connection.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
     }
 
     /// Takes up to `max` visible step messages from `queue`, hiding each for `visibility_secs`.
@@ -270,317 +320,128 @@ impl SqliteStore {
         visibility_secs: i64,
         max: usize,
     ) -> Result<Vec<(String, String, u32)>, StoreError> {
-        let mut connection = self.lock()?;
-        let transaction =
-            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-        let rows: Vec<(String, String, u32)> = {
-            let mut statement = transaction
+        let queue = queue.to_owned();
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        self.workers.write_blocking(move |connection| {
+            let rows: Vec<(String, String, u32)> = {
+                let mut statement = connection
+                    .prepare_cached(
+                        "SELECT message_id, body, receive_count FROM queue
+                         WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY visible_at, message_id LIMIT ?3",
+                    )
+                    .map_err(unavailable)?;
+                let rows = statement
+                    .query_map(params![queue, now, limit], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                    .map_err(unavailable)?;
+                rows.collect::<Result<_, _>>().map_err(unavailable)?
+            };
+            let mut hide = connection
                 .prepare_cached(
-                    "SELECT message_id, body, receive_count FROM queue
-                     WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY visible_at, message_id LIMIT ?3",
-                )
-                .map_err(unavailable)?;
-            let limit = i64::try_from(max).unwrap_or(i64::MAX);
-            let rows = statement
-                .query_map(params![queue, now, limit], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                .map_err(unavailable)?;
-            rows.collect::<Result<_, _>>().map_err(unavailable)?
-        };
-        let mut messages = Vec::with_capacity(rows.len());
-        for (message_id, body, receive_count) in rows {
-            transaction
-                .execute(
                     "UPDATE queue SET visible_at = ?3, receive_count = receive_count + 1 WHERE queue = ?1 AND message_id = ?2",
-                    params![queue, message_id, now.saturating_add(visibility_secs)],
                 )
                 .map_err(unavailable)?;
-            messages.push((message_id, body, receive_count + 1));
-        }
-        transaction.commit().map_err(unavailable)?;
-        Ok(messages)
+            let mut messages = Vec::with_capacity(rows.len());
+            for (message_id, body, receive_count) in rows {
+                hide.execute(params![queue, message_id, now.saturating_add(visibility_secs)])
+                    .map_err(unavailable)?;
+                messages.push((message_id, body, receive_count + 1));
+            }
+            Ok(messages)
+        })
     }
 
     /// Deletes a handled message.
     pub fn acknowledge(&self, queue: &str, message_id: &str) -> Result<(), StoreError> {
-        self.lock()?
-            .execute("DELETE FROM queue WHERE queue = ?1 AND message_id = ?2", params![queue, message_id])
-            .map_err(unavailable)?;
-        Ok(())
+        let (queue, message_id) = (queue.to_owned(), message_id.to_owned());
+        self.workers.write_blocking(move |connection| {
+            connection
+                .prepare_cached("DELETE FROM queue WHERE queue = ?1 AND message_id = ?2")
+                .and_then(|mut statement| statement.execute(params![queue, message_id]))
+                .map_err(unavailable)?;
+            Ok(())
+        })
     }
 
     /// Moves a message that failed too often to the dead-letter side, where nothing receives it.
     pub fn dead_letter(&self, queue: &str, message_id: &str) -> Result<(), StoreError> {
-        self.lock()?
-            .execute(
-                "UPDATE queue SET dead = 1 WHERE queue = ?1 AND message_id = ?2",
-                params![queue, message_id],
-            )
-            .map_err(unavailable)?;
-        Ok(())
+        let (queue, message_id) = (queue.to_owned(), message_id.to_owned());
+        self.workers.write_blocking(move |connection| {
+            connection
+                .prepare_cached("UPDATE queue SET dead = 1 WHERE queue = ?1 AND message_id = ?2")
+                .and_then(|mut statement| statement.execute(params![queue, message_id]))
+                .map_err(unavailable)?;
+            Ok(())
+        })
     }
 
     /// Every dead-lettered message of `queue`, by message id.
     pub fn dead_letters(&self, queue: &str) -> Result<Vec<String>, StoreError> {
-        let connection = self.lock()?;
-        let mut statement = connection
-            .prepare_cached("SELECT message_id FROM queue WHERE queue = ?1 AND dead = 1 ORDER BY message_id")
-            .map_err(unavailable)?;
-        let rows = statement.query_map([queue], |row| row.get::<_, String>(0)).map_err(unavailable)?;
-        rows.collect::<Result<_, _>>().map_err(unavailable)
+        let queue = queue.to_owned();
+        self.workers.read_blocking(move |connection| {
+            query_json(
+                connection,
+                "SELECT message_id FROM queue WHERE queue = ?1 AND dead = 1 ORDER BY message_id",
+                &queue,
+            )
+        })
     }
 
-    fn enqueue(&self, steps: &[StepRef]) -> Result<(), StoreError> {
+    async fn enqueue(&self, steps: &[StepRef]) -> Result<(), StoreError> {
         let messages = steps
             .iter()
             .map(|step| {
                 Ok((
                     queue_for(step.kind),
-                    step.step_id.as_str(),
+                    step.step_id.as_str().to_owned(),
                     serde_json::to_string(step).map_err(corrupt)?,
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.enqueue_messages(&messages)
+        self.enqueue_messages(messages).await
     }
 
-    fn enqueue_fetches(&self, fetches: &[FetchRef]) -> Result<(), StoreError> {
+    async fn enqueue_fetches(&self, fetches: &[FetchRef]) -> Result<(), StoreError> {
         let messages = fetches
             .iter()
             .map(|fetch| {
-                Ok((FETCH_QUEUE, fetch.event_id.as_str(), serde_json::to_string(fetch).map_err(corrupt)?))
+                Ok((FETCH_QUEUE, fetch.event_id.clone(), serde_json::to_string(fetch).map_err(corrupt)?))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.enqueue_messages(&messages)
+        self.enqueue_messages(messages).await
     }
 
     /// Queues each `(queue, message id, body)`.
-    fn enqueue_messages(&self, messages: &[(&str, &str, String)]) -> Result<(), StoreError> {
-        let mut connection = self.lock()?;
-        let transaction = connection.transaction().map_err(unavailable)?;
-        for (queue, message_id, body) in messages {
-            // A message already queued (or in flight) is the same step: keep it, as SQS FIFO
-            // drops a send with a deduplication id it has seen. A dead-lettered one is revived,
-            // as a redrive would.
-            transaction
-                .execute(
-                    "INSERT INTO queue (queue, message_id, body, visible_at) VALUES (?1, ?2, ?3, 0)
-                     ON CONFLICT (queue, message_id) DO UPDATE SET dead = 0, visible_at = 0, receive_count = 0
-                     WHERE dead = 1",
-                    params![queue, message_id, body],
-                )
-                .map_err(unavailable)?;
+    async fn enqueue_messages(
+        &self,
+        messages: Vec<(&'static str, String, String)>,
+    ) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
         }
-        transaction.commit().map_err(unavailable)
+        self.workers
+            .write(move |connection| {
+                let mut statement = connection
+                    .prepare_cached(
+                        // A message already queued (or in flight) is the same step: keep it, as SQS
+                        // FIFO drops a send with a deduplication id it has seen. A dead-lettered one
+                        // is revived, as a redrive would.
+                        "INSERT INTO queue (queue, message_id, body, visible_at) VALUES (?1, ?2, ?3, 0)
+                         ON CONFLICT (queue, message_id) DO UPDATE SET dead = 0, visible_at = 0, receive_count = 0
+                         WHERE dead = 1",
+                    )
+                    .map_err(unavailable)?;
+                for (queue, message_id, body) in &messages {
+                    statement.execute(params![queue, message_id, body]).map_err(unavailable)?;
+                }
+                Ok(())
+            })
+            .await
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.connection.lock().map_err(|_| StoreError::Unavailable("sqlite: connection lock poisoned".into()))
-    }
-
-    fn commit_now(&self, write: &EventWrite<'_>) -> Result<CommitOutcome, StoreError> {
-        let record = write.record;
-        let mut connection = self.lock()?;
-        let transaction =
-            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-        let inserted = transaction
-            .execute(
-                "INSERT INTO events (event_id, event_type, account_id, created, livemode, outcome, received_at, expires_at, reason, fetch)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (event_id) DO NOTHING",
-                params![
-                    record.event_id,
-                    record.event_type,
-                    record.account_id,
-                    record.created,
-                    record.livemode,
-                    record.outcome.as_str(),
-                    record.received_at,
-                    record.expires_at,
-                    record.reason,
-                    fetch_json(record)?,
-                ],
-            )
-            .map_err(unavailable)?;
-        if inserted == 0 {
-            return Ok(CommitOutcome::Duplicate);
-        }
-        for state in write.accounts {
-            if Self::write_account_in(&transaction, state)? == CommitOutcome::Conflict {
-                // Dropping the transaction rolls the event record back with it.
-                return Ok(CommitOutcome::Conflict);
-            }
-        }
-        if let Some(payment) = write.payment {
-            let json = serde_json::to_string(payment).map_err(corrupt)?;
-            let version = i64::try_from(payment.version).map_err(corrupt)?;
-            let written = if version == 1 {
-                // Absent, or migrated from an earlier version's refund at version 0.
-                transaction.execute(
-                    "INSERT INTO payments (payment_key, version, record) VALUES (?1, 1, ?2)
-                     ON CONFLICT (payment_key) DO UPDATE SET version = 1, record = ?2 WHERE payments.version = 0",
-                    params![payment.payment_key.as_str(), json],
-                )
-            } else {
-                transaction.execute(
-                    "UPDATE payments SET version = ?2, record = ?3 WHERE payment_key = ?1 AND version = ?4",
-                    params![payment.payment_key.as_str(), version, json, version - 1],
-                )
-            }
-            .map_err(unavailable)?;
-            if written == 0 {
-                return Ok(CommitOutcome::Conflict);
-            }
-        }
-        Self::finish_in(transaction, write.new_steps, write.step_updates, write.changes)
-    }
-
-    /// Writes a commit's steps and changes and commits it; a step that exists, or moved since it
-    /// was read, makes the whole transaction a conflict (dropping it rolls everything back).
-    fn finish_in(
-        transaction: rusqlite::Transaction<'_>,
-        new_steps: &[Step],
-        step_updates: &[Step],
-        changes: &[Change],
-    ) -> Result<CommitOutcome, StoreError> {
-        if Self::insert_steps_in(&transaction, new_steps)? == CommitOutcome::Conflict {
-            return Ok(CommitOutcome::Conflict);
-        }
-        for step in step_updates {
-            if Self::update_step_in(&transaction, step)? == CommitOutcome::Conflict {
-                return Ok(CommitOutcome::Conflict);
-            }
-        }
-        Self::insert_changes_in(&transaction, changes)?;
-        transaction.commit().map_err(unavailable)?;
-        Ok(CommitOutcome::Committed)
-    }
-
-    fn commit_platform_now(&self, write: &PlatformWrite<'_>) -> Result<CommitOutcome, StoreError> {
-        let mut connection = self.lock()?;
-        let transaction =
-            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-        let reference = write.reference;
-        let json = serde_json::to_string(reference).map_err(corrupt)?;
-        let version = i64::try_from(reference.version).map_err(corrupt)?;
-        let kind = reference.kind.as_str();
-        let written = if version == 1 {
-            transaction.execute(
-                "INSERT INTO refs (kind, reference, version, record) VALUES (?1, ?2, 1, ?3)
-                 ON CONFLICT (kind, reference) DO NOTHING",
-                params![kind, reference.reference, json],
-            )
-        } else {
-            transaction.execute(
-                "UPDATE refs SET version = ?3, record = ?4 WHERE kind = ?1 AND reference = ?2 AND version = ?5",
-                params![kind, reference.reference, version, json, version - 1],
-            )
-        }
-        .map_err(unavailable)?;
-        if written == 0 {
-            return Ok(CommitOutcome::Conflict);
-        }
-        if let Some(state) = write.account
-            && Self::write_account_in(&transaction, state)? == CommitOutcome::Conflict
-        {
-            return Ok(CommitOutcome::Conflict);
-        }
-        Self::finish_in(transaction, write.new_steps, &[], write.changes)
-    }
-
-    /// Writes an account's state if the stored one is at `version - 1` (or absent, for 1).
-    fn write_account_in(connection: &Connection, state: &AccountState) -> Result<CommitOutcome, StoreError> {
-        let json = serde_json::to_string(state).map_err(corrupt)?;
-        let id = state.account_id.as_str();
-        let status = state.onboarding_status.as_str();
-        let version = i64::try_from(state.version).map_err(corrupt)?;
-        let written = if version == 1 {
-            connection.execute(
-                "INSERT INTO accounts (account_id, version, onboarding_status, state) VALUES (?1, 1, ?2, ?3)
-                 ON CONFLICT (account_id) DO NOTHING",
-                params![id, status, json],
-            )
-        } else {
-            connection.execute(
-                "UPDATE accounts SET version = ?2, onboarding_status = ?3, state = ?4
-                 WHERE account_id = ?1 AND version = ?5",
-                params![id, version, status, json, version - 1],
-            )
-        }
-        .map_err(unavailable)?;
-        Ok(if written == 0 { CommitOutcome::Conflict } else { CommitOutcome::Committed })
-    }
-
-    /// Inserts new steps; `Conflict` if any of them exists.
-    fn insert_steps_in(connection: &Connection, steps: &[Step]) -> Result<CommitOutcome, StoreError> {
-        for step in steps {
-            let json = serde_json::to_string(step).map_err(corrupt)?;
-            let version = i64::try_from(step.version).map_err(corrupt)?;
-            let inserted = connection
-                .execute(
-                    "INSERT INTO steps (step_id, payment_key, destination, version, step, status, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (step_id) DO NOTHING",
-                    params![
-                        step.step_id.as_str(),
-                        step.payment_key.as_deref(),
-                        step.destination.as_str(),
-                        version,
-                        json,
-                        step.status.as_str(),
-                        step.updated_at
-                    ],
-                )
-                .map_err(unavailable)?;
-            if inserted == 0 {
-                return Ok(CommitOutcome::Conflict);
-            }
-        }
-        Ok(CommitOutcome::Committed)
-    }
-
-    /// Appends changes to the feed. The sequence is assigned inside the writer's transaction, so
-    /// the feed's order is the commit order and no later commit can slip in before a listed one.
-    /// A change id already in the feed (the same version's change) is kept as first written.
-    fn insert_changes_in(connection: &Connection, changes: &[Change]) -> Result<(), StoreError> {
-        for change in changes {
-            let json = serde_json::to_string(change).map_err(corrupt)?;
-            connection
-                .execute(
-                    "INSERT INTO changes (change_id, change, expires_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (change_id) DO NOTHING",
-                    params![change.id, json, change.at.saturating_add(CHANGE_RETENTION_SECS)],
-                )
-                .map_err(unavailable)?;
-        }
-        Ok(())
-    }
-
-    fn update_step_in(connection: &Connection, step: &Step) -> Result<CommitOutcome, StoreError> {
-        let json = serde_json::to_string(step).map_err(corrupt)?;
-        let version = i64::try_from(step.version).map_err(corrupt)?;
-        let updated = connection
-            .execute(
-                "UPDATE steps SET version = ?2, step = ?3, status = ?5, updated_at = ?6
-                 WHERE step_id = ?1 AND version = ?4",
-                params![
-                    step.step_id.as_str(),
-                    version,
-                    json,
-                    version - 1,
-                    step.status.as_str(),
-                    step.updated_at
-                ],
-            )
-            .map_err(unavailable)?;
-        Ok(if updated == 1 { CommitOutcome::Committed } else { CommitOutcome::Conflict })
-    }
-
-    fn query_steps(&self, sql: &str, key: &str) -> Result<Vec<Step>, StoreError> {
-        Self::query_steps_in(&*self.lock()?, sql, key)
-    }
-
-    fn query_steps_in(connection: &Connection, sql: &str, key: &str) -> Result<Vec<Step>, StoreError> {
-        let mut statement = connection.prepare_cached(sql).map_err(unavailable)?;
-        let rows = statement.query_map([key], |row| row.get::<_, String>(0)).map_err(unavailable)?;
-        rows.map(|json| serde_json::from_str(&json.map_err(unavailable)?).map_err(corrupt)).collect()
+    /// The steps `sql` selects with `key` as its one parameter.
+    async fn query_steps(&self, sql: &'static str, key: &str) -> Result<Vec<Step>, StoreError> {
+        let key = key.to_owned();
+        parse_all(self.workers.read(move |connection| query_json(connection, sql, &key)).await?)
     }
 
     fn read_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(EventRecord, String, Option<String>)> {
@@ -603,17 +464,19 @@ impl SqliteStore {
 
 impl StepQueue for SqliteStore {
     fn send<'a>(&'a self, steps: &'a [StepRef]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move { self.enqueue(steps) })
+        Box::pin(self.enqueue(steps))
     }
 
     fn send_fetches<'a>(&'a self, fetches: &'a [FetchRef]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move { self.enqueue_fetches(fetches) })
+        Box::pin(self.enqueue_fetches(fetches))
     }
 }
 
+const PAYMENT_STEPS: &str = "SELECT step FROM steps WHERE payment_key = ?1 ORDER BY step_id";
+
 impl AccountStore for SqliteStore {
     async fn load_reconciler(&self) -> Result<Option<ReconcilerState>, StoreError> {
-        self.load_reconciler_now()
+        self.load_reconciler_now().await
     }
 
     async fn save_reconciler(
@@ -621,15 +484,15 @@ impl AccountStore for SqliteStore {
         state: &ReconcilerState,
         replace_unreadable: bool,
     ) -> Result<CommitOutcome, StoreError> {
-        self.save_reconciler_now(state, replace_unreadable)
+        self.save_reconciler_now(state, replace_unreadable).await
     }
 
     async fn load_ledger_entry(&self, key: &str) -> Result<Option<LedgerEntry>, StoreError> {
-        self.load_ledger_entry_now(key)
+        self.load_ledger_entry_now(key).await
     }
 
     async fn commit_ledger(&self, plan: &LedgerPlan) -> Result<CommitOutcome, StoreError> {
-        self.commit_ledger_now(plan)
+        self.commit_ledger_now(plan).await
     }
 
     async fn load_ledger_months(
@@ -638,48 +501,56 @@ impl AccountStore for SqliteStore {
         from: Month,
         to: Month,
     ) -> Result<Vec<LedgerRow>, StoreError> {
-        self.load_ledger_months_now(account_id, from, to)
+        self.load_ledger_months_now(account_id, from, to).await
     }
 
     async fn load_fee_month(&self, month: Month) -> Result<Vec<LedgerRow>, StoreError> {
-        self.load_fee_month_now(month)
+        self.load_fee_month_now(month).await
     }
 
     async fn load_account(&self, account_id: &AccountId) -> Result<Option<AccountState>, StoreError> {
-        let json: Option<String> = self
-            .lock()?
-            .query_row("SELECT state FROM accounts WHERE account_id = ?1", [account_id.as_str()], |row| {
-                row.get(0)
+        let id = account_id.as_str().to_owned();
+        let json = self
+            .workers
+            .read(move |connection| {
+                connection
+                    .prepare_cached("SELECT state FROM accounts WHERE account_id = ?1")
+                    .and_then(|mut statement| {
+                        statement.query_row([id], |row| row.get::<_, String>(0)).optional()
+                    })
+                    .map_err(unavailable)
             })
-            .optional()
-            .map_err(unavailable)?;
-        json.map(|json| serde_json::from_str(&json).map_err(corrupt)).transpose()
+            .await?;
+        json.map(|json| parse_json(&json)).transpose()
     }
 
     async fn commit(&self, write: &EventWrite<'_>) -> Result<CommitOutcome, StoreError> {
-        self.commit_now(write)
+        let commit = EventCommit::new(write)?;
+        self.workers.write(move |connection| commit.write(connection)).await
     }
 
     async fn load_payment_steps(&self, payment_key: &PaymentKey) -> Result<Vec<Step>, StoreError> {
-        self.query_steps("SELECT step FROM steps WHERE payment_key = ?1 ORDER BY step_id", payment_key)
+        self.query_steps(PAYMENT_STEPS, payment_key).await
     }
 
     async fn load_payment(&self, payment_key: &PaymentKey) -> Result<PaymentState, StoreError> {
-        let connection = self.lock()?;
-        let json: Option<String> = connection
-            .query_row("SELECT record FROM payments WHERE payment_key = ?1", [payment_key.as_str()], |row| {
-                row.get(0)
+        let key = payment_key.as_str().to_owned();
+        let (record, steps) = self
+            .workers
+            .read(move |connection| {
+                // One read transaction, so that the guard and the steps come from one snapshot.
+                let snapshot = connection.unchecked_transaction().map_err(unavailable)?;
+                let record: Option<String> = snapshot
+                    .prepare_cached("SELECT record FROM payments WHERE payment_key = ?1")
+                    .and_then(|mut statement| statement.query_row([&key], |row| row.get(0)).optional())
+                    .map_err(unavailable)?;
+                let steps = query_json(&snapshot, PAYMENT_STEPS, &key)?;
+                snapshot.finish().map_err(unavailable)?;
+                Ok((record, steps))
             })
-            .optional()
-            .map_err(unavailable)?;
-        let record: Option<PaymentRecord> =
-            json.map(|json| serde_json::from_str(&json).map_err(corrupt)).transpose()?;
-        let steps = Self::query_steps_in(
-            &connection,
-            "SELECT step FROM steps WHERE payment_key = ?1 ORDER BY step_id",
-            payment_key,
-        )?;
-        Ok(PaymentState { record, steps })
+            .await?;
+        let record: Option<PaymentRecord> = record.map(|json| parse_json(&json)).transpose()?;
+        Ok(PaymentState { record, steps: parse_all(steps)? })
     }
 
     async fn list_open_steps(
@@ -688,36 +559,40 @@ impl AccountStore for SqliteStore {
         updated_before: i64,
         limit: usize,
     ) -> Result<Vec<Step>, StoreError> {
-        let connection = self.lock()?;
-        let mut statement = connection
-            .prepare_cached(
-                "SELECT step FROM steps WHERE status = ?1 AND updated_at < ?2 ORDER BY updated_at, step_id LIMIT ?3",
-            )
-            .map_err(unavailable)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement
-            .query_map(params![status.as_str(), updated_before, limit], |row| row.get::<_, String>(0))
-            .map_err(unavailable)?;
-        rows.map(|json| serde_json::from_str(&json.map_err(unavailable)?).map_err(corrupt)).collect()
+        let rows = self
+            .workers
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare_cached(
+                        "SELECT step FROM steps WHERE status = ?1 AND updated_at < ?2 ORDER BY updated_at, step_id LIMIT ?3",
+                    )
+                    .map_err(unavailable)?;
+                let rows = statement
+                    .query_map(params![status.as_str(), updated_before, limit], |row| row.get::<_, String>(0))
+                    .map_err(unavailable)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+            })
+            .await?;
+        parse_all(rows)
     }
 
     async fn load_step(&self, step: &StepRef) -> Result<Option<Step>, StoreError> {
-        Ok(self.query_steps("SELECT step FROM steps WHERE step_id = ?1", &step.step_id)?.pop())
+        Ok(self.query_steps("SELECT step FROM steps WHERE step_id = ?1", &step.step_id).await?.pop())
     }
 
     async fn update_step(&self, step: &Step, changes: &[Change]) -> Result<CommitOutcome, StoreError> {
-        if changes.is_empty() {
-            return Self::update_step_in(&*self.lock()?, step);
-        }
-        let mut connection = self.lock()?;
-        let transaction =
-            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-        if Self::update_step_in(&transaction, step)? == CommitOutcome::Conflict {
-            return Ok(CommitOutcome::Conflict);
-        }
-        Self::insert_changes_in(&transaction, changes)?;
-        transaction.commit().map_err(unavailable)?;
-        Ok(CommitOutcome::Committed)
+        let row = StepRow::new(step)?;
+        let changes = ChangeRow::all(changes)?;
+        self.workers
+            .write(move |connection| {
+                if row.update(connection)? == CommitOutcome::Conflict {
+                    return Ok(CommitOutcome::Conflict);
+                }
+                ChangeRow::insert_all(&changes, connection)?;
+                Ok(CommitOutcome::Committed)
+            })
+            .await
     }
 
     async fn load_payouts(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
@@ -725,6 +600,7 @@ impl AccountStore for SqliteStore {
             "SELECT step FROM steps WHERE destination = ?1 AND payment_key IS NULL ORDER BY step_id",
             account_id.as_str(),
         )
+        .await
     }
 
     async fn load_account_steps(&self, account_id: &AccountId) -> Result<Vec<Step>, StoreError> {
@@ -732,22 +608,26 @@ impl AccountStore for SqliteStore {
             "SELECT step FROM steps WHERE destination = ?1 ORDER BY step_id",
             account_id.as_str(),
         )
+        .await
     }
 
     async fn load_event(&self, event_id: &str) -> Result<Option<EventRecord>, StoreError> {
+        let event_id = event_id.to_owned();
         let row = self
-            .lock()?
-            .query_row(
-                "SELECT event_id, event_type, account_id, created, livemode, outcome, received_at, expires_at, reason, fetch
-                 FROM events WHERE event_id = ?1",
-                [event_id],
-                Self::read_event,
-            )
-            .optional()
-            .map_err(unavailable)?;
+            .workers
+            .read(move |connection| {
+                connection
+                    .prepare_cached(
+                        "SELECT event_id, event_type, account_id, created, livemode, outcome, received_at, expires_at, reason, fetch
+                         FROM events WHERE event_id = ?1",
+                    )
+                    .and_then(|mut statement| statement.query_row([event_id], Self::read_event).optional())
+                    .map_err(unavailable)
+            })
+            .await?;
         row.map(|(mut record, outcome, fetch)| {
             record.outcome = EventOutcome::parse(&outcome).ok_or_else(|| corrupt("unknown event outcome"))?;
-            record.fetch = fetch.map(|json| serde_json::from_str(&json).map_err(corrupt)).transpose()?;
+            record.fetch = fetch.map(|json| parse_json(&json)).transpose()?;
             Ok(record)
         })
         .transpose()
@@ -758,50 +638,95 @@ impl AccountStore for SqliteStore {
         previous: &EventRecord,
         next: &EventRecord,
     ) -> Result<CommitOutcome, StoreError> {
-        let written = self
-            .lock()?
-            .execute(
-                "UPDATE events SET outcome = ?2, reason = ?3, fetch = ?4
-                 WHERE event_id = ?1 AND outcome = ?5 AND fetch IS ?6",
-                params![
-                    next.event_id,
-                    next.outcome.as_str(),
-                    next.reason,
-                    fetch_json(next)?,
-                    EventOutcome::FetchQueued.as_str(),
-                    fetch_json(previous)?,
-                ],
-            )
-            .map_err(unavailable)?;
-        Ok(if written == 1 { CommitOutcome::Committed } else { CommitOutcome::Conflict })
+        let event_id = next.event_id.clone();
+        let outcome = next.outcome.as_str();
+        let reason = next.reason.clone();
+        let (next_fetch, previous_fetch) = (fetch_json(next)?, fetch_json(previous)?);
+        self.workers
+            .write(move |connection| {
+                let written = connection
+                    .prepare_cached(
+                        "UPDATE events SET outcome = ?2, reason = ?3, fetch = ?4
+                         WHERE event_id = ?1 AND outcome = ?5 AND fetch IS ?6",
+                    )
+                    .and_then(|mut statement| {
+                        statement.execute(params![
+                            event_id,
+                            outcome,
+                            reason,
+                            next_fetch,
+                            EventOutcome::FetchQueued.as_str(),
+                            previous_fetch,
+                        ])
+                    })
+                    .map_err(unavailable)?;
+                Ok(if written == 1 { CommitOutcome::Committed } else { CommitOutcome::Conflict })
+            })
+            .await
     }
 
     async fn list_accounts(&self, query: &AccountQuery<'_>) -> Result<AccountPage, StoreError> {
         let limit = query.limit.clamp(1, MAX_PAGE);
-        let connection = self.lock()?;
-        let mut statement = connection
-            .prepare_cached(
-                "SELECT state FROM accounts WHERE (?1 IS NULL OR onboarding_status = ?1) AND account_id > ?2
-                 ORDER BY account_id LIMIT ?3",
-            )
-            .map_err(unavailable)?;
-        let after = query.starting_after.map_or("", AccountId::as_str);
+        let status = query.status.map(|status| status.as_str());
+        let after = query.starting_after.map_or("", AccountId::as_str).to_owned();
         let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
-        let rows = statement
-            .query_map(params![query.status.map(|status| status.as_str()), after, fetch], |row| {
-                row.get::<_, String>(0)
+        let rows = self
+            .workers
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare_cached(
+                        "SELECT state FROM accounts WHERE (?1 IS NULL OR onboarding_status = ?1) AND account_id > ?2
+                         ORDER BY account_id LIMIT ?3",
+                    )
+                    .map_err(unavailable)?;
+                let rows = statement
+                    .query_map(params![status, after, fetch], |row| row.get::<_, String>(0))
+                    .map_err(unavailable)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
             })
-            .map_err(unavailable)?;
-        let mut accounts = rows
-            .map(|json| serde_json::from_str(&json.map_err(unavailable)?).map_err(corrupt))
-            .collect::<Result<Vec<AccountState>, StoreError>>()?;
+            .await?;
+        let mut accounts: Vec<AccountState> = parse_all(rows)?;
         let has_more = accounts.len() > limit;
         accounts.truncate(limit);
         Ok(AccountPage { accounts, has_more })
     }
 
     async fn commit_platform(&self, write: &PlatformWrite<'_>) -> Result<CommitOutcome, StoreError> {
-        self.commit_platform_now(write)
+        let reference = write.reference;
+        let json = serde_json::to_string(reference).map_err(corrupt)?;
+        let version = i64::try_from(reference.version).map_err(corrupt)?;
+        let kind = reference.kind.as_str();
+        let name = reference.reference.clone();
+        let account = write.account.map(AccountRow::new).transpose()?;
+        let finish = Finish::new(write.new_steps, &[], write.changes)?;
+        self.workers
+            .write(move |connection| {
+                let written = if version == 1 {
+                    connection
+                        .prepare_cached(
+                            "INSERT INTO refs (kind, reference, version, record) VALUES (?1, ?2, 1, ?3)
+                             ON CONFLICT (kind, reference) DO NOTHING",
+                        )
+                        .and_then(|mut statement| statement.execute(params![kind, name, json]))
+                } else {
+                    connection
+                        .prepare_cached(
+                            "UPDATE refs SET version = ?3, record = ?4 WHERE kind = ?1 AND reference = ?2 AND version = ?5",
+                        )
+                        .and_then(|mut statement| statement.execute(params![kind, name, version, json, version - 1]))
+                }
+                .map_err(unavailable)?;
+                if written == 0 {
+                    return Ok(CommitOutcome::Conflict);
+                }
+                if let Some(account) = &account
+                    && account.write(connection)? == CommitOutcome::Conflict
+                {
+                    return Ok(CommitOutcome::Conflict);
+                }
+                finish.write(connection)
+            })
+            .await
     }
 
     async fn load_reference(
@@ -809,16 +734,19 @@ impl AccountStore for SqliteStore {
         kind: ReferenceKind,
         reference: &str,
     ) -> Result<Option<ReferenceRecord>, StoreError> {
+        let reference = reference.to_owned();
         let json: Option<String> = self
-            .lock()?
-            .query_row(
-                "SELECT record FROM refs WHERE kind = ?1 AND reference = ?2",
-                params![kind.as_str(), reference],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(unavailable)?;
-        json.map(|json| serde_json::from_str(&json).map_err(corrupt)).transpose()
+            .workers
+            .read(move |connection| {
+                connection
+                    .prepare_cached("SELECT record FROM refs WHERE kind = ?1 AND reference = ?2")
+                    .and_then(|mut statement| {
+                        statement.query_row(params![kind.as_str(), reference], |row| row.get(0)).optional()
+                    })
+                    .map_err(unavailable)
+            })
+            .await?;
+        json.map(|json| parse_json(&json)).transpose()
     }
 
     /// Cursors are the feed's sequence numbers, zero-padded so that they also sort as text.
@@ -836,17 +764,23 @@ impl AccountStore for SqliteStore {
             },
         };
         let limit = i64::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(1);
-        let connection = self.lock()?;
-        let mut statement = connection
-            .prepare_cached("SELECT seq, change FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-            .map_err(unavailable)?;
-        let rows = statement
-            .query_map(params![after_seq, limit], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
-            .map_err(unavailable)?;
+        let rows = self
+            .workers
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare_cached("SELECT seq, change FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                    .map_err(unavailable)?;
+                let rows = statement
+                    .query_map(params![after_seq, limit], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                    })
+                    .map_err(unavailable)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+            })
+            .await?;
         let mut page = ChangePage { changes: Vec::new(), next: after.unwrap_or_default().to_owned() };
-        for row in rows {
-            let (seq, json) = row.map_err(unavailable)?;
-            let mut change: Change = serde_json::from_str(&json).map_err(corrupt)?;
+        for (seq, json) in rows {
+            let mut change: Change = parse_json(&json)?;
             change.cursor = sequence_cursor(seq);
             page.next.clone_from(&change.cursor);
             page.changes.push(change);
@@ -855,31 +789,39 @@ impl AccountStore for SqliteStore {
     }
 
     async fn commit_account(&self, write: &AccountWrite<'_>) -> Result<CommitOutcome, StoreError> {
-        let mut connection = self.lock()?;
-        let transaction =
-            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-        if Self::write_account_in(&transaction, write.account)? == CommitOutcome::Conflict {
-            return Ok(CommitOutcome::Conflict);
-        }
-        Self::finish_in(transaction, write.new_steps, write.step_updates, write.changes)
+        let account = AccountRow::new(write.account)?;
+        let finish = Finish::new(write.new_steps, write.step_updates, write.changes)?;
+        self.workers
+            .write(move |connection| {
+                if account.write(connection)? == CommitOutcome::Conflict {
+                    return Ok(CommitOutcome::Conflict);
+                }
+                finish.write(connection)
+            })
+            .await
     }
 
     /// Reads the partial index on `payout_funds.due_at`, which holds only accounts with a due time.
     async fn list_payouts_due(&self, due_by: i64, limit: usize) -> Result<Vec<AccountState>, StoreError> {
-        let connection = self.lock()?;
-        let mut statement = connection
-            .prepare_cached(
-                "SELECT state FROM accounts
-                 WHERE json_extract(state, '$.payout_funds.due_at') IS NOT NULL
-                   AND json_extract(state, '$.payout_funds.due_at') <= ?1
-                 ORDER BY json_extract(state, '$.payout_funds.due_at'), account_id LIMIT ?2",
-            )
-            .map_err(unavailable)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement
-            .query_map(params![due_by, limit], |row| row.get::<_, String>(0))
-            .map_err(unavailable)?;
-        rows.map(|json| serde_json::from_str(&json.map_err(unavailable)?).map_err(corrupt)).collect()
+        let rows = self
+            .workers
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare_cached(
+                        "SELECT state FROM accounts
+                         WHERE json_extract(state, '$.payout_funds.due_at') IS NOT NULL
+                           AND json_extract(state, '$.payout_funds.due_at') <= ?1
+                         ORDER BY json_extract(state, '$.payout_funds.due_at'), account_id LIMIT ?2",
+                    )
+                    .map_err(unavailable)?;
+                let rows = statement
+                    .query_map(params![due_by, limit], |row| row.get::<_, String>(0))
+                    .map_err(unavailable)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+            })
+            .await?;
+        parse_all(rows)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The ledger on the embedded store: one row per entry, one row per account, month and currency,
 //! both written in one transaction.
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 
 use super::{SqliteStore, corrupt, unavailable};
 use crate::domain::account::AccountId;
@@ -75,85 +75,117 @@ fn to_ledger_row(
 }
 
 impl SqliteStore {
-    pub(super) fn load_ledger_entry_now(&self, key: &str) -> Result<Option<LedgerEntry>, StoreError> {
+    pub(super) async fn load_ledger_entry_now(&self, key: &str) -> Result<Option<LedgerEntry>, StoreError> {
+        let key = key.to_owned();
         let json: Option<String> = self
-            .lock()?
-            .query_row("SELECT entry FROM ledger_entries WHERE entry_key = ?1", [key], |row| row.get(0))
-            .optional()
-            .map_err(unavailable)?;
+            .workers
+            .read(move |connection| {
+                connection
+                    .prepare_cached("SELECT entry FROM ledger_entries WHERE entry_key = ?1")
+                    .and_then(|mut statement| statement.query_row([key], |row| row.get(0)).optional())
+                    .map_err(unavailable)
+            })
+            .await?;
         json.map(|json| serde_json::from_str(&json).map_err(corrupt)).transpose()
     }
 
-    pub(super) fn commit_ledger_now(&self, plan: &LedgerPlan) -> Result<CommitOutcome, StoreError> {
+    pub(super) async fn commit_ledger_now(&self, plan: &LedgerPlan) -> Result<CommitOutcome, StoreError> {
         let entry = &plan.entry;
         let json = serde_json::to_string(entry).map_err(corrupt)?;
         let version = i64::try_from(entry.version).map_err(corrupt)?;
-        let mut connection = self.lock()?;
-        let transaction =
-            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-        let written = match version {
-            0 => return Err(StoreError::Unavailable("refusing to store a ledger entry at version 0".into())),
-            1 => transaction.execute(
-                "INSERT INTO ledger_entries (entry_key, version, entry) VALUES (?1, 1, ?2)
-                 ON CONFLICT (entry_key) DO NOTHING",
-                params![entry.key, json],
-            ),
-            _ => transaction.execute(
-                "UPDATE ledger_entries SET version = ?2, entry = ?3 WHERE entry_key = ?1 AND version = ?4",
-                params![entry.key, version, json, version - 1],
-            ),
+        if version == 0 {
+            return Err(StoreError::Unavailable("refusing to store a ledger entry at version 0".into()));
         }
-        .map_err(unavailable)?;
-        if written == 0 {
-            // Dropping the transaction rolls it back.
-            return Ok(CommitOutcome::Conflict);
-        }
-        if !plan.deltas.is_empty() {
-            let mut statement = transaction.prepare_cached(&add_to_bucket_sql()).map_err(unavailable)?;
-            for (bucket, delta) in &plan.deltas {
-                let account = bucket.account.as_str();
-                let month = bucket.month.to_string();
-                let fields = delta.fields();
-                let mut values: Vec<&dyn rusqlite::ToSql> = vec![&account, &month, &bucket.currency];
-                values.extend(fields.iter().map(|(_, value)| value as &dyn rusqlite::ToSql));
-                statement.execute(rusqlite::params_from_iter(values)).map_err(unavailable)?;
-            }
-        }
-        transaction.commit().map_err(unavailable)?;
-        Ok(CommitOutcome::Committed)
+        let key = entry.key.clone();
+        let deltas: Vec<(String, String, String, Vec<i64>)> = plan
+            .deltas
+            .iter()
+            .map(|(bucket, delta)| {
+                let values = delta.fields().iter().map(|(_, value)| *value).collect();
+                (
+                    bucket.account.as_str().to_owned(),
+                    bucket.month.to_string(),
+                    bucket.currency.clone(),
+                    values,
+                )
+            })
+            .collect();
+        self.workers
+            .write(move |connection| {
+                let written = if version == 1 {
+                    connection
+                        .prepare_cached(
+                            "INSERT INTO ledger_entries (entry_key, version, entry) VALUES (?1, 1, ?2)
+                             ON CONFLICT (entry_key) DO NOTHING",
+                        )
+                        .and_then(|mut statement| statement.execute(params![key, json]))
+                } else {
+                    connection
+                        .prepare_cached(
+                            "UPDATE ledger_entries SET version = ?2, entry = ?3 WHERE entry_key = ?1 AND version = ?4",
+                        )
+                        .and_then(|mut statement| statement.execute(params![key, version, json, version - 1]))
+                }
+                .map_err(unavailable)?;
+                if written == 0 {
+                    // Rolled back to the write's savepoint.
+                    return Ok(CommitOutcome::Conflict);
+                }
+                if !deltas.is_empty() {
+                    let mut statement = connection.prepare_cached(&add_to_bucket_sql()).map_err(unavailable)?;
+                    for (account, month, currency, fields) in &deltas {
+                        let mut values: Vec<&dyn rusqlite::ToSql> = vec![account, month, currency];
+                        values.extend(fields.iter().map(|value| value as &dyn rusqlite::ToSql));
+                        statement.execute(rusqlite::params_from_iter(values)).map_err(unavailable)?;
+                    }
+                }
+                Ok(CommitOutcome::Committed)
+            })
+            .await
     }
 
-    pub(super) fn load_ledger_months_now(
+    pub(super) async fn load_ledger_months_now(
         &self,
         account_id: &AccountId,
         from: Month,
         to: Month,
     ) -> Result<Vec<LedgerRow>, StoreError> {
-        let connection = self.lock()?;
-        let mut statement = connection
-            .prepare_cached(&select_rows_sql("account_id = ?1 AND month BETWEEN ?2 AND ?3"))
-            .map_err(unavailable)?;
-        let rows = statement
-            .query_map(params![account_id.as_str(), from.to_string(), to.to_string()], read_row)
-            .map_err(unavailable)?;
-        rows.map(|row| to_ledger_row(row.map_err(unavailable)?)).collect()
+        let (account, from, to) = (account_id.as_str().to_owned(), from.to_string(), to.to_string());
+        let rows = self
+            .workers
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare_cached(&select_rows_sql("account_id = ?1 AND month BETWEEN ?2 AND ?3"))
+                    .map_err(unavailable)?;
+                let rows = statement.query_map(params![account, from, to], read_row).map_err(unavailable)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+            })
+            .await?;
+        rows.into_iter().map(to_ledger_row).collect()
     }
 
-    pub(super) fn load_fee_month_now(&self, month: Month) -> Result<Vec<LedgerRow>, StoreError> {
-        let connection = self.lock()?;
-        let mut statement = connection
-            .prepare_cached(&select_rows_sql("month = ?1 AND (fees != 0 OR fees_refunded != 0)"))
-            .map_err(unavailable)?;
-        let rows = statement.query_map(params![month.to_string()], read_row).map_err(unavailable)?;
-        rows.map(|row| {
-            let row = to_ledger_row(row.map_err(unavailable)?)?;
-            let fees_only = Totals {
-                fees: row.totals.fees,
-                fees_refunded: row.totals.fees_refunded,
-                ..Totals::default()
-            };
-            Ok(LedgerRow { totals: fees_only, ..row })
-        })
-        .collect()
+    pub(super) async fn load_fee_month_now(&self, month: Month) -> Result<Vec<LedgerRow>, StoreError> {
+        let month = month.to_string();
+        let rows = self
+            .workers
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare_cached(&select_rows_sql("month = ?1 AND (fees != 0 OR fees_refunded != 0)"))
+                    .map_err(unavailable)?;
+                let rows = statement.query_map(params![month], read_row).map_err(unavailable)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let row = to_ledger_row(row)?;
+                let fees_only = Totals {
+                    fees: row.totals.fees,
+                    fees_refunded: row.totals.fees_refunded,
+                    ..Totals::default()
+                };
+                Ok(LedgerRow { totals: fees_only, ..row })
+            })
+            .collect()
     }
 }
