@@ -5,7 +5,7 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::fetch::{FetchDisposition, FetchWorker};
-use crate::store::sqlite::{FETCH_QUEUE, SqliteStore};
+use crate::store::sqlite::SqliteStore;
 use crate::store::{Queue, StoreError};
 use crate::stripe::api::StripeApi;
 use crate::worker::{Disposition, MAX_RECEIVES, StepWorker};
@@ -22,7 +22,7 @@ impl<C: Clock, A: StripeApi> StepWorker<SqliteStore, C, A> {
     pub async fn drain_embedded(&self) -> Result<usize, StoreError> {
         let now = self.clock().now_unix();
         let mut handled = 0;
-        for queue in Queue::STEPS.map(Queue::as_str) {
+        for queue in Queue::STEPS {
             for message in self.store().receive(queue, now, VISIBILITY_SECS, BATCH)? {
                 handled += 1;
                 let span = tracing::info_span!(
@@ -30,7 +30,7 @@ impl<C: Clock, A: StripeApi> StepWorker<SqliteStore, C, A> {
                     step_id = %message.message_id,
                     kind = message.step.kind.as_str(),
                     account_id = message.step.destination.as_str(),
-                    queue
+                    queue = queue.as_str()
                 );
                 let outcome = self.run(&message.step).instrument(span.clone()).await;
                 let _entered = span.enter();
@@ -71,10 +71,10 @@ impl<C: Clock> FetchWorker<SqliteStore, C> {
                 matches!(self.run(fetch).instrument(span.clone()).await, Ok(FetchDisposition::Done(_)));
             let _entered = span.enter();
             if done {
-                store.acknowledge(FETCH_QUEUE, &fetch.event_id)?;
+                store.acknowledge(Queue::Fetches, &fetch.event_id)?;
             } else if *receives >= MAX_RECEIVES {
                 tracing::error!(receives, "fetch dead-lettered");
-                store.dead_letter(FETCH_QUEUE, &fetch.event_id)?;
+                store.dead_letter(Queue::Fetches, &fetch.event_id)?;
             }
         }
         self.metrics().flush();

@@ -30,7 +30,7 @@ use shared::domain::funds::{
     plan_refund_failure, plan_reversals, plan_transfers, read_fund_event,
 };
 use shared::domain::step::{Step, StepStatus};
-use shared::store::{AccountStore, CommitOutcome};
+use shared::store::{AccountStore, CommitOutcome, Queue};
 use shared::stripe::client::StripeClient;
 use shared::stripe::event::{Event, ParsedBody, parse_event};
 use shared::webhook::WebhookService;
@@ -362,7 +362,7 @@ fn bench_pipeline_payment(c: &mut Criterion) {
     let (header, body) = fresh_delivery();
     let reply = runtime.block_on(service.handle(Some(&header), &body));
     assert!(reply.body.contains("\"applied\""), "a fresh payment plans its transfers: {}", reply.body);
-    let queued = store.receive("transfers", NOW, 30, 10).expect("the embedded queue reads");
+    let queued = store.receive(Queue::Transfers, NOW, 30, 10).expect("the embedded queue reads");
     assert_eq!(queued.len(), 3, "the three transfers are queued after the commit");
     c.bench_function("pipeline_payment_sqlite_in_memory", |b| {
         b.iter_batched(

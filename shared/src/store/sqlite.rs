@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     AccountPage, AccountQuery, AccountStore, AccountWrite, BoxFuture, ChangePage, CommitOutcome,
-    EventOutcome, EventRecord, EventWrite, MAX_PAGE, PaymentState, PlatformWrite, StepQueue, StoreError,
+    EventOutcome, EventRecord, EventWrite, MAX_PAGE, PaymentState, PlatformWrite, Queue, StepQueue,
+    StoreError,
 };
 use crate::domain::account::{AccountId, AccountState};
 use crate::domain::change::Change;
@@ -16,7 +17,7 @@ use crate::domain::funds::PaymentRecord;
 use crate::domain::ledger::{LedgerEntry, LedgerPlan, LedgerRow, Month};
 use crate::domain::reconcile::ReconcilerState;
 use crate::domain::reference::{ReferenceKind, ReferenceRecord};
-use crate::domain::step::{PaymentKey, Step, StepKind, StepRef, StepStatus};
+use crate::domain::step::{PaymentKey, Step, StepRef, StepStatus};
 
 mod ledger;
 mod reconcile;
@@ -113,18 +114,6 @@ pub struct QueuedMessage {
     pub step: StepRef,
     /// How many times it has been received, this time included.
     pub receive_count: u32,
-}
-
-/// The embedded queue thin events' fetch steps go to.
-pub const FETCH_QUEUE: &str = "fetches";
-
-/// The embedded queue a step goes to, as on AWS: transfers and reversals share one, payouts
-/// have their own, so that a slow payout never holds up a transfer.
-pub fn queue_for(kind: StepKind) -> &'static str {
-    match kind {
-        StepKind::Transfer | StepKind::Reversal => "transfers",
-        StepKind::Payout => "payouts",
-    }
 }
 
 /// Connected-account state in a SQLite file, safe to share between tasks.
@@ -283,7 +272,7 @@ impl SqliteStore {
     /// Takes up to `max` visible step messages from `queue`, hiding each for `visibility_secs`.
     pub fn receive(
         &self,
-        queue: &str,
+        queue: Queue,
         now: i64,
         visibility_secs: i64,
         max: usize,
@@ -297,14 +286,14 @@ impl SqliteStore {
             .collect()
     }
 
-    /// Takes up to `max` visible fetch messages from [`FETCH_QUEUE`], as [`Self::receive`] does.
+    /// Takes up to `max` visible fetch messages from [`Queue::Fetches`], as [`Self::receive`] does.
     pub fn receive_fetches(
         &self,
         now: i64,
         visibility_secs: i64,
         max: usize,
     ) -> Result<Vec<(FetchRef, u32)>, StoreError> {
-        self.receive_bodies(FETCH_QUEUE, now, visibility_secs, max)?
+        self.receive_bodies(Queue::Fetches, now, visibility_secs, max)?
             .into_iter()
             .map(|(_, body, receive_count)| {
                 Ok((serde_json::from_str(&body).map_err(corrupt)?, receive_count))
@@ -315,12 +304,12 @@ impl SqliteStore {
     /// Message id, body and receive count (this one included) of up to `max` visible messages.
     fn receive_bodies(
         &self,
-        queue: &str,
+        queue: Queue,
         now: i64,
         visibility_secs: i64,
         max: usize,
     ) -> Result<Vec<(String, String, u32)>, StoreError> {
-        let queue = queue.to_owned();
+        let queue = queue.as_str();
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         self.workers.write_blocking(move |connection| {
             let rows: Vec<(String, String, u32)> = {
@@ -351,8 +340,8 @@ impl SqliteStore {
     }
 
     /// Deletes a handled message.
-    pub fn acknowledge(&self, queue: &str, message_id: &str) -> Result<(), StoreError> {
-        let (queue, message_id) = (queue.to_owned(), message_id.to_owned());
+    pub fn acknowledge(&self, queue: Queue, message_id: &str) -> Result<(), StoreError> {
+        let (queue, message_id) = (queue.as_str(), message_id.to_owned());
         self.workers.write_blocking(move |connection| {
             connection
                 .prepare_cached("DELETE FROM queue WHERE queue = ?1 AND message_id = ?2")
@@ -363,8 +352,8 @@ impl SqliteStore {
     }
 
     /// Moves a message that failed too often to the dead-letter side, where nothing receives it.
-    pub fn dead_letter(&self, queue: &str, message_id: &str) -> Result<(), StoreError> {
-        let (queue, message_id) = (queue.to_owned(), message_id.to_owned());
+    pub fn dead_letter(&self, queue: Queue, message_id: &str) -> Result<(), StoreError> {
+        let (queue, message_id) = (queue.as_str(), message_id.to_owned());
         self.workers.write_blocking(move |connection| {
             connection
                 .prepare_cached("UPDATE queue SET dead = 1 WHERE queue = ?1 AND message_id = ?2")
@@ -375,8 +364,8 @@ impl SqliteStore {
     }
 
     /// Every dead-lettered message of `queue`, by message id.
-    pub fn dead_letters(&self, queue: &str) -> Result<Vec<String>, StoreError> {
-        let queue = queue.to_owned();
+    pub fn dead_letters(&self, queue: Queue) -> Result<Vec<String>, StoreError> {
+        let queue = queue.as_str();
         self.workers.read_blocking(move |connection| {
             query_json(
                 connection,
@@ -391,7 +380,7 @@ impl SqliteStore {
             .iter()
             .map(|step| {
                 Ok((
-                    queue_for(step.kind),
+                    Queue::of(step.kind).as_str(),
                     step.step_id.as_str().to_owned(),
                     serde_json::to_string(step).map_err(corrupt)?,
                 ))
@@ -404,7 +393,11 @@ impl SqliteStore {
         let messages = fetches
             .iter()
             .map(|fetch| {
-                Ok((FETCH_QUEUE, fetch.event_id.clone(), serde_json::to_string(fetch).map_err(corrupt)?))
+                Ok((
+                    Queue::Fetches.as_str(),
+                    fetch.event_id.clone(),
+                    serde_json::to_string(fetch).map_err(corrupt)?,
+                ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.enqueue_messages(messages).await

@@ -14,7 +14,7 @@ use shared::clock::FixedClock;
 use shared::domain::account::AccountId;
 use shared::domain::step::{StepKind, StepRef, StepStatus};
 use shared::store::sqlite::SqliteStore;
-use shared::store::{AccountStore, BoxFuture, StepQueue, StoreError};
+use shared::store::{AccountStore, BoxFuture, Queue, StepQueue, StoreError};
 use shared::stripe::client::StripeClient;
 use shared::webhook::WebhookService;
 use shared::worker::StepWorker;
@@ -185,9 +185,9 @@ async fn a_failed_send_answers_500_and_the_retried_delivery_queues_the_steps() {
         payment("pi_9", 1_000, &[("acct_A", 600)]),
     );
     assert_eq!(deliver(&service, &paid).await.0, 500, "Stripe must retry");
-    assert_eq!(store.receive("transfers", NOW, 30, 10).unwrap(), [], "nothing was queued");
+    assert_eq!(store.receive(Queue::Transfers, NOW, 30, 10).unwrap(), [], "nothing was queued");
     assert_eq!(deliver(&service, &paid).await, (200, "duplicate".into()));
-    let queued = store.receive("transfers", NOW, 30, 10).unwrap();
+    let queued = store.receive(Queue::Transfers, NOW, 30, 10).unwrap();
     assert_eq!(
         queued.iter().map(|m| (m.step.kind, m.message_id.as_str())).collect::<Vec<_>>(),
         [(StepKind::Transfer, "tr:pi_9:acct_A")]
@@ -312,8 +312,12 @@ async fn a_transfer_waits_for_its_destination_and_goes_when_the_capability_is_ac
     assert!(stub.transfers().is_empty(), "nothing is sent to a destination that cannot receive");
     // The waiting step is parked in the store and its message acknowledged: nothing is left to
     // be redelivered (and dead-lettered) while the destination cannot receive.
-    assert_eq!(store.receive("transfers", NOW + 3_600, 30, 10).unwrap(), [], "the message was acknowledged");
-    assert_eq!(store.dead_letters("transfers").unwrap(), Vec::<String>::new());
+    assert_eq!(
+        store.receive(Queue::Transfers, NOW + 3_600, 30, 10).unwrap(),
+        [],
+        "the message was acknowledged"
+    );
+    assert_eq!(store.dead_letters(Queue::Transfers).unwrap(), Vec::<String>::new());
     drain(&worker_for(&store, &stub)).await;
     assert!(stub.transfers().is_empty(), "still nothing sent");
 
