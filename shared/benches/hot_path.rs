@@ -5,16 +5,22 @@
 //! - `verify`: signature verification with two configured secrets, the matching one second.
 //! - `parse`: envelope parse.
 //! - `decide`: `AccountEvent::from_event` and `decide` against an existing state.
+//! - `verify_parse_one_secret`: verification with the one signing secret, then the parse.
+//! - `json_skip_floor`: one serde_json pass over the body that keeps nothing, for scale.
 //! - `verify_parse_decide`: the three together, the figure with a 50 µs target.
 //! - `sqlite_commit`, `sqlite_commit_in_memory`: one applied event committed to a SQLite file
 //!   (synchronous=FULL, so with fsync) and to an in-memory database.
 //! - `pipeline_end_to_end_sqlite_file`: `WebhookService::handle` for a fresh event on the file store.
+//!
+//! With `HOT_PATH_PEER_LOOP=1` it runs no criterion benchmark: it times verify + parse the way
+//! `scripts/bench-peers` times stripe-node and stripe-python (one secret, the real clock, a plain
+//! loop per round, the median of the rounds) and prints one JSON line. See that script.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group};
 use shared::config::WebhookSettings;
 use shared::domain::account::{AccountDecision, AccountEvent, AccountState, decide};
 use shared::store::sqlite::SqliteStore;
@@ -133,6 +139,29 @@ fn bench_verify(c: &mut Criterion) {
 fn bench_parse(c: &mut Criterion) {
     let body = sample_body();
     c.bench_function("parse", |b| b.iter(|| parse_event(black_box(&body))));
+}
+
+/// `verify_parse_one_secret`: verify with the one secret Stripe signs with, then parse: the
+/// figure `scripts/bench-peers` sets beside stripe-node's and stripe-python's.
+fn bench_verify_parse_one_secret(c: &mut Criterion) {
+    let body = sample_body();
+    let header = header_for(&body);
+    let verifier = SignatureVerifier::new(&[WebhookSecret::new(NEW_SECRET)], TOLERANCE_SECS);
+    c.bench_function("verify_parse_one_secret", |b| {
+        b.iter(|| {
+            verifier.verify(black_box(Some(header.as_str())), black_box(&body), NOW).expect("verifies");
+            parse_event(black_box(&body)).expect("parses")
+        })
+    });
+}
+
+/// `json_skip_floor`: serde_json reading the whole body and keeping nothing (`IgnoredAny`): the
+/// least any one serde_json pass over these bytes costs, which `parse` and `decide` each pay once.
+fn bench_json_skip_floor(c: &mut Criterion) {
+    let body = sample_body();
+    c.bench_function("json_skip_floor", |b| {
+        b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&body)).expect("the sample is JSON"))
+    });
 }
 
 /// `decide`: reading the event as an account event and deciding it against a known account.
@@ -278,10 +307,76 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
+/// One setting of the peer loop, from the environment `scripts/bench-peers` sets.
+fn peer_setting(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by scripts/bench-peers"))
+}
+
+/// The peer loop: `verify` with the one secret, then `parse_event`, as the webhook does before
+/// deciding; and, for this side only, the same followed by `from_event` + `decide`.
+fn peer_loop() {
+    let body = std::fs::read(peer_setting("PEER_BODY")).expect("the body file is readable");
+    let header = peer_setting("PEER_HEADER");
+    let secret = WebhookSecret::new(peer_setting("PEER_SECRET"));
+    let tolerance: u64 = peer_setting("PEER_TOLERANCE").parse().expect("a tolerance in seconds");
+    let iterations: u32 = peer_setting("PEER_ITERATIONS").parse().expect("an iteration count");
+    let rounds: usize = peer_setting("PEER_ROUNDS").parse().expect("a round count");
+    let verifier = SignatureVerifier::new(std::slice::from_ref(&secret), tolerance);
+    let now = || {
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+        i64::try_from(since_epoch).expect("the clock is in range")
+    };
+    let state = existing_state(&snapshot(&body));
+    let verify_parse = |now: i64| {
+        verifier.verify(Some(black_box(header.as_str())), black_box(&body), now).expect("the header verifies");
+        let ParsedBody::Snapshot(event) = parse_event(black_box(&body)).expect("parses") else {
+            panic!("a snapshot event");
+        };
+        event
+    };
+    let verify_parse_decide = |now: i64| {
+        let event = verify_parse(now);
+        let account_event =
+            AccountEvent::from_event(&event).expect("names an account").expect("account event");
+        matches!(decide(&account_event, Some(black_box(&state))), AccountDecision::Apply(_))
+    };
+    let time_round = |step: &dyn Fn(i64) -> bool| {
+        let now = now();
+        let start = std::time::Instant::now();
+        let mut applied = 0;
+        for _ in 0..iterations {
+            applied += u32::from(black_box(step(now)));
+        }
+        let elapsed = start.elapsed();
+        assert!(applied == iterations, "every iteration verifies and parses");
+        elapsed.as_secs_f64() * 1e6 / f64::from(iterations)
+    };
+    let median_of_rounds = |step: &dyn Fn(i64) -> bool| {
+        time_round(step);
+        let mut per_round: Vec<f64> = (0..rounds).map(|_| time_round(step)).collect();
+        let in_order = per_round.clone();
+        per_round.sort_by(f64::total_cmp);
+        (per_round[per_round.len() / 2], in_order)
+    };
+    let (median, per_round) = median_of_rounds(&|now| verify_parse(now).created > 0);
+    let (decided_median, _) = median_of_rounds(&verify_parse_decide);
+    println!(
+        "{{\"peer\":\"connect-flow (shared::stripe, rustc release)\",\"call\":\"SignatureVerifier::verify + parse_event\",\"iterations\":{iterations},\"median_us\":{median:.3},\"rounds_us\":{per_round:?},\"verify_parse_decide_median_us\":{decided_median:.3}}}"
+    );
+}
+
 criterion_group! {
     name = hot_path;
     config = config();
-    targets = bench_verify, bench_parse, bench_decide, bench_verify_parse_decide,
+    targets = bench_verify, bench_parse, bench_verify_parse_one_secret, bench_json_skip_floor, bench_decide, bench_verify_parse_decide,
         bench_sqlite_commit, bench_sqlite_commit_in_memory, bench_pipeline_end_to_end
 }
-criterion_main!(hot_path);
+
+fn main() {
+    if std::env::var_os("HOT_PATH_PEER_LOOP").is_some() {
+        peer_loop();
+        return;
+    }
+    hot_path();
+    Criterion::default().configure_from_args().final_summary();
+}

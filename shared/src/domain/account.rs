@@ -1,12 +1,15 @@
 //! Connected accounts: their stored state, the onboarding-status rule, and the pure decision that
 //! turns one event plus the stored state into the next state.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
+use self::view::{ObjectView, RequirementsView, Str};
 use super::step::StepId;
 use crate::stripe::event::{Event, is_plausible_id};
 
@@ -435,7 +438,7 @@ impl AccountEventKind {
     }
 }
 
-/// An account event read leniently: its kind, the account it is about, and its object as JSON.
+/// An account event read leniently: its kind, the account it is about, and its object.
 #[derive(Debug)]
 pub struct AccountEvent<'a> {
     /// What kind of change.
@@ -446,8 +449,43 @@ pub struct AccountEvent<'a> {
     pub event_id: &'a str,
     /// The ordering key.
     pub created: i64,
-    /// `data.object`; `Value::Null` if it was not JSON this parser could hold.
-    pub object: Value,
+    /// `data.object`.
+    pub object: EventObject<'a>,
+}
+
+/// An account event's `data.object`: the fields the v1 rules read, borrowed from it in one pass,
+/// and the JSON itself, which only the v2 rule reads as a whole.
+#[derive(Debug)]
+pub struct EventObject<'a> {
+    view: ObjectView<'a>,
+    json: ObjectJson<'a>,
+}
+
+#[derive(Debug)]
+enum ObjectJson<'a> {
+    Raw(&'a RawValue),
+    Value(&'a Value),
+}
+
+impl<'a> EventObject<'a> {
+    /// Reads an object from an event's raw JSON.
+    pub fn from_raw(raw: &'a RawValue) -> Self {
+        Self { view: ObjectView::from_json(raw.get()), json: ObjectJson::Raw(raw) }
+    }
+
+    /// The object as a `Value`; `Value::Null` if it was not JSON this parser could hold.
+    fn value(&self) -> Cow<'a, Value> {
+        match self.json {
+            ObjectJson::Raw(raw) => Cow::Owned(serde_json::from_str(raw.get()).unwrap_or(Value::Null)),
+            ObjectJson::Value(value) => Cow::Borrowed(value),
+        }
+    }
+}
+
+impl<'a> From<&'a Value> for EventObject<'a> {
+    fn from(value: &'a Value) -> Self {
+        Self { view: ObjectView::from_value(value), json: ObjectJson::Value(value) }
+    }
 }
 
 /// Why an event of an account kind cannot be applied to any account.
@@ -459,16 +497,14 @@ impl<'a> AccountEvent<'a> {
     /// `Err(NoAccount)` if it does but names no well-formed account.
     pub fn from_event(event: &'a Event) -> Result<Option<Self>, NoAccount> {
         let Some(kind) = AccountEventKind::of(&event.event_type) else { return Ok(None) };
-        let object: Value = serde_json::from_str(event.object.get()).unwrap_or(Value::Null);
+        let object = EventObject::from_raw(&event.object);
+        let view = &object.view;
+        let object_is = |name: &str| view.object.as_deref() == Some(name);
         let from_object = match kind {
-            AccountEventKind::AccountUpdated => {
-                str_at(&object, &["id"]).filter(|_| str_at(&object, &["object"]) == Some("account"))
-            }
-            AccountEventKind::V2AccountFetched => {
-                str_at(&object, &["id"]).filter(|_| str_at(&object, &["object"]) == Some("v2.core.account"))
-            }
+            AccountEventKind::AccountUpdated => view.id.as_deref().filter(|_| object_is("account")),
+            AccountEventKind::V2AccountFetched => view.id.as_deref().filter(|_| object_is("v2.core.account")),
             AccountEventKind::ApplicationAuthorized | AccountEventKind::ApplicationDeauthorized => None,
-            _ => str_at(&object, &["account"]),
+            _ => view.account.as_deref(),
         };
         let account_id =
             from_object.or(event.account.as_deref()).and_then(AccountId::parse).ok_or(NoAccount)?;
@@ -508,34 +544,41 @@ fn is_current(guard: Option<i64>, created: i64) -> bool {
 }
 
 /// Decides what `event` does to `current`. Pure: no I/O, no clock.
+///
+/// The state is copied only once the event is known to change it: a stale or unreadable event
+/// costs no copy.
 pub fn decide(event: &AccountEvent<'_>, current: Option<&AccountState>) -> AccountDecision {
-    let mut next = current.cloned().unwrap_or_else(|| AccountState::empty(event.account_id.clone()));
+    let mut next = match current {
+        Some(current) => Cow::Borrowed(current),
+        None => Cow::Owned(AccountState::empty(event.account_id.clone())),
+    };
     let created = event.created;
-    let object = &event.object;
+    let object = &event.object.view;
     let change = match event.kind {
         AccountEventKind::AccountUpdated => apply_account_object(&mut next, object, created).into(),
-        AccountEventKind::V2AccountFetched => v2::apply_v2_account_object(&mut next, object, created).into(),
+        AccountEventKind::V2AccountFetched => {
+            v2::apply_v2_account_object(next.to_mut(), &event.object.value(), created).into()
+        }
         AccountEventKind::ApplicationAuthorized | AccountEventKind::ApplicationDeauthorized => {
             let current = is_current(next.ordering.authorization, created);
             if current {
+                let next = next.to_mut();
                 next.ordering.authorization = Some(created);
                 next.deauthorized = event.kind == AccountEventKind::ApplicationDeauthorized;
             }
             current.into()
         }
-        AccountEventKind::CapabilityUpdated => match (str_at(object, &["id"]), str_at(object, &["status"])) {
-            (Some(name), Some(status)) => set_capability(&mut next, name, status, created).into(),
+        AccountEventKind::CapabilityUpdated => match (object.id.as_deref(), object.status.as_deref()) {
+            (Some(name), Some(status)) => set_capability_lazily(&mut next, name, status, created).into(),
             _ => PartChange::Unreadable,
         },
         AccountEventKind::PersonUpserted | AccountEventKind::PersonDeleted => {
-            let summary = (event.kind == AccountEventKind::PersonUpserted).then(|| person_summary(object));
-            upsert_or_delete(&mut next.persons, &mut next.ordering.persons, object, summary, created)
+            let upsert = event.kind == AccountEventKind::PersonUpserted;
+            upsert_or_delete(&mut next, Part::Person, object, upsert, created)
         }
         AccountEventKind::ExternalAccountUpserted | AccountEventKind::ExternalAccountDeleted => {
-            let summary = (event.kind == AccountEventKind::ExternalAccountUpserted)
-                .then(|| external_account_summary(object));
-            let (map, guards) = (&mut next.external_accounts, &mut next.ordering.external_accounts);
-            upsert_or_delete(map, guards, object, summary, created)
+            let upsert = event.kind == AccountEventKind::ExternalAccountUpserted;
+            upsert_or_delete(&mut next, Part::ExternalAccount, object, upsert, created)
         }
     };
     match change {
@@ -543,41 +586,92 @@ pub fn decide(event: &AccountEvent<'_>, current: Option<&AccountState>) -> Accou
         PartChange::Unreadable => return AccountDecision::Unreadable,
         PartChange::Applied => {}
     }
+    let mut next = next.into_owned();
     if created >= next.last_event_created {
-        next.last_event_id = event.event_id.to_owned();
+        if next.last_event_id != event.event_id {
+            event.event_id.clone_into(&mut next.last_event_id);
+        }
         next.last_event_created = created;
     }
     next.onboarding_status = onboarding_status(&next);
     AccountDecision::Apply(Box::new(next))
 }
 
+/// Sets a capability's status if the event is current for it; whether it was.
 fn set_capability(state: &mut AccountState, name: &str, status: &str, created: i64) -> bool {
     if !is_current(state.ordering.capabilities.get(name).copied(), created) {
         return false;
     }
-    state.capabilities.insert(name.to_owned(), status.to_owned());
-    state.ordering.capabilities.insert(name.to_owned(), created);
+    write_capability(state, name, status, created);
     true
 }
 
-fn upsert_or_delete<T>(
-    entries: &mut BTreeMap<String, T>,
-    guards: &mut BTreeMap<String, i64>,
-    object: &Value,
-    summary: Option<T>,
+/// [`set_capability`] on a state that is copied only if the capability changes.
+fn set_capability_lazily(state: &mut Cow<'_, AccountState>, name: &str, status: &str, created: i64) -> bool {
+    let guard = state.ordering.capabilities.get(name).copied();
+    if !is_current(guard, created) {
+        return false;
+    }
+    if guard != Some(created) || state.capabilities.get(name).map(String::as_str) != Some(status) {
+        write_capability(state.to_mut(), name, status, created);
+    }
+    true
+}
+
+fn write_capability(state: &mut AccountState, name: &str, status: &str, created: i64) {
+    match state.capabilities.get_mut(name) {
+        Some(stored) if stored == status => {}
+        Some(stored) => status.clone_into(stored),
+        None => {
+            state.capabilities.insert(name.to_owned(), status.to_owned());
+        }
+    }
+    state.ordering.capabilities.insert(name.to_owned(), created);
+}
+
+/// The parts of an account kept by id, each under its own guard.
+#[derive(Clone, Copy)]
+enum Part {
+    Person,
+    ExternalAccount,
+}
+
+/// Upserts (with the summary read from `object`) or deletes the entry `object` names, if the
+/// event is current for it.
+fn upsert_or_delete(
+    state: &mut Cow<'_, AccountState>,
+    part: Part,
+    object: &ObjectView<'_>,
+    upsert: bool,
     created: i64,
 ) -> PartChange {
-    let Some(id) = str_at(object, &["id"]).filter(|id| is_plausible_id(id)) else {
+    let Some(id) = object.id.as_deref().filter(|id| is_plausible_id(id)) else {
         return PartChange::Unreadable;
+    };
+    let guards = match part {
+        Part::Person => &state.ordering.persons,
+        Part::ExternalAccount => &state.ordering.external_accounts,
     };
     if !is_current(guards.get(id).copied(), created) {
         return PartChange::Stale;
     }
-    guards.insert(id.to_owned(), created);
-    match summary {
-        Some(summary) => entries.insert(id.to_owned(), summary),
-        None => entries.remove(id),
-    };
+    let state = state.to_mut();
+    match part {
+        Part::Person => {
+            state.ordering.persons.insert(id.to_owned(), created);
+            match upsert {
+                true => state.persons.insert(id.to_owned(), person_summary(object)),
+                false => state.persons.remove(id),
+            };
+        }
+        Part::ExternalAccount => {
+            state.ordering.external_accounts.insert(id.to_owned(), created);
+            match upsert {
+                true => state.external_accounts.insert(id.to_owned(), external_account_summary(object)),
+                false => state.external_accounts.remove(id),
+            };
+        }
+    }
     PartChange::Applied
 }
 
@@ -585,130 +679,149 @@ fn upsert_or_delete<T>(
 ///
 /// Each part is ordered on its own guard: an object too old for the account-level fields may still
 /// be the newest word on a capability or a bank account. Returns whether any part was current.
-fn apply_account_object(state: &mut AccountState, account: &Value, created: i64) -> bool {
+fn apply_account_object(state: &mut Cow<'_, AccountState>, account: &ObjectView<'_>, created: i64) -> bool {
     let mut changed = apply_external_accounts_list(state, account, created);
-    if let Some(capabilities) = account.get("capabilities").and_then(Value::as_object) {
-        for (name, value) in capabilities {
-            // Capabilities were objects with a `status` in some early versions.
-            let status = value.as_str().or_else(|| str_at(value, &["status"]));
+    if let Some(capabilities) = &account.capabilities {
+        for (name, status) in capabilities {
             if let Some(status) = status {
-                changed |= set_capability(state, name, status, created);
+                changed |= set_capability_lazily(state, name, status, created);
             }
         }
     }
     if !is_current(state.ordering.account, created) {
         return changed;
     }
+    let state = state.to_mut();
     state.ordering.account = Some(created);
-    state.charges_enabled = bool_at(account, &["charges_enabled"]);
-    state.payouts_enabled = bool_at(account, &["payouts_enabled"]);
-    state.details_submitted = bool_at(account, &["details_submitted"]);
-    match account.get("requirements").filter(|r| r.is_object()) {
+    state.charges_enabled = account.charges_enabled;
+    state.payouts_enabled = account.payouts_enabled;
+    state.details_submitted = account.details_submitted;
+    match &account.requirements {
         Some(requirements) => {
-            state.requirements = read_requirements(requirements);
-            state.disabled_reason = str_at(requirements, &["disabled_reason"]).map(str::to_owned);
+            overwrite_requirements(&mut state.requirements, requirements);
+            overwrite(&mut state.disabled_reason, requirements.disabled_reason.as_deref());
         }
         None => {
             // Before 2019 the account said `verification.fields_needed` / `due_by` instead.
-            let verification = account.get("verification").unwrap_or(&Value::Null);
-            state.requirements = Requirements {
-                currently_due: strings_at(verification, &["fields_needed"]),
-                current_deadline: i64_at(verification, &["due_by"]),
-                ..Requirements::default()
+            let verification = account.verification.as_ref();
+            let fields_needed = verification.map(|v| v.fields_needed.as_slice()).unwrap_or_default();
+            let old = RequirementsView {
+                currently_due: fields_needed.to_vec(),
+                current_deadline: verification.and_then(|v| v.due_by),
+                ..RequirementsView::default()
             };
-            state.disabled_reason = str_at(verification, &["disabled_reason"]).map(str::to_owned);
+            overwrite_requirements(&mut state.requirements, &old);
+            overwrite(&mut state.disabled_reason, verification.and_then(|v| v.disabled_reason.as_deref()));
         }
     }
-    state.future_requirements =
-        account.get("future_requirements").filter(|r| r.is_object()).map(read_requirements);
-    if let Some(country) = str_at(account, &["country"]).filter(|country| is_plausible_id(country)) {
-        state.country = Some(country.to_ascii_uppercase());
+    match (&account.future_requirements, &mut state.future_requirements) {
+        (Some(read), Some(stored)) => overwrite_requirements(stored, read),
+        (read, stored) => *stored = read.as_ref().map(read_requirements),
     }
-    state.payout_schedule_interval = str_at(account, &["settings", "payouts", "schedule", "interval"])
-        .or_else(|| str_at(account, &["payout_schedule", "interval"]))
-        .map(str::to_owned);
-    let standard = (str_at(account, &["type"]) == Some("standard")).then_some("account");
-    if let Some(payer) =
-        str_at(account, &["controller", "fees", "payer"]).or(standard).filter(|payer| is_plausible_id(payer))
-    {
-        state.fees_payer = Some(payer.to_owned());
+    if let Some(country) = account.country.as_deref().filter(|country| is_plausible_id(country)) {
+        let uppercase = |stored: &str| stored.bytes().eq(country.bytes().map(|b| b.to_ascii_uppercase()));
+        if !state.country.as_deref().is_some_and(uppercase) {
+            state.country = Some(country.to_ascii_uppercase());
+        }
+    }
+    let interval = account.settings_payout_interval.as_deref().or(account.payout_schedule_interval.as_deref());
+    overwrite(&mut state.payout_schedule_interval, interval);
+    let standard = (account.account_type.as_deref() == Some("standard")).then_some("account");
+    if let Some(payer) = account.fees_payer.as_deref().or(standard).filter(|payer| is_plausible_id(payer)) {
+        overwrite(&mut state.fees_payer, Some(payer));
     }
     true
+}
+
+/// Sets `stored` to `value`, reusing its allocation when the text is unchanged.
+fn overwrite(stored: &mut Option<String>, value: Option<&str>) {
+    match (stored.as_mut(), value) {
+        (Some(stored), Some(value)) if stored == value => {}
+        (Some(stored), Some(value)) => value.clone_into(stored),
+        (_, value) => *stored = value.map(str::to_owned),
+    }
+}
+
+/// Sets each list of `stored` to the one read, keeping a list that is unchanged.
+fn overwrite_requirements(stored: &mut Requirements, read: &RequirementsView<'_>) {
+    overwrite_list(&mut stored.currently_due, &read.currently_due);
+    overwrite_list(&mut stored.eventually_due, &read.eventually_due);
+    overwrite_list(&mut stored.past_due, &read.past_due);
+    overwrite_list(&mut stored.pending_verification, &read.pending_verification);
+    stored.current_deadline = read.current_deadline;
+}
+
+fn overwrite_list(stored: &mut Vec<String>, read: &[Str<'_>]) {
+    if !stored.iter().map(String::as_str).eq(read.iter().map(|item| &**item)) {
+        *stored = owned_list(read);
+    }
+}
+
+fn owned_list(read: &[Str<'_>]) -> Vec<String> {
+    read.iter().map(|item| item.clone().into_owned()).collect()
 }
 
 /// An account object lists its external accounts: each listed one is upserted under its own guard.
 /// Omission is not read as deletion: the list may be truncated, and `account.external_account.deleted`
 /// says so explicitly (and, unlike an omission, can be ordered against an account never seen).
-fn apply_external_accounts_list(state: &mut AccountState, account: &Value, created: i64) -> bool {
-    let Some(listed) = value_at(account, &["external_accounts", "data"]).and_then(Value::as_array) else {
-        return false;
-    };
+///
+/// A listed one whose summary and guard are already what the object says changes nothing.
+fn apply_external_accounts_list(
+    state: &mut Cow<'_, AccountState>,
+    account: &ObjectView<'_>,
+    created: i64,
+) -> bool {
+    let Some(listed) = &account.external_accounts else { return false };
     let mut changed = false;
     for external in listed {
+        let Some(id) = external.id.as_deref().filter(|id| is_plausible_id(id)) else { continue };
+        let guard = state.ordering.external_accounts.get(id).copied();
+        if !is_current(guard, created) {
+            continue;
+        }
+        changed = true;
         let summary = external_account_summary(external);
-        let (entries, guards) = (&mut state.external_accounts, &mut state.ordering.external_accounts);
-        changed |= matches!(
-            upsert_or_delete(entries, guards, external, Some(summary), created),
-            PartChange::Applied
-        );
+        if guard == Some(created) && state.external_accounts.get(id) == Some(&summary) {
+            continue;
+        }
+        let state = state.to_mut();
+        state.ordering.external_accounts.insert(id.to_owned(), created);
+        state.external_accounts.insert(id.to_owned(), summary);
     }
     changed
 }
 
-fn read_requirements(requirements: &Value) -> Requirements {
+fn read_requirements(requirements: &RequirementsView<'_>) -> Requirements {
     Requirements {
-        currently_due: strings_at(requirements, &["currently_due"]),
-        eventually_due: strings_at(requirements, &["eventually_due"]),
-        past_due: strings_at(requirements, &["past_due"]),
-        pending_verification: strings_at(requirements, &["pending_verification"]),
-        current_deadline: i64_at(requirements, &["current_deadline"]),
+        currently_due: owned_list(&requirements.currently_due),
+        eventually_due: owned_list(&requirements.eventually_due),
+        past_due: owned_list(&requirements.past_due),
+        pending_verification: owned_list(&requirements.pending_verification),
+        current_deadline: requirements.current_deadline,
     }
 }
 
-fn person_summary(person: &Value) -> PersonSummary {
+fn person_summary(person: &ObjectView<'_>) -> PersonSummary {
     PersonSummary {
-        requirements: person.get("requirements").map(read_requirements).unwrap_or_default(),
-        verification_status: str_at(person, &["verification", "status"]).map(str::to_owned),
+        requirements: person.requirements.as_ref().map(read_requirements).unwrap_or_default(),
+        verification_status: person.verification.as_ref().and_then(|v| v.status.clone()).map(Cow::into_owned),
     }
 }
 
-fn external_account_summary(external: &Value) -> ExternalAccountSummary {
-    let text = |key: &str| str_at(external, &[key]).map(str::to_owned);
+fn external_account_summary(external: &ObjectView<'_>) -> ExternalAccountSummary {
+    let text = |value: &Option<Str<'_>>| value.as_deref().map(str::to_owned);
     ExternalAccountSummary {
-        object: text("object"),
-        last4: text("last4"),
-        currency: text("currency"),
-        status: text("status"),
-        default_for_currency: bool_at(external, &["default_for_currency"]),
-        available_payout_methods: strings_at(external, &["available_payout_methods"]),
+        object: text(&external.object),
+        last4: text(&external.last4),
+        currency: text(&external.currency),
+        status: text(&external.status),
+        default_for_currency: external.default_for_currency,
+        available_payout_methods: owned_list(&external.available_payout_methods),
     }
-}
-
-fn value_at<'v>(value: &'v Value, path: &[&str]) -> Option<&'v Value> {
-    path.iter().try_fold(value, |value, key| value.get(key))
-}
-
-fn str_at<'v>(value: &'v Value, path: &[&str]) -> Option<&'v str> {
-    value_at(value, path).and_then(Value::as_str)
-}
-
-fn bool_at(value: &Value, path: &[&str]) -> Option<bool> {
-    value_at(value, path).and_then(Value::as_bool)
-}
-
-fn i64_at(value: &Value, path: &[&str]) -> Option<i64> {
-    value_at(value, path).and_then(Value::as_i64)
-}
-
-/// The strings of an array; anything else there (or no array) reads as empty.
-fn strings_at(value: &Value, path: &[&str]) -> Vec<String> {
-    value_at(value, path)
-        .and_then(Value::as_array)
-        .map(|items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-        .unwrap_or_default()
 }
 
 pub mod v2;
+mod view;
 
 #[cfg(test)]
 mod tests;

@@ -575,3 +575,99 @@ proptest! {
         }
     }
 }
+
+/// Decides `object` (JSON text) as an event of `kind` both ways the rules receive objects: read
+/// straight from the event's raw JSON, and from a parsed `Value` (the platform API's path).
+fn decide_both_ways(
+    kind: &str,
+    object: &str,
+    current: Option<&AccountState>,
+) -> Option<(AccountDecision, AccountDecision)> {
+    let body = format!(
+        r#"{{"id":"evt_w","object":"event","type":"{kind}","created":7,"account":"acct_1","data":{{"object":{object}}}}}"#
+    );
+    let Ok(ParsedBody::Snapshot(event)) = parse_event(body.as_bytes()) else { panic!("not an event: {body}") };
+    let from_raw = AccountEvent::from_event(&event).ok().flatten()?;
+    let value: Value = serde_json::from_str(object).unwrap();
+    let from_value = AccountEvent {
+        kind: from_raw.kind,
+        account_id: from_raw.account_id.clone(),
+        event_id: from_raw.event_id,
+        created: from_raw.created,
+        object: (&value).into(),
+    };
+    Some((decide(&from_raw, current), decide(&from_value, current)))
+}
+
+#[test]
+fn escapes_and_repeated_keys_read_as_a_json_value_reads_them() {
+    // A repeated key keeps its last value, as `serde_json::Value` does: `requirements` ends up
+    // not an object, so the old `verification` shape is read; the second `transfers` wins.
+    let object = r#"{"id":"acct_1","object":"account","charges\u005fenabled":true,"payouts_enabled":true,
+        "details_submitted":true,"country":"u\u0073",
+        "capabilities":{"transfers":"pending","transfers":{"status":"active"},"card_payments":{"status":7}},
+        "requirements":{"currently_due":["x"]},"requirements":5,
+        "verification":{"fields_needed":["legal_entity.dob",3,"ssn\u005flast_4"],"due_by":12},
+        "settings":{"payouts":{"schedule":{"interval":"daily"}}},"settings":{"payouts":{"schedule":{"interval":"manual"}}},
+        "external_accounts":{"data":[{"id":"ba_1","last4":"1111"},7,{"id":"ba_1","last4":"2222"}]}}"#;
+    let (from_raw, from_value) = decide_both_ways("account.updated", object, None).expect("an account event");
+    assert_eq!(from_raw, from_value, "the raw reader and the Value reader disagree");
+    let AccountDecision::Apply(state) = from_raw else { panic!("the object applies: {from_raw:?}") };
+    assert_eq!(state.charges_enabled, Some(true), "an escaped key is the same key");
+    assert_eq!(state.country.as_deref(), Some("US"));
+    assert_eq!(state.capabilities.get("transfers").map(String::as_str), Some("active"));
+    assert!(!state.capabilities.contains_key("card_payments"), "a status that is not a string is no status");
+    assert_eq!(state.requirements.currently_due, ["legal_entity.dob", "ssn_last_4"]);
+    assert_eq!(state.requirements.current_deadline, Some(12));
+    assert_eq!(state.payout_schedule_interval.as_deref(), Some("manual"));
+    assert_eq!(state.external_accounts["ba_1"].last4.as_deref(), Some("2222"), "the later listing wins");
+}
+
+#[test]
+fn a_capability_repeated_without_a_status_hides_the_earlier_one() {
+    let object = r#"{"id":"acct_1","object":"account","capabilities":{"transfers":"active","transfers":{}}}"#;
+    let (from_raw, from_value) = decide_both_ways("account.updated", object, None).expect("an account event");
+    assert_eq!(from_raw, from_value);
+    let AccountDecision::Apply(state) = from_raw else { panic!("applies") };
+    assert!(state.capabilities.is_empty(), "{:?}", state.capabilities);
+}
+
+#[test]
+fn an_event_that_changes_nothing_new_still_applies_and_keeps_the_state() {
+    let sample = sample("account.updated.active.json");
+    let first = apply_all([&sample]).unwrap();
+    let (again, decision) = apply(Some(first.clone()), &sample);
+    assert_eq!(decision, AccountDecision::Apply(Box::new(first.clone())));
+    assert_eq!(again.unwrap(), first);
+    let older = envelope(
+        "evt_older",
+        "account.updated",
+        first.last_event_created - 1,
+        json!({"id": "acct_1QcFlowDemo0001", "object": "account", "charges_enabled": false}),
+    );
+    assert_eq!(apply(Some(first), &older).1, AccountDecision::Stale);
+}
+
+proptest! {
+    /// Whatever the object's shape, reading it from the raw JSON and from a parsed `Value` decide
+    /// alike, from nothing and against a known account.
+    #[test]
+    fn the_raw_and_the_value_readers_decide_alike(
+        kind in prop::sample::select(vec![
+            "account.updated", "capability.updated", "person.updated", "person.deleted",
+            "account.external_account.created", "account.external_account.deleted",
+            "account.application.deauthorized",
+        ]),
+        object in arbitrary_json(),
+    ) {
+        prop_assume!(!object.is_null(), "a null data.object is not an event");
+        let text = object.to_string();
+        let known = apply_all([&sample("account.updated.active.json")]).unwrap();
+        let known = AccountState { account_id: AccountId::parse("acct_1").unwrap(), ..known };
+        for current in [None, Some(&known)] {
+            if let Some((from_raw, from_value)) = decide_both_ways(kind, &text, current) {
+                prop_assert_eq!(from_raw, from_value);
+            }
+        }
+    }
+}
