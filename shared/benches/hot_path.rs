@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use criterion::{BatchSize, Criterion, criterion_group};
+use shared::clock::FixedClock;
 use shared::config::WebhookSettings;
 use shared::domain::account::{AccountDecision, AccountEvent, AccountState, decide};
 use shared::store::sqlite::SqliteStore;
@@ -28,7 +29,7 @@ use shared::store::{
     AccountStore, CommitOutcome, DEDUPE_RETENTION_SECS, EventOutcome, EventRecord, EventWrite,
 };
 use shared::stripe::event::{Event, ParsedBody, parse_event};
-use shared::stripe::signature::{FixedClock, SignatureVerifier, WebhookSecret, sign};
+use shared::stripe::signature::{SignatureVerifier, WebhookSecret, sign};
 use shared::webhook::WebhookService;
 use tokio::runtime::Runtime;
 
@@ -160,7 +161,9 @@ fn bench_verify_parse_one_secret(c: &mut Criterion) {
 fn bench_json_skip_floor(c: &mut Criterion) {
     let body = sample_body();
     c.bench_function("json_skip_floor", |b| {
-        b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&body)).expect("the sample is JSON"))
+        b.iter(|| {
+            serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&body)).expect("the sample is JSON")
+        })
     });
 }
 
@@ -328,7 +331,9 @@ fn peer_loop() {
     };
     let state = existing_state(&snapshot(&body));
     let verify_parse = |now: i64| {
-        verifier.verify(Some(black_box(header.as_str())), black_box(&body), now).expect("the header verifies");
+        verifier
+            .verify(Some(black_box(header.as_str())), black_box(&body), now)
+            .expect("the header verifies");
         let ParsedBody::Snapshot(event) = parse_event(black_box(&body)).expect("parses") else {
             panic!("a snapshot event");
         };

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
+use shared::clock::{Clock, SystemClock};
 use shared::config::WEBHOOK_SECRETS;
 use shared::store::sqlite::SqliteStore;
-use shared::stripe::signature::{Clock, SystemClock};
 
 use crate::load::check::{Expected, check, observe_records};
 use crate::load::mix::Mix;

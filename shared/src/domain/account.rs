@@ -724,7 +724,8 @@ fn apply_account_object(state: &mut Cow<'_, AccountState>, account: &ObjectView<
             state.country = Some(country.to_ascii_uppercase());
         }
     }
-    let interval = account.settings_payout_interval.as_deref().or(account.payout_schedule_interval.as_deref());
+    let interval =
+        account.settings_payout_interval.as_deref().or(account.payout_schedule_interval.as_deref());
     overwrite(&mut state.payout_schedule_interval, interval);
     let standard = (account.account_type.as_deref() == Some("standard")).then_some("account");
     if let Some(payer) = account.fees_payer.as_deref().or(standard).filter(|payer| is_plausible_id(payer)) {

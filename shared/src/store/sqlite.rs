@@ -370,7 +370,7 @@ impl SqliteStore {
             query_json(
                 connection,
                 "SELECT message_id FROM queue WHERE queue = ?1 AND dead = 1 ORDER BY message_id",
-                &queue,
+                queue,
             )
         })
     }

@@ -643,17 +643,30 @@ mod tests {
         assert_eq!(event.account.as_deref(), Some("acct_1"));
         assert_eq!(event.object.get(), r#"{"a":"\u00e9"}"#, "data.object keeps the body's own bytes");
         for (body, message) in [
-            (r#"{"id":"evt_1","id":"evt_2","type":"a.b","created":1,"data":{"object":{}}}"#, "not a JSON object"),
-            (r#"{"id":"evt_1","type":"a.b","created":1,"data":{"object":{},"object":{}}}"#, "data is not an object"),
+            (
+                r#"{"id":"evt_1","id":"evt_2","type":"a.b","created":1,"data":{"object":{}}}"#,
+                "not a JSON object",
+            ),
+            (
+                r#"{"id":"evt_1","type":"a.b","created":1,"data":{"object":{},"object":{}}}"#,
+                "data is not an object",
+            ),
             (r#"{"id":"evt_1","type":"a.b","created":1,"data":[{"a":1}]}"#, "data is not an object"),
             (r#"["evt_1","event","a.b",1,null,null,null,null,null,{"object":{}}]"#, "not a JSON object"),
-            (r#"{"id":"evt_1","type":"a.b","created":1.5,"data":{"object":{}}}"#, "created is not a Unix timestamp"),
+            (
+                r#"{"id":"evt_1","type":"a.b","created":1.5,"data":{"object":{}}}"#,
+                "created is not a Unix timestamp",
+            ),
             (
                 r#"{"id":"evt_1","type":"a.b","created":18446744073709551615,"data":{"object":{}}}"#,
                 "created is not a Unix timestamp",
             ),
         ] {
-            assert_eq!(parse_event(body.as_bytes()).err(), Some(EnvelopeError::NotAnEvent(message)), "{body}");
+            assert_eq!(
+                parse_event(body.as_bytes()).err(),
+                Some(EnvelopeError::NotAnEvent(message)),
+                "{body}"
+            );
         }
     }
 

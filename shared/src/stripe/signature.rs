@@ -6,9 +6,6 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-// Until every caller names `crate::clock`; removed once they do.
-pub use crate::clock::{Clock, FixedClock, SystemClock};
-
 type HmacSha256 = Hmac<Sha256>;
 
 /// Stripe's default tolerance for a signature's age, in seconds.
@@ -171,6 +168,7 @@ pub fn sign(secret: &WebhookSecret, timestamp: i64, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, FixedClock};
 
     const BODY: &[u8] = br#"{"id":"evt_1","object":"event"}"#;
     const NOW: i64 = 1_700_000_000;

@@ -135,12 +135,9 @@ async fn a_thin_event_costs_the_requests_pinned_here() {
     stub.put_v2_account(account, json!({"id": account, "object": "v2.core.account", "closed": false,
         "configuration": {"recipient": {"capabilities": {"stripe_balance": {"stripe_transfers": {"status": "pending", "status_details": []}}}}},
         "requirements": {"entries": []}}));
-    let applier = WebhookService::with_clock(
-        store,
-        &integration_tests::settings(),
-        shared::stripe::signature::FixedClock(NOW),
-    )
-    .with_queue(queue);
+    let applier =
+        WebhookService::with_clock(store, &integration_tests::settings(), shared::clock::FixedClock(NOW))
+            .with_queue(queue);
     let fetcher = FetchWorker::new(applier, StripeClient::new(stub.client_config()).unwrap())
         .with_pacer(Arc::new(Pacer::per_second(1_000)));
     let thin = json!({"id": "evt_1ThinCount", "object": "v2.core.event", "type": "v2.core.account.updated",
@@ -178,8 +175,8 @@ async fn a_thin_event_costs_the_requests_pinned_here() {
 /// the ledger routes. Twelve months of an account's ledger are one `Query`; nothing scans.
 #[tokio::test]
 async fn ledger_events_and_reads_cost_the_requests_pinned_here() {
+    use shared::clock::FixedClock;
     use shared::platform::{ApiRequest, PlatformApi, PlatformSettings};
-    use shared::stripe::signature::FixedClock;
 
     let log = RequestLog::default();
     let store = dynamo_store_logged(log.clone()).await;

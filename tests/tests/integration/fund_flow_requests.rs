@@ -8,12 +8,12 @@
 use integration_tests::stripe_stub::StripeStub;
 use integration_tests::{NOW, RequestLog, account_updated, dynamo_store_logged, pipeline, requests_for};
 use serde_json::{Value, json};
+use shared::clock::FixedClock;
 use shared::domain::account::AccountId;
 use shared::domain::step::{Step, StepKind, StepStatus};
 use shared::store::AccountStore;
 use shared::store::dynamodb::DynamoStore;
 use shared::stripe::client::StripeClient;
-use shared::stripe::signature::FixedClock;
 use shared::worker::{Disposition, StepWorker};
 
 /// A platform or connected-account event around `object`.

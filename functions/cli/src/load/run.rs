@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use shared::stripe::signature::{Clock, SystemClock, WebhookSecret, sign};
+use shared::clock::{Clock, SystemClock};
+use shared::stripe::signature::{WebhookSecret, sign};
 
 use super::mix::{Mix, MixEvent};
 

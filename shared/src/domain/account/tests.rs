@@ -586,7 +586,9 @@ fn decide_both_ways(
     let body = format!(
         r#"{{"id":"evt_w","object":"event","type":"{kind}","created":7,"account":"acct_1","data":{{"object":{object}}}}}"#
     );
-    let Ok(ParsedBody::Snapshot(event)) = parse_event(body.as_bytes()) else { panic!("not an event: {body}") };
+    let Ok(ParsedBody::Snapshot(event)) = parse_event(body.as_bytes()) else {
+        panic!("not an event: {body}")
+    };
     let from_raw = AccountEvent::from_event(&event).ok().flatten()?;
     let value: Value = serde_json::from_str(object).unwrap();
     let from_value = AccountEvent {

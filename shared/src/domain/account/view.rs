@@ -103,7 +103,9 @@ impl<'de> Fields<'de> for ObjectView<'de> {
             "charges_enabled" => self.charges_enabled = boolean(map)?,
             "payouts_enabled" => self.payouts_enabled = boolean(map)?,
             "details_submitted" => self.details_submitted = boolean(map)?,
-            "capabilities" => self.capabilities = map.next_value::<Object<Capabilities<'de>>>()?.0.map(|c| c.0),
+            "capabilities" => {
+                self.capabilities = map.next_value::<Object<Capabilities<'de>>>()?.0.map(|c| c.0)
+            }
             "requirements" => self.requirements = object(map)?,
             "future_requirements" => self.future_requirements = object(map)?,
             "verification" => self.verification = object(map)?,
@@ -181,7 +183,10 @@ impl<'de> Fields<'de> for Capabilities<'de> {
     }
 }
 
-fn path<'de, A: MapAccess<'de>>(map: &mut A, keys: &'static [&'static str]) -> Result<Option<Str<'de>>, A::Error> {
+fn path<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    keys: &'static [&'static str],
+) -> Result<Option<Str<'de>>, A::Error> {
     map.next_value_seed(PathVisitor { keys })
 }
 
