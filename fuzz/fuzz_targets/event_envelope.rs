@@ -59,7 +59,10 @@ fuzz_target!(|body: &[u8]| {
             assert!(is_plausible_id(&thin.id));
             assert_eq!(peeked, Err(PeekError::ThinEventPassedToSnapshotParser));
         }
-        Err(EnvelopeError::InvalidJson) => assert_eq!(peeked, Err(PeekError::InvalidJson)),
+        // The parser is the stricter of the two: it also refuses a body whose skipped strings are
+        // not UTF-8 or whose numbers overflow, which the peek (the `verify` command's, as lenient
+        // as Stripe's SDKs) reads past. The converse is checked below.
+        Err(EnvelopeError::InvalidJson) => {}
         Err(EnvelopeError::NotAnEvent(_)) => {}
     }
     // What the peek refuses as not a JSON object, the parser never takes as an event.

@@ -364,6 +364,11 @@ impl<'de> Visitor<'de> for ScalarVisitor {
 /// One pass over the body: the envelope's fields are read as they come and `data.object` is kept
 /// as the body's own bytes, validated but not built into a tree.
 pub fn parse_event(body: &[u8]) -> Result<ParsedBody, EnvelopeError> {
+    // JSON is UTF-8 (RFC 8259): checked once up front, since serde_json does not check the strings
+    // it skips.
+    if std::str::from_utf8(body).is_err() {
+        return Err(EnvelopeError::InvalidJson);
+    }
     let raw: Envelope<'_> = match serde_json::from_slice(body) {
         Ok(raw) => raw,
         Err(error) if error.is_data() => return Err(EnvelopeError::NotAnEvent("not a JSON object")),
